@@ -1,0 +1,29 @@
+# One command per job, each creating the environment first if it is missing.
+#   make demo   install, then run the default experiment (Split MNIST, ER) into runs/quickstart
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCHAX := torchax==0.0.14.dev20261026
+
+.PHONY: demo test bench install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,test]'
+	$(PY) -m pip install -q --no-deps $(TORCHAX)
+	touch $@
+
+demo: install
+	$(PY) -m sequax.launch.train --config=configs/quickstart.py --workdir=runs/quickstart
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) -m sequax.launch.bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,84 @@
+"""Shared pieces of the experiment configs: the protocols' data, model and training blocks.
+
+Every config file is `get_config(arg=None)`; `arg="local"` (written `configs/x.py:local` on
+the command line) shrinks any config to a short CPU run with `shrink_local`.
+
+    config = der_config("split", "er", lr=0.1, algorithm=dict(capacity=500, replay_batch=10))
+    config = shrink_local(config)   # 1,000 train / 500 test examples per task
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ml_collections
+
+# ../shared/data beside the repository (where CI and the benchmarks keep MNIST), unless
+# SEQUAX_DATA names another root. Override per run with --config.data.root=PATH.
+DATA_ROOT = os.environ.get("SEQUAX_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+# Scenario options of the DER protocol (Buzzega et al. 2020, ../shared/PROTOCOLS.md §A).
+DER_SCENARIOS = {
+    "split": dict(num_tasks=5, options=dict(classes_per_task=2), batch_size=10),
+    "permuted": dict(num_tasks=20, options=dict(first_task_identity=False), batch_size=128),
+    "rotated": dict(num_tasks=20, options=dict(protocol="uniform", max_angle=180.0), batch_size=128),
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with its default. Overrides must name an existing key."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = ml_collections.ConfigDict(
+        dict(
+            source="mnist",  # mnist | fashion_mnist | mnist_packaged (ships with sequax)
+            root=DATA_ROOT,  # folder holding MNIST/raw/*.gz (torchvision's layout)
+            scenario="split",  # split | permuted | rotated
+            num_tasks=5,
+            seed=0,  # permutations, angles and class orders
+            options=ml_collections.ConfigDict(),  # scenario keyword arguments
+            train_per_task=0,  # 0 keeps every example; >0 subsamples (":local" runs)
+            test_per_task=0,
+        )
+    )
+    config.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier"))
+    config.algorithm = ml_collections.ConfigDict(dict(name="naive"))
+    config.optimizer = ml_collections.ConfigDict(dict(name="sgd", lr=0.03, momentum=0.0, reset_each_task=True))
+    config.training = ml_collections.ConfigDict(dict(batch_size=10, epochs=1, steps_per_dispatch=250))
+    config.eval = ml_collections.ConfigDict(dict(batch_size=1000))
+    return config
+
+
+def der_config(scenario: str, algorithm: str, lr: float, **algorithm_kwargs) -> ml_collections.ConfigDict:
+    """The DER protocol: MLP 784-100-100-10 (Xavier), plain SGD, one epoch per task."""
+    protocol = DER_SCENARIOS[scenario]
+    config = base_config()
+    config.data.scenario = scenario
+    config.data.num_tasks = protocol["num_tasks"]
+    config.data.options = ml_collections.ConfigDict(protocol["options"])
+    config.algorithm = ml_collections.ConfigDict(dict(name=algorithm, **algorithm_kwargs))
+    config.optimizer.lr = lr
+    config.training.batch_size = protocol["batch_size"]
+    return config
+
+
+def shrink_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A short CPU run of any config: 1,000 training and 500 test examples per task."""
+    config.data.train_per_task = 1000
+    config.data.test_per_task = 500
+    if "capacity" in config.algorithm:
+        config.algorithm.capacity = min(config.algorithm.capacity, 200)
+        if "replay_batch" in config.algorithm:
+            config.algorithm.replay_batch = min(config.algorithm.replay_batch, config.algorithm.capacity)
+    config.training.batch_size = min(config.training.batch_size, 32)
+    return config
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the command-line argument after the config path (`file.py:local`)."""
+    if arg in (None, ""):
+        return config
+    if arg == "local":
+        return shrink_local(config)
+    raise ValueError(f"unknown config argument {arg!r}; the only one is 'local'")

@@ -1,0 +1,15 @@
+"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10, batch 128, 1 epoch per task.
+
+Experience replay, reservoir buffer of 500, the published best settings (DER best-args).
+
+    python -m sequax.launch.train --config=configs/pmnist_er.py --workdir=runs/pmnist_er
+    python -m sequax.launch.train --config=configs/pmnist_er.py:local --workdir=/tmp/pmnist_er  # short CPU run
+
+Expected (2-core CPU, seed 0): EXPECTED
+"""
+
+from sequax.configs import common
+
+
+def get_config(arg: str | None = None):
+    return common.finish(common.der_config("permuted", "er", lr=0.2, capacity=500, replay_batch=128), arg)

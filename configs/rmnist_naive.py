@@ -1,0 +1,15 @@
+"""Rotated MNIST (DER protocol): 20 tasks, angle ~ U[0, 180) per task, domain-IL, MLP 784-100-100-10, batch 128, 1 epoch per task.
+
+Naive fine-tuning (the DER table's SGD row), the published best learning rate.
+
+    python -m sequax.launch.train --config=configs/rmnist_naive.py --workdir=runs/rmnist_naive
+    python -m sequax.launch.train --config=configs/rmnist_naive.py:local --workdir=/tmp/rmnist_naive  # short CPU run
+
+Expected (2-core CPU, seed 0): EXPECTED
+"""
+
+from sequax.configs import common
+
+
+def get_config(arg: str | None = None):
+    return common.finish(common.der_config("rotated", "naive", lr=0.2), arg)

@@ -1,0 +1,15 @@
+"""Split MNIST (DER protocol): 5 tasks × 2 classes, class-IL with task-IL read from the same run, MLP 784-100-100-10, batch 10, 1 epoch per task.
+
+Joint training on the union of all tasks (the DER table's JOINT row); one training phase, so the accuracy matrix has one row.
+
+    python -m sequax.launch.train --config=configs/smnist_joint.py --workdir=runs/smnist_joint
+    python -m sequax.launch.train --config=configs/smnist_joint.py:local --workdir=/tmp/smnist_joint  # short CPU run
+
+Expected (2-core CPU, seed 0): EXPECTED
+"""
+
+from sequax.configs import common
+
+
+def get_config(arg: str | None = None):
+    return common.finish(common.der_config("split", "joint", lr=0.03), arg)

@@ -1,0 +1,1 @@
+"""The compiled continual-learning core: state, step, loop, evaluation, metrics, models."""

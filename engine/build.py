@@ -1,0 +1,77 @@
+"""Builds a run's parts from its ml_collections config, validating before any compile.
+
+    scenario = build_scenario(config.data)
+    model = build_model(config.model, scenario.num_classes)
+    tx = build_optimizer(config.optimizer)
+    algorithm = build_algorithm(config.algorithm)
+
+Every error here is a `ConfigError` with a one-line message naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from sequax import algorithms
+from sequax import data as sequax_data
+from sequax.engine.models import Model, mlp
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def build_scenario(data_config):
+    """The task stream: a source (files under `root`), a scenario, optional subsampling."""
+    cfg = _as_dict(data_config)
+    source = sequax_data.load_source(cfg["source"], cfg.get("root"))
+    options = dict(cfg.get("options") or {})
+    try:
+        scenario = sequax_data.make_scenario(
+            cfg["scenario"], source, num_tasks=cfg["num_tasks"], seed=cfg.get("seed", 0), **options
+        )
+    except TypeError as error:  # an option the scenario does not take
+        raise ConfigError(f"config.data.options: {error}; see sequax.data.scenarios") from None
+    if cfg.get("train_per_task") or cfg.get("test_per_task"):
+        scenario = sequax_data.subsample(
+            scenario, cfg.get("train_per_task"), cfg.get("test_per_task"), seed=cfg.get("seed", 0)
+        )
+    return scenario
+
+
+def build_model(model_config, num_classes: int) -> Model:
+    cfg = _as_dict(model_config)
+    name = cfg.pop("name", "mlp")
+    if name != "mlp":
+        raise ConfigError(f"config.model.name={name!r} is unknown; known: 'mlp'")
+    try:
+        return mlp(num_classes, **cfg)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.model: {error}") from None
+
+
+def build_optimizer(optimizer_config) -> optax.GradientTransformation:
+    """SGD (optionally with momentum), the optimiser of every MNIST protocol."""
+    cfg = _as_dict(optimizer_config)
+    name = cfg.get("name", "sgd")
+    if name != "sgd":
+        raise ConfigError(f"config.optimizer.name={name!r} is unknown; known: 'sgd'")
+    if not cfg.get("lr", 0) > 0:
+        raise ConfigError(f"config.optimizer.lr={cfg.get('lr')!r} must be a positive number")
+    momentum = cfg.get("momentum", 0.0) or None
+    return optax.sgd(cfg["lr"], momentum=momentum)
+
+
+def build_algorithm(algorithm_config):
+    cfg = _as_dict(algorithm_config)
+    name = cfg.pop("name", None)
+    try:
+        return algorithms.make(name, **cfg)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.algorithm: {error}") from None

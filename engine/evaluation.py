@@ -1,0 +1,74 @@
+"""Compiled evaluation of every task's test set: one row of the accuracy matrix.
+
+All test sets are stacked once on the device ([T, M, ...], padded, with true sizes), and a
+single compiled program scores the model on each, under two masks at once:
+class-incremental (logits of every class seen so far) and task-incremental (the task's own
+classes). For a domain-incremental stream both masks are all classes and the rows agree.
+
+    test = stack_test_sets(scenario)
+    evaluate = make_evaluate(model, scenario.task_classes, batch_size=1000)
+    class_il, task_il = evaluate(state.params, state.model_state, state.task, test)  # [T] each
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sequax.engine.heads import mask_logits, seen_classes
+from sequax.engine.task_data import TaskData, scan_batches
+
+
+class TestSets(NamedTuple):
+    """Every task's test set, stacked and padded on device."""
+
+    x: jax.Array  # uint8 [T, M, H, W, C]
+    y: jax.Array  # int32 [T, M]
+    size: jax.Array  # int32 [T]
+
+
+def stack_test_sets(scenario, limit: int | None = None) -> TestSets:
+    """Reads each task's test split from the scenario and places the stack on device."""
+    sets = [scenario.test(t) for t in range(scenario.num_tasks)]
+    if limit is not None:
+        sets = [(x[:limit], y[:limit]) for x, y in sets]
+    capacity = max(len(y) for _, y in sets)
+    xs = np.zeros((len(sets), capacity, *sets[0][0].shape[1:]), np.uint8)
+    ys = np.zeros((len(sets), capacity), np.int32)
+    for t, (x, y) in enumerate(sets):
+        xs[t, : len(y)], ys[t, : len(y)] = x, y
+    sizes = np.array([len(y) for _, y in sets], np.int32)
+    return TestSets(jax.device_put(xs), jax.device_put(ys), jax.device_put(sizes))
+
+
+def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000):
+    """`evaluate(params, model_state, task, test) -> (class_il [T], task_il [T])`, jitted.
+
+    `task` is the index of the last task trained; class-IL counts as candidates the classes
+    of tasks 0..task. Accuracies are fractions of each task's test set.
+    """
+    task_classes = jnp.asarray(task_classes, bool)
+
+    def evaluate(params, model_state, task, test: TestSets):
+        seen = seen_classes(task_classes, task)
+
+        def one_task(j):
+            data = TaskData(test.x[j], test.y[j], jnp.zeros_like(test.y[j]), test.size[j])
+
+            def count(carry, batch, valid):
+                outputs, _ = model.apply(params, model_state, batch["x"], train=False)
+                logits = outputs["logits"]
+                hit_class = jnp.argmax(mask_logits(logits, seen), -1) == batch["y"]
+                hit_task = jnp.argmax(mask_logits(logits, task_classes[j]), -1) == batch["y"]
+                return carry + jnp.stack([(hit_class & valid).sum(), (hit_task & valid).sum()])
+
+            hits = scan_batches(count, data, batch_size, jnp.zeros(2, jnp.int32))
+            return hits / data.size
+
+        accuracies = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
+        return accuracies[:, 0], accuracies[:, 1]
+
+    return jax.jit(evaluate)

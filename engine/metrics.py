@@ -1,0 +1,245 @@
+"""Continual-learning metrics over the accuracy matrix.
+
+``R`` is a float ``[T, T]`` array with ``R[i, j]`` the accuracy on task ``j`` after training
+task ``i``: rows are time, columns are tasks. Every function is pure numpy, returns Python
+floats (or a numpy vector), and does not care whether accuracies are fractions or percentages;
+only ``format_matrix(..., percent=True)`` assumes fractions in ``[0, 1]``.
+
+Usage:
+
+    R = np.array([[0.9, 0.1], [0.7, 0.8]])
+    print(format_matrix(R, title="split-mnist"))
+    summary(R)  # acc 0.75, bwt -0.2, forgetting 0.2, learning_acc 0.85 (up to rounding)
+
+References:
+  Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017
+  (ACC, BWT, FWT).
+  Chaudhry, Dokania, Ajanthan & Torr, "Riemannian Walk for Incremental Learning:
+  Understanding Forgetting and Intransigence", ECCV 2018 (forgetting, intransigence).
+  Riemer et al., "Learning to Learn without Forgetting by Maximizing Transfer and Minimizing
+  Interference", ICLR 2019 (learning accuracy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "average_accuracy",
+    "average_forgetting",
+    "backward_transfer",
+    "forgetting_per_task",
+    "format_matrix",
+    "forward_transfer",
+    "intransigence",
+    "learning_accuracy",
+    "summary",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_matrix(R: npt.ArrayLike) -> np.ndarray:
+    """Returns ``R`` as a float64 square 2-D array with at least one task (NaN allowed)."""
+    matrix = np.asarray(R, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"accuracy matrix must be square 2-D [T, T], got shape {matrix.shape}")
+    if matrix.shape[0] == 0:
+        raise ValueError("accuracy matrix must hold at least one task, got shape (0, 0)")
+    return matrix
+
+
+def _require_finite(values: np.ndarray, what: str) -> None:
+    if np.isnan(values).any():
+        raise ValueError(f"accuracy matrix has NaN in the entries {what} needs")
+
+
+def _as_task_vector(values: npt.ArrayLike, num_tasks: int, name: str) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float64)
+    if vector.shape != (num_tasks,):
+        raise ValueError(f"{name} must have shape ({num_tasks},), got {vector.shape}")
+    _require_finite(vector, name)
+    return vector
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def average_accuracy(R: npt.ArrayLike) -> float:
+    """ACC = mean_j R[T-1, j]: accuracy on every task after the last one (Lopez-Paz & Ranzato
+    2017). Divisor: T.
+
+    Uses the last row only.
+    """
+    matrix = _as_matrix(R)
+    final_row = matrix[-1]
+    _require_finite(final_row, "average_accuracy (last row)")
+    return float(final_row.mean())
+
+
+def backward_transfer(R: npt.ArrayLike, *, divide_by_all_tasks: bool = False) -> float:
+    """BWT = mean_{j<T-1} (R[T-1, j] - R[j, j]) (Lopez-Paz & Ranzato 2017).
+
+    Divisor: T - 1, as in the paper. The GEM reference code
+    (facebookresearch/GradientEpisodicMemory, ``metrics/metrics.py``) averages the vector
+    ``R[T-1] - diag(R)`` whose last entry is 0, i.e. divides the same sum by T; pass
+    ``divide_by_all_tasks=True`` to reproduce numbers reported with that code.
+
+    Negative values mean forgetting. Returns 0.0 for T == 1 (no earlier task to transfer to).
+    """
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    if num_tasks == 1:
+        return 0.0
+    final = matrix[-1, :-1]
+    just_trained = np.diag(matrix)[:-1]
+    _require_finite(final, "backward_transfer (last row)")
+    _require_finite(just_trained, "backward_transfer (diagonal)")
+    divisor = num_tasks if divide_by_all_tasks else num_tasks - 1
+    return float((final - just_trained).sum() / divisor)
+
+
+def forward_transfer(R: npt.ArrayLike, random_init_accuracies: npt.ArrayLike) -> float:
+    """FWT = mean_{j>=1} (R[j-1, j] - b[j]) (Lopez-Paz & Ranzato 2017).
+
+    ``random_init_accuracies`` is ``b``, float ``[T]``: the accuracy of the randomly
+    initialised model (before any training) on each task; ``b[0]`` is required for shape but
+    unused. Needs the superdiagonal ``R[j-1, j]``, i.e. evaluating a task before training it.
+
+    Divisor: T - 1, as in the paper (the GEM reference code includes a zero for task 0 and
+    divides by T). Returns 0.0 for T == 1.
+    """
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    baseline = _as_task_vector(random_init_accuracies, num_tasks, "random_init_accuracies")
+    if num_tasks == 1:
+        return 0.0
+    before_training = np.diag(matrix, k=1)
+    _require_finite(before_training, "forward_transfer (superdiagonal)")
+    return float((before_training - baseline[1:]).mean())
+
+
+def forgetting_per_task(R: npt.ArrayLike) -> np.ndarray:
+    """f_j = max_{l<T-1} R[l, j] - R[T-1, j] for each j < T-1 (Chaudhry et al. 2018).
+
+    Returns a float ``[T-1]`` vector (empty for T == 1). As in the paper the max runs over all
+    rows before the last, including rows before task j was trained, so rows 0..T-2 of columns
+    0..T-2 must be filled.
+
+    Avalanche's ``Forgetting`` uses first-minus-last instead, ``R[j, j] - R[T-1, j]``; the two
+    differ when accuracy on task j peaks after task j (backward transfer followed by a drop),
+    where the max version is larger.
+    """
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    if num_tasks == 1:
+        return np.zeros((0,), dtype=np.float64)
+    earlier = matrix[:-1, :-1]
+    final = matrix[-1, :-1]
+    _require_finite(earlier, "forgetting (rows and columns 0..T-2)")
+    _require_finite(final, "forgetting (last row)")
+    return earlier.max(axis=0) - final
+
+
+def average_forgetting(R: npt.ArrayLike) -> float:
+    """Average forgetting = mean_{j<T-1} (max_{l<T-1} R[l, j] - R[T-1, j]) (Chaudhry et al.
+    2018). Divisor: T - 1.
+
+    See ``forgetting_per_task`` for the per-task vector and the difference from Avalanche's
+    first-minus-last definition. Returns 0.0 for T == 1.
+    """
+    per_task = forgetting_per_task(R)
+    if per_task.size == 0:
+        return 0.0
+    return float(per_task.mean())
+
+
+def learning_accuracy(R: npt.ArrayLike) -> float:
+    """LA = mean_i R[i, i]: accuracy on each task just after training it (Riemer et al. 2019).
+    Divisor: T.
+    """
+    matrix = _as_matrix(R)
+    diagonal = np.diag(matrix)
+    _require_finite(diagonal, "learning_accuracy (diagonal)")
+    return float(diagonal.mean())
+
+
+def intransigence(R: npt.ArrayLike, joint_accuracies: npt.ArrayLike) -> float:
+    """Mean intransigence = mean_k (a*_k - R[k, k]) (Chaudhry et al. 2018). Divisor: T.
+
+    ``joint_accuracies`` is ``a*``, float ``[T]``: ``a*_k`` is the accuracy on task k of a
+    reference model trained jointly on the data of tasks 0..k. The paper defines I_k for one k
+    (usually the last); the mean over all k summarises how much the method's inability to learn
+    new tasks grew along the sequence. Positive means the method learns less than joint
+    training would.
+    """
+    matrix = _as_matrix(R)
+    reference = _as_task_vector(joint_accuracies, matrix.shape[0], "joint_accuracies")
+    diagonal = np.diag(matrix)
+    _require_finite(diagonal, "intransigence (diagonal)")
+    return float((reference - diagonal).mean())
+
+
+def summary(
+    R: npt.ArrayLike, random_init_accuracies: npt.ArrayLike | None = None
+) -> dict[str, float]:
+    """Returns ``{"acc", "bwt", "forgetting", "learning_acc"}`` (+ ``"fwt"`` when ``b`` given).
+
+    Defined only for a complete matrix (all T tasks trained): a partially filled matrix has NaN
+    in its last row and raises ValueError. BWT uses the paper's T - 1 divisor.
+    """
+    metrics = {
+        "acc": average_accuracy(R),
+        "bwt": backward_transfer(R),
+        "forgetting": average_forgetting(R),
+        "learning_acc": learning_accuracy(R),
+    }
+    if random_init_accuracies is not None:
+        metrics["fwt"] = forward_transfer(R, random_init_accuracies)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Console table
+# ---------------------------------------------------------------------------------------------
+
+_ROW_LABEL_WIDTH = 14  # len("after task 99") + 1
+_CELL_WIDTH = 9  # " 100.00" and "task 99" both fit with room
+_MISSING = "  -  "
+
+
+def format_matrix(R: npt.ArrayLike, *, title: str | None = None, percent: bool = True) -> str:
+    """Returns ``R`` as a fixed-width text table, one line per trained task.
+
+    Rows are "after task i", columns "task j". Rows that are entirely NaN (tasks not reached
+    yet) are omitted, so the console can print the matrix after every task; NaN entries inside
+    a shown row (tasks not evaluated yet) print as ``"  -  "``. With ``percent=True`` values
+    are fractions shown as percent with 2 decimals; with ``percent=False`` they print as
+    given with 4 decimals.
+    """
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    lines = [] if title is None else [title]
+    header = " " * _ROW_LABEL_WIDTH + "".join(
+        f"{f'task {j}':>{_CELL_WIDTH}}" for j in range(num_tasks)
+    )
+    lines.append(header)
+    for i, row in enumerate(matrix):
+        if np.isnan(row).all():
+            continue
+        cells = []
+        for value in row:
+            if np.isnan(value):
+                cells.append(f"{_MISSING:>{_CELL_WIDTH}}")
+            elif percent:
+                cells.append(f"{100.0 * value:>{_CELL_WIDTH}.2f}")
+            else:
+                cells.append(f"{value:>{_CELL_WIDTH}.4f}")
+        lines.append(f"{f'after task {i}':<{_ROW_LABEL_WIDTH}}" + "".join(cells))
+    return "\n".join(lines)

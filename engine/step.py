@@ -1,0 +1,96 @@
+"""The one train step, and the on-device loop over a task's batches.
+
+`make_train_step` builds the pure step every data path shares. `make_run_steps` wraps it
+for the on-device path: a task's examples sit on the device, the epoch's order is an
+in-jit permutation keyed by `fold_in(key, ORDER, step)`, and a `fori_loop` runs steps
+`[start, stop)` of the epoch in one dispatch. The bounds are traced values, so tasks of
+different sizes and chunks of any length reuse one compiled program.
+
+    train_step = make_train_step(model, algorithm, tx)        # (state, batch) -> (state, metrics)
+    run_steps = make_run_steps(train_step, batch_size=10)      # jitted once, state donated
+    order = epoch_order(state.key, state.step, data.size, capacity)
+    state, metrics = run_steps(state, data, order, 0, steps)   # metrics: means over the steps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from sequax.engine.state import STREAM_ORDER, STREAM_TRAIN, CLState, stream_key
+from sequax.engine.task_data import TaskData, gather_batch
+
+TrainStep = Callable[[CLState, dict], tuple[CLState, dict]]
+
+
+def make_train_step(model, algorithm, tx: optax.GradientTransformation) -> TrainStep:
+    """The pure training step: loss and gradient, optimizer update, algorithm update.
+
+    The algorithm's `loss` is the whole objective (task loss, replay terms, penalties), so
+    every penalty is part of the differentiated graph and fused into the step. Its `aux`
+    must hold "model_state" and "metrics"; the step adds "grads" and "updates" (the
+    parameter change) before calling `update`, which is what path-integral methods need.
+    """
+
+    def train_step(state: CLState, batch: dict) -> tuple[CLState, dict]:
+        key = stream_key(state.key, STREAM_TRAIN, state.step)
+        loss_key, update_key = jax.random.split(key)
+        grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
+        (loss, aux), grads = grad_fn(state.params, state, batch, loss_key, model)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state._replace(
+            step=state.step + 1,
+            params=params,
+            model_state=aux["model_state"],
+            opt_state=opt_state,
+        )
+        aux = {**aux, "grads": grads, "updates": updates}
+        algo = algorithm.update(state.algo, new_state, batch, aux, update_key)
+        metrics = {"loss": loss, **aux["metrics"]}
+        return new_state._replace(algo=algo), metrics
+
+    return train_step
+
+
+def epoch_order(key: jax.Array, step: jax.Array, size: jax.Array, capacity: int) -> jax.Array:
+    """int32 [capacity]: a uniform permutation of `range(size)` followed by the padding.
+
+    Keyed by the step at which the epoch starts, so a resumed run reproduces it.
+    """
+    u = jax.random.uniform(stream_key(key, STREAM_ORDER, step), (capacity,))
+    u = jnp.where(jnp.arange(capacity) < size, u, 2.0)  # padding sorts last
+    return jnp.argsort(u).astype(jnp.int32)
+
+
+def steps_per_epoch(size: int, batch_size: int) -> int:
+    """Full batches per epoch; the last partial batch is dropped (fewer than batch_size)."""
+    return size // batch_size
+
+
+def make_run_steps(train_step: TrainStep, batch_size: int):
+    """`run_steps(state, data, order, start, stop) -> (state, mean metrics)`, jitted once.
+
+    Runs steps `start..stop-1` of an epoch whose example order is `order`; the state is
+    donated, so its buffers (a replay reservoir, say) are updated in place.
+    """
+
+    def run_steps(state: CLState, data: TaskData, order: jax.Array, start, stop):
+        def body(i, carry):
+            state, sums = carry
+            indices = lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
+            state, metrics = train_step(state, gather_batch(data, indices))
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        example = gather_batch(data, order[:batch_size])
+        shapes = jax.eval_shape(train_step, state, example)[1]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        state, sums = lax.fori_loop(start, stop, body, (state, zeros))
+        count = jnp.maximum(stop - start, 1).astype(jnp.float32)
+        return state, jax.tree.map(lambda s: s / count, sums)
+
+    return jax.jit(run_steps, donate_argnums=0)

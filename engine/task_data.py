@@ -1,0 +1,82 @@
+"""A training phase's examples on device, padded to a fixed capacity, and batched scans.
+
+Tasks differ in size (Split MNIST's tasks hold 11,263 to 12,665 images), but a compiled
+program needs one shape: every phase is padded to the stream's largest phase and carries
+its true `size`. Padding is never trained on (the epoch draws indices among the first
+`size` only) and is masked out of every reduction.
+
+    data = task_arrays(x_uint8, y, task_ids, capacity)       # host -> device, once per task
+    batch = gather_batch(data, indices)                      # float32 in [0, 1]
+    total = scan_batches(fn, data, batch_size=256, init=0.)  # fn(carry, batch, valid)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+class TaskData(NamedTuple):
+    """One training phase (one task, or the union for joint training) on device."""
+
+    x: jax.Array  # uint8 [capacity, H, W, C]: raw pixels, scaled to [0, 1] when gathered
+    y: jax.Array  # int32 [capacity]: global class labels
+    task: jax.Array  # int32 [capacity]: the task each example belongs to
+    size: jax.Array  # int32 scalar: examples actually present (the rest is padding)
+
+
+def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int) -> TaskData:
+    """Pads host arrays to `capacity` examples and places them on the default device."""
+    n = len(y)
+    if n > capacity:
+        raise ValueError(f"phase holds {n} examples, more than the capacity {capacity}")
+    pad = capacity - n
+
+    def padded(a, dtype):
+        a = np.asarray(a, dtype)
+        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), dtype)]) if pad else a
+
+    return TaskData(
+        x=jax.device_put(padded(x, np.uint8)),
+        y=jax.device_put(padded(y, np.int32)),
+        task=jax.device_put(padded(task, np.int32)),
+        size=jax.device_put(np.int32(n)),
+    )
+
+
+def gather_batch(data: TaskData, indices: jax.Array) -> dict[str, jax.Array]:
+    """The batch at `indices`, images as float32 in [0, 1] (the DER protocol's inputs)."""
+    return {
+        "x": data.x[indices].astype(jnp.float32) / 255.0,
+        "y": data.y[indices],
+        "task": data.task[indices],
+    }
+
+
+def scan_batches(
+    fn: Callable[[Any, dict[str, jax.Array], jax.Array], Any],
+    data: TaskData,
+    batch_size: int,
+    init: Any,
+) -> Any:
+    """Folds `fn(carry, batch, valid) -> carry` over all of `data` in fixed-size batches.
+
+    `valid` (bool [batch_size]) marks real examples; the last batch is padded by repeating
+    the final slot, so `fn` must weight its contribution by `valid`.
+    """
+    capacity = data.y.shape[0]
+    num_batches = -(-capacity // batch_size)
+
+    def body(carry, b):
+        index = b * batch_size + jnp.arange(batch_size)
+        valid = index < data.size
+        batch = gather_batch(data, jnp.minimum(index, capacity - 1))
+        return fn(carry, batch, valid), None
+
+    carry, _ = lax.scan(body, init, jnp.arange(num_batches))
+    return carry

@@ -1,0 +1,1 @@
+"""absl entry points: `train` (one experiment) and `bench` (throughput against PyTorch)."""
