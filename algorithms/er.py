@@ -1,9 +1,11 @@
 """Experience Replay (ER) with a reservoir buffer.
 
 Each step trains on the current batch concatenated with `replay_batch` examples drawn
-from the buffer (one forward pass, one mean cross-entropy over both, as in the reference
-code), then offers the current batch to the reservoir. Buffer sampling and insertion run
-inside the compiled step.
+uniformly without replacement from the buffer (one forward pass, one mean cross-entropy
+over both, as in the reference code), then offers the current batch to the reservoir.
+Sampling and insertion run inside the compiled step; the replay batch is drawn right after
+the previous insertion (`reservoir.ReplayState`), which is the same buffer state the
+reference code samples from at the start of the step.
 
     algorithm = ER(capacity=500, replay_batch=10)
 
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import forward_cross_entropy
-from sequax.algorithms.reservoir import reservoir_add, reservoir_init, reservoir_sample
+from sequax.algorithms.reservoir import replay_add, replay_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +48,18 @@ class ER:
 
     def init(self, params, model_state, example_batch, rng):
         example = jax.tree.map(lambda a: a[0], example_batch)
-        return {"buffer": reservoir_init(self.capacity, example)}
+        return replay_init(self.capacity, self.replay_batch, example)
 
     def loss(self, params, state, batch, rng, model):
-        sample_key, model_key = jax.random.split(rng)
-        replay, valid = reservoir_sample(state.algo["buffer"], self.replay_batch, sample_key)
+        replay = state.algo.replay  # drawn after the previous step's insertion (see reservoir)
         x = jnp.concatenate([batch["x"], replay["x"]])
         y = jnp.concatenate([batch["y"], replay["y"]])
-        weights = jnp.concatenate([jnp.ones_like(batch["y"], bool), valid])
-        _, model_state, loss = forward_cross_entropy(model, params, state, x, y, model_key, weights)
+        weights = jnp.concatenate([jnp.ones_like(batch["y"], bool), state.algo.valid])
+        _, model_state, loss = forward_cross_entropy(model, params, state, x, y, rng, weights)
         return loss, {"model_state": model_state, "metrics": {"ce": loss}}
 
     def update(self, algo, state, batch, aux, rng):
-        return {"buffer": reservoir_add(algo["buffer"], batch, rng)}
+        return replay_add(algo, batch, rng)
 
     def end_task(self, state, task_data, rng, model):
         return state.algo

@@ -12,6 +12,13 @@ with probability capacity / n.
     buffer = reservoir_init(500, {"x": x[0], "y": y[0]})
     buffer = reservoir_add(buffer, {"x": x, "y": y}, key)
     items, valid = reservoir_sample(buffer, 10, key)   # without replacement; valid: bool [10]
+
+Replay methods sample the *next* step's replay batch right after inserting the current one
+(`ReplayState`): the buffer a step reads is the same as if it sampled at its start, but the
+gather then reads the scatter's result, so XLA updates the buffer in place. Sampling in the
+loss and inserting in `update` made XLA copy the whole buffer twice per step (the gather,
+fused into the loss, is unordered with the in-place scatter): 2.6 ms per step at capacity
+5,120 instead of 0.1 ms.
 """
 
 from __future__ import annotations
@@ -74,3 +81,26 @@ def reservoir_sample(buffer: ReservoirState, size: int, key: jax.Array):
     _, index = jax.lax.top_k(scores, size)
     valid = jnp.arange(size) < filled
     return jax.tree.map(lambda b: b[index], buffer.items), valid
+
+
+class ReplayState(NamedTuple):
+    """A reservoir and the replay batch the next step will train on (sampled in advance)."""
+
+    buffer: ReservoirState
+    replay: PyTree  # dict of arrays, each [replay_batch, ...]
+    valid: jax.Array  # bool [replay_batch]: rows holding real examples
+
+
+def replay_init(capacity: int, replay_batch: int, example: PyTree) -> ReplayState:
+    """An empty buffer and an all-invalid first replay batch."""
+    buffer = reservoir_init(capacity, example)
+    replay = jax.tree.map(lambda b: b[:replay_batch], buffer.items)
+    return ReplayState(buffer, replay, jnp.zeros((replay_batch,), bool))
+
+
+def replay_add(state: ReplayState, batch: PyTree, key: jax.Array) -> ReplayState:
+    """Inserts `batch` into the reservoir, then draws the next step's replay batch."""
+    insert_key, sample_key = jax.random.split(key)
+    buffer = reservoir_add(state.buffer, batch, insert_key)
+    replay, valid = reservoir_sample(buffer, state.valid.shape[0], sample_key)
+    return ReplayState(buffer, replay, valid)

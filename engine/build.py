@@ -39,8 +39,8 @@ def build_scenario(data_config):
     except TypeError as error:  # an option the scenario does not take
         raise ConfigError(f"config.data.options: {error}; see sequax.data.scenarios") from None
     if cfg.get("train_per_task") or cfg.get("test_per_task"):
-        scenario = sequax_data.subsample(
-            scenario, cfg.get("train_per_task"), cfg.get("test_per_task"), seed=cfg.get("seed", 0)
+        scenario = sequax_data.subsample(  # 0 means "keep every example"
+            scenario, cfg.get("train_per_task") or None, cfg.get("test_per_task") or None, seed=cfg.get("seed", 0)
         )
     return scenario
 
