@@ -111,6 +111,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     chunk = int(config.training.steps_per_dispatch)
     compiled = None
 
+    row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
     for p, tasks in enumerate(phases):
         # ------------ Place the phase's examples on device, once -----------------------------
         parts = [scenario.train(t) for t in tasks]
@@ -160,9 +161,10 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         class_il[p], task_il[p] = np.asarray(row_class), np.asarray(row_task)
         timings["eval"] += time.perf_counter() - t0
         log.write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[p], "task_il": task_il[p]})
-        say(cl_metrics.format_matrix(class_il, title=f"accuracy (%), {'class' if scenario.setting == 'class' else 'domain'}-IL"))
+        view = "class" if scenario.setting == "class" else "domain"
+        say(cl_metrics.format_matrix(class_il, title=f"accuracy (%), {view}-IL", row_labels=row_labels))
         if scenario.setting == "class":
-            say(cl_metrics.format_matrix(task_il, title="accuracy (%), task-IL"))
+            say(cl_metrics.format_matrix(task_il, title="accuracy (%), task-IL", row_labels=row_labels))
 
     # ---------------- Summary ---------------------------------------------------------------
     summary = _summaries(scenario.setting, class_il, task_il, random_init)

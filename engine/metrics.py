@@ -22,6 +22,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -214,17 +216,28 @@ _CELL_WIDTH = 9  # " 100.00" and "task 99" both fit with room
 _MISSING = "  -  "
 
 
-def format_matrix(R: npt.ArrayLike, *, title: str | None = None, percent: bool = True) -> str:
+def format_matrix(
+    R: npt.ArrayLike,
+    *,
+    title: str | None = None,
+    percent: bool = True,
+    row_labels: Sequence[str] | None = None,
+) -> str:
     """Returns ``R`` as a fixed-width text table, one line per trained task.
 
     Rows are "after task i", columns "task j". Rows that are entirely NaN (tasks not reached
     yet) are omitted, so the console can print the matrix after every task; NaN entries inside
     a shown row (tasks not evaluated yet) print as ``"  -  "``. With ``percent=True`` values
     are fractions shown as percent with 2 decimals; with ``percent=False`` they print as
-    given with 4 decimals.
+    given with 4 decimals. ``R`` may have fewer rows than columns (joint training has one
+    training phase over every task); ``row_labels`` then names the rows.
     """
-    matrix = _as_matrix(R)
-    num_tasks = matrix.shape[0]
+    matrix = np.asarray(R, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"accuracy matrix must be 2-D [rows, tasks], got shape {matrix.shape}")
+    num_tasks = matrix.shape[1]
+    if row_labels is None:
+        row_labels = [f"after task {i}" for i in range(matrix.shape[0])]
     lines = [] if title is None else [title]
     header = " " * _ROW_LABEL_WIDTH + "".join(
         f"{f'task {j}':>{_CELL_WIDTH}}" for j in range(num_tasks)
@@ -241,5 +254,5 @@ def format_matrix(R: npt.ArrayLike, *, title: str | None = None, percent: bool =
                 cells.append(f"{100.0 * value:>{_CELL_WIDTH}.2f}")
             else:
                 cells.append(f"{value:>{_CELL_WIDTH}.4f}")
-        lines.append(f"{f'after task {i}':<{_ROW_LABEL_WIDTH}}" + "".join(cells))
+        lines.append(f"{row_labels[i]:<{_ROW_LABEL_WIDTH}}" + "".join(cells))
     return "\n".join(lines)

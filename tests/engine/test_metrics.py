@@ -185,10 +185,17 @@ def test_validation_rejects_bad_shapes(bad):
         metrics.average_forgetting,
         metrics.learning_accuracy,
         metrics.summary,
-        metrics.format_matrix,
     ):
         with pytest.raises(ValueError, match="accuracy matrix"):
             function(bad)
+    if bad.ndim != 2 or bad.size == 0:  # a table may be rectangular (joint: one row)
+        with pytest.raises(ValueError, match="accuracy matrix"):
+            metrics.format_matrix(bad)
+
+
+def test_format_matrix_rectangular_with_row_labels():
+    table = metrics.format_matrix(np.array([[0.5, 0.25, 0.125]]), row_labels=["after tasks 0-2"])
+    assert "after tasks 0-2" in table and "12.50" in table and "task 2" in table
 
 
 def test_validation_rejects_nan_in_used_entries():
