@@ -1,0 +1,426 @@
+"""Throughput benchmark: sequax against a plain PyTorch loop doing the same work (PROTOCOLS §E).
+
+    python -m sequax.launch.bench                                          # full; writes docs/benchmarks.md
+    python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints only
+
+Workloads: PMNIST-10 (Permuted MNIST, 10 tasks, MLP 784-256-256-10, SGD lr 0.1, batch 128) and
+SMNIST-5 (Split MNIST class-IL, MLP 784-100-100-10, SGD lr 0.03, batch 10), one epoch per
+task, methods naive, ER (reservoir of 500, replay batch = training batch) and online EWC
+(γ 1, empirical Fisher over the whole task). Every (workload, method, framework) runs in its
+own subprocess (`--single=workload,method,framework --json_out=FILE`), so the reported peak
+RSS is that run's alone. The PyTorch side runs on one thread (`torch.set_num_threads(1)`);
+JAX/XLA keeps its default threading.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+from sequax.configs import common
+
+_WORKLOADS = flags.DEFINE_string("workloads", "pmnist10,smnist5", "Comma-separated workloads.")
+_METHODS = flags.DEFINE_string("methods", "naive,er,ewc", "Comma-separated methods.")
+_TASKS = flags.DEFINE_integer("tasks", 0, "Override the number of tasks (quick runs); 0 = protocol.")
+_TRAIN_PER_TASK = flags.DEFINE_integer("train_per_task", 0, "Subsample each task's training set; 0 = all.")
+_OUTPUT = flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report; empty = print only.")
+_SINGLE = flags.DEFINE_string("single", "", "Internal: run one 'workload,method,framework' and exit.")
+_JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
+
+WORKLOADS = {
+    "pmnist10": dict(title="PMNIST-10", scenario="permuted", num_tasks=10, widths=(256, 256),
+                     lr=0.1, batch=128, ewc_lam=1.4),  # lam 1.4 = DER's e_lambda 0.7
+    "smnist5": dict(title="SMNIST-5", scenario="split", num_tasks=5, widths=(100, 100),
+                    lr=0.03, batch=10, ewc_lam=180.0),  # lam 180 = DER's e_lambda 90
+}
+METHODS = ("naive", "er", "ewc")
+FRAMEWORKS = ("sequax", "torch")
+CAPACITY = 500
+SEED = 0
+
+
+def make_config(workload: str, method: str, tasks: int, train_per_task: int):
+    """The sequax config of one benchmark cell; the torch loop reads the same config."""
+    w = WORKLOADS[workload]
+    hyper = {
+        "naive": {},
+        "er": dict(capacity=CAPACITY, replay_batch=w["batch"]),
+        "ewc": dict(lam=w["ewc_lam"], gamma=1.0, online=True, fisher_labels="empirical",
+                    likelihood_weighted=False),
+    }[method]
+    config = common.der_config(w["scenario"], method, lr=w["lr"], **hyper)
+    config.seed = SEED
+    config.data.num_tasks = tasks or w["num_tasks"]
+    config.data.train_per_task = train_per_task
+    config.model.widths = w["widths"]
+    config.training.batch_size = w["batch"]
+    return config
+
+
+# ---------------- sequax ---------------------------------------------------------------------
+def run_sequax(config) -> dict:
+    from sequax.engine import loop
+
+    with tempfile.TemporaryDirectory() as workdir:
+        result = loop.run(config, workdir, verbose=False)
+    t = result.timings
+    return dict(samples_per_s=t["train_samples_per_s"], train=t["train"], compile=t["compile"],
+                end_task=t["end_task"], eval=t["eval"], wall=t["wall"],
+                train_samples=int(t["train_samples"]), matrix=result.class_il.tolist())
+
+
+# ---------------- PyTorch: the plain loop ----------------------------------------------------
+def reservoir(num_seen: int, buffer_size: int) -> int:
+    """mammoth's `reservoir()`: the slot of the next example, or -1 to drop it."""
+    if num_seen < buffer_size:
+        return num_seen
+    rand = np.random.randint(0, num_seen + 1)
+    return rand if rand < buffer_size else -1
+
+
+def run_torch(config) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.func import functional_call, grad, vmap
+
+    from sequax.data import load_source, make_scenario, subsample
+
+    wall_start = time.perf_counter()
+    torch.set_num_threads(1)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    # Same task stream as sequax's build_scenario: same source, scenario seed and subsets.
+    d = config.data
+    scenario = make_scenario(d.scenario, load_source(d.source, d.root), num_tasks=d.num_tasks,
+                             seed=d.seed, **d.options.to_dict())
+    if d.train_per_task or d.test_per_task:
+        scenario = subsample(scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed)
+
+    def tensors(x, y):
+        return torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0), torch.from_numpy(y).long()
+
+    widths = (784, *config.model.widths)
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(widths):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], scenario.num_classes))
+    for module in model:
+        if isinstance(module, nn.Linear):  # the DER MLP's init, as sequax's "xavier"
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    params = dict(model.named_parameters())
+
+    algo = config.algorithm
+    batch_size, lr = int(config.training.batch_size), float(config.optimizer.lr)
+    tests = [tensors(*scenario.test(t)) for t in range(scenario.num_tasks)]
+    task_classes = torch.tensor(scenario.task_classes)
+
+    def evaluate(p: int) -> list[float]:
+        """Row p: every task's test accuracy, logits masked to the classes seen so far."""
+        seen = task_classes[: p + 1].any(0)
+        model.eval()
+        row = []
+        with torch.no_grad():
+            for x, y in tests:
+                hits = 0
+                for s in range(0, len(y), int(config.eval.batch_size)):
+                    logits = model(x[s : s + int(config.eval.batch_size)])
+                    logits = logits.masked_fill(~seen, torch.finfo(logits.dtype).min)
+                    hits += int((logits.argmax(-1) == y[s : s + int(config.eval.batch_size)]).sum())
+                row.append(hits / len(y))
+        model.train()
+        return row
+
+    # Online EWC: per-example gradients of log p(y|x) by vmap(grad), in chunks of 128.
+    def log_likelihood(p, x, label):
+        return -F.cross_entropy(functional_call(model, p, (x[None],)), label[None])
+
+    per_example_grads = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
+
+    def fisher(x, y) -> dict:
+        detached = {k: v.detach() for k, v in params.items()}
+        total = {k: torch.zeros_like(v) for k, v in detached.items()}
+        for s in range(0, len(y), 128):
+            grads = per_example_grads(detached, x[s : s + 128], y[s : s + 128])
+            for k in total:
+                total[k] += (grads[k] ** 2).sum(0)
+        return {k: v / len(y) for k, v in total.items()}
+
+    importance = anchor = None  # mammoth's checkpoint: no penalty before the first task ends
+    buffer_x = torch.zeros(CAPACITY, widths[0])
+    buffer_y = torch.zeros(CAPACITY, dtype=torch.long)
+    num_seen = 0
+
+    evaluate(0)  # the untrained model, as sequax's loop does (for forward transfer)
+    timings = {"train": 0.0, "end_task": 0.0, "eval": 0.0}
+    matrix, train_samples = [], 0
+    for task in range(scenario.num_tasks):
+        x_task, y_task = tensors(*scenario.train(task))
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # re-created per task, as mammoth
+        steps = len(y_task) // batch_size  # drop_last, as sequax
+        t0 = time.perf_counter()
+        for _ in range(int(config.training.epochs)):
+            order = torch.randperm(len(y_task), generator=generator)
+            for i in range(steps):
+                index = order[i * batch_size : (i + 1) * batch_size]
+                x, y = x_task[index], y_task[index]
+                inputs, labels = x, y
+                if algo.name == "er" and num_seen > 0:  # mammoth er.py: replay, then one forward
+                    filled = min(num_seen, CAPACITY)
+                    choice = np.random.choice(filled, size=min(algo.replay_batch, filled), replace=False)
+                    choice = torch.from_numpy(choice)
+                    inputs, labels = torch.cat([x, buffer_x[choice]]), torch.cat([y, buffer_y[choice]])
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(inputs), labels)
+                if algo.name == "ewc" and importance is not None:
+                    penalty = sum(
+                        (importance[k] * (p - anchor[k]) ** 2).sum() for k, p in params.items()
+                    )
+                    loss = loss + 0.5 * float(algo.lam) * penalty
+                loss.backward()
+                optimizer.step()
+                loss.item()  # mammoth's observe returns loss.item() every step
+                if algo.name == "er":  # mammoth Buffer.add_data: example by example
+                    for j in range(len(y)):
+                        slot = reservoir(num_seen, CAPACITY)
+                        num_seen += 1
+                        if slot >= 0:
+                            buffer_x[slot] = x[j]
+                            buffer_y[slot] = y[j]
+            train_samples += steps * batch_size
+        timings["train"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if algo.name == "ewc":
+            new = fisher(x_task, y_task)
+            gamma = float(algo.gamma)
+            importance = new if importance is None else {k: gamma * importance[k] + new[k] for k in new}
+            anchor = {k: v.detach().clone() for k, v in params.items()}
+        timings["end_task"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        matrix.append(evaluate(task))
+        timings["eval"] += time.perf_counter() - t0
+    timings["wall"] = time.perf_counter() - wall_start
+    return dict(samples_per_s=train_samples / max(timings["train"], 1e-9), compile=0.0,
+                train_samples=train_samples, matrix=matrix, **timings)
+
+
+# ---------------- One cell in a subprocess ---------------------------------------------------
+def run_single(spec: str, json_out: str) -> None:
+    workload, method, framework = spec.split(",")
+    config = make_config(workload, method, _TASKS.value, _TRAIN_PER_TASK.value)
+    result = (run_sequax if framework == "sequax" else run_torch)(config)
+    result["acc"] = 100.0 * float(np.mean(result["matrix"][-1]))
+    result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    result.update(workload=workload, method=method, framework=framework)
+    Path(json_out).write_text(json.dumps(result))
+
+
+def run_child(workload: str, method: str, framework: str, folder: str) -> dict | None:
+    out = os.path.join(folder, f"{workload}_{method}_{framework}.json")
+    command = [sys.executable, "-m", "sequax.launch.bench", f"--single={workload},{method},{framework}",
+               f"--json_out={out}", f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(Path(out).read_text())
+
+
+# ---------------- Report ---------------------------------------------------------------------
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return dict(cpu=model, cores=os.cpu_count(), ram_gib=mem_kib / 2**20, python=platform.python_version(),
+                jax=version("jax"), jaxlib=version("jaxlib"), torch=version("torch"),
+                xla_flags=os.environ.get("XLA_FLAGS", "") or "default", load=os.getloadavg())
+
+
+def cell(results, workload, method, framework):
+    return results.get((workload, method, framework))
+
+
+def ratios(results, workload, method):
+    s, t = cell(results, workload, method, "sequax"), cell(results, workload, method, "torch")
+    if s is None or t is None:
+        return None
+    return dict(speed=s["samples_per_s"] / t["samples_per_s"], wall=t["wall"] / s["wall"], acc=s["acc"] - t["acc"])
+
+
+def tables(results, workloads, methods) -> str:
+    lines = ["| workload | method | framework | samples/s | ratio | wall s | compile s | end_task s | eval s | acc % | peak RSS MiB |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for w in workloads:
+        for m in methods:
+            r = ratios(results, w, m)
+            for f in FRAMEWORKS:
+                c = cell(results, w, m, f)
+                name = [WORKLOADS[w]["title"], m, f]
+                if c is None:
+                    lines.append("| " + " | ".join(name) + " | failed |" + " |" * 8)
+                    continue
+                ratio = f"{r['speed']:.2f}×" if (r and f == "sequax") else ""
+                compile_s = f"{c['compile']:.1f}" if f == "sequax" else "–"
+                lines.append(f"| {' | '.join(name)} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | {compile_s} | "
+                             f"{c['end_task']:.2f} | {c['eval']:.2f} | {c['acc']:.2f} | {c['rss_mib']:.0f} |")
+    lines += ["", "| workload | method | samples/s: sequax / torch | wall: torch / sequax | acc: sequax − torch (points) |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    for w in workloads:
+        for m in methods:
+            r = ratios(results, w, m)
+            if r:
+                lines.append(f"| {WORKLOADS[w]['title']} | {m} | {r['speed']:.2f}× | {r['wall']:.2f}× | {r['acc']:+.2f} |")
+    return "\n".join(lines)
+
+
+def targets(results, workloads, methods) -> list[tuple[str, str, str]]:
+    """(target, measured, PASS/FAIL) for the issue's targets that this run measured."""
+    rows = []
+
+    def add(name, measured, ok):
+        rows.append((name, measured, "PASS" if ok else "FAIL"))
+
+    for m in methods:
+        r = ratios(results, "smnist5", m) if "smnist5" in workloads else None
+        if r:
+            add(f"SMNIST-5 {m}: sequax ≥ 3× torch samples/s", f"{r['speed']:.2f}×", r["speed"] >= 3.0)
+    for m, floor in (("naive", 0.9), ("ewc", 1.5)):
+        r = ratios(results, "pmnist10", m) if ("pmnist10" in workloads and m in methods) else None
+        if r:
+            add(f"PMNIST-10 {m}: sequax ≥ {floor}× torch samples/s", f"{r['speed']:.2f}×", r["speed"] >= floor)
+    for m in methods:
+        r = ratios(results, "pmnist10", m) if "pmnist10" in workloads else None
+        if r:
+            add(f"PMNIST-10 {m}: accuracy within 2 points of torch", f"{r['acc']:+.2f}", abs(r["acc"]) <= 2.0)
+    naive, er = cell(results, "smnist5", "naive", "sequax"), cell(results, "smnist5", "er", "sequax")
+    if naive:
+        add("SMNIST-5 naive (sequax) ≈ 20% (18–22)", f"{naive['acc']:.2f}%", 18.0 <= naive["acc"] <= 22.0)
+    if er:
+        add("SMNIST-5 ER-500 (sequax) > 80%", f"{er['acc']:.2f}%", er["acc"] > 80.0)
+    return rows
+
+
+HOW_TO_READ = """\
+## How to read this
+
+- **samples/s** counts training examples (the current batch only, not replayed ones) per second
+  of time inside the training loop: per-step batch gathering, replay sampling, reservoir
+  insertion and the EWC penalty are included; compilation, end-of-task work (the Fisher) and
+  evaluation are excluded and reported as **compile s**, **end_task s** and **eval s**.
+  sequax's training time is the time inside its compiled multi-step dispatches (each
+  dispatch blocks on its metrics, so the timing is honest).
+- **wall s** is the whole stream in the child process after imports: loading MNIST, building
+  the tasks, (sequax) placing each task on the device and compiling, training, the Fisher and
+  evaluating every task after each task (plus the untrained model once, on both sides).
+- **ratio** is sequax samples/s over torch samples/s; the second table adds torch wall /
+  sequax wall and the final-accuracy difference. **acc %** is the mean of the last row of the
+  accuracy matrix (class-IL for SMNIST-5, domain-IL for PMNIST-10).
+- **peak RSS** is `ru_maxrss` of the child process that ran that one cell (each cell runs in
+  its own process; the torch child never imports JAX, the sequax child never imports torch).
+- The PyTorch side is a plain loop over in-memory float tensors (no DataLoader: that would
+  only slow it down), on one thread, with the same task streams (same permutations, classes
+  and subsets; the example order within an epoch differs), the same Xavier-uniform/zero-bias
+  init, hyper-parameters and `drop_last` batching. ER follows mammoth's `er.py`: replay
+  `mb` examples drawn without replacement when the buffer is not empty, concatenated with the
+  batch, one forward, mean cross-entropy, one step, then mammoth's `reservoir()` and
+  `Buffer.add_data` insertion loop, example by example in Python. Online EWC adds
+  (λ/2)·Σ F (θ−θ*)² to the loss (from the second task on, as mammoth) and computes the
+  empirical Fisher at task end as the mean of per-example squared gradients with
+  `torch.func.vmap(grad)` over chunks of 128: the fair, vectorised per-example Fisher
+  (mammoth's own loop over single examples would be far slower).
+- In sequax the EWC penalty is part of the differentiated loss and fused into the compiled
+  step; the reservoir insertion is one vectorised scatter inside the step; the Fisher is a
+  compiled `vmap(grad)` scan over the task in chunks of 128.
+"""
+
+
+def report(results, workloads, methods, info, seconds) -> str:
+    command = " ".join(["python -m sequax.launch.bench", *sys.argv[1:]])
+    quick = _TASKS.value or _TRAIN_PER_TASK.value
+    target_rows = targets(results, workloads, methods)
+    lines = [
+        "# Benchmarks: sequax against a plain PyTorch loop", "",
+        "Generated by `launch/bench.py` (workloads of `../shared/PROTOCOLS.md` §E). Command:", "",
+        f"    {command}", "",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; benchmark time {seconds / 60:.1f} min.",
+        f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; "
+        f"load average at start {info['load'][0]:.2f}.",
+        f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}.",
+        f"- Threads: torch `set_num_threads(1)`; JAX/XLA threading {info['xla_flags']} (XLA_FLAGS).",
+        "- Workloads: PMNIST-10 = Permuted MNIST, 10 tasks × 60,000, MLP 784-256-256-10, SGD lr 0.1, "
+        "batch 128; SMNIST-5 = Split MNIST class-IL, 5 tasks × 2 classes, MLP 784-100-100-10, SGD lr 0.03, "
+        "batch 10; 1 epoch per task. ER: reservoir of 500, replay batch = training batch. EWC: online, "
+        "γ 1, λ 1.4 (PMNIST) / 180 (SMNIST) with our ½ (DER's e_lambda 0.7 / 90), empirical Fisher "
+        "over the whole task.",
+    ]
+    if quick:
+        lines.append(f"- **Quick run** (tasks={_TASKS.value or 'protocol'}, train_per_task="
+                     f"{_TRAIN_PER_TASK.value or 'all'}): not the protocol; the targets are indicative only.")
+    lines += ["", "## Results", "", tables(results, workloads, methods), "", "## Targets", "",
+              "| target | measured | result |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {measured} | {verdict} |" for name, measured, verdict in target_rows]
+    lines += ["", HOW_TO_READ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _SINGLE.value:
+        run_single(_SINGLE.value, _JSON_OUT.value)
+        return
+    workloads = [w for w in _WORKLOADS.value.split(",") if w]
+    methods = [m for m in _METHODS.value.split(",") if m]
+    unknown = sorted(set(workloads) - set(WORKLOADS)) + sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise app.UsageError(f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}")
+    info = machine()
+    start = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for w in workloads:
+            for m in methods:
+                for f in FRAMEWORKS:
+                    t0 = time.perf_counter()
+                    print(f"{WORKLOADS[w]['title']} {m} {f} ...", end=" ", flush=True)
+                    result = run_child(w, m, f, folder)
+                    if result is not None:
+                        results[(w, m, f)] = result
+                        print(f"{result['samples_per_s']:,.0f} samples/s, acc {result['acc']:.2f}%, "
+                              f"{time.perf_counter() - t0:.0f}s", flush=True)
+    text = report(results, workloads, methods, info, time.perf_counter() - start)
+    print("\n" + text.split("## How to read this")[0].rstrip())
+    if _OUTPUT.value:
+        Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
+        Path(_OUTPUT.value).write_text(text + ("" if text.endswith("\n") else "\n"))
+        print(f"\nwrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
