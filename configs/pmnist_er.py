@@ -5,7 +5,9 @@ Experience replay, reservoir buffer of 500, the published best settings (DER bes
     python -m sequax.launch.train --config=configs/pmnist_er.py --workdir=runs/pmnist_er
     python -m sequax.launch.train --config=configs/pmnist_er.py:local --workdir=/tmp/pmnist_er  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 79.20 % (DER Table 2, ER-500: 80.60);
+about 32 s wall. Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,7 +5,9 @@ Online EWC with the DER code's Fisher (empirical labels, weighted by p(y|x)); ma
     python -m sequax.launch.train --config=configs/pmnist_ewc.py --workdir=runs/pmnist_ewc
     python -m sequax.launch.train --config=configs/pmnist_ewc.py:local --workdir=/tmp/pmnist_ewc  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 59.14 % (DER Table 2, oEWC: 56.84);
+about 4 min wall (3.3 min of it the per-example Fisher). Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,7 +5,9 @@ Joint training on the union of all tasks (the DER table's JOINT row); one traini
     python -m sequax.launch.train --config=configs/pmnist_joint.py --workdir=runs/pmnist_joint
     python -m sequax.launch.train --config=configs/pmnist_joint.py:local --workdir=/tmp/pmnist_joint  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 94.34 % (DER Table 2, JOINT: 94.33);
+about 20 s wall. Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,7 +5,9 @@ Experience replay, reservoir buffer of 500, the published best settings (DER bes
     python -m sequax.launch.train --config=configs/rmnist_er.py --workdir=runs/rmnist_er
     python -m sequax.launch.train --config=configs/rmnist_er.py:local --workdir=/tmp/rmnist_er  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 84.51 % (DER Table 2, ER-500: 88.91);
+about 50 s wall. Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,7 +5,9 @@ Online EWC with the DER code's Fisher (empirical labels, weighted by p(y|x)); ma
     python -m sequax.launch.train --config=configs/rmnist_ewc.py --workdir=runs/rmnist_ewc
     python -m sequax.launch.train --config=configs/rmnist_ewc.py:local --workdir=/tmp/rmnist_ewc  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 67.51 % (DER Table 2, oEWC: 77.35);
+about 4 min wall (3 min of it the per-example Fisher). Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,7 +5,9 @@ Online EWC with the DER code's Fisher (empirical labels, weighted by p(y|x)); ma
     python -m sequax.launch.train --config=configs/smnist_ewc.py --workdir=runs/smnist_ewc
     python -m sequax.launch.train --config=configs/smnist_ewc.py:local --workdir=/tmp/smnist_ewc  # short CPU run
 
-Expected (2-core CPU, seed 0): EXPECTED
+Expected (seed 0, one run, 2-core CPU, full data): class-IL ACC 19.63 %, task-IL 98.36 % (DER Table 2, oEWC: 20.46 / 98.39);
+about 18 s wall. Gaps to the paper are investigated with more seeds in the DER
+reproduction (configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common
