@@ -38,6 +38,9 @@ _TASKS = flags.DEFINE_integer("tasks", 0, "Override the number of tasks (quick r
 _TRAIN_PER_TASK = flags.DEFINE_integer("train_per_task", 0, "Subsample each task's training set; 0 = all.")
 _OUTPUT = flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report; empty = print only.")
 _SINGLE = flags.DEFINE_string("single", "", "Internal: run one 'workload,method,framework' and exit.")
+_SEQUAX_CORES = flags.DEFINE_integer(
+    "sequax_cores", 0, "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
+    "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
 
 WORKLOADS = {
@@ -226,6 +229,8 @@ def run_torch(config) -> dict:
 def run_single(spec: str, json_out: str) -> None:
     workload, method, framework = spec.split(",")
     config = make_config(workload, method, _TASKS.value, _TRAIN_PER_TASK.value)
+    if framework == "sequax" and _SEQUAX_CORES.value > 0:  # before jax is imported
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: _SEQUAX_CORES.value]))
     result = (run_sequax if framework == "sequax" else run_torch)(config)
     result["acc"] = 100.0 * float(np.mean(result["matrix"][-1]))
     result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -236,7 +241,8 @@ def run_single(spec: str, json_out: str) -> None:
 def run_child(workload: str, method: str, framework: str, folder: str) -> dict | None:
     out = os.path.join(folder, f"{workload}_{method}_{framework}.json")
     command = [sys.executable, "-m", "sequax.launch.bench", f"--single={workload},{method},{framework}",
-               f"--json_out={out}", f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}"]
+               f"--json_out={out}", f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}",
+               f"--sequax_cores={_SEQUAX_CORES.value}"]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -372,7 +378,10 @@ def report(results, workloads, methods, info, seconds) -> str:
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; "
         f"load average at start {info['load'][0]:.2f}.",
         f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}.",
-        f"- Threads: torch `set_num_threads(1)`; JAX/XLA threading {info['xla_flags']} (XLA_FLAGS).",
+        f"- Threads: torch `set_num_threads(1)`; sequax "
+        + (f"pinned to {_SEQUAX_CORES.value} core(s) with `sched_setaffinity`" if _SEQUAX_CORES.value
+           else f"on all {info['cores']} cores, XLA's default threading")
+        + f" (XLA_FLAGS: {info['xla_flags']}).",
         "- Workloads: PMNIST-10 = Permuted MNIST, 10 tasks × 60,000, MLP 784-256-256-10, SGD lr 0.1, "
         "batch 128; SMNIST-5 = Split MNIST class-IL, 5 tasks × 2 classes, MLP 784-100-100-10, SGD lr 0.03, "
         "batch 10; 1 epoch per task. ER: reservoir of 500, replay batch = training batch. EWC: online, "
