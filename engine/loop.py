@@ -86,7 +86,9 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     )
 
     # ---------------- State and compiled functions -----------------------------------------
-    x0, y0 = scenario.train(0)
+    # The first phase's examples are read once, for the example batch and for training.
+    first_parts = [scenario.train(t) for t in phases[0]]
+    x0, y0 = first_parts[0]
     example_batch = {
         "x": jnp.asarray(x0[:batch_size], jnp.float32) / 255.0,
         "y": jnp.asarray(y0[:batch_size], jnp.int32),
@@ -114,7 +116,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
     for p, tasks in enumerate(phases):
         # ------------ Place the phase's examples on device, once -----------------------------
-        parts = [scenario.train(t) for t in tasks]
+        parts = first_parts if p == 0 else [scenario.train(t) for t in tasks]
+        first_parts = None  # keep no host copy of phase 0 once it is on device
         x = np.concatenate([xt for xt, _ in parts])
         y = np.concatenate([yt for _, yt in parts])
         task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts)])
