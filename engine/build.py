@@ -56,15 +56,21 @@ def build_model(model_config, num_classes: int) -> Model:
         raise ConfigError(f"config.model: {error}") from None
 
 
-def build_optimizer(optimizer_config) -> optax.GradientTransformation:
-    """SGD (optionally with momentum), the optimiser of every MNIST protocol."""
+def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.GradientTransformation:
+    """SGD (optionally with momentum), the optimiser of every MNIST protocol.
+
+    `validate=False` accepts traced `lr`/`momentum` (a vmapped sweep rebinding them per run;
+    `sequax.engine.runs` checks every grid point's concrete values first).
+    """
     cfg = _as_dict(optimizer_config)
     name = cfg.get("name", "sgd")
     if name != "sgd":
         raise ConfigError(f"config.optimizer.name={name!r} is unknown; known: 'sgd'")
-    if not cfg.get("lr", 0) > 0:
+    if validate and not cfg.get("lr", 0) > 0:
         raise ConfigError(f"config.optimizer.lr={cfg.get('lr')!r} must be a positive number")
-    momentum = cfg.get("momentum", 0.0) or None
+    momentum = cfg.get("momentum", 0.0)
+    if isinstance(momentum, (int, float)) and not momentum:
+        momentum = None  # plain SGD: no trace in the optimizer state
     return optax.sgd(cfg["lr"], momentum=momentum)
 
 

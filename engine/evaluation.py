@@ -30,8 +30,10 @@ class TestSets(NamedTuple):
     size: jax.Array  # int32 [T]
 
 
-def stack_test_sets(scenario, limit: int | None = None) -> TestSets:
-    """Reads each task's test split from the scenario and places the stack on device."""
+def stack_test_sets(scenario, limit: int | None = None, put=jax.device_put) -> TestSets:
+    """Reads each task's test split from the scenario and places the stack on device.
+
+    `put(host_array) -> jax.Array` places each array (replicated over a mesh, say)."""
     sets = [scenario.test(t) for t in range(scenario.num_tasks)]
     if limit is not None:
         sets = [(x[:limit], y[:limit]) for x, y in sets]
@@ -41,14 +43,15 @@ def stack_test_sets(scenario, limit: int | None = None) -> TestSets:
     for t, (x, y) in enumerate(sets):
         xs[t, : len(y)], ys[t, : len(y)] = x, y
     sizes = np.array([len(y) for _, y in sets], np.int32)
-    return TestSets(jax.device_put(xs), jax.device_put(ys), jax.device_put(sizes))
+    return TestSets(put(xs), put(ys), put(sizes))
 
 
-def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000):
+def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False):
     """`evaluate(params, model_state, task, test) -> (class_il [T], task_il [T])`, jitted.
 
     `task` is the index of the last task trained; class-IL counts as candidates the classes
-    of tasks 0..task. Accuracies are fractions of each task's test set.
+    of tasks 0..task. Accuracies are fractions of each task's test set. With `runs=True`
+    the model arguments carry a leading run axis and the results are [runs, T].
     """
     task_classes = jnp.asarray(task_classes, bool)
 
@@ -71,4 +74,4 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000):
         accuracies = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
         return accuracies[:, 0], accuracies[:, 1]
 
-    return jax.jit(evaluate)
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)) if runs else evaluate)

@@ -1,13 +1,18 @@
 """The whole continual-learning loop, top to bottom, in plain Python.
 
-configure → data → model, optimiser, algorithm → state → compile → for each training
-phase: train epochs (one dispatch per chunk of steps) → `end_task` → evaluate every task →
-write the accuracy-matrix row. Observers (progress bar, JSONL, console tables) read values;
-only this loop assigns the state.
+configure → data → model, optimiser, algorithm → mesh and runs → state → compile → for
+each training phase: train epochs (one dispatch per chunk of steps) → `end_task` →
+evaluate every task → write the accuracy-matrix row. Observers (progress bar, JSONL,
+console tables) read values; only this loop assigns the state.
+
+The same loop runs one run on one device, a run whose batch is split over a mesh of
+devices or hosts (`config.mesh`, `sequax.engine.sharding`), and N runs (seeds × swept
+hyper-parameters, `config.runs` / `config.sweep`, `sequax.engine.runs`) vmapped into one
+program: then every state leaf and every result carries a leading run axis.
 
     from sequax.engine import loop
     result = loop.run(config, workdir="/tmp/run")
-    result.class_il  # accuracy matrix R[i, j], rows = training phases
+    result.class_il  # accuracy matrix R[i, j], rows = training phases ([runs, i, j] if vmapped)
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import numpy as np
 
 from sequax.algorithms.protocol import phases_of
 from sequax.engine import metrics as cl_metrics
+from sequax.engine import runs as runs_lib
+from sequax.engine import sharding
 from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario
 from sequax.engine.evaluation import make_evaluate, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
-from sequax.engine.task_data import task_arrays
+from sequax.engine.task_data import TaskData, task_arrays
 from sequax.engine.writers import JsonlWriter, ProgressBar, format_duration
 
 
@@ -36,12 +43,13 @@ from sequax.engine.writers import JsonlWriter, ProgressBar, format_duration
 class RunResult:
     """What a run produced. Accuracies are fractions; matrices are [phases, tasks]."""
 
-    class_il: np.ndarray
+    class_il: np.ndarray  # [phases, tasks], or [runs, phases, tasks] for vmapped runs
     task_il: np.ndarray
     random_init: dict[str, np.ndarray]  # accuracies of the untrained model ("class_il", "task_il")
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # of the run, or {"runs": [per run], "table": [per grid point]}
     timings: dict[str, float]
     state: CLState
+    grid: runs_lib.RunGrid | None = None  # the runs of a vmapped program (None: one run)
 
 
 def _summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
@@ -55,21 +63,41 @@ def _summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
     return out
 
 
+def _mesh(config) -> jax.sharding.Mesh:
+    cfg = dict(config.get("mesh") or {})
+    try:
+        return sharding.make_mesh(int(cfg.get("data", -1)), int(cfg.get("fsdp", 1)))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     """Trains `config`'s algorithm on its task stream; writes results under `workdir`."""
     wall_start = time.perf_counter()
-    say = print if verbose else (lambda *a, **k: None)
+    main = jax.process_index() == 0  # only process 0 prints and writes (several hosts)
+    say = print if verbose and main else (lambda *a, **k: None)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    log = JsonlWriter(workdir / "metrics.jsonl")
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    log = JsonlWriter(workdir / "metrics.jsonl") if main else None
+    write = log.write if log else (lambda record: None)
 
-    # ---------------- Data, model, optimiser, algorithm (all validated before compiling) -------
+    # ---------------- Data, model, optimiser, algorithm, runs, mesh (validated before compiling) -
     scenario = build_scenario(config.data)
     model = build_model(config.model, scenario.num_classes)
     tx = build_optimizer(config.optimizer)
     algorithm = build_algorithm(config.algorithm)
+    grid = runs_lib.make_grid(config)
+    vmapped = grid.vmapped
+    mesh = _mesh(config)
+    ways = sharding.batch_size_of(mesh)
     batch_size = int(config.training.batch_size)
+    if batch_size % ways:
+        raise ConfigError(
+            f"config.training.batch_size={batch_size} must divide evenly over the {ways} devices of "
+            f"the mesh (data x fsdp); use a multiple of {ways}"
+        )
     phases = phases_of(algorithm, scenario.num_tasks)
     phase_sizes = [sum(scenario.train_sizes[t] for t in phase) for phase in phases]
     if min(phase_sizes) < batch_size:
@@ -77,15 +105,25 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             f"config.training.batch_size={batch_size} exceeds the smallest task "
             f"({min(phase_sizes)} examples); lower the batch size"
         )
-    capacity = max(phase_sizes)  # every phase is padded to this: one shape, one compile
-    test = stack_test_sets(scenario)
+    # Every phase is padded to this (one shape, one compile), a multiple of the batch split.
+    capacity = -(-max(phase_sizes) // ways) * ways
+    replicated = sharding.replicated(mesh)
+    put_replicated = lambda a: sharding.put(np.asarray(a), replicated)  # noqa: E731
+    put_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
+    test = stack_test_sets(scenario, put=put_replicated)
+    runs_note = f"; {grid.size} runs in one program ({', '.join(grid.keys) or 'seeds'})" if vmapped else ""
+    mesh_note = f"; mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}" if mesh.size > 1 else ""
     say(
         f"sequax: {config.algorithm.name} on {scenario.name} ({scenario.num_tasks} tasks, "
         f"{scenario.setting}-IL, {sum(scenario.train_sizes)} training examples), "
-        f"batch {batch_size}, {config.training.epochs} epoch(s) per task; workdir {workdir}"
+        f"batch {batch_size}, {config.training.epochs} epoch(s) per task{runs_note}{mesh_note}; "
+        f"workdir {workdir}"
     )
 
     # ---------------- State and compiled functions -----------------------------------------
+    # A vmapped sweep rebinds the algorithm and optimizer from each run's `state.hparams`.
+    bind = (lambda hp: runs_lib.bind(algorithm, config.optimizer, hp)) if grid.keys else None
+    parts = bind or (lambda hp: (algorithm, tx))
     # The first phase's examples are read once, for the example batch and for training.
     first_parts = [scenario.train(t) for t in phases[0]]
     x0, y0 = first_parts[0]
@@ -94,101 +132,171 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         "y": jnp.asarray(y0[:batch_size], jnp.int32),
         "task": jnp.zeros((batch_size,), jnp.int32),
     }
-    state = jax.jit(lambda b: create_state(model, algorithm, tx, b, int(config.seed)))(example_batch)
-    train_step = make_train_step(model, algorithm, tx)
-    run_steps = make_run_steps(train_step, batch_size)
-    order_fn = jax.jit(epoch_order, static_argnums=3)
-    end_task = jax.jit(lambda s, d, k: algorithm.end_task(s, d, k, model))
-    evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size))
 
-    # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ----------
-    b_class, b_task = (np.asarray(a) for a in evaluate(state.params, state.model_state, state.task, test))
-    random_init = {"class_il": b_class, "task_il": b_task}
-    log.write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
+    def init(seed, hparams):
+        algorithm_, tx_ = parts(hparams)
+        return create_state(model, algorithm_, tx_, example_batch, seed, hparams)
 
-    class_il = np.full((len(phases), scenario.num_tasks), np.nan)
-    task_il = np.full_like(class_il, np.nan)
-    timings = {"compile": 0.0, "train": 0.0, "end_task": 0.0, "eval": 0.0}
-    train_samples = 0
-    chunk = int(config.training.steps_per_dispatch)
-    compiled = None
+    if vmapped:
+        init = jax.vmap(init)
+        init_args = (np.array(grid.seeds, np.int32), grid.hparams())
+    else:
+        init_args = (np.int32(config.seed), {})
+    with jax.set_mesh(mesh):
+        shapes = jax.eval_shape(init, *init_args)
+        state_sharding = sharding.named(
+            mesh,
+            sharding.state_specs(
+                shapes, shapes.params, mesh, fsdp_min_size=int(dict(config.get("mesh") or {}).get("fsdp_min_size", 2**18)), runs=vmapped
+            ),
+        )
+        state = jax.jit(init, out_shardings=state_sharding)(*init_args)
+        data_sharding = TaskData(*(sharding.examples_sharding(mesh, (capacity,)) for _ in range(3)), replicated)
+        train_step = make_train_step(model, algorithm, tx, bind=bind)
+        run_steps = make_run_steps(train_step, batch_size, runs=vmapped, shardings=(state_sharding, data_sharding))
+        order_fn = jax.jit(jax.vmap(epoch_order, (0, 0, None, None)) if vmapped else epoch_order, static_argnums=3)
 
-    row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
-    for p, tasks in enumerate(phases):
-        # ------------ Place the phase's examples on device, once -----------------------------
-        parts = first_parts if p == 0 else [scenario.train(t) for t in tasks]
-        first_parts = None  # keep no host copy of phase 0 once it is on device
-        x = np.concatenate([xt for xt, _ in parts])
-        y = np.concatenate([yt for _, yt in parts])
-        task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts)])
-        data = task_arrays(x, y, task_ids, capacity)
-        state = state._replace(task=jnp.asarray(tasks[-1], jnp.int32))
-        if p > 0 and config.optimizer.get("reset_each_task", False):
-            state = state._replace(opt_state=tx.init(state.params))
-        steps = steps_per_epoch(len(y), batch_size)
+        def end_task_fn(state, data, key):
+            return parts(state.hparams)[0].end_task(state, data, key, model)
 
-        if compiled is None:  # compile once, ahead of time; a shape change would raise, not retrace
+        end_task = jax.jit(
+            jax.vmap(end_task_fn, (0, None, 0)) if vmapped else end_task_fn, out_shardings=state_sharding.algo
+        )
+        task_key = jax.jit(jax.vmap(stream_key, (0, None, None)) if vmapped else stream_key, static_argnums=1)
+        reset_opt = jax.jit(
+            lambda s: (jax.vmap if vmapped else (lambda f: f))(lambda s: parts(s.hparams)[1].init(s.params))(s),
+            out_shardings=state_sharding.opt_state,
+        )
+        evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size), runs=vmapped)
+        set_task = lambda t: put_replicated(np.full((grid.size,) if vmapped else (), t, np.int32))  # noqa: E731
+
+        # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
+        b_class, b_task = (sharding.to_host(a) for a in evaluate(state.params, state.model_state, state.task, test))
+        random_init = {"class_il": b_class, "task_il": b_task}
+        write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
+
+        lead = (grid.size,) if vmapped else ()
+        class_il = np.full((*lead, len(phases), scenario.num_tasks), np.nan)
+        task_il = np.full_like(class_il, np.nan)
+        timings = {"compile": 0.0, "train": 0.0, "end_task": 0.0, "eval": 0.0}
+        train_samples = 0
+        chunk = int(config.training.steps_per_dispatch)
+        compiled = None
+
+        row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
+        for p, tasks in enumerate(phases):
+            # ------------ Place the phase's examples on device, once (split over the mesh) ---
+            parts_p = first_parts if p == 0 else [scenario.train(t) for t in tasks]
+            first_parts = None  # keep no host copy of phase 0 once it is on device
+            x = np.concatenate([xt for xt, _ in parts_p])
+            y = np.concatenate([yt for _, yt in parts_p])
+            task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts_p)])
+            data = task_arrays(x, y, task_ids, capacity, put=put_examples)
+            del parts_p, x
+            state = state._replace(task=set_task(tasks[-1]))
+            if p > 0 and config.optimizer.get("reset_each_task", False):
+                state = state._replace(opt_state=reset_opt(state))
+            steps = steps_per_epoch(len(y), batch_size)
+
+            if compiled is None:  # compile once, ahead of time; a shape change would raise, not retrace
+                t0 = time.perf_counter()
+                order = order_fn(state.key, state.step, data.size, capacity)
+                compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
+                timings["compile"] = time.perf_counter() - t0
+
+            # ------------ Train: epochs of in-jit permutations, chunks of fori_loop steps -----
+            label = f"phase {p + 1}/{len(phases)}" if len(tasks) > 1 else f"task {tasks[0] + 1}/{scenario.num_tasks}"
+            runs_factor = grid.size if vmapped else 1
+            bar = ProgressBar(total=steps * batch_size * config.training.epochs, label=label) if verbose and main else None
             t0 = time.perf_counter()
-            order = order_fn(state.key, state.step, data.size, capacity)
-            compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
-            timings["compile"] = time.perf_counter() - t0
+            for epoch in range(int(config.training.epochs)):
+                order = order_fn(state.key, state.step, data.size, capacity)
+                for start in range(0, steps, chunk):
+                    stop = min(start + chunk, steps)
+                    state, means = compiled(state, data, order, np.int32(start), np.int32(stop))
+                    means = {k: sharding.to_host(v) for k, v in means.items()}  # blocks: honest timing
+                    done = (stop - start) * batch_size
+                    train_samples += done * runs_factor
+                    if bar:
+                        bar.update(done, **{k: float(np.mean(v)) for k, v in means.items()})
+                    step = int(np.max(sharding.to_host(state.step)))
+                    write({"kind": "train", "phase": p, "epoch": epoch, "step": step, **means})
+            timings["train"] += time.perf_counter() - t0
+            if bar:
+                bar.close()
 
-        # ------------ Train: epochs of in-jit permutations, chunks of fori_loop steps ---------
-        label = f"phase {p + 1}/{len(phases)}" if len(tasks) > 1 else f"task {tasks[0] + 1}/{scenario.num_tasks}"
-        bar = ProgressBar(total=steps * batch_size * config.training.epochs, label=label) if verbose else None
-        t0 = time.perf_counter()
-        for epoch in range(int(config.training.epochs)):
-            order = order_fn(state.key, state.step, data.size, capacity)
-            for start in range(0, steps, chunk):
-                stop = min(start + chunk, steps)
-                state, means = compiled(state, data, order, np.int32(start), np.int32(stop))
-                means = {k: float(v) for k, v in means.items()}  # blocks: honest timing
-                done = (stop - start) * batch_size
-                train_samples += done
-                if bar:
-                    bar.update(done, **means)
-                log.write({"kind": "train", "phase": p, "epoch": epoch, "step": int(state.step), **means})
-        timings["train"] += time.perf_counter() - t0
-        if bar:
-            bar.close()
+            # ------------ End of task: importances, anchors, snapshots (compiled) ------------
+            t0 = time.perf_counter()
+            algo = end_task(state, data, task_key(state.key, STREAM_TASK, tasks[-1]))
+            state = state._replace(algo=jax.block_until_ready(algo))
+            timings["end_task"] += time.perf_counter() - t0
+            del data
 
-        # ------------ End of task: importances, anchors, snapshots (compiled) ----------------
-        t0 = time.perf_counter()
-        algo = end_task(state, data, stream_key(state.key, STREAM_TASK, tasks[-1]))
-        state = state._replace(algo=jax.block_until_ready(algo))
-        timings["end_task"] += time.perf_counter() - t0
-
-        # ------------ Evaluate every task: row p of the accuracy matrix ----------------------
-        t0 = time.perf_counter()
-        row_class, row_task = evaluate(state.params, state.model_state, state.task, test)
-        class_il[p], task_il[p] = np.asarray(row_class), np.asarray(row_task)
-        timings["eval"] += time.perf_counter() - t0
-        log.write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[p], "task_il": task_il[p]})
-        view = "class" if scenario.setting == "class" else "domain"
-        say(cl_metrics.format_matrix(class_il, title=f"accuracy (%), {view}-IL", row_labels=row_labels))
-        if scenario.setting == "class":
-            say(cl_metrics.format_matrix(task_il, title="accuracy (%), task-IL", row_labels=row_labels))
+            # ------------ Evaluate every task: row p of the accuracy matrix ------------------
+            t0 = time.perf_counter()
+            row_class, row_task = evaluate(state.params, state.model_state, state.task, test)
+            class_il[..., p, :], task_il[..., p, :] = sharding.to_host(row_class), sharding.to_host(row_task)
+            timings["eval"] += time.perf_counter() - t0
+            write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[..., p, :], "task_il": task_il[..., p, :]})
+            view = "class" if scenario.setting == "class" else "domain"
+            of_runs = f", mean of {grid.size} runs" if vmapped else ""
+            mean = (lambda m: m.mean(0)) if vmapped else (lambda m: m)
+            say(cl_metrics.format_matrix(mean(class_il), title=f"accuracy (%), {view}-IL{of_runs}", row_labels=row_labels))
+            if scenario.setting == "class":
+                say(cl_metrics.format_matrix(mean(task_il), title=f"accuracy (%), task-IL{of_runs}", row_labels=row_labels))
 
     # ---------------- Summary ---------------------------------------------------------------
-    summary = _summaries(scenario.setting, class_il, task_il, random_init)
     timings["wall"] = time.perf_counter() - wall_start
     timings["train_samples"] = train_samples
     timings["train_samples_per_s"] = train_samples / max(timings["train"], 1e-9)
-    log.write({"kind": "summary", **summary, "timings": timings})
-    log.close()
-    (workdir / "accuracy_matrix.json").write_text(
-        json.dumps(
-            {"class_il": class_il.tolist(), "task_il": task_il.tolist(),
-             "random_init": {k: v.tolist() for k, v in random_init.items()}, "phases": phases},
-            indent=1,
-        )
-    )
-    (workdir / "summary.json").write_text(json.dumps({**summary, "timings": timings}, indent=2) + "\n")
-    for view, values in summary.items():
-        say(f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items()))
+    timings["devices"] = mesh.size
+    if vmapped:
+        summary = _write_runs(workdir, grid, scenario.setting, class_il, task_il, random_init, phases, main)
+    else:
+        summary = _summaries(scenario.setting, class_il, task_il, random_init)
+        if main:
+            _write_matrices(workdir, class_il, task_il, random_init, phases)
+    write({"kind": "summary", **summary, "timings": timings})
+    if log:
+        log.close()
+    if main:
+        (workdir / "summary.json").write_text(json.dumps({**summary, "timings": timings}, indent=2) + "\n")
+    if vmapped:
+        say(runs_lib.format_table(summary["table"]))
+    else:
+        for view, values in summary.items():
+            say(f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items()))
     say(
         f"train {timings['train_samples_per_s']:,.0f} samples/s; compile {timings['compile']:.1f}s, "
         f"train {timings['train']:.1f}s, end_task {timings['end_task']:.1f}s, eval {timings['eval']:.1f}s, "
         f"wall {format_duration(timings['wall'])}"
     )
-    return RunResult(class_il, task_il, random_init, summary, timings, state)
+    return RunResult(class_il, task_il, random_init, summary, timings, state, grid if vmapped else None)
+
+
+def _write_matrices(folder: Path, class_il, task_il, random_init, phases) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "accuracy_matrix.json").write_text(
+        json.dumps(
+            {"class_il": np.asarray(class_il).tolist(), "task_il": np.asarray(task_il).tolist(),
+             "random_init": {k: np.asarray(v).tolist() for k, v in random_init.items()}, "phases": phases},
+            indent=1,
+        )
+    )
+
+
+def _write_runs(workdir: Path, grid, setting: str, class_il, task_il, random_init, phases, main: bool) -> dict:
+    """Per-run matrices and summaries under runs/NNN/, and the mean ± std table per grid point."""
+    per_run = []
+    for r in range(grid.size):
+        init_r = {k: v[r] for k, v in random_init.items()}
+        summary_r = _summaries(setting, class_il[r], task_il[r], init_r)
+        per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r})
+        if main:
+            folder = workdir / "runs" / f"{r:03d}"
+            _write_matrices(folder, class_il[r], task_il[r], init_r, phases)
+            (folder / "summary.json").write_text(json.dumps(per_run[-1], indent=2) + "\n")
+    table = runs_lib.summary_table(grid, per_run)
+    if main:
+        (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
+    return {"runs": per_run, "table": table}

@@ -39,6 +39,9 @@ class CLState(NamedTuple):
     opt_state: optax.OptState
     algo: PyTree  # the algorithm's own memory; {} for naive fine-tuning
     key: jax.Array  # uint32[2]: the run's base PRNG key (raw data, checkpointable)
+    # float32 scalars of the hyper-parameters a vmapped sweep varies ({} otherwise); the
+    # step rebinds the algorithm and optimizer from them (`sequax.engine.runs.bind`).
+    hparams: dict = {}
 
 
 def base_key(seed: int) -> jax.Array:
@@ -56,8 +59,11 @@ def step_key(state: CLState, stream: int = STREAM_TRAIN) -> jax.Array:
     return stream_key(state.key, stream, state.step)
 
 
-def create_state(model, algorithm, tx: optax.GradientTransformation, example_batch, seed: int):
-    """Initialises every part of the state at its final shape (called once, under jit)."""
+def create_state(model, algorithm, tx: optax.GradientTransformation, example_batch, seed, hparams=None):
+    """Initialises every part of the state at its final shape (called once, under jit).
+
+    `seed` may be traced (a vmap over seeds); `hparams` are this run's swept values.
+    """
     key = base_key(seed)
     init_key = jax.random.fold_in(key, STREAM_INIT)
     model_key, algo_key = jax.random.split(init_key)
@@ -71,4 +77,5 @@ def create_state(model, algorithm, tx: optax.GradientTransformation, example_bat
         opt_state=tx.init(params),
         algo=algo,
         key=key,
+        hparams={} if hparams is None else dict(hparams),
     )

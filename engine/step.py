@@ -27,16 +27,23 @@ from sequax.engine.task_data import TaskData, gather_batch
 TrainStep = Callable[[CLState, dict], tuple[CLState, dict]]
 
 
-def make_train_step(model, algorithm, tx: optax.GradientTransformation) -> TrainStep:
+def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=None) -> TrainStep:
     """The pure training step: loss and gradient, optimizer update, algorithm update.
 
     The algorithm's `loss` is the whole objective (task loss, replay terms, penalties), so
     every penalty is part of the differentiated graph and fused into the step. Its `aux`
     must hold "model_state" and "metrics"; the step adds "grads" and "updates" (the
     parameter change) before calling `update`, which is what path-integral methods need.
+
+    `bind(hparams) -> (algorithm, tx)`, when given, rebuilds both from `state.hparams` at
+    every step: how a vmapped sweep gives each run its own learning rate or λ.
     """
 
     def train_step(state: CLState, batch: dict) -> tuple[CLState, dict]:
+        algorithm_, tx_ = bind(state.hparams) if bind else (algorithm, tx)
+        return _step(algorithm_, tx_, state, batch)
+
+    def _step(algorithm, tx, state, batch):
         key = stream_key(state.key, STREAM_TRAIN, state.step)
         loss_key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
@@ -72,11 +79,15 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
     return size // batch_size
 
 
-def make_run_steps(train_step: TrainStep, batch_size: int):
+def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False, shardings=None):
     """`run_steps(state, data, order, start, stop) -> (state, mean metrics)`, jitted once.
 
     Runs steps `start..stop-1` of an epoch whose example order is `order`; the state is
     donated, so its buffers (a replay reservoir, say) are updated in place.
+
+    `runs=True`: the state and `order` carry a leading run axis and the runs share `data`
+    (a vmap: N seeds or sweep points in one program). `shardings`, a `(state, data)` pair
+    of sharding trees, pins the placement of the inputs and the output state.
     """
 
     def run_steps(state: CLState, data: TaskData, order: jax.Array, start, stop):
@@ -93,4 +104,14 @@ def make_run_steps(train_step: TrainStep, batch_size: int):
         count = jnp.maximum(stop - start, 1).astype(jnp.float32)
         return state, jax.tree.map(lambda s: s / count, sums)
 
-    return jax.jit(run_steps, donate_argnums=0)
+    if runs:
+        run_steps = jax.vmap(run_steps, in_axes=(0, None, 0, None, None))
+    if shardings is None:
+        return jax.jit(run_steps, donate_argnums=0)
+    state_sharding, data_sharding = shardings
+    return jax.jit(
+        run_steps,
+        donate_argnums=0,
+        in_shardings=(state_sharding, data_sharding, None, None, None),
+        out_shardings=(state_sharding, None),
+    )

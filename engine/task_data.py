@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sequax.engine.sharding import constrain_batch
+
 
 class TaskData(NamedTuple):
     """One training phase (one task, or the union for joint training) on device."""
@@ -30,8 +32,9 @@ class TaskData(NamedTuple):
     size: jax.Array  # int32 scalar: examples actually present (the rest is padding)
 
 
-def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int) -> TaskData:
-    """Pads host arrays to `capacity` examples and places them on the default device."""
+def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int, put=jax.device_put) -> TaskData:
+    """Pads host arrays to `capacity` examples and places them with `put` (the default
+    device, or split across a mesh's batch axes: `sequax.engine.sharding`)."""
     n = len(y)
     if n > capacity:
         raise ValueError(f"phase holds {n} examples, more than the capacity {capacity}")
@@ -42,20 +45,21 @@ def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int) -
         return np.concatenate([a, np.zeros((pad, *a.shape[1:]), dtype)]) if pad else a
 
     return TaskData(
-        x=jax.device_put(padded(x, np.uint8)),
-        y=jax.device_put(padded(y, np.int32)),
-        task=jax.device_put(padded(task, np.int32)),
-        size=jax.device_put(np.int32(n)),
+        x=put(padded(x, np.uint8)),
+        y=put(padded(y, np.int32)),
+        task=put(padded(task, np.int32)),
+        size=put(np.int32(n)),
     )
 
 
 def gather_batch(data: TaskData, indices: jax.Array) -> dict[str, jax.Array]:
-    """The batch at `indices`, images as float32 in [0, 1] (the DER protocol's inputs)."""
-    return {
-        "x": data.x[indices].astype(jnp.float32) / 255.0,
-        "y": data.y[indices],
-        "task": data.task[indices],
-    }
+    """The batch at `indices`, images as float32 in [0, 1] (the DER protocol's inputs).
+
+    Under a mesh (`jax.set_mesh`) the batch is split across its batch axes.
+    """
+    batch = {"x": data.x[indices], "y": data.y[indices], "task": data.task[indices]}
+    batch = constrain_batch(batch)
+    return {**batch, "x": batch["x"].astype(jnp.float32) / 255.0}
 
 
 def scan_batches(

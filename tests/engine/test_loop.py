@@ -94,7 +94,7 @@ def test_two_tasks_of_different_sizes_compile_the_train_step_once(monkeypatch, t
     traces = []
     real_make_run_steps = loop.make_run_steps
 
-    def counting_make_run_steps(train_step, batch_size):
+    def counting_make_run_steps(train_step, batch_size, **kwargs):
         inner = real_make_run_steps(train_step, batch_size).__wrapped__  # the un-jitted run_steps
 
         def run_steps(*args):

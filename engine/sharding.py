@@ -1,0 +1,175 @@
+"""Where every array of a run lives: the device mesh and the rules that shard the state.
+
+One mesh with two axes, built from `config.mesh`:
+
+  data  the batch axis: every step's batch is split across it (data parallelism);
+  fsdp  an optional parameter axis: large parameters are split across it (fully sharded
+        data parallelism, FSDP); the batch is split across `data` × `fsdp`.
+
+The rules, applied to the shapes of the whole `CLState` (nothing is annotated by hand):
+
+  * parameters are replicated, except that with `fsdp > 1` a parameter of at least
+    `fsdp_min_size` elements is split along its largest dimension divisible by `fsdp`;
+  * every parameter-shaped subtree of the state (Fisher, anchors, SI's path integral,
+    optimizer moments) follows the parameters' sharding, found by tree structure and shapes;
+  * a replay reservoir's capacity axis (`ReservoirState.items`) is split across the batch
+    axes. It stays ONE global reservoir: insertion slots and replay draws are computed on
+    global indices exactly as on one device, and GSPMD turns the scatter and the gather
+    into local ones plus a reduction of the replayed rows (see docs/architecture.md);
+  * everything else (counters, keys, scalars, the pre-drawn replay batch) is replicated.
+
+Inside compiled code, `constrain_batch` splits a batch across the batch axes of the mesh
+in context (`jax.set_mesh`); with no mesh in context it does nothing, so unit tests and
+single-device runs trace the same code.
+
+    mesh = make_mesh(data=-1, fsdp=1)                 # -1: every device not used by fsdp
+    with jax.set_mesh(mesh):
+        specs = state_specs(state_shapes, mesh)       # a PartitionSpec per state leaf
+        state = jax.jit(init, out_shardings=named(mesh, specs))(...)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # a batch is split across both: FSDP is data parallel too
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp) mesh over `devices` (all of them by default) with GSPMD (Auto) axes.
+
+    `data=-1` takes every device that `fsdp` leaves. Axes are `Auto` on purpose:
+    `jax.make_mesh` defaults to Explicit axes, whose sharding-in-types rules reject the
+    gathers and scatters of the on-device loop.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {n} device(s); use a divisor of {n}")
+    if data == -1:
+        data = n // fsdp
+    if data < 1 or data * fsdp != n:
+        raise ValueError(
+            f"config.mesh: data={data} x fsdp={fsdp} must equal the {n} device(s); "
+            f"set data=-1 to use every device"
+        )
+    return jax.make_mesh((data, fsdp), MESH_AXES, (AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_size_of(mesh: Mesh) -> int:
+    """How many ways a batch is split (data × fsdp)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def param_spec(shape: tuple[int, ...], mesh: Mesh, fsdp_min_size: int) -> P:
+    """Replicated, or (FSDP) split on `fsdp` along the largest divisible dimension."""
+    ways = mesh.shape["fsdp"]
+    if ways == 1 or math.prod(shape) < fsdp_min_size:
+        return P()
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % ways == 0:
+            return P(*([None] * d), "fsdp")
+    return P()
+
+
+def _leading_spec(shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Split the leading (examples) axis across the batch axes when it divides evenly."""
+    if shape and shape[0] % batch_size_of(mesh) == 0:
+        return P(BATCH_AXES)
+    return P()
+
+
+def state_specs(state: PyTree, params: PyTree, mesh: Mesh, *, fsdp_min_size: int = 2**18, runs: bool = False):
+    """A PartitionSpec for every leaf of `state` (arrays or ShapeDtypeStructs), by the rules.
+
+    `params` is the parameter subtree (its shapes decide what "parameter-shaped" means).
+    With `runs=True` every leaf has a leading run axis (vmapped runs), kept replicated.
+    """
+    from sequax.algorithms.reservoir import ReservoirState  # here: algorithms import the engine
+
+    strip = (lambda s: tuple(s.shape[1:])) if runs else (lambda s: tuple(s.shape))
+    param_tree = jax.tree.structure(params)
+    param_shapes = [strip(p) for p in jax.tree.leaves(params)]
+    param_specs = jax.tree.map(lambda p: param_spec(strip(p), mesh, fsdp_min_size), params)
+
+    def is_param_shaped(node) -> bool:
+        if jax.tree.structure(node) != param_tree or not param_shapes:
+            return False
+        return [strip(leaf) for leaf in jax.tree.leaves(node)] == param_shapes
+
+    def is_special(node) -> bool:
+        return isinstance(node, ReservoirState) or (not _is_leaf(node) and is_param_shaped(node))
+
+    def spec_of(node):
+        if isinstance(node, ReservoirState):
+            items = jax.tree.map(lambda a: _leading_spec(strip(a), mesh), node.items)
+            return ReservoirState(items=items, num_seen=P())
+        if not _is_leaf(node):
+            return param_specs
+        return P()
+
+    specs = jax.tree.map(spec_of, state, is_leaf=is_special)
+    if runs:
+        specs = jax.tree.map(lambda s: P(None, *s), specs, is_leaf=lambda s: isinstance(s, P))
+    return specs
+
+
+def _is_leaf(node) -> bool:
+    return isinstance(node, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) or np.isscalar(node)
+
+
+def named(mesh: Mesh, specs: PyTree) -> PyTree:
+    """PartitionSpecs → NamedShardings on `mesh` (same tree)."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
+
+
+def examples_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """Host data with a leading examples axis: split across the batch axes when it divides."""
+    return NamedSharding(mesh, _leading_spec(shape, mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def put(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds; each process places only the
+    shards its own devices own (so several hosts each feed their part)."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A replicated (or single-process) global array as numpy, in any process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(x.addressable_data(0))
+
+
+def constrain_batch(batch: PyTree) -> PyTree:
+    """Splits a batch's leading axis across the batch axes of the mesh in context.
+
+    A no-op when no mesh is set (`jax.set_mesh`), when the mesh lacks the batch axes, or
+    when the batch does not divide evenly, so the same traced code runs anywhere.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return batch
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if ways == 1:
+        return batch
+
+    def constrain(x):
+        if x.ndim == 0 or x.shape[0] % ways:
+            return x
+        return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+    return jax.tree.map(constrain, batch)
