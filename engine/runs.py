@@ -30,6 +30,7 @@ import numpy as np
 from sequax.engine.build import ConfigError, build_algorithm, build_optimizer
 
 OPTIMIZER_KEYS = ("lr", "momentum")
+TABLE_METRICS = ("acc", "bwt", "fwt", "forgetting")  # the table's columns; summary.json has all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +157,7 @@ def format_table(rows: list[dict]) -> str:
         return ""
     views = [v for v in rows[0] if v not in ("point", "seeds")]
     keys = list(rows[0]["point"])
-    columns = [(view, metric) for view in views for metric in rows[0][view]]
+    columns = [(view, m) for view in views for m in rows[0][view] if m in TABLE_METRICS]
     header = [*keys, "seeds", *(f"{view} {metric}" for view, metric in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
