@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
+from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.er import ER
 from sequax.algorithms.ewc import EWC
 from sequax.algorithms.joint import Joint
 from sequax.algorithms.naive import Naive
 from sequax.algorithms.protocol import Algorithm, phases_of, sequential_phases
 
-REGISTRY: dict[str, type] = {"naive": Naive, "joint": Joint, "er": ER, "ewc": EWC}
+REGISTRY: dict[str, type] = {
+    "naive": Naive,
+    "joint": Joint,
+    "er": ER,
+    "ewc": EWC,
+    "der": DER,
+    "derpp": DERPP,
+}
 
 
 def make(name: str, **hyperparameters) -> Algorithm:
@@ -33,4 +41,7 @@ def make(name: str, **hyperparameters) -> Algorithm:
     return cls(**hyperparameters)
 
 
-__all__ = ["Algorithm", "ER", "EWC", "Joint", "Naive", "REGISTRY", "make", "phases_of", "sequential_phases"]
+__all__ = [
+    "Algorithm", "DER", "DERPP", "ER", "EWC", "Joint", "Naive", "REGISTRY", "make", "phases_of",
+    "sequential_phases",
+]

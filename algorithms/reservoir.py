@@ -12,6 +12,7 @@ with probability capacity / n.
     buffer = reservoir_init(500, {"x": x[0], "y": y[0]})
     buffer = reservoir_add(buffer, {"x": x, "y": y}, key)
     items, valid = reservoir_sample(buffer, 10, key)   # without replacement; valid: bool [10]
+    replay = replay_init(500, 10, example, draws=2)      # two independent replay batches (DER++)
 
 Replay methods sample the *next* step's replay batch right after inserting the current one
 (`ReplayState`): the buffer a step reads is the same as if it sampled at its start, but the
@@ -84,23 +85,36 @@ def reservoir_sample(buffer: ReservoirState, size: int, key: jax.Array):
 
 
 class ReplayState(NamedTuple):
-    """A reservoir and the replay batch the next step will train on (sampled in advance)."""
+    """A reservoir and the replay batch the next step will train on (sampled in advance).
+
+    With `draws` (see `replay_init`), `replay` and `valid` carry a leading axis of that many
+    independent replay batches, each drawn without replacement on its own key, as the reference
+    code's repeated `get_data` calls do (DER++ replays two).
+    """
 
     buffer: ReservoirState
-    replay: PyTree  # dict of arrays, each [replay_batch, ...]
-    valid: jax.Array  # bool [replay_batch]: rows holding real examples
+    replay: PyTree  # dict of arrays, each [replay_batch, ...] (or [draws, replay_batch, ...])
+    valid: jax.Array  # bool [replay_batch] (or [draws, replay_batch]): rows holding real examples
 
 
-def replay_init(capacity: int, replay_batch: int, example: PyTree) -> ReplayState:
-    """An empty buffer and an all-invalid first replay batch."""
+def replay_init(
+    capacity: int, replay_batch: int, example: PyTree, draws: int | None = None
+) -> ReplayState:
+    """An empty buffer and an all-invalid first replay batch (`draws` of them if given)."""
     buffer = reservoir_init(capacity, example)
-    replay = jax.tree.map(lambda b: b[:replay_batch], buffer.items)
-    return ReplayState(buffer, replay, jnp.zeros((replay_batch,), bool))
+    leading = (replay_batch,) if draws is None else (draws, replay_batch)
+    replay = jax.tree.map(lambda b: jnp.zeros(leading + b.shape[1:], b.dtype), buffer.items)
+    return ReplayState(buffer, replay, jnp.zeros(leading, bool))
 
 
 def replay_add(state: ReplayState, batch: PyTree, key: jax.Array) -> ReplayState:
-    """Inserts `batch` into the reservoir, then draws the next step's replay batch."""
+    """Inserts `batch` into the reservoir, then draws the next step's replay batch (or batches)."""
     insert_key, sample_key = jax.random.split(key)
     buffer = reservoir_add(state.buffer, batch, insert_key)
-    replay, valid = reservoir_sample(buffer, state.valid.shape[0], sample_key)
+    size = state.valid.shape[-1]
+    if state.valid.ndim == 1:
+        replay, valid = reservoir_sample(buffer, size, sample_key)
+    else:  # independent draws, one key each
+        draw_keys = jax.random.split(sample_key, state.valid.shape[0])
+        replay, valid = jax.vmap(lambda k: reservoir_sample(buffer, size, k))(draw_keys)
     return ReplayState(buffer, replay, valid)

@@ -1,6 +1,6 @@
 """Every experiment config loads and builds; quickstart and one config per scenario run.
 
-A smoke run of all 13 `:local` configs would take minutes on 2 cores, so every config is
+A smoke run of all 15 `:local` configs would take minutes on 2 cores, so every config is
 loaded and built (data, model, optimiser, algorithm: all the validation a run does before
 compiling), and `loop.run` runs on the quickstart `:local` plus one config per scenario,
 shrunk further to 2 tasks of 200 training examples.
@@ -27,7 +27,8 @@ def load(name: str):
 
 
 def test_the_configs_are_all_found():
-    assert len(CONFIG_NAMES) >= 13 and "quickstart" in CONFIG_NAMES
+    assert len(CONFIG_NAMES) >= 15
+    assert {"quickstart", "smnist_derpp", "pmnist_derpp"} <= set(CONFIG_NAMES)
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
