@@ -179,7 +179,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         class_il = np.full((*lead, len(phases), scenario.num_tasks), np.nan)
         task_il = np.full_like(class_il, np.nan)
         timings = {"compile": 0.0, "train": 0.0, "end_task": 0.0, "eval": 0.0}
-        train_samples = 0
+        train_samples = train_steps = 0
         chunk = int(config.training.steps_per_dispatch)
         compiled = None
 
@@ -203,6 +203,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 order = order_fn(state.key, state.step, data.size, capacity)
                 compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
                 timings["compile"] = time.perf_counter() - t0
+                timings.update(_program_costs(compiled))
 
             # ------------ Train: epochs of in-jit permutations, chunks of fori_loop steps -----
             label = f"phase {p + 1}/{len(phases)}" if len(tasks) > 1 else f"task {tasks[0] + 1}/{scenario.num_tasks}"
@@ -217,6 +218,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                     means = {k: sharding.to_host(v) for k, v in means.items()}  # blocks: honest timing
                     done = (stop - start) * batch_size
                     train_samples += done * runs_factor
+                    train_steps += stop - start
                     if bar:
                         bar.update(done, **{k: float(np.mean(v)) for k, v in means.items()})
                     step = int(np.max(sharding.to_host(state.step)))
@@ -249,7 +251,11 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     timings["wall"] = time.perf_counter() - wall_start
     timings["train_samples"] = train_samples
     timings["train_samples_per_s"] = train_samples / max(timings["train"], 1e-9)
+    timings["train_steps"] = train_steps  # per run
     timings["devices"] = mesh.size
+    peak = _device_peak_bytes()
+    if peak is not None:
+        timings["device_peak_bytes"] = peak
     if vmapped:
         summary = _write_runs(workdir, grid, scenario.setting, class_il, task_il, random_init, phases, main)
     else:
@@ -272,6 +278,33 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         f"wall {format_duration(timings['wall'])}"
     )
     return RunResult(class_il, task_il, random_init, summary, timings, state, grid if vmapped else None)
+
+
+def _program_costs(compiled) -> dict[str, float]:
+    """XLA's own account of the compiled train program: FLOPs of one step (the loop body is
+    counted once; under a mesh, one device's share) and its memory (arguments + temporaries
+    + outputs not aliased to donated arguments)."""
+    costs = {}
+    try:
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+        if analysis and analysis.get("flops"):
+            costs["step_flops"] = float(analysis["flops"])
+        memory = compiled.memory_analysis()
+        if memory is not None:
+            costs["program_bytes"] = float(
+                memory.argument_size_in_bytes + memory.temp_size_in_bytes
+                + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            )
+    except Exception:  # noqa: BLE001 - an analysis a backend lacks is not worth failing a run for
+        pass
+    return costs
+
+
+def _device_peak_bytes() -> float | None:
+    """Peak bytes in use on the first local device, where the backend reports it (GPU, TPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return float(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _write_matrices(folder: Path, class_il, task_il, random_init, phases) -> None:

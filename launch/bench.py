@@ -1,7 +1,12 @@
-"""Throughput benchmark: sequax against a plain PyTorch loop doing the same work (PROTOCOLS §E).
+"""Throughput benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), and at scale.
 
-    python -m sequax.launch.bench                                          # full; writes docs/benchmarks.md
+    python -m sequax.launch.bench                                          # both suites; docs/benchmarks.md
+    python -m sequax.launch.bench --suite=compare                          # sequax vs the torch loop
+    python -m sequax.launch.bench --suite=scale                            # MFU, devices, vmapped runs
     python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints only
+
+Each suite replaces its own section of the output file (between `<!-- suite -->` markers),
+leaving the rest of the document as it is. The scale suite is `launch/bench_scale.py`.
 
 Workloads: PMNIST-10 (Permuted MNIST, 10 tasks, MLP 784-256-256-10, SGD lr 0.1, batch 128) and
 SMNIST-5 (Split MNIST class-IL, MLP 784-100-100-10, SGD lr 0.03, batch 10), one epoch per
@@ -42,6 +47,8 @@ _SEQUAX_CORES = flags.DEFINE_integer(
     "sequax_cores", 0, "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
     "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
+_SUITE = flags.DEFINE_enum("suite", "all", ["all", "compare", "scale"], "Which suite(s) to run.")
+_SCALE_METHODS = flags.DEFINE_string("scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table.")
 
 WORKLOADS = {
     "pmnist10": dict(title="PMNIST-10", scenario="permuted", num_tasks=10, widths=(256, 256),
@@ -49,7 +56,7 @@ WORKLOADS = {
     "smnist5": dict(title="SMNIST-5", scenario="split", num_tasks=5, widths=(100, 100),
                     lr=0.03, batch=10, ewc_lam=180.0),  # lam 180 = DER's e_lambda 90
 }
-METHODS = ("naive", "er", "ewc")
+METHODS = ("naive", "er", "ewc")  # the compare suite (the torch loop implements these)
 FRAMEWORKS = ("sequax", "torch")
 CAPACITY = 500
 SEED = 0
@@ -63,6 +70,7 @@ def make_config(workload: str, method: str, tasks: int, train_per_task: int):
         "er": dict(capacity=CAPACITY, replay_batch=w["batch"]),
         "ewc": dict(lam=w["ewc_lam"], gamma=1.0, online=True, fisher_labels="empirical",
                     likelihood_weighted=False),
+        "derpp": dict(capacity=CAPACITY, replay_batch=w["batch"], alpha=0.2, beta=0.5),  # PROTOCOLS §E
     }[method]
     config = common.der_config(w["scenario"], method, lr=w["lr"], **hyper)
     config.seed = SEED
@@ -80,9 +88,13 @@ def run_sequax(config) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
     t = result.timings
+    matrices = result.class_il if result.class_il.ndim == 3 else result.class_il[None]
     return dict(samples_per_s=t["train_samples_per_s"], train=t["train"], compile=t["compile"],
                 end_task=t["end_task"], eval=t["eval"], wall=t["wall"],
-                train_samples=int(t["train_samples"]), matrix=result.class_il.tolist())
+                train_samples=int(t["train_samples"]), matrix=matrices[0].tolist(),
+                accs=[100.0 * float(np.mean(m[-1])) for m in matrices], train_steps=int(t["train_steps"]),
+                devices=int(t["devices"]), runs=len(matrices), step_flops=t.get("step_flops", 0.0),
+                program_bytes=t.get("program_bytes", 0.0), device_peak_bytes=t.get("device_peak_bytes"))
 
 
 # ---------------- PyTorch: the plain loop ----------------------------------------------------
@@ -227,8 +239,17 @@ def run_torch(config) -> dict:
 
 # ---------------- One cell in a subprocess ---------------------------------------------------
 def run_single(spec: str, json_out: str) -> None:
-    workload, method, framework = spec.split(",")
+    """One cell: "workload,method,framework[,rN]" (N vmapped runs), or "peak" (matmul peak)."""
+    if spec == "peak":
+        from sequax.launch.bench_scale import measure_peak
+
+        Path(json_out).write_text(json.dumps(measure_peak()))
+        return
+    workload, method, framework, *extra = spec.split(",")
     config = make_config(workload, method, _TASKS.value, _TRAIN_PER_TASK.value)
+    for option in extra:
+        if option.startswith("r"):
+            config.runs = int(option[1:])
     if framework == "sequax" and _SEQUAX_CORES.value > 0:  # before jax is imported
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: _SEQUAX_CORES.value]))
     result = (run_sequax if framework == "sequax" else run_torch)(config)
@@ -333,7 +354,7 @@ def targets(results, workloads, methods) -> list[tuple[str, str, str]]:
 
 
 HOW_TO_READ = """\
-## How to read this
+### How to read this
 
 - **samples/s** counts training examples (the current batch only, not replayed ones) per second
   of time inside the training loop: per-step batch gathering, replay sampling, reservoir
@@ -366,18 +387,27 @@ HOW_TO_READ = """\
 """
 
 
-def report(results, workloads, methods, info, seconds) -> str:
+def header(info, seconds: float, suite: str) -> list[str]:
     command = " ".join(["python -m sequax.launch.bench", *sys.argv[1:]])
-    quick = _TASKS.value or _TRAIN_PER_TASK.value
-    target_rows = targets(results, workloads, methods)
     lines = [
-        "# Benchmarks: sequax against a plain PyTorch loop", "",
-        "Generated by `launch/bench.py` (workloads of `../shared/PROTOCOLS.md` §E). Command:", "",
-        f"    {command}", "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; benchmark time {seconds / 60:.1f} min.",
+        "Command:", "", f"    {command}", "",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {suite} suite time {seconds / 60:.1f} min.",
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; "
         f"load average at start {info['load'][0]:.2f}.",
         f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}.",
+    ]
+    if _TASKS.value or _TRAIN_PER_TASK.value:
+        lines.append(f"- **Quick run** (tasks={_TASKS.value or 'protocol'}, train_per_task="
+                     f"{_TRAIN_PER_TASK.value or 'all'}): not the protocol; the targets are indicative only.")
+    return lines
+
+
+def report(results, workloads, methods, info, seconds) -> str:
+    target_rows = targets(results, workloads, methods)
+    lines = [
+        "## sequax against a plain PyTorch loop", "",
+        "Workloads of `../shared/PROTOCOLS.md` §E, each cell in its own process.",
+        *header(info, seconds, "compare"),
         f"- Threads: torch `set_num_threads(1)`; sequax "
         + (f"pinned to {_SEQUAX_CORES.value} core(s) with `sched_setaffinity`" if _SEQUAX_CORES.value
            else f"on all {info['cores']} cores, XLA's default threading")
@@ -388,13 +418,91 @@ def report(results, workloads, methods, info, seconds) -> str:
         "γ 1, λ 1.4 (PMNIST) / 180 (SMNIST) with our ½ (DER's e_lambda 0.7 / 90), empirical Fisher "
         "over the whole task.",
     ]
-    if quick:
-        lines.append(f"- **Quick run** (tasks={_TASKS.value or 'protocol'}, train_per_task="
-                     f"{_TRAIN_PER_TASK.value or 'all'}): not the protocol; the targets are indicative only.")
-    lines += ["", "## Results", "", tables(results, workloads, methods), "", "## Targets", "",
+    lines += ["", "### Results", "", tables(results, workloads, methods), "", "### Targets", "",
               "| target | measured | result |", "| --- | --- | --- |"]
     lines += [f"| {name} | {measured} | {verdict} |" for name, measured, verdict in target_rows]
     lines += ["", HOW_TO_READ]
+    return "\n".join(lines)
+
+
+def write_section(path: str, name: str, text: str) -> None:
+    """Replaces the text between `<!-- name -->` and `<!-- /name -->` in `path` (appends if absent)."""
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    file = Path(path)
+    old = file.read_text() if file.exists() else "# Benchmarks\n"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(new)
+
+
+def compare_suite(workloads, methods, info) -> str:
+    start = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for w in workloads:
+            for m in methods:
+                for f in FRAMEWORKS:
+                    t0 = time.perf_counter()
+                    print(f"{WORKLOADS[w]['title']} {m} {f} ...", end=" ", flush=True)
+                    result = run_child(w, m, f, folder)
+                    if result is not None:
+                        results[(w, m, f)] = result
+                        print(f"{result['samples_per_s']:,.0f} samples/s, acc {result['acc']:.2f}%, "
+                              f"{time.perf_counter() - t0:.0f}s", flush=True)
+    return report(results, workloads, methods, info, time.perf_counter() - start)
+
+
+def scale_suite(workloads, info) -> str:
+    from sequax.launch import bench_scale as scale
+
+    start = time.perf_counter()
+    extra = [f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}"]
+    titles = {w: WORKLOADS[w]["title"] for w in WORKLOADS}
+
+    def cell(spec, devices=1):
+        t0 = time.perf_counter()
+        print(f"scale {spec} on {devices} device(s) ...", end=" ", flush=True)
+        result = scale.child(spec, folder, extra, devices)
+        if result and "samples_per_s" in result:
+            print(f"{result['samples_per_s']:,.0f} samples/s, wall {result['wall']:.1f}s, "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+        return result
+
+    with tempfile.TemporaryDirectory() as folder:
+        peak = scale.child("peak", folder, extra)
+        print(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s", flush=True)
+        methods = [m for m in _SCALE_METHODS.value.split(",") if m]
+        per_method = {(w, m): cell(f"{w},{m},sequax") for w in workloads for m in methods}
+        devices = {n: cell("pmnist10,naive,sequax", n) for n in scale.DEVICE_COUNTS}
+        runs = {w: {n: cell(f"{w},naive,sequax,r{n}") for n in scale.RUN_COUNTS} for w in workloads}
+    images = scale.plot(devices, runs.get("pmnist10", {}), Path(_OUTPUT.value or "docs/benchmarks.md").parent / "img",
+                        peak["gflops"])
+    g = peak["gflops"]
+    lines = ["## At scale: MFU, devices, vmapped runs", "",
+             "sequax alone (`launch/bench_scale.py`), each cell in its own process.",
+             *header(info, time.perf_counter() - start, "scale"),
+             f"- Measured fp32 matmul peak (best of {', '.join(f'{n}²' for n in scale.PEAK_SIZES)} in JAX, all cores): "
+             f"**{g:.1f} GFLOP/s** (" + ", ".join(f"{n}²: {v:.0f}" for n, v in peak["by_size"].items()) + ").",
+             "", "### Per workload and method (1 device, 1 run)", "",
+             scale.method_table(per_method, g, titles), "",
+             "### PMNIST-10 naive over 1/2/4/8 devices", "",
+             "The batch (128) is split over the `data` axis; the task's examples and the reservoir over the "
+             "devices. On a CPU machine the devices are fake (`--xla_force_host_platform_device_count`) and "
+             "share the same cores, so this measures what partitioning costs, not a speed-up.", "",
+             scale.devices_table(devices, g), ""]
+    for w, cells in runs.items():
+        lines += [f"### {titles[w]} naive: N seeds vmapped in one program", "", scale.runs_table(cells, g), ""]
+    lines += [f"![{Path(p).stem}](img/{Path(p).name})" for p in images]
+    base, eight = runs.get("pmnist10", {}).get(1), runs.get("pmnist10", {}).get(8)
+    if base and eight:
+        ratio = eight["wall"] / base["wall"]
+        lines += ["", "### Target", "", "| target | measured | result |", "| --- | --- | --- |",
+                  f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× | "
+                  f"{'PASS' if ratio <= 3.0 else 'FAIL'} |"]
     return "\n".join(lines)
 
 
@@ -410,24 +518,16 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}")
     info = machine()
-    start = time.perf_counter()
-    results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for w in workloads:
-            for m in methods:
-                for f in FRAMEWORKS:
-                    t0 = time.perf_counter()
-                    print(f"{WORKLOADS[w]['title']} {m} {f} ...", end=" ", flush=True)
-                    result = run_child(w, m, f, folder)
-                    if result is not None:
-                        results[(w, m, f)] = result
-                        print(f"{result['samples_per_s']:,.0f} samples/s, acc {result['acc']:.2f}%, "
-                              f"{time.perf_counter() - t0:.0f}s", flush=True)
-    text = report(results, workloads, methods, info, time.perf_counter() - start)
-    print("\n" + text.split("## How to read this")[0].rstrip())
+    sections = {}
+    if _SUITE.value in ("all", "compare"):
+        sections["compare"] = compare_suite(workloads, methods, info)
+    if _SUITE.value in ("all", "scale"):
+        sections["scale"] = scale_suite(workloads, info)
+    for name, text in sections.items():
+        print("\n" + text.split("### How to read this")[0].rstrip())
+        if _OUTPUT.value:
+            write_section(_OUTPUT.value, name, text)
     if _OUTPUT.value:
-        Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
-        Path(_OUTPUT.value).write_text(text + ("" if text.endswith("\n") else "\n"))
         print(f"\nwrote {_OUTPUT.value}")
 
 
