@@ -31,6 +31,7 @@ from sequax.algorithms.protocol import phases_of
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding
+from sequax.engine.distributed import to_numpy
 from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario
 from sequax.engine.evaluation import make_evaluate, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
@@ -171,7 +172,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         set_task = lambda t: put_replicated(np.full((grid.size,) if vmapped else (), t, np.int32))  # noqa: E731
 
         # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
-        b_class, b_task = (sharding.to_host(a) for a in evaluate(state.params, state.model_state, state.task, test))
+        b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test))
         random_init = {"class_il": b_class, "task_il": b_task}
         write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
 
@@ -215,13 +216,13 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 for start in range(0, steps, chunk):
                     stop = min(start + chunk, steps)
                     state, means = compiled(state, data, order, np.int32(start), np.int32(stop))
-                    means = {k: sharding.to_host(v) for k, v in means.items()}  # blocks: honest timing
+                    means = {k: to_numpy(v) for k, v in means.items()}  # blocks: honest timing
                     done = (stop - start) * batch_size
                     train_samples += done * runs_factor
                     train_steps += stop - start
                     if bar:
                         bar.update(done, **{k: float(np.mean(v)) for k, v in means.items()})
-                    step = int(np.max(sharding.to_host(state.step)))
+                    step = int(np.max(to_numpy(state.step)))
                     write({"kind": "train", "phase": p, "epoch": epoch, "step": step, **means})
             timings["train"] += time.perf_counter() - t0
             if bar:
@@ -237,7 +238,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------
             t0 = time.perf_counter()
             row_class, row_task = evaluate(state.params, state.model_state, state.task, test)
-            class_il[..., p, :], task_il[..., p, :] = sharding.to_host(row_class), sharding.to_host(row_task)
+            class_il[..., p, :], task_il[..., p, :] = to_numpy(row_class), to_numpy(row_task)
             timings["eval"] += time.perf_counter() - t0
             write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[..., p, :], "task_il": task_il[..., p, :]})
             view = "class" if scenario.setting == "class" else "domain"

@@ -147,13 +147,6 @@ def put(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-    """A replicated (or single-process) global array as numpy, in any process."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    return np.asarray(x.addressable_data(0))
-
-
 def constrain_batch(batch: PyTree) -> PyTree:
     """Splits a batch's leading axis across the batch axes of the mesh in context.
 

@@ -1,11 +1,44 @@
-"""Pieces every absl launcher shares."""
+"""Pieces every absl launcher shares: config-override errors and the several-hosts flags."""
 
 from __future__ import annotations
 
 import re
 import sys
 
-from absl import app
+from absl import app, flags
+
+from sequax.engine import distributed
+
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Several hosts, started by hand: host:port of process 0 (its host's address and a free "
+    "port), the same on every process; give with --num_processes and --process_id. Leave all "
+    "three out on one host, and on a Cloud TPU pod slice, SLURM or Open MPI (detected "
+    "automatically).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes",
+    None,
+    "Several hosts, started by hand: how many processes take part (one per host), the same "
+    "on every process; with --coordinator_address and --process_id.",
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id",
+    None,
+    "Several hosts, started by hand: this process's number, 0..num_processes-1, 0 on the "
+    "coordinator's host; with --coordinator_address and --num_processes.",
+)
+
+
+def initialize_distributed() -> bool:
+    """Joins the other processes from the flags or the platform (one line and exit 2 if the
+    flags are inconsistent); call it before anything touches a device."""
+    try:
+        return distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except distributed.DistributedError as error:
+        print(f"sequax: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_flags(argv):

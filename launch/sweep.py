@@ -23,13 +23,16 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sequax.data import DataError
 from sequax.engine import build, loop, runs
 from sequax.engine.build import ConfigError
-from sequax.launch.common import parse_flags
+from sequax.engine import distributed
+from sequax.launch.common import initialize_distributed, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: one subfolder per point, and the table.")
@@ -100,34 +103,48 @@ def table_rows(point: dict, summary: dict, seed: int) -> list[dict]:
 
 def sweep(config, workdir: Path, axes, *, verbose: bool = True) -> list[dict]:
     points = point_configs(config, axes)
+    say = (lambda text: print(text, flush=True)) if distributed.is_main_process() else (lambda text: None)
     rows = []
     for i, (name, point, point_config) in enumerate(points):
         folder = workdir / name
         done = folder / "summary.json"
-        if done.is_file():
+        if _agreed(done.is_file()):
             summary = json.loads(done.read_text())
-            print(f"sweep: point {i + 1}/{len(points)} {name}: done before, read back", flush=True)
+            say(f"sweep: point {i + 1}/{len(points)} {name}: done before, read back")
         else:
-            print(f"sweep: point {i + 1}/{len(points)} {name}", flush=True)
+            say(f"sweep: point {i + 1}/{len(points)} {name}")
             summary = loop.run(point_config, folder, verbose=verbose).summary
             summary = json.loads(done.read_text()) if done.is_file() else summary
         rows += table_rows(point, summary, int(point_config.seed))
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (workdir / "sweep.md").write_text(runs.format_table(rows) + "\n")
+    if distributed.is_main_process():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (workdir / "sweep.md").write_text(runs.format_table(rows) + "\n")
     return rows
+
+
+def _agreed(flag: bool) -> bool:
+    """Process 0's answer in every process (several hosts must skip or run the same points)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        rows = sweep(_CONFIG.value, Path(_WORKDIR.value), parse_grid(_GRID.value))
-    except (ConfigError, DataError) as error:
-        print(f"sequax: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(runs.format_table(rows))
+    initialize_distributed()
+    with distributed.exit_on_failure():
+        try:
+            rows = sweep(_CONFIG.value, Path(_WORKDIR.value), parse_grid(_GRID.value))
+        except (ConfigError, DataError) as error:
+            print(f"sequax: error: {error}", file=sys.stderr)
+            sys.exit(2)
+    if distributed.is_main_process():
+        print(runs.format_table(rows))
 
 
 if __name__ == "__main__":

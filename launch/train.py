@@ -7,53 +7,45 @@
 The workdir receives config.json (the resolved config), metrics.jsonl, accuracy_matrix.json
 and summary.json. A bad config or missing data file stops with one line naming the cause
 and the fix, before anything is compiled.
+
+Several hosts: run the same command once per host. On a Cloud TPU pod slice, SLURM or Open
+MPI the processes find each other by themselves; elsewhere add, on host k of N,
+
+    --coordinator_address=10.0.0.1:1234 --num_processes=N --process_id=k
+
+(the address of process 0's host and a free port; see BUILD.md, "Several hosts"). Only
+process 0 prints and writes the workdir.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sequax.data import DataError
-from sequax.engine import loop
+from sequax.engine import distributed, loop
 from sequax.engine.build import ConfigError
+from sequax.launch.common import initialize_distributed, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for logs and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv):
-    """absl's parser, but an override of a key the config lacks is one line, not a traceback."""
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (AttributeError, KeyError) as error:  # raised by config_flags for --config.<unknown>
-        # ml_collections nests the key's repr in the message and may add a "Did you mean" line.
-        message = str(error)
-        key = re.search(r"[^'\\\"]+", message)
-        hint = re.search(r'Did you mean "[^"]+"', message)
-        name = repr(key.group()) if key else message
-        hint = f"; {hint.group()}?" if hint else ""
-        print(
-            f"sequax: error: a --config override names the unknown key {name}{hint}; overrides "
-            "must name keys the config has (see configs/common.py base_config)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep the console for progress and results
-    try:
-        loop.run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError) as error:
-        print(f"sequax: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    initialize_distributed()  # before anything touches a device: the processes must join first
+    # Several processes: a failure here ends this process at once so the others stop too.
+    with distributed.exit_on_failure():
+        try:
+            loop.run(_CONFIG.value, _WORKDIR.value)
+        except (ConfigError, DataError) as error:
+            print(f"sequax: error: {error}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import REPO_ROOT
 
 TIMEOUT_S = 120
@@ -63,3 +65,45 @@ def test_missing_data_root_is_one_line_error(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("sequax: error:")]
     assert len(errors) == 1 and "/nonexistent" in errors[0], run.stderr
     assert "Traceback" not in run.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_local_processes_train_exactly_what_one_does(tmp_path):
+    """The launcher on two processes (one CPU device each, a 2-device data axis over
+    localhost, gloo collectives) ends with the accuracy matrix of one process, and only
+    process 0 writes the workdir."""
+    common = ["--config=configs/quickstart.py:local", "--config.data.num_tasks=2",
+              "--config.data.train_per_task=300", "--config.data.test_per_task=100"]
+    single = train(*common, f"--workdir={tmp_path / 'one'}")
+    assert single.returncode == 0, single.stderr[-2000:]
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sequax.launch.train", *common, f"--workdir={tmp_path / f'two{i}'}",
+             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [child.communicate(timeout=TIMEOUT_S) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    for child, (_, err) in zip(children, outputs):
+        assert child.returncode == 0, err[-2000:]
+    assert "mesh data=2" in outputs[0][0]
+    assert "sequax" not in outputs[1][0] and "accuracy" not in outputs[1][0]  # process 1 prints no results
+    assert not (tmp_path / "two1").exists()  # ... and writes nothing
+    one = json.loads((tmp_path / "one" / "accuracy_matrix.json").read_text())
+    two = json.loads((tmp_path / "two0" / "accuracy_matrix.json").read_text())
+    for view in ("class_il", "task_il"):
+        assert np.allclose(two[view], one[view], atol=1 / 100 + 1e-9), (view, two[view], one[view])
