@@ -47,9 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(name="sgd", lr=0.03, momentum=0.0, reset_each_task=True))
     config.training = ml_collections.ConfigDict(dict(batch_size=10, epochs=1, steps_per_dispatch=250))
     config.eval = ml_collections.ConfigDict(dict(batch_size=1000))
-    # Devices: the batch is split over data x fsdp (data=-1: all devices fsdp leaves); with
-    # fsdp > 1, parameters of at least fsdp_min_size elements are split too (sequax.engine.sharding).
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
+    # Devices: vmapped runs are split over `runs` devices (each group trains its own runs),
+    # the batch over data x fsdp (data=-1: every device runs and fsdp leave); with fsdp > 1,
+    # parameters of at least fsdp_min_size elements are split too (sequax.engine.sharding).
+    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1, fsdp_min_size=2**18))
     # Many runs in one compiled program (sequax.engine.runs): `runs` seeds per grid point,
     # and a grid over the values listed in `sweep` (an empty tuple: not swept). Any float
     # hyper-parameter of the algorithm may be added, e.g. config.sweep.gamma = (0.9, 1.0).

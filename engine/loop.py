@@ -67,7 +67,7 @@ def _summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
 def _mesh(config) -> jax.sharding.Mesh:
     cfg = dict(config.get("mesh") or {})
     try:
-        return sharding.make_mesh(int(cfg.get("data", -1)), int(cfg.get("fsdp", 1)))
+        return sharding.make_mesh(int(cfg.get("data", -1)), int(cfg.get("fsdp", 1)), runs=int(cfg.get("runs", 1)))
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -93,6 +93,11 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     vmapped = grid.vmapped
     mesh = _mesh(config)
     ways = sharding.batch_size_of(mesh)
+    if mesh.shape["runs"] > 1 and grid.size % mesh.shape["runs"]:
+        raise ConfigError(
+            f"config.mesh.runs={mesh.shape['runs']} must divide the {grid.size} run(s) of config.runs x "
+            f"config.sweep; use a divisor of {grid.size}"
+        )
     batch_size = int(config.training.batch_size)
     if batch_size % ways:
         raise ConfigError(
@@ -113,7 +118,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     put_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
     test = stack_test_sets(scenario, put=put_replicated)
     runs_note = f"; {grid.size} runs in one program ({', '.join(grid.keys) or 'seeds'})" if vmapped else ""
-    mesh_note = f"; mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}" if mesh.size > 1 else ""
+    mesh_note = ("; mesh " + " x ".join(f"{a}={n}" for a, n in mesh.shape.items() if n > 1 or a == "data")
+                 if mesh.size > 1 else "")
     say(
         f"sequax: {config.algorithm.name} on {scenario.name} ({scenario.num_tasks} tasks, "
         f"{scenario.setting}-IL, {sum(scenario.train_sizes)} training examples), "
@@ -169,7 +175,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             out_shardings=state_sharding.opt_state,
         )
         evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size), runs=vmapped)
-        set_task = lambda t: put_replicated(np.full((grid.size,) if vmapped else (), t, np.int32))  # noqa: E731
+        set_task = lambda t: sharding.put(np.full((grid.size,) if vmapped else (), t, np.int32), state_sharding.task)  # noqa: E731
 
         # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
         b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test))
@@ -253,6 +259,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     timings["train_samples"] = train_samples
     timings["train_samples_per_s"] = train_samples / max(timings["train"], 1e-9)
     timings["train_steps"] = train_steps  # per run
+    timings["eval_examples"] = (len(phases) + 1) * int(sum(scenario.test_sizes))  # per run
     timings["devices"] = mesh.size
     peak = _device_peak_bytes()
     if peak is not None:

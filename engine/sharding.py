@@ -1,7 +1,9 @@
 """Where every array of a run lives: the device mesh and the rules that shard the state.
 
-One mesh with two axes, built from `config.mesh`:
+One mesh with three axes, built from `config.mesh`:
 
+  runs  vmapped runs (seeds, sweep points) are split across it: each device group trains
+        its own runs, with no communication between groups (size 1 unless asked for);
   data  the batch axis: every step's batch is split across it (data parallelism);
   fsdp  an optional parameter axis: large parameters are split across it (fully sharded
         data parallelism, FSDP); the batch is split across `data` × `fsdp`.
@@ -38,29 +40,30 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
-MESH_AXES = ("data", "fsdp")
+MESH_AXES = ("runs", "data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # a batch is split across both: FSDP is data parallel too
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp) mesh over `devices` (all of them by default) with GSPMD (Auto) axes.
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None, runs: int = 1) -> Mesh:
+    """A (runs, data, fsdp) mesh over `devices` (all of them by default), GSPMD (Auto) axes.
 
-    `data=-1` takes every device that `fsdp` leaves. Axes are `Auto` on purpose:
+    `data=-1` takes every device that `runs` and `fsdp` leave. Axes are `Auto` on purpose:
     `jax.make_mesh` defaults to Explicit axes, whose sharding-in-types rules reject the
     gathers and scatters of the on-device loop.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {n} device(s); use a divisor of {n}")
+    for name, ways in (("fsdp", fsdp), ("runs", runs)):
+        if ways < 1 or n % ways:
+            raise ValueError(f"config.mesh.{name}={ways} must divide the {n} device(s); use a divisor of {n}")
     if data == -1:
-        data = n // fsdp
-    if data < 1 or data * fsdp != n:
+        data = n // (fsdp * runs)
+    if data < 1 or runs * data * fsdp != n:
         raise ValueError(
-            f"config.mesh: data={data} x fsdp={fsdp} must equal the {n} device(s); "
+            f"config.mesh: runs={runs} x data={data} x fsdp={fsdp} must equal the {n} device(s); "
             f"set data=-1 to use every device"
         )
-    return jax.make_mesh((data, fsdp), MESH_AXES, (AxisType.Auto, AxisType.Auto), devices=devices)
+    return jax.make_mesh((runs, data, fsdp), MESH_AXES, (AxisType.Auto,) * 3, devices=devices)
 
 
 def batch_size_of(mesh: Mesh) -> int:
@@ -91,7 +94,8 @@ def state_specs(state: PyTree, params: PyTree, mesh: Mesh, *, fsdp_min_size: int
     """A PartitionSpec for every leaf of `state` (arrays or ShapeDtypeStructs), by the rules.
 
     `params` is the parameter subtree (its shapes decide what "parameter-shaped" means).
-    With `runs=True` every leaf has a leading run axis (vmapped runs), kept replicated.
+    With `runs=True` every leaf has a leading run axis (vmapped runs), split over the mesh's
+    `runs` axis when it divides evenly.
     """
     from sequax.algorithms.reservoir import ReservoirState  # here: algorithms import the engine
 
@@ -118,7 +122,9 @@ def state_specs(state: PyTree, params: PyTree, mesh: Mesh, *, fsdp_min_size: int
 
     specs = jax.tree.map(spec_of, state, is_leaf=is_special)
     if runs:
-        specs = jax.tree.map(lambda s: P(None, *s), specs, is_leaf=lambda s: isinstance(s, P))
+        count = jax.tree.leaves(state)[0].shape[0]
+        lead = "runs" if mesh.shape.get("runs", 1) > 1 and count % mesh.shape["runs"] == 0 else None
+        specs = jax.tree.map(lambda s: P(lead, *s), specs, is_leaf=lambda s: isinstance(s, P))
     return specs
 
 
@@ -134,6 +140,12 @@ def named(mesh: Mesh, specs: PyTree) -> PyTree:
 def examples_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     """Host data with a leading examples axis: split across the batch axes when it divides."""
     return NamedSharding(mesh, _leading_spec(shape, mesh))
+
+
+def runs_sharding(mesh: Mesh, count: int) -> NamedSharding:
+    """Per-run host data ([runs, ...], e.g. each run's epoch order): split over `runs`."""
+    ways = mesh.shape.get("runs", 1)
+    return NamedSharding(mesh, P("runs") if ways > 1 and count % ways == 0 else P())
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

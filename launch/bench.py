@@ -94,7 +94,14 @@ def run_sequax(config) -> dict:
                 train_samples=int(t["train_samples"]), matrix=matrices[0].tolist(),
                 accs=[100.0 * float(np.mean(m[-1])) for m in matrices], train_steps=int(t["train_steps"]),
                 devices=int(t["devices"]), runs=len(matrices), step_flops=t.get("step_flops", 0.0),
-                program_bytes=t.get("program_bytes", 0.0), device_peak_bytes=t.get("device_peak_bytes"))
+                program_bytes=t.get("program_bytes", 0.0), device_peak_bytes=t.get("device_peak_bytes"),
+                eval_flops=2.0 * mlp_macs(config) * t["eval_examples"])
+
+
+def mlp_macs(config) -> int:
+    """Multiply-adds of one forward pass of the config's MLP on one 28x28 image."""
+    widths = (784, *config.model.widths, 10)
+    return sum(a * b for a, b in itertools.pairwise(widths))
 
 
 # ---------------- PyTorch: the plain loop ----------------------------------------------------
@@ -239,7 +246,8 @@ def run_torch(config) -> dict:
 
 # ---------------- One cell in a subprocess ---------------------------------------------------
 def run_single(spec: str, json_out: str) -> None:
-    """One cell: "workload,method,framework[,rN]" (N vmapped runs), or "peak" (matmul peak)."""
+    """One cell: "workload,method,framework[,rN][,mK]" (N vmapped runs split over K devices),
+    or "peak" (the matmul peak)."""
     if spec == "peak":
         from sequax.launch.bench_scale import measure_peak
 
@@ -250,6 +258,8 @@ def run_single(spec: str, json_out: str) -> None:
     for option in extra:
         if option.startswith("r"):
             config.runs = int(option[1:])
+        elif option.startswith("m"):  # split the runs over this many devices (mesh runs axis)
+            config.mesh.runs = int(option[1:])
     if framework == "sequax" and _SEQUAX_CORES.value > 0:  # before jax is imported
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: _SEQUAX_CORES.value]))
     result = (run_sequax if framework == "sequax" else run_torch)(config)
@@ -479,6 +489,11 @@ def scale_suite(workloads, info) -> str:
         per_method = {(w, m): cell(f"{w},{m},sequax") for w in workloads for m in methods}
         devices = {n: cell("pmnist10,naive,sequax", n) for n in scale.DEVICE_COUNTS}
         runs = {w: {n: cell(f"{w},naive,sequax,r{n}") for n in scale.RUN_COUNTS} for w in workloads}
+        # The same runs split over one CPU device per core (mesh runs axis): each core trains
+        # its own runs with no communication, instead of splitting every small matmul in two.
+        cores = len(os.sched_getaffinity(0))
+        split = {w: {n: cell(f"{w},naive,sequax,r{n},m{cores}", cores) for n in scale.RUN_COUNTS if n % cores == 0}
+                 for w in workloads} if cores > 1 else {}
     images = scale.plot(devices, runs.get("pmnist10", {}), Path(_OUTPUT.value or "docs/benchmarks.md").parent / "img",
                         peak["gflops"])
     g = peak["gflops"]
@@ -495,14 +510,28 @@ def scale_suite(workloads, info) -> str:
              "share the same cores, so this measures what partitioning costs, not a speed-up.", "",
              scale.devices_table(devices, g), ""]
     for w, cells in runs.items():
-        lines += [f"### {titles[w]} naive: N seeds vmapped in one program", "", scale.runs_table(cells, g), ""]
+        lines += [f"### {titles[w]} naive: N seeds vmapped in one program", "",
+                  "One device (XLA's default: every op may use every core):", "", scale.runs_table(cells, g), ""]
+        if split.get(w):
+            lines += [f"The same runs split over {cores} CPU devices, one per core (`config.mesh.runs={cores}`, "
+                      f"`--xla_force_host_platform_device_count={cores}`; × is against one run on one device):", "",
+                      scale.runs_table({1: cells.get(1), **split[w]}, g), ""]
     lines += [f"![{Path(p).stem}](img/{Path(p).name})" for p in images]
-    base, eight = runs.get("pmnist10", {}).get(1), runs.get("pmnist10", {}).get(8)
-    if base and eight:
-        ratio = eight["wall"] / base["wall"]
+    base = runs.get("pmnist10", {}).get(1)
+    eights = [c for c in (runs.get("pmnist10", {}).get(8), split.get("pmnist10", {}).get(8)) if c]
+    if base and eights:
+        best = min(eights, key=lambda c: c["wall"])
+        ratio = best["wall"] / base["wall"]
+        bound = scale.lower_bound(base, 8, g)
         lines += ["", "### Target", "", "| target | measured | result |", "| --- | --- | --- |",
-                  f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× | "
-                  f"{'PASS' if ratio <= 3.0 else 'FAIL'} |"]
+                  f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× "
+                  f"(best of the two layouts) | {'PASS' if ratio <= 3.0 else 'FAIL'} |", "",
+                  f"Physical floor on this machine: {bound['ratio']:.2f}×. One run trains at "
+                  f"{bound['train_mfu']:.0f}% MFU and evaluates at about {bound['eval_mfu']:.0f}% "
+                  f"(XLA's FLOPs of the step; the evaluation's FLOPs counted from the MLP), so 8 runs at "
+                  f"100% of the measured peak would still need {bound['compute_s']:.1f} s of compute plus "
+                  f"{bound['fixed_s']:.1f} s of the one run's fixed costs (data, task transforms, "
+                  f"compile), against {base['wall']:.1f} s for one run."]
     return "\n".join(lines)
 
 

@@ -122,6 +122,22 @@ def runs_table(cells: dict, peak: float) -> str:
     return "\n".join(lines)
 
 
+def lower_bound(one: dict, runs: int, peak_gflops: float) -> dict:
+    """The least wall-time ratio `runs` vmapped runs can reach, if all their FLOPs ran at the
+    measured peak and the fixed costs (everything but training and evaluation) were shared.
+
+    Evaluation FLOPs are counted from the workload's MLP: 2 x multiply-adds per test image,
+    every task's test set after every phase and once before training.
+    """
+    train_flops = one.get("step_flops", 0.0) * one.get("devices", 1) * one["train_steps"]
+    eval_flops = one.get("eval_flops", 0.0)
+    compute_s = runs * (train_flops + eval_flops) / (peak_gflops * 1e9)
+    fixed_s = max(one["wall"] - one["train"] - one["eval"], 0.0)
+    return dict(ratio=(compute_s + fixed_s) / one["wall"], compute_s=compute_s, fixed_s=fixed_s,
+                train_mfu=100.0 * train_flops / max(one["train"], 1e-9) / (peak_gflops * 1e9),
+                eval_mfu=100.0 * eval_flops / max(one["eval"], 1e-9) / (peak_gflops * 1e9))
+
+
 def plot(device_cells: dict, run_cells: dict, folder: Path, peak: float) -> list[str]:
     """Two PNGs: throughput over devices, time over vmapped runs (with the ideal lines)."""
     import matplotlib

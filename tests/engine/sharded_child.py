@@ -27,12 +27,16 @@ HYPERPARAMETERS = {
 
 
 def tiny_config(name: str):
-    """`name` is an algorithm, or "ALGORITHM+fsdp" for a (data 4, fsdp 2) mesh."""
+    """`name` is an algorithm, or "ALGORITHM+fsdp" for a (data 4, fsdp 2) mesh, or
+    "ALGORITHM+runs" for 2 vmapped seeds split over a (runs 2, data 4) mesh."""
     algorithm, _, mode = name.partition("+")
     config = common.der_config("split", algorithm, 0.1, **HYPERPARAMETERS[algorithm])
     if mode == "fsdp":  # the 784x32 kernel (25,088 elements) is split in two
         config.mesh.fsdp = 2
         config.mesh.fsdp_min_size = 1000
+    if mode == "runs":
+        config.runs = 2
+        config.mesh.runs = 2
     config.data.source = "mnist_packaged"
     config.data.train_per_task = 320
     config.data.test_per_task = 96
@@ -50,7 +54,11 @@ def main(out: str, algorithms: list[str]) -> None:
         results[f"{name}/class_il"] = result.class_il
         results[f"{name}/task_il"] = result.task_il
         leaves = jax.tree.leaves(result.state.params)
-        results[f"{name}/params"] = np.concatenate([np.asarray(p).ravel() for p in leaves])
+        if name.endswith("+runs"):  # run 0 (seed 0) is the single run of the other process
+            results[f"{name}/class_il"], results[f"{name}/task_il"] = result.class_il[0], result.task_il[0]
+            results[f"{name}/params"] = np.concatenate([np.asarray(p)[0].ravel() for p in leaves])
+        else:
+            results[f"{name}/params"] = np.concatenate([np.asarray(p).ravel() for p in leaves])
         specs = {str(p.sharding.spec) for p in leaves}
         if name.startswith(("er", "derpp")):
             specs |= {"buffer " + str(jax.tree.leaves(result.state.algo.buffer.items)[0].sharding.spec)}

@@ -46,7 +46,7 @@ def _child(out: Path, devices: int, names: list[str]) -> dict:
 def one_and_eight(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sharded")
     one = _child(folder / "one.npz", 1, METHODS)
-    eight = _child(folder / "eight.npz", 8, [*METHODS, "naive+fsdp"])
+    eight = _child(folder / "eight.npz", 8, [*METHODS, "naive+fsdp", "ewc+runs"])
     return one, eight
 
 
@@ -66,6 +66,14 @@ def test_fsdp_splits_the_large_kernel_and_matches_one_device(one_and_eight):
     assert "P(None, 'fsdp')" in set(eight["naive+fsdp/specs"]) or "P('fsdp',)" in set(eight["naive+fsdp/specs"])
     np.testing.assert_allclose(eight["naive+fsdp/class_il"], one["naive/class_il"], atol=1 / 96 + 1e-9)
     np.testing.assert_allclose(eight["naive+fsdp/params"], one["naive/params"], atol=1e-5)
+
+
+def test_runs_split_over_devices_match_one_device(one_and_eight):
+    """Two vmapped seeds on a (runs 2, data 4) mesh: run 0 is the one-device single run."""
+    one, eight = one_and_eight
+    assert any(spec.startswith("P('runs'") for spec in eight["ewc+runs/specs"])
+    np.testing.assert_allclose(eight["ewc+runs/class_il"], one["ewc/class_il"], atol=1 / 96 + 1e-9)
+    np.testing.assert_allclose(eight["ewc+runs/params"], one["ewc/params"], atol=1e-5)
 
 
 # ---------------------------------------------------------------- the rules, on abstract meshes
@@ -106,22 +114,27 @@ def test_no_fsdp_means_everything_but_the_reservoir_replicated():
     assert sharding.state_specs(odd, odd.params, mesh).algo.buffer.items["x"] == P()
 
 
-def test_runs_axis_is_prepended_and_replicated():
-    mesh = AbstractMesh((2, 1), ("data", "fsdp"))
+def test_runs_axis_is_prepended_and_split_when_it_divides():
     state = _state("er", capacity=64, replay_batch=8)
-    stacked = jax.tree.map(lambda s: jax.ShapeDtypeStruct((3, *s.shape), s.dtype), state)
-    specs = sharding.state_specs(stacked, stacked.params, mesh, runs=True)
-    assert specs.algo.buffer.items["x"] == P(None, ("data", "fsdp"))
-    assert specs.step == P(None)
+    stacked = jax.tree.map(lambda s: jax.ShapeDtypeStruct((4, *s.shape), s.dtype), state)
+    replicated_runs = sharding.state_specs(stacked, stacked.params, AbstractMesh((1, 2, 1), ("runs", "data", "fsdp")), runs=True)
+    assert replicated_runs.algo.buffer.items["x"] == P(None, ("data", "fsdp"))
+    assert replicated_runs.step == P(None)
+    split = sharding.state_specs(stacked, stacked.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True)
+    assert split.step == P("runs") and split.params["Dense_0"]["kernel"] == P("runs")
+    three = jax.tree.map(lambda s: jax.ShapeDtypeStruct((3, *s.shape[1:]), s.dtype), stacked)  # 3 runs, 2 ways
+    assert sharding.state_specs(three, three.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True).step == P(None)
 
 
 def test_make_mesh_errors_name_the_key():
     with pytest.raises(ValueError, match="config.mesh.fsdp=3"):
         sharding.make_mesh(fsdp=3, devices=jax.devices() * 1)
-    with pytest.raises(ValueError, match="data=2 x fsdp=1"):
+    with pytest.raises(ValueError, match="config.mesh.runs=2"):
+        sharding.make_mesh(runs=2, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="runs=1 x data=2 x fsdp=1"):
         sharding.make_mesh(data=2, devices=jax.devices()[:1])
     mesh = sharding.make_mesh()
-    assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
+    assert mesh.shape == {"runs": 1, "data": jax.device_count(), "fsdp": 1}
 
 
 def test_constrain_batch_is_a_no_op_without_a_mesh():
