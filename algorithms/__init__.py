@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from sequax.algorithms.der import DER, DERPP
+from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.er import ER
 from sequax.algorithms.ewc import EWC
 from sequax.algorithms.joint import Joint
@@ -27,7 +28,21 @@ REGISTRY: dict[str, type] = {
 
 
 def make(name: str, **hyperparameters) -> Algorithm:
-    """Builds a registered algorithm; unknown names or hyper-parameters get a one-line error."""
+    """Builds a registered algorithm; unknown names or hyper-parameters get a one-line error.
+
+    "a+b+..." combines registered methods (`combine.py`): each part's hyper-parameters are a
+    dict under its name, e.g. make("er+ewc", er=dict(capacity=500), ewc=dict(lam=10.0)).
+    """
+    if isinstance(name, str) and "+" in name:
+        names = name.split("+")
+        stray = sorted(set(hyperparameters) - set(names))
+        if stray:
+            raise ValueError(
+                f"algorithm {name!r}: put hyper-parameters under their method's name "
+                f"({', '.join(names)}), not {', '.join(stray)}"
+            )
+        parts = [make(part, **dict(hyperparameters.get(part) or {})) for part in names]
+        return combine(*parts, names=tuple(names))
     if name not in REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
@@ -42,6 +57,6 @@ def make(name: str, **hyperparameters) -> Algorithm:
 
 
 __all__ = [
-    "Algorithm", "DER", "DERPP", "ER", "EWC", "Joint", "Naive", "REGISTRY", "make", "phases_of",
+    "Algorithm", "Combined", "DER", "DERPP", "ER", "EWC", "Joint", "Naive", "REGISTRY", "combine", "make", "phases_of",
     "sequential_phases",
 ]

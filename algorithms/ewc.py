@@ -74,10 +74,14 @@ class EWC:
     def init(self, params, model_state, example_batch, rng):
         return quadratic_init(params)
 
+    def penalty(self, params, state, batch, rng, model, outputs=None):
+        value = quadratic_penalty(params, state.algo, self.lam)
+        return value, {"penalty": value}
+
     def loss(self, params, state, batch, rng, model):
-        _, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        penalty = quadratic_penalty(params, state.algo, self.lam)
-        return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, "penalty": penalty}}
+        outputs, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
+        penalty, metrics = self.penalty(params, state, batch, rng, model, outputs)
+        return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, **metrics}}
 
     def update(self, algo, state, batch, aux, rng):
         return algo

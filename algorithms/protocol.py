@@ -11,9 +11,21 @@ in `CLState.algo`, created at full size by `init` and threaded through four pure
 
 `aux` is a dict with at least "model_state" (the model state after the forward pass) and
 "metrics" (a dict of scalars to log); the train step adds "grads" and "updates" before
-`update` is called. An algorithm may also define `phases(num_tasks) -> list[list[int]]`
-to say which tasks each training phase holds (joint training uses one phase of all tasks);
-the default is one phase per task.
+`update` is called.
+
+Optional methods, each used by the engine when present:
+
+    phases(num_tasks) -> list[list[int]]     # the tasks of each training phase (Joint: one)
+    gradient_transform() -> optax transform  # gradient surgery (A-GEM, GEM), chained in
+        # front of the optimizer; `loss` passes its extra arguments (a reference gradient)
+        # as aux["tx_args"], a dict given to `tx.update(..., **tx_args)`
+    predict(params, model_state, algo, x, model) -> logits   # evaluation's classifier
+        # (iCaRL's nearest mean of exemplars, GDumb's retrained model)
+    penalty(params, state, batch, rng, model, outputs) -> (value, metrics)
+        # regularisers (EWC, SI, MAS, RWalk, LwF, LFL): the term their `loss` adds to the
+        # cross-entropy. `outputs` is the train-mode model output on batch["x"] from the data
+        # loss's forward ({"logits", "features"}), or None (then compute what you need).
+        # `combine(base, *regularisers)` adds these to a base method's whole loss.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import optax
 
 PyTree = Any
 AlgoState = PyTree
@@ -35,6 +48,15 @@ class Algorithm(Protocol):
     def update(self, algo: AlgoState, state, batch, aux: dict, rng: jax.Array) -> AlgoState: ...
 
     def end_task(self, state, task_data, rng: jax.Array, model) -> AlgoState: ...
+
+
+def optimizer_for(algorithm, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx`, with the algorithm's gradient surgery chained in front when it has one.
+
+    Every place that builds an optimizer state or applies an update goes through this, so the
+    state's structure and the update agree."""
+    transform = getattr(algorithm, "gradient_transform", None)
+    return optax.chain(transform(), tx) if transform is not None else tx
 
 
 def sequential_phases(num_tasks: int) -> list[list[int]]:

@@ -57,8 +57,10 @@ def build_model(model_config, num_classes: int) -> Model:
 
 
 def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.GradientTransformation:
-    """SGD (optionally with momentum), the optimiser of every MNIST protocol.
+    """SGD (optionally with momentum and weight decay), the optimiser of every MNIST protocol.
 
+    `weight_decay` adds `wd * θ` to the gradient before the SGD step (torch.optim.SGD's
+    `weight_decay`, the L2 term of mammoth's LwF and iCaRL), so it also feeds the momentum.
     `validate=False` accepts traced `lr`/`momentum` (a vmapped sweep rebinding them per run;
     `sequax.engine.runs` checks every grid point's concrete values first).
     """
@@ -71,7 +73,13 @@ def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.Gradien
     momentum = cfg.get("momentum", 0.0)
     if isinstance(momentum, (int, float)) and not momentum:
         momentum = None  # plain SGD: no trace in the optimizer state
-    return optax.sgd(cfg["lr"], momentum=momentum)
+    weight_decay = cfg.get("weight_decay", 0.0)
+    if validate and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ConfigError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
+    sgd = optax.sgd(cfg["lr"], momentum=momentum)
+    if isinstance(weight_decay, (int, float)) and not weight_decay:
+        return sgd
+    return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
 
 
 def build_algorithm(algorithm_config):

@@ -46,24 +46,33 @@ def stack_test_sets(scenario, limit: int | None = None, put=jax.device_put) -> T
     return TestSets(put(xs), put(ys), put(sizes))
 
 
-def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False):
-    """`evaluate(params, model_state, task, test) -> (class_il [T], task_il [T])`, jitted.
+def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False, predict=None):
+    """`evaluate(params, model_state, task, test, algo={}) -> (class_il [T], task_il [T])`, jitted.
 
     `task` is the index of the last task trained; class-IL counts as candidates the classes
     of tasks 0..task. Accuracies are fractions of each task's test set. With `runs=True`
     the model arguments carry a leading run axis and the results are [runs, T].
+
+    `predict(params, model_state, algo, x, model) -> logits` replaces the model's own logits
+    for algorithms that classify differently (an algorithm's optional `predict`: iCaRL's
+    nearest mean of exemplars, GDumb's model retrained from its memory); `algo` is then the
+    algorithm's state.
     """
     task_classes = jnp.asarray(task_classes, bool)
 
-    def evaluate(params, model_state, task, test: TestSets):
+    def logits_of(params, model_state, algo, x):
+        if predict is not None:
+            return predict(params, model_state, algo, x, model)
+        return model.apply(params, model_state, x, train=False)[0]["logits"]
+
+    def evaluate(params, model_state, task, test: TestSets, algo=None):
         seen = seen_classes(task_classes, task)
 
         def one_task(j):
             data = TaskData(test.x[j], test.y[j], jnp.zeros_like(test.y[j]), test.size[j])
 
             def count(carry, batch, valid):
-                outputs, _ = model.apply(params, model_state, batch["x"], train=False)
-                logits = outputs["logits"]
+                logits = logits_of(params, model_state, algo, batch["x"])
                 hit_class = jnp.argmax(mask_logits(logits, seen), -1) == batch["y"]
                 hit_task = jnp.argmax(mask_logits(logits, task_classes[j]), -1) == batch["y"]
                 return carry + jnp.stack([(hit_class & valid).sum(), (hit_task & valid).sum()])
@@ -74,4 +83,4 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, ru
         accuracies = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
         return accuracies[:, 0], accuracies[:, 1]
 
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None)) if runs else evaluate)
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, 0)) if runs else evaluate)

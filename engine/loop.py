@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sequax.algorithms.protocol import phases_of
+from sequax.algorithms.protocol import optimizer_for, phases_of
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding
@@ -171,14 +171,15 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         )
         task_key = jax.jit(jax.vmap(stream_key, (0, None, None)) if vmapped else stream_key, static_argnums=1)
         reset_opt = jax.jit(
-            lambda s: (jax.vmap if vmapped else (lambda f: f))(lambda s: parts(s.hparams)[1].init(s.params))(s),
+            lambda s: (jax.vmap if vmapped else (lambda f: f))(lambda s: optimizer_for(*parts(s.hparams)).init(s.params))(s),
             out_shardings=state_sharding.opt_state,
         )
-        evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size), runs=vmapped)
+        evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size), runs=vmapped,
+                                 predict=getattr(algorithm, "predict", None))
         set_task = lambda t: sharding.put(np.full((grid.size,) if vmapped else (), t, np.int32), state_sharding.task)  # noqa: E731
 
         # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
-        b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test))
+        b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test, state.algo))
         random_init = {"class_il": b_class, "task_il": b_task}
         write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
 
@@ -243,7 +244,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
 
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------
             t0 = time.perf_counter()
-            row_class, row_task = evaluate(state.params, state.model_state, state.task, test)
+            row_class, row_task = evaluate(state.params, state.model_state, state.task, test, state.algo)
             class_il[..., p, :], task_il[..., p, :] = to_numpy(row_class), to_numpy(row_task)
             timings["eval"] += time.perf_counter() - t0
             write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[..., p, :], "task_il": task_il[..., p, :]})

@@ -29,7 +29,7 @@ import numpy as np
 
 from sequax.engine.build import ConfigError, build_algorithm, build_optimizer
 
-OPTIMIZER_KEYS = ("lr", "momentum")
+OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay")
 TABLE_METRICS = ("acc", "bwt", "fwt", "forgetting")  # the table's columns; summary.json has all
 
 

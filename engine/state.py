@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sequax.algorithms.protocol import optimizer_for
+
 PyTree = Any
 
 # Independent random streams derived from the run's base key. A stream is folded in before
@@ -74,7 +76,7 @@ def create_state(model, algorithm, tx: optax.GradientTransformation, example_bat
         task=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=tx.init(params),
+        opt_state=optimizer_for(algorithm, tx).init(params),
         algo=algo,
         key=key,
         hparams={} if hparams is None else dict(hparams),

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from sequax.algorithms.protocol import optimizer_for
 from sequax.engine.state import STREAM_ORDER, STREAM_TRAIN, CLState, stream_key
 from sequax.engine.task_data import TaskData, gather_batch
 
@@ -48,7 +49,10 @@ def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=Non
         loss_key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state, batch, loss_key, model)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # Gradient surgery (A-GEM, GEM) is chained in front of the optimizer and gets the
+        # loss's extra arguments (a reference gradient) through aux["tx_args"].
+        tx = optimizer_for(algorithm, tx)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **aux.pop("tx_args", {}))
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(
             step=state.step + 1,

@@ -1,0 +1,90 @@
+"""`combine`: a base method plus regularisers, against the hand-written equivalent."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sequax import algorithms
+from sequax.algorithms import ER, EWC, Naive, combine
+from sequax.algorithms.quadratic_penalty import quadratic_penalty
+from sequax.engine.models import mlp
+from sequax.engine.state import create_state
+from sequax.engine.step import make_train_step
+from sequax.engine.task_data import task_arrays
+
+
+def batch_of(seed: int, size: int = 6):
+    rng = np.random.default_rng(seed)
+    return {
+        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, 10, size), jnp.int32),
+        "task": jnp.zeros(size, jnp.int32),
+    }
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = mlp(10, widths=(16,))
+    er, ewc = ER(capacity=8, replay_batch=4), EWC(lam=3.0)
+    both = combine(er, ewc)
+    state = create_state(model, both, optax.sgd(0.1), batch_of(0), seed=0)
+    # A filled buffer and a non-trivial EWC state (importance and anchor), by hand.
+    key = jax.random.PRNGKey(1)
+    algo = {
+        "er": er.update(state.algo["er"], state, batch_of(1, 8), {}, key),
+        "ewc": state.algo["ewc"]._replace(
+            importance=jax.tree.map(lambda p: jnp.abs(p) + 0.5, state.params),
+            anchor=jax.tree.map(lambda p: p * 0.9, state.params),
+        ),
+    }
+    return model, er, ewc, both, state._replace(algo=algo)
+
+
+def test_state_keeps_each_part_under_its_name(setup):
+    _, er, ewc, both, state = setup
+    assert set(state.algo) == {"er", "ewc"}
+    chex.assert_trees_all_equal_structs(state.algo["er"], er.init(state.params, {}, batch_of(0), jax.random.PRNGKey(0)))
+
+
+def test_loss_and_gradient_equal_er_loss_plus_ewc_penalty(setup):
+    model, er, ewc, both, state = setup
+    batch, rng = batch_of(2), jax.random.PRNGKey(3)
+
+    def by_hand(params):
+        er_loss, _ = er.loss(params, state._replace(algo=state.algo["er"]), batch, jax.random.fold_in(rng, 0), model)
+        return er_loss + quadratic_penalty(params, state.algo["ewc"], 3.0)
+
+    def combined(params):
+        return both.loss(params, state, batch, rng, model)[0]
+
+    np.testing.assert_allclose(float(combined(state.params)), float(by_hand(state.params)), rtol=1e-6)
+    chex.assert_trees_all_close(jax.grad(combined)(state.params), jax.grad(by_hand)(state.params), rtol=1e-5)
+    metrics = both.loss(state.params, state, batch, rng, model)[1]["metrics"]
+    assert set(metrics) == {"er/ce", "ewc/penalty"}
+
+
+def test_train_step_updates_each_part_like_the_part_alone(setup):
+    model, er, ewc, both, state = setup
+    step = jax.jit(make_train_step(model, both, optax.sgd(0.1)))
+    new_state, _ = step(state, batch_of(4))
+    assert int(new_state.algo["er"].buffer.num_seen) == int(state.algo["er"].buffer.num_seen) + 6
+    chex.assert_trees_all_equal(new_state.algo["ewc"], state.algo["ewc"])  # EWC changes only at end_task
+    data = task_arrays(np.zeros((12, 4, 4, 1), np.uint8), np.arange(12) % 10, np.zeros(12), 12)
+    after = jax.jit(lambda s: both.end_task(s, data, jax.random.PRNGKey(0), model))(new_state)
+    alone = jax.jit(lambda s: ewc.end_task(s._replace(algo=s.algo["ewc"]), data, jax.random.PRNGKey(0), model))(new_state)
+    chex.assert_trees_all_close(after["ewc"], alone)
+
+
+def test_make_builds_combinations_with_one_line_errors():
+    both = algorithms.make("er+ewc", er=dict(capacity=20, replay_batch=5), ewc=dict(lam=2.0))
+    assert [name for name, _ in both.parts] == ["er", "ewc"] and both.parts[1][1].lam == 2.0
+    with pytest.raises(ValueError, match="under their method's name"):
+        algorithms.make("er+ewc", lam=2.0)
+    with pytest.raises(ValueError, match="'er' has no `penalty`"):
+        algorithms.make("naive+er")
+    assert isinstance(algorithms.make("naive+ewc").parts[0][1], Naive)
