@@ -20,11 +20,9 @@ JAX/XLA keeps its default threading.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from sequax.configs import common
+from sequax.launch.common import machine
 
 _WORKLOADS = flags.DEFINE_string("workloads", "pmnist10,smnist5", "Comma-separated workloads.")
 _METHODS = flags.DEFINE_string("methods", "naive,er,ewc", "Comma-separated methods.")
@@ -282,23 +281,6 @@ def run_child(workload: str, method: str, framework: str, folder: str) -> dict |
 
 
 # ---------------- Report ---------------------------------------------------------------------
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
-
-    def version(name):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return dict(cpu=model, cores=os.cpu_count(), ram_gib=mem_kib / 2**20, python=platform.python_version(),
-                jax=version("jax"), jaxlib=version("jaxlib"), torch=version("torch"),
-                xla_flags=os.environ.get("XLA_FLAGS", "") or "default", load=os.getloadavg())
-
-
 def cell(results, workload, method, framework):
     return results.get((workload, method, framework))
 
@@ -418,7 +400,7 @@ def report(results, workloads, methods, info, seconds) -> str:
         "## sequax against a plain PyTorch loop", "",
         "Workloads of `../shared/PROTOCOLS.md` §E, each cell in its own process.",
         *header(info, seconds, "compare"),
-        f"- Threads: torch `set_num_threads(1)`; sequax "
+        "- Threads: torch `set_num_threads(1)`; sequax "
         + (f"pinned to {_SEQUAX_CORES.value} core(s) with `sched_setaffinity`" if _SEQUAX_CORES.value
            else f"on all {info['cores']} cores, XLA's default threading")
         + f" (XLA_FLAGS: {info['xla_flags']}).",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
 import re
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
@@ -58,3 +62,20 @@ def parse_flags(argv):
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return dict(cpu=model, cores=os.cpu_count(), ram_gib=mem_kib / 2**20, python=platform.python_version(),
+                jax=version("jax"), jaxlib=version("jaxlib"), torch=version("torch"),
+                xla_flags=os.environ.get("XLA_FLAGS", "") or "default", load=os.getloadavg())
