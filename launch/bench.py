@@ -476,8 +476,12 @@ def scale_suite(workloads, info) -> str:
         cores = len(os.sched_getaffinity(0))
         split = {w: {n: cell(f"{w},naive,sequax,r{n},m{cores}", cores) for n in scale.RUN_COUNTS if n % cores == 0}
                  for w in workloads} if cores > 1 else {}
-    images = scale.plot(devices, runs.get("pmnist10", {}), Path(_OUTPUT.value or "docs/benchmarks.md").parent / "img",
-                        peak["gflops"])
+    docs = Path(_OUTPUT.value or "docs/benchmarks.md").parent
+    images = scale.plot(devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10"))
+    if _OUTPUT.value:  # the raw cells, so tables and plots can be checked or redrawn later
+        raw = dict(peak=peak, per_method={f"{w},{m}": c for (w, m), c in per_method.items()}, devices=devices,
+                   runs=runs, split=split)
+        (docs / "img" / "scale_cells.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     g = peak["gflops"]
     lines = ["## At scale: MFU, devices, vmapped runs", "",
              "sequax alone (`launch/bench_scale.py`), each cell in its own process.",
