@@ -137,3 +137,14 @@ def config(benchmark: str, method: str, buffer: int | None = None) -> ml_collect
     for key, value in (extra[0] if extra else {}).items():
         cfg.optimizer[key] = value
     return cfg
+
+
+def get_config_for(benchmark: str, arg: str | None):
+    """The `get_config` of the benchmark files: arg is "METHOD[,BUFFER][,local]"."""
+    parts = [p for p in (arg or "").split(",") if p]
+    local = "local" in parts
+    parts = [p for p in parts if p != "local"]
+    if not parts:
+        raise ValueError(f"name a cell: {benchmark}.py:METHOD[,BUFFER][,local], e.g. {benchmark}.py:er,500")
+    config_ = config(benchmark, parts[0], int(parts[1]) if len(parts) > 1 else None)
+    return common.shrink_local(config_) if local else config_
