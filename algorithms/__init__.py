@@ -9,21 +9,41 @@ from __future__ import annotations
 
 import dataclasses
 
+from sequax.algorithms.agem import AGEM
 from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.er import ER
+from sequax.algorithms.er_ace import ERACE
 from sequax.algorithms.ewc import EWC
+from sequax.algorithms.gdumb import GDumb
+from sequax.algorithms.gem import GEM
+from sequax.algorithms.icarl import ICaRL
 from sequax.algorithms.joint import Joint
+from sequax.algorithms.lfl import LFL
+from sequax.algorithms.lwf import LwF
+from sequax.algorithms.mas import MAS
 from sequax.algorithms.naive import Naive
 from sequax.algorithms.protocol import Algorithm, phases_of, sequential_phases
+from sequax.algorithms.rwalk import RWalk
+from sequax.algorithms.si import SI
 
 REGISTRY: dict[str, type] = {
     "naive": Naive,
+    "agem": AGEM,
+    "gem": GEM,
     "joint": Joint,
     "er": ER,
     "ewc": EWC,
     "der": DER,
     "derpp": DERPP,
+    "icarl": ICaRL,
+    "gdumb": GDumb,
+    "lwf": LwF,
+    "lfl": LFL,
+    "er_ace": ERACE,
+    "si": SI,
+    "mas": MAS,
+    "rwalk": RWalk,
 }
 
 
@@ -57,6 +77,6 @@ def make(name: str, **hyperparameters) -> Algorithm:
 
 
 __all__ = [
-    "Algorithm", "Combined", "DER", "DERPP", "ER", "EWC", "Joint", "Naive", "REGISTRY", "combine", "make", "phases_of",
+    "AGEM", "Algorithm", "Combined", "GEM", "DER", "DERPP", "ER", "ERACE", "EWC", "GDumb", "ICaRL", "Joint", "LFL", "LwF", "MAS", "Naive", "REGISTRY", "RWalk", "SI", "combine", "make", "phases_of",
     "sequential_phases",
 ]

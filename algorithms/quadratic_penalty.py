@@ -1,4 +1,4 @@
-"""The quadratic penalty shared by importance-based methods (EWC, online EWC; later SI, MAS).
+"""The quadratic penalty shared by importance-based methods (EWC, online EWC, SI, MAS, RWalk).
 
 `(lam / 2) * sum_i importance_i * (theta_i - anchor_i)^2`, whose gradient is
 `lam * importance * (theta - anchor)`. The state has the parameters' structure and is
@@ -16,6 +16,10 @@ Two consolidation rules close a task, given its importance F and final parameter
     penalty_state = quadratic_init(params)
     value = quadratic_penalty(params, penalty_state, lam)
     penalty_state = consolidate_online(penalty_state, fisher, params, gamma)
+
+SI, MAS and RWalk write their penalty without the 1/2 (`c * sum Ω (θ - θ*)^2`, as their
+papers): they pass `lam = 2 * c`. SI and MAS close a task with `consolidate_online(..., 1.0)`
+(a sum of importances); RWalk replaces the importance with its normalised Fisher and score.
 """
 
 from __future__ import annotations

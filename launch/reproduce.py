@@ -30,13 +30,19 @@ from sequax.engine import distributed, loop, runs
 from sequax.engine.build import ConfigError
 from sequax.launch.common import initialize_distributed, machine, parse_flags
 
-_TABLE = flags.DEFINE_enum("table", "der", ["der"], "Which published table.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell (vmapped in one program).")
-_CELLS = flags.DEFINE_list("cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/.")
-_OUTPUT = flags.DEFINE_string("output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only.")
-_LOCAL = flags.DEFINE_bool("local", False, "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build and check every selected cell's config, list them, train nothing.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program (so tests
+    can import several launchers into one process)."""
+    flags.DEFINE_enum("table", "der", ["der"], "Which published table.")
+    flags.DEFINE_integer("seeds", 3, "Seeds per cell (vmapped in one program).")
+    flags.DEFINE_list("cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er).")
+    flags.DEFINE_string("workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/.")
+    flags.DEFINE_string("output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only.")
+    flags.DEFINE_bool("local", False, "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).")
+    flags.DEFINE_bool("dry_run", False, "Build and check every selected cell's config, list them, train nothing.")
 
 
 def table_module(name: str):
@@ -150,23 +156,23 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
-    table = table_module(_TABLE.value)
+    table = table_module(FLAGS.table)
     with distributed.exit_on_failure():
         try:
-            chosen = cell_configs(table, selected_cells(table, _CELLS.value), _SEEDS.value, _LOCAL.value)
+            chosen = cell_configs(table, selected_cells(table, FLAGS.cells), FLAGS.seeds, FLAGS.local)
         except (ConfigError, DataError) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
-        if _DRY_RUN.value:
+        if FLAGS.dry_run:
             for cell, config in chosen:
                 print(f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}")
             return
         start = time.perf_counter()
-        results = run_table(table, chosen, Path(_WORKDIR.value) / _TABLE.value, verbose=False)
-        text = report(table, results, time.perf_counter() - start, _LOCAL.value)
+        results = run_table(table, chosen, Path(FLAGS.workdir) / FLAGS.table, verbose=False)
+        text = report(table, results, time.perf_counter() - start, FLAGS.local)
     if not distributed.is_main_process():
         return
-    output = _OUTPUT.value or f"docs/reproductions/{_TABLE.value}.md"
+    output = FLAGS.output or f"docs/reproductions/{FLAGS.table}.md"
     print("\n" + text)
     if output != "-":
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -175,4 +181,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

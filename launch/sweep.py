@@ -34,12 +34,18 @@ from sequax.engine.build import ConfigError
 from sequax.engine import distributed
 from sequax.launch.common import initialize_distributed, parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: one subfolder per point, and the table.")
-_GRID = flags.DEFINE_multi_string(
-    "grid", [], "KEY=V1,V2,...: a config key (dotted) and its values; repeat for a product grid."
-)
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program (so tests
+    can import several launchers into one process)."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
+    flags.DEFINE_string("workdir", None, "Output folder: one subfolder per point, and the table.")
+    flags.DEFINE_multi_string(
+        "grid", [], "KEY=V1,V2,...: a config key (dotted) and its values; repeat for a product grid."
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list]]:
@@ -139,7 +145,7 @@ def main(argv):
     initialize_distributed()
     with distributed.exit_on_failure():
         try:
-            rows = sweep(_CONFIG.value, Path(_WORKDIR.value), parse_grid(_GRID.value))
+            rows = sweep(FLAGS.config, Path(FLAGS.workdir), parse_grid(FLAGS.grid))
         except (ConfigError, DataError) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -148,4 +154,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

@@ -29,7 +29,12 @@ from sequax.engine.task_data import gather_batch, task_arrays
 
 SMALL = {
     "er": {"capacity": 16, "replay_batch": 4},
+    "agem": {"capacity": 16, "replay_batch": 4, "num_tasks": 2},
+    "gem": {"capacity": 16, "num_tasks": 2},
     "ewc": {"lam": 1.0, "fisher_batch": 8},
+    "icarl": {"capacity": 16, "replay_batch": 4, "feature_dim": 16},
+    "gdumb": {"capacity": 16, "epochs": 2, "batch_size": 4},
+    "er_ace": {"capacity": 16, "replay_batch": 4},
 }
 NAMES = sorted(algorithms.REGISTRY)
 BATCH_SIZE = 8

@@ -131,7 +131,7 @@ def config(benchmark: str, method: str, buffer: int | None = None) -> ml_collect
         hyper["capacity"] = buffer
         if "replay_batch" in hyper:
             hyper["replay_batch"] = min(hyper["replay_batch"], buffer)
-    if name in ("gem",):
+    if name in ("gem", "agem"):
         hyper["num_tasks"] = common.DER_SCENARIOS[BENCHMARKS[benchmark]]["num_tasks"]
     cfg = common.der_config(BENCHMARKS[benchmark], name, lr=_per_buffer(lr, buffer), **hyper)
     for key, value in (extra[0] if extra else {}).items():

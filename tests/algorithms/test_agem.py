@@ -1,0 +1,324 @@
+"""A-GEM (`sequax.algorithms.agem`, `projection.agem_project`) against a PyTorch reference.
+
+The reference is mammoth's `AGem.observe` in float64: backward on the current batch, store
+g; backward on the memory batch, store g_ref; if g . g_ref < 0 overwrite the gradient with
+g - (g . g_ref / g_ref . g_ref) g_ref; one SGD step. Flax Dense kernels are [in, out], so
+torch's weight is the kernel transposed.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sequax import algorithms
+from sequax.algorithms import AGEM, EWC, combine
+from sequax.algorithms.projection import agem_project, tree_vdot
+from sequax.algorithms.reservoir import ReservoirState
+from sequax.configs import common
+from sequax.engine import loop
+from sequax.engine.models import mlp
+from sequax.engine.state import create_state
+from sequax.engine.step import make_train_step
+from sequax.engine.task_data import task_arrays
+
+BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mlp(CLASSES, widths=(16,))
+
+
+def batch_of(seed: int, size: int = BATCH):
+    rng = np.random.default_rng(seed)
+    return {
+        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, CLASSES, size), jnp.int32),
+        "task": jnp.zeros(size, jnp.int32),
+    }
+
+
+def state_with_memory(algorithm, model, memory=None):
+    """A state whose buffer holds `memory` ({"x", "y"}, at most CAPACITY rows) in its first slots."""
+    state = create_state(model, algorithm, optax.sgd(LR), batch_of(0), seed=0)
+    if memory is None:
+        return state
+    n = memory["y"].shape[0]
+    items = jax.tree.map(lambda b, m: b.at[:n].set(m), state.algo.items, memory)
+    return state._replace(algo=ReservoirState(items, jnp.asarray(n, jnp.int32)))
+
+
+# ---------------- The PyTorch reference ------------------------------------------------------
+
+
+def torch_mlp(params) -> torch.nn.Sequential:
+    layers = []
+    names = sorted(params, key=lambda n: int(n.split("_")[1]))
+    for i, name in enumerate(names):
+        kernel = np.asarray(params[name]["kernel"], np.float64)
+        linear = torch.nn.Linear(*kernel.shape).double()
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(kernel.T))
+            linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float64)))
+        layers += [linear] + ([torch.nn.ReLU()] if i < len(names) - 1 else [])
+    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
+
+
+def flat_grad(net, x, y):
+    """(mean cross-entropy, its gradient over all parameters as one vector), in float64."""
+    net.zero_grad()
+    loss = F.cross_entropy(
+        net(torch.from_numpy(np.array(x, np.float64))), torch.from_numpy(np.array(y, np.int64))
+    )
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+
+def mammoth_observe(params, batch, memory):
+    """AGem.observe on a torch copy of `params`: (loss, g, g_ref, projected?, new parameters)."""
+    net = torch_mlp(params)
+    loss, g = flat_grad(net, batch["x"], batch["y"])
+    _, g_ref = flat_grad(net, memory["x"], memory["y"])
+    dot = torch.dot(g, g_ref)
+    final = g - torch.dot(g, g_ref) / torch.dot(g_ref, g_ref) * g_ref if dot.item() < 0 else g
+    with torch.no_grad():  # opt.step() of plain SGD
+        params_after = torch.cat([p.reshape(-1) for p in net.parameters()]) - LR * final
+    return loss, g, g_ref, dot.item() < 0, params_after.numpy()
+
+
+def as_flat(tree):
+    """A flax MLP pytree in torch's parameter order (weight = kernel transposed, then bias)."""
+    out = []
+    for name in sorted(tree, key=lambda n: int(n.split("_")[1])):
+        out += [
+            np.asarray(tree[name]["kernel"], np.float64).T.reshape(-1),
+            np.asarray(tree[name]["bias"], np.float64),
+        ]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize(
+    "memory_kind, stored, conflict",
+    [("relabelled", CAPACITY, True), ("relabelled", 5, True), ("same", BATCH, False)],
+)
+def test_step_matches_mammoth_observe(model, memory_kind, stored, conflict):
+    """One train step (reference gradient, projection, SGD) against mammoth in float64.
+
+    "relabelled": the memory holds images of the batch under other labels (their gradients
+    conflict); "same": the memory is the batch itself (g_ref = g, never projected). With 5
+    stored, fewer than replay_batch rows are real: the reference uses exactly those.
+    """
+    batch = batch_of(1)
+    source = batch_of(2, CAPACITY) if memory_kind == "relabelled" else batch
+    memory = {"x": source["x"][:stored], "y": source["y"][:stored]}
+    if memory_kind == "relabelled":
+        memory["y"] = (memory["y"] + 3) % CLASSES
+    algorithm = AGEM(capacity=CAPACITY, replay_batch=CAPACITY, num_tasks=2)
+    state = state_with_memory(algorithm, model, memory)
+    _, aux = jax.jit(lambda s: algorithm.loss(s.params, s, batch, jax.random.PRNGKey(3), model))(
+        state
+    )
+    stepped, metrics = jax.jit(make_train_step(model, algorithm, optax.sgd(LR)))(state, batch)
+
+    loss, g, g_ref, projected, expected = mammoth_observe(state.params, batch, memory)
+    assert projected is conflict
+    np.testing.assert_allclose(
+        as_flat(aux["tx_args"]["reference"]), g_ref.numpy(), rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(float(metrics["loss"]), loss, rtol=1e-5)
+    np.testing.assert_allclose(as_flat(stepped.params), expected, rtol=1e-5, atol=1e-6)
+    # The update differs from plain SGD exactly when mammoth projected.
+    naive = as_flat(state.params) - LR * g.numpy()
+    assert np.allclose(as_flat(stepped.params), naive, atol=1e-6) is not conflict
+
+
+def random_tree(seed: int, scale: float = 1.0):
+    rng = np.random.default_rng(seed)
+    return {
+        "Dense_0": {
+            "kernel": jnp.asarray(scale * rng.normal(size=(16, 5)), jnp.float32),
+            "bias": jnp.asarray(scale * rng.normal(size=5), jnp.float32),
+        },
+        "Dense_1": {
+            "kernel": jnp.asarray(scale * rng.normal(size=(5, 3)), jnp.float32),
+            "bias": jnp.asarray(scale * rng.normal(size=3), jnp.float32),
+        },
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_projection_on_the_flat_vector(seed):
+    """g~ = g - (g.r / r.r) r over all leaves at once (not per layer), only when g.r < 0."""
+    g, r = random_tree(seed), random_tree(100 + seed, scale=0.3)
+    projected, violated = jax.jit(agem_project)(g, r)
+    g64, r64 = as_flat(g), as_flat(r)
+    dot = g64 @ r64
+    expected = g64 - dot / (r64 @ r64) * r64 if dot < 0 else g64
+    assert bool(violated) == (dot < 0)
+    np.testing.assert_allclose(as_flat(projected), expected, rtol=1e-5, atol=1e-6)
+    if dot < 0:  # the memory's loss no longer increases to first order
+        assert abs(float(tree_vdot(projected, r))) < 1e-5 * np.linalg.norm(g64) * np.linalg.norm(
+            r64
+        )
+    else:
+        chex.assert_trees_all_equal(projected, g)
+    # An empty memory's reference is exactly zero: the gradient passes unchanged.
+    zero = jax.tree.map(jnp.zeros_like, r)
+    unchanged, violated = agem_project(g, zero)
+    chex.assert_trees_all_equal(unchanged, g)
+    assert not bool(violated)
+
+
+def test_projection_happens_in_both_signs():
+    """The seeds above cover both branches (a test of the test)."""
+    signs = {bool(agem_project(random_tree(s), random_tree(100 + s, 0.3))[1]) for s in range(6)}
+    assert signs == {True, False}
+
+
+def test_empty_memory_trains_as_sgd(model):
+    algorithm = AGEM(capacity=CAPACITY, replay_batch=4, num_tasks=2)
+    state = state_with_memory(algorithm, model)
+    batch = batch_of(4)
+    _, aux = jax.jit(lambda s: algorithm.loss(s.params, s, batch, jax.random.PRNGKey(0), model))(
+        state
+    )
+    assert all(float(jnp.abs(r).max()) == 0.0 for r in jax.tree.leaves(aux["tx_args"]["reference"]))
+    assert float(aux["metrics"]["memory_ce"]) == 0.0
+    stepped, _ = jax.jit(make_train_step(model, algorithm, optax.sgd(LR)))(state, batch)
+    _, g, _, _, _ = mammoth_observe(state.params, batch, {"x": batch["x"], "y": batch["y"]})
+    np.testing.assert_allclose(
+        as_flat(stepped.params), as_flat(state.params) - LR * g.numpy(), rtol=1e-5, atol=1e-6
+    )
+    chex.assert_trees_all_equal(stepped.algo, state.algo)  # nothing is stored during a task
+
+
+# ---------------- The episodic memory ------------------------------------------------------
+
+
+def task_of(t: int, size: int, capacity: int = 48):
+    """A padded task whose images identify their example (pixel 0 = index + 1, 0 in padding)."""
+    x = np.zeros((size, 4, 4, 1), np.uint8)
+    x[:, 0, 0, 0] = np.arange(size) + 1
+    x[:, 1, 1, 0] = 100 + t
+    return task_arrays(x, np.full(size, 2 * t), np.full(size, t), capacity)
+
+
+def stored_ids(items, rows):
+    return sorted(round(float(v) * 255) - 1 for v in items["x"][rows, 0, 0, 0])
+
+
+def test_end_task_stores_capacity_over_num_tasks_examples(model):
+    algorithm = AGEM(capacity=16, replay_batch=4, num_tasks=2)  # 8 examples per task
+    state = create_state(model, algorithm, optax.sgd(LR), batch_of(0), seed=0)
+    end_task = jax.jit(lambda s, d, k: algorithm.end_task(s, d, k, model))
+    algo = end_task(state, task_of(0, 43), jax.random.PRNGKey(1))
+    assert int(algo.num_seen) == 8
+    first = stored_ids(algo.items, slice(0, 8))
+    assert len(set(first)) == 8 and all(0 <= i < 43 for i in first)  # distinct, never padding
+    assert np.all(np.asarray(algo.items["y"][:8]) == 0)
+    assert float(jnp.abs(algo.items["x"][8:]).max()) == 0.0  # the rest still empty
+    # The second task fills the rest in order; the first task's examples stay.
+    algo2 = end_task(state._replace(algo=algo), task_of(1, 29), jax.random.PRNGKey(2))
+    assert int(algo2.num_seen) == 16
+    chex.assert_trees_all_equal(
+        jax.tree.map(lambda a: a[:8], algo2.items), jax.tree.map(lambda a: a[:8], algo.items)
+    )
+    assert np.all(np.asarray(algo2.items["y"][8:]) == 2)
+    assert len(set(stored_ids(algo2.items, slice(8, 16)))) == 8
+    # A task smaller than its share stores all its examples and no padding.
+    small = end_task(state, task_of(0, 5), jax.random.PRNGKey(3))
+    assert int(small.num_seen) == 5 and stored_ids(small.items, slice(0, 5)) == [0, 1, 2, 3, 4]
+    assert float(jnp.abs(small.items["x"][5:]).max()) == 0.0
+    # The sample differs between keys.
+    other = end_task(state, task_of(0, 43), jax.random.PRNGKey(4))
+    assert stored_ids(other.items, slice(0, 8)) != first
+
+
+def test_end_task_sample_is_uniform(model):
+    """Each of a task's examples is stored with probability per_task / size."""
+    from scipy import stats
+
+    algorithm = AGEM(capacity=16, replay_batch=4, num_tasks=2)
+    state = create_state(model, algorithm, optax.sgd(LR), batch_of(0), seed=0)
+    data = task_of(0, 20)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+    items = jax.jit(
+        jax.vmap(lambda k: algorithm.end_task(state, data, k, model).items["x"][:8, 0, 0, 0])
+    )(keys)
+    ids = np.rint(np.asarray(items) * 255).astype(int) - 1
+    counts = np.bincount(ids.reshape(-1), minlength=20)
+    assert counts.sum() == 2000 * 8 and len(counts) == 20
+    assert stats.chisquare(counts).pvalue > 1e-4, counts
+
+
+def test_combines_with_a_regulariser(model):
+    """combine(AGEM, EWC): the combined objective's gradient is projected on A-GEM's reference."""
+    algorithm = combine(AGEM(capacity=CAPACITY, replay_batch=CAPACITY, num_tasks=2), EWC(lam=1.0))
+    assert hasattr(algorithm, "gradient_transform")
+    batch = batch_of(1)
+    memory = {"x": batch_of(2, CAPACITY)["x"], "y": (batch_of(2, CAPACITY)["y"] + 3) % CLASSES}
+    state = create_state(model, algorithm, optax.sgd(LR), batch, seed=0)
+    items = jax.tree.map(lambda b, m: b.at[:CAPACITY].set(m), state.algo["agem"].items, memory)
+    state = state._replace(
+        algo={**state.algo, "agem": ReservoirState(items, jnp.asarray(CAPACITY, jnp.int32))}
+    )
+    rng = jax.random.PRNGKey(5)
+    loss_and_grad = jax.value_and_grad(
+        lambda p, s: algorithm.loss(p, s, batch, rng, model), has_aux=True
+    )
+    (_, aux), grads = jax.jit(loss_and_grad)(state.params, state)
+    projected, violated = agem_project(grads, aux["tx_args"]["reference"])
+    assert bool(violated)
+    stepped, _ = jax.jit(make_train_step(model, algorithm, optax.sgd(LR)))(state, batch)
+    chex.assert_trees_all_close(
+        stepped.params, jax.tree.map(lambda p, g: p - LR * g, state.params, projected), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"replay_batch": 0}, "replay_batch"),
+        ({"replay_batch": 17}, "replay_batch"),
+        ({"num_tasks": 0}, "num_tasks"),
+        ({"num_tasks": 17}, "num_tasks"),
+    ],
+)
+def test_invalid_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AGEM(**{"capacity": 16, "replay_batch": 4, **kwargs})
+    assert algorithms.make("agem", capacity=50, replay_batch=20, num_tasks=5) == AGEM(50, 20, 5)
+
+
+# ---------------- End to end -------------------------------------------------------------------
+
+
+def small_split_config(algorithm: str, **algorithm_kwargs):
+    config = common.der_config("split", algorithm, 0.05, **algorithm_kwargs)
+    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
+    config.data.train_per_task = 300
+    config.data.test_per_task = 100
+    config.model.widths = (32,)
+    return config
+
+
+def test_agem_keeps_task_zero_alive_on_split_mnist(tmp_path):
+    naive = loop.run(small_split_config("naive"), tmp_path / "naive", verbose=False)
+    agem = loop.run(
+        small_split_config("agem", capacity=100, replay_batch=64, num_tasks=5),
+        tmp_path / "agem",
+        verbose=False,
+    )
+    naive_acc, agem_acc = naive.summary["class_il"]["acc"], agem.summary["class_il"]["acc"]
+    # Naive forgets every earlier task in class-IL (about 1/5); A-GEM's projections keep the
+    # memory's loss from rising, so the first task survives four later ones (naive: 0).
+    assert naive_acc < 0.3 and naive.class_il[-1, 0] < 0.05
+    assert agem_acc > naive_acc + 0.08, (agem_acc, naive_acc)
+    assert agem.class_il[-1, 0] > 0.3
