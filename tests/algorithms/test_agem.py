@@ -21,12 +21,12 @@ from sequax import algorithms
 from sequax.algorithms import AGEM, EWC, combine
 from sequax.algorithms.projection import agem_project, tree_vdot
 from sequax.algorithms.reservoir import ReservoirState
-from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
+from small_streams import naive_result, small_split_config
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
 
@@ -300,17 +300,10 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 # ---------------- End to end -------------------------------------------------------------------
 
 
-def small_split_config(algorithm: str, **algorithm_kwargs):
-    config = common.der_config("split", algorithm, 0.05, **algorithm_kwargs)
-    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
-    config.data.train_per_task = 300
-    config.data.test_per_task = 100
-    config.model.widths = (32,)
-    return config
 
 
 def test_agem_keeps_task_zero_alive_on_split_mnist(tmp_path):
-    naive = loop.run(small_split_config("naive"), tmp_path / "naive", verbose=False)
+    naive = naive_result("split")
     agem = loop.run(
         small_split_config("agem", capacity=100, replay_batch=64, num_tasks=5),
         tmp_path / "agem",

@@ -23,11 +23,11 @@ from scipy import stats
 
 from sequax import algorithms
 from sequax.algorithms import DER, DERPP, Naive
-from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import from_linen, mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
+from small_streams import naive_result, small_split_config
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -327,17 +327,10 @@ def test_num_classes_must_match_the_model(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
-def small_split_config(algorithm: str, **algorithm_kwargs):
-    config = common.der_config("split", algorithm, 0.05, **algorithm_kwargs)
-    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
-    config.data.train_per_task = 300
-    config.data.test_per_task = 100
-    config.model.widths = (32,)
-    return config
 
 
 def test_derpp_beats_naive_on_split_mnist(tmp_path):
-    naive = loop.run(small_split_config("naive"), tmp_path / "naive", verbose=False)
+    naive = naive_result("split")
     derpp = loop.run(
         small_split_config("derpp", capacity=100, replay_batch=10, alpha=0.5, beta=0.5),
         tmp_path / "derpp",

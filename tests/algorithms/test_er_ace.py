@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from sequax import algorithms
 from sequax.algorithms import ERACE, Naive
 from sequax.algorithms.er_ace import ERACEState, incoming_classes
-from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
+from small_streams import small_split_config
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -201,13 +201,6 @@ def test_hyperparameters_are_checked_and_registered(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
-def small_split_config(algorithm: str, **algorithm_kwargs):
-    config = common.der_config("split", algorithm, 0.05, **algorithm_kwargs)
-    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
-    config.data.train_per_task = 300
-    config.data.test_per_task = 100
-    config.model.widths = (32,)
-    return config
 
 
 def test_er_ace_beats_er_and_keeps_old_classes_on_split_mnist(tmp_path):

@@ -25,12 +25,12 @@ from sequax import algorithms
 from sequax.algorithms import GEM
 from sequax.algorithms.gem import GEMState
 from sequax.algorithms.projection import gem_project, solve_nonnegative_qp
-from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
+from small_streams import naive_result, small_split_config
 
 CLASSES, LR, PER_TASK = 10, 0.1, 6
 
@@ -432,17 +432,10 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 # ---------------- End to end -------------------------------------------------------------------
 
 
-def small_split_config(algorithm: str, **algorithm_kwargs):
-    config = common.der_config("split", algorithm, 0.05, **algorithm_kwargs)
-    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
-    config.data.train_per_task = 300
-    config.data.test_per_task = 100
-    config.model.widths = (32,)
-    return config
 
 
 def test_gem_beats_naive_on_split_mnist(tmp_path):
-    naive = loop.run(small_split_config("naive"), tmp_path / "naive", verbose=False)
+    naive = naive_result("split")
     gem = loop.run(
         small_split_config("gem", capacity=100, num_tasks=5, gamma=0.5),
         tmp_path / "gem",

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from sequax import algorithms
 from sequax.algorithms import ER, SI, combine
 from sequax.algorithms.quadratic_penalty import QuadraticState
-from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
+from small_streams import naive_result, small_permuted_config
 
 CLASSES, LR = 10, 0.1
 
@@ -254,21 +254,10 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 # ---------------- End to end ---------------------------------------------------------------------
 
 
-def small_permuted_config(algorithm: str, **algorithm_kwargs):
-    """Two permuted tasks of 1,000 examples, 3 epochs each: task 1 overwrites task 0."""
-    config = common.der_config("permuted", algorithm, 0.1, **algorithm_kwargs)
-    config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
-    config.data.num_tasks = 2
-    config.data.train_per_task = 1000
-    config.data.test_per_task = 1000
-    config.model.widths = (100,)
-    config.training.batch_size = 10
-    config.training.epochs = 3
-    return config
 
 
 def test_si_keeps_task_zero_better_than_naive(tmp_path):
-    naive = loop.run(small_permuted_config("naive"), tmp_path / "naive", verbose=False)
+    naive = naive_result("permuted")
     si = loop.run(small_permuted_config("si", c=1.0, xi=1.0), tmp_path / "si", verbose=False)
     (naive_first, naive_second), (si_first, si_second) = naive.class_il[-1], si.class_il[-1]
     assert abs(si.class_il[0, 0] - naive.class_il[0, 0]) < 1e-6  # no penalty on task 0: same run
