@@ -41,6 +41,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.reservoir import replay_add, replay_init
 
@@ -71,10 +72,6 @@ def _draw(replay_state, index: int):
     """The `index`-th pre-drawn replay batch and its validity mask."""
     return jax.tree.map(lambda a: a[index], replay_state.replay), replay_state.valid[index]
 
-
-def _is_number(value) -> bool:
-    """A plain Python number, checked in `__post_init__` (a sweep's tracer is not)."""
-    return isinstance(value, (int, float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +106,7 @@ class DER:
             )
         if self.num_classes < 1:
             raise ValueError(f"{name} num_classes={self.num_classes} must be at least 1")
-        if _is_number(self.alpha) and self.alpha < 0:
+        if is_number(self.alpha) and self.alpha < 0:
             raise ValueError(f"{name} alpha={self.alpha} must be >= 0")
 
     def init(self, params, model_state, example_batch, rng):
@@ -166,7 +163,7 @@ class DERPP(DER):
 
     def __post_init__(self):
         super().__post_init__()
-        if _is_number(self.beta) and self.beta < 0:
+        if is_number(self.beta) and self.beta < 0:
             raise ValueError(f"DERPP beta={self.beta} must be >= 0")
 
     def loss(self, params, state, batch, rng, model):

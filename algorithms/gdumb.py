@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 
 
@@ -92,7 +93,7 @@ class GDumb:
         if not 0 < self.batch_size <= self.capacity or self.num_classes < 1 or self.epochs < 0:
             raise ValueError(f"GDumb needs 1 <= batch_size={self.batch_size} <= capacity={self.capacity}, "
                              f"num_classes={self.num_classes} >= 1 and epochs={self.epochs} >= 0")
-        if isinstance(self.fit_lr, (int, float)) and not self.fit_lr > 0:
+        if is_number(self.fit_lr) and not self.fit_lr > 0:
             raise ValueError(f"GDumb fit_lr={self.fit_lr} must be > 0")
 
     def init(self, params, model_state, example_batch, rng):

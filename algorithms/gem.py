@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.agem import task_sample
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_projection
@@ -49,10 +50,6 @@ class GEMState(NamedTuple):
     valid: jax.Array  # bool [num_tasks, per_task]: rows holding a stored example
     stored: jax.Array  # int32 scalar: tasks stored so far (the next task's row)
 
-
-def _is_number(value) -> bool:
-    """A plain Python number, checked in `__post_init__` (a sweep's tracer is not)."""
-    return isinstance(value, (int, float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +75,9 @@ class GEM:
             raise ValueError(
                 f"GEM num_tasks={self.num_tasks} must be in [1, capacity={self.capacity}]"
             )
-        if _is_number(self.gamma) and self.gamma < 0:
+        if is_number(self.gamma) and self.gamma < 0:
             raise ValueError(f"GEM gamma={self.gamma} must be >= 0")
-        if _is_number(self.eps) and not self.eps > 0:
+        if is_number(self.eps) and not self.eps > 0:
             raise ValueError(f"GEM eps={self.eps} must be > 0")
 
     def init(self, params, model_state, example_batch, rng):

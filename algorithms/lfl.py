@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import forward_cross_entropy
 
 
@@ -67,7 +68,7 @@ class LFL:
     lam: float = 0.1
 
     def __post_init__(self):
-        if isinstance(self.lam, (int, float)) and self.lam < 0:
+        if is_number(self.lam) and self.lam < 0:
             raise ValueError(f"LFL lam={self.lam} must be >= 0")
 
     def init(self, params, model_state, example_batch, rng):

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy
 from sequax.engine.heads import mask_logits
 
@@ -70,9 +71,6 @@ def soft_cross_entropy(logits, target_logits, classes, temperature) -> jax.Array
     return -jnp.where(classes, targets * log_probs, 0.0).sum(-1).mean()
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float))
-
 
 @dataclasses.dataclass(frozen=True)
 class LwF:
@@ -93,9 +91,9 @@ class LwF:
     def __post_init__(self):
         if self.num_classes < 1:
             raise ValueError(f"LwF num_classes={self.num_classes} must be at least 1")
-        if _is_number(self.alpha) and self.alpha < 0:
+        if is_number(self.alpha) and self.alpha < 0:
             raise ValueError(f"LwF alpha={self.alpha} must be >= 0")
-        if _is_number(self.temperature) and self.temperature <= 0:
+        if is_number(self.temperature) and self.temperature <= 0:
             raise ValueError(f"LwF temperature={self.temperature} must be > 0")
 
     def init(self, params, model_state, example_batch, rng):

@@ -37,6 +37,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
@@ -59,7 +60,7 @@ class MAS:
     importance_batch: int = 128
 
     def __post_init__(self):
-        if isinstance(self.lam, (int, float)) and self.lam < 0:
+        if is_number(self.lam) and self.lam < 0:
             raise ValueError(f"MAS lam={self.lam} must be >= 0")
         if self.importance_batch < 1:
             raise ValueError(f"MAS importance_batch={self.importance_batch} must be at least 1")

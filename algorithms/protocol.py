@@ -50,6 +50,12 @@ class Algorithm(Protocol):
     def end_task(self, state, task_data, rng: jax.Array, model) -> AlgoState: ...
 
 
+def is_number(value) -> bool:
+    """A plain Python number: hyper-parameters are validated in `__post_init__` only then
+    (a vmapped sweep rebinds floats to tracers, which have no truth value)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def optimizer_for(algorithm, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """`tx`, with the algorithm's gradient surgery chained in front when it has one.
 

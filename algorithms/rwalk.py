@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.quadratic_penalty import QuadraticState, quadratic_init, quadratic_penalty
 
@@ -72,9 +73,6 @@ def minmax(tree):
     return jax.tree.map(lambda x: (x - low) / (high - low + 1e-32), tree)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float))
-
 
 @dataclasses.dataclass(frozen=True)
 class RWalk:
@@ -91,11 +89,11 @@ class RWalk:
     epsilon: float = 1e-3
 
     def __post_init__(self):
-        if _is_number(self.lam) and self.lam < 0:
+        if is_number(self.lam) and self.lam < 0:
             raise ValueError(f"RWalk lam={self.lam} must be >= 0")
-        if _is_number(self.alpha) and not 0 < self.alpha <= 1:
+        if is_number(self.alpha) and not 0 < self.alpha <= 1:
             raise ValueError(f"RWalk alpha={self.alpha} must be in (0, 1]")
-        if _is_number(self.epsilon) and not self.epsilon > 0:
+        if is_number(self.epsilon) and not self.epsilon > 0:
             raise ValueError(f"RWalk epsilon={self.epsilon} must be > 0")
 
     def init(self, params, model_state, example_batch, rng):

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     QuadraticState,
@@ -65,9 +66,6 @@ def _clip_backward(bound, cotangent):
 clip_gradient.defvjp(_clip_forward, _clip_backward)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float))
-
 
 @dataclasses.dataclass(frozen=True)
 class SI:
@@ -87,11 +85,11 @@ class SI:
     clip: float = 1.0
 
     def __post_init__(self):
-        if _is_number(self.c) and self.c < 0:
+        if is_number(self.c) and self.c < 0:
             raise ValueError(f"SI c={self.c} must be >= 0")
-        if _is_number(self.xi) and not self.xi > 0:
+        if is_number(self.xi) and not self.xi > 0:
             raise ValueError(f"SI xi={self.xi} must be > 0")
-        if _is_number(self.clip) and not self.clip > 0:
+        if is_number(self.clip) and not self.clip > 0:
             raise ValueError(f"SI clip={self.clip} must be > 0 (float('inf') disables clipping)")
 
     def init(self, params, model_state, example_batch, rng):
