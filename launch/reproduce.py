@@ -120,6 +120,9 @@ def report(table, results: list[dict], seconds: float, local: bool) -> str:
         f"- Wall time of the whole table: {seconds / 60:.1f} min (cells read back from an earlier run count "
         f"their original wall time: {sum(r['wall'] for r in results) / 60:.1f} min in all).",
     ]
+    if len(results) < len(table.cells()):
+        lines.append(f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
+                     f"or not selected); the table's total wall time is not measured yet.")
     if local:
         lines.append("- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
                      "a pipeline check, not a reproduction.")
