@@ -27,6 +27,7 @@ from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
 from small_streams import naive_result, small_split_config
+from torch_reference import torch_mlp
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
 
@@ -57,18 +58,6 @@ def state_with_memory(algorithm, model, memory=None):
 
 # ---------------- The PyTorch reference ------------------------------------------------------
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    layers = []
-    names = sorted(params, key=lambda n: int(n.split("_")[1]))
-    for i, name in enumerate(names):
-        kernel = np.asarray(params[name]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i < len(names) - 1 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def flat_grad(net, x, y):

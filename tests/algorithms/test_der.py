@@ -28,6 +28,7 @@ from sequax.engine.models import from_linen, mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from small_streams import naive_result, small_split_config
+from torch_reference import torch_mlp
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -64,19 +65,6 @@ def state_with_buffer(algorithm, model, filled: int, seed: int = 0):
 
 # ---------------- The PyTorch reference ------------------------------------------------------
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    """The flax MLP `Dense_0 -> relu -> ... -> Dense_k` as a float64 torch network."""
-    layers = []
-    names = sorted(params, key=lambda n: int(n.split("_")[1]))
-    for i, name in enumerate(names):
-        kernel = np.asarray(params[name]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i < len(names) - 1 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def as_torch(a, dtype=torch.float64):

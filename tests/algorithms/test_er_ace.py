@@ -24,6 +24,7 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from small_streams import small_split_config
+from torch_reference import torch_mlp
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -59,17 +60,6 @@ def state_with(algorithm, model, *, seen, task, filled):
 
 # ---------------- The PyTorch reference ------------------------------------------------------
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    layers = []
-    for i, name in enumerate(("Dense_0", "Dense_1")):
-        kernel = np.asarray(params[name]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i == 0 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def as_torch(a, dtype=torch.float64):

@@ -26,6 +26,7 @@ from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
+from torch_reference import torch_mlp
 
 CLASSES, HIDDEN = 10, 16
 
@@ -119,17 +120,6 @@ def test_the_evicted_example_is_uniform_over_the_largest_class():
 
 # ---------------- The retraining: SGD on the memory alone, against torch --------------------------
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    layers = []
-    for i in range(len(params)):
-        kernel = np.asarray(params[f"Dense_{i}"]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[f"Dense_{i}"]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i < len(params) - 1 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def test_fit_matches_a_torch_sgd_loop(model):

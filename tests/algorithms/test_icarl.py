@@ -24,6 +24,7 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.task_data import gather_batch, task_arrays
+from torch_reference import torch_mlp
 
 CLASSES, HIDDEN, BATCH, REPLAY, CAPACITY = 10, 16, 6, 5, 8
 
@@ -43,18 +44,6 @@ def batch_of(seed: int, size: int = BATCH, labels=None):
 def fresh_state(model, algorithm, seed=0):
     return create_state(model, algorithm, optax.sgd(0.1), batch_of(0), seed=seed)
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    """The flax MLP `Dense_0 -> relu -> Dense_1` as a float64 torch network."""
-    layers = []
-    for i in range(len(params)):
-        kernel = np.asarray(params[f"Dense_{i}"]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[f"Dense_{i}"]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i < len(params) - 1 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def as_torch(a, dtype=torch.float64):

@@ -25,6 +25,7 @@ from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
+from torch_reference import torch_mlp
 
 BATCH, CLASSES = 6, 10
 
@@ -65,18 +66,6 @@ def state_in_task_one(algorithm, model):
 
 # ---------------- The PyTorch reference ------------------------------------------------------
 
-
-def torch_mlp(params) -> torch.nn.Sequential:
-    """The flax MLP `Dense_0 -> relu -> Dense_1` as a float64 torch network."""
-    layers = []
-    for i, name in enumerate(("Dense_0", "Dense_1")):
-        kernel = np.asarray(params[name]["kernel"], np.float64)
-        linear = torch.nn.Linear(*kernel.shape).double()
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(kernel.T))
-            linear.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float64)))
-        layers += [linear] + ([torch.nn.ReLU()] if i == 0 else [])
-    return torch.nn.Sequential(torch.nn.Flatten(), *layers)
 
 
 def smooth(probs, temp, dim):  # mammoth's
