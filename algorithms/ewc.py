@@ -3,8 +3,10 @@
 Loss on task t: cross-entropy + `(lam / 2) * sum_i F_i (theta_i - theta*_i)^2`, the penalty
 part of the differentiated objective (fused into the compiled step). At the end of each task
 the diagonal Fisher is estimated over the task's training set as the mean of per-example
-squared gradients of the log-likelihood (`vmap` of `grad`, never the square of a batch-mean
-gradient), and consolidated (see `quadratic_penalty`).
+squared gradients of the log-likelihood (never the square of a batch-mean gradient), and
+consolidated (see `quadratic_penalty`). Networks of dense layers get it from one matmul per
+layer, without materialising per-example gradients; other networks by `vmap` of `grad`
+(`algorithms.fisher`, same value).
 
     algorithm = EWC(lam=100.0, online=True, gamma=1.0)
 
@@ -32,6 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.fisher import squared_gradient_sum
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
@@ -55,7 +58,7 @@ class EWC:
       gamma: online EWC's decay of the previous Fisher (1.0 = plain sum; unused if not online).
       fisher_labels: "empirical" or "sampled" (see the module docstring).
       likelihood_weighted: weight each squared gradient by p(y|x), as the DER code does.
-      fisher_batch: examples per vmapped chunk when estimating the Fisher (memory knob only).
+      fisher_batch: examples per chunk when estimating the Fisher (memory knob only).
     """
 
     lam: float = 100.0
@@ -89,10 +92,13 @@ class EWC:
     def fisher(self, params, model_state, task_data, rng, model):
         """Diagonal Fisher: mean over the task's examples of squared per-example gradients."""
 
-        def log_likelihood(p, x, label):
-            outputs, _ = model.apply(p, model_state, x[None], train=False)
-            log_probs = jax.nn.log_softmax(outputs["logits"][0])
-            return log_probs[label], log_probs
+        def log_likelihood(outputs, targets):
+            log_probs = jax.nn.log_softmax(outputs["logits"])
+            chosen = jnp.take_along_axis(log_probs, targets["label"][:, None], 1)[:, 0]
+            weight = targets["valid"].astype(jnp.float32)
+            if self.likelihood_weighted:
+                weight = weight * jnp.exp(chosen)  # p(y|x), a weight: not differentiated
+            return chosen, weight
 
         def accumulate(carry, batch, valid):
             total, index = carry
@@ -101,12 +107,9 @@ class EWC:
                 keys = jax.random.split(jax.random.fold_in(rng, index), labels.shape[0])
                 logits = model.apply(params, model_state, x, train=False)[0]["logits"]
                 labels = jax.vmap(jax.random.categorical)(keys, logits)
-            grads, log_probs = jax.vmap(jax.grad(log_likelihood, has_aux=True), (None, 0, 0))(params, x, labels)
-            weight = valid.astype(jnp.float32)
-            if self.likelihood_weighted:
-                weight = weight * jnp.exp(jnp.take_along_axis(log_probs, labels[:, None], 1)[:, 0])
-            sq = jax.tree.map(lambda g: jnp.einsum("b,b...->...", weight, g**2), grads)
-            return jax.tree.map(jnp.add, total, sq), index + 1
+            targets = {"label": labels, "valid": valid}
+            sums = squared_gradient_sum(model, params, model_state, x, log_likelihood, targets)
+            return jax.tree.map(jnp.add, total, sums), index + 1
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         total, _ = scan_batches(accumulate, task_data, self.fisher_batch, (zeros, 0))

@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
             scenario="split",  # split | permuted | rotated
             num_tasks=5,
             seed=0,  # permutations, angles and class orders
+            # True: each run draws its own permutations/angles from (data.seed, its seed),
+            # like separate runs of the reference code (Permuted, nearest Rotated only)
+            draws_per_run=False,
             options=ml_collections.ConfigDict(),  # scenario keyword arguments
             train_per_task=0,  # 0 keeps every example; >0 subsamples (":local" runs)
             test_per_task=0,

@@ -55,6 +55,11 @@ class Scenario:
       test_indices: per task, sorted indices into `source.test_x`.
       permutations: int [num_tasks, H*W*C] for Permuted scenarios, else None.
       angles: float [num_tasks] in degrees for Rotated scenarios, else None.
+      pixel_maps: int32 [num_tasks, H*W*C] when each task's transform only moves pixels
+        (Permuted; Rotated with nearest interpolation), else None: out.flat[i] =
+        in.flat[pixel_maps[t, i]], where the index H*W*C stands for a black (0) pixel. The
+        engine applies these maps on device, per batch (`sequax.engine.task_data`), which
+        lets vmapped runs each draw their own permutations or angles.
     """
 
     name: str
@@ -70,18 +75,22 @@ class Scenario:
     test_indices: tuple[np.ndarray, ...]
     permutations: np.ndarray | None = None
     angles: np.ndarray | None = None
+    pixel_maps: np.ndarray | None = None
 
-    def train(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """Task t's training set: (uint8 [n, 28, 28, 1], int32 [n]), transform applied."""
+    def train(self, t: int, transformed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Task t's training set: (uint8 [n, 28, 28, 1], int32 [n]), transform applied unless
+        `transformed=False` (the source's images, for a consumer that applies `pixel_maps`)."""
         self._check_task(t)
         index = self.train_indices[t]
-        return self.transform(t, self.source.train_x[index]), self.source.train_y[index]
+        x = self.source.train_x[index]
+        return (self.transform(t, x) if transformed else x), self.source.train_y[index]
 
-    def test(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """Task t's test set: (uint8 [n, 28, 28, 1], int32 [n]), transform applied."""
+    def test(self, t: int, transformed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Task t's test set: (uint8 [n, 28, 28, 1], int32 [n]); `transformed` as in `train`."""
         self._check_task(t)
         index = self.test_indices[t]
-        return self.transform(t, self.source.test_x[index]), self.source.test_y[index]
+        x = self.source.test_x[index]
+        return (self.transform(t, x) if transformed else x), self.source.test_y[index]
 
     def _check_task(self, t: int) -> None:
         if not 0 <= t < self.num_tasks:
@@ -120,11 +129,36 @@ class RotateTransform:
     order: int
 
     def __call__(self, t: int, images: np.ndarray) -> np.ndarray:
+        if self.order == 0:  # nearest: the same pixels as scipy's rotate, by one gather
+            return apply_pixel_map(images, rotation_map(images.shape[1:], float(self.angles[t])))
         # One call over the whole [n, H, W] batch: about 1 s for 60k MNIST images on one core.
         rotated = scipy.ndimage.rotate(
             images[..., 0], float(self.angles[t]), axes=(1, 2), reshape=False,
             order=self.order, mode="constant", cval=0)
         return rotated[..., None]
+
+
+def rotation_map(shape: Sequence[int], angle: float) -> np.ndarray:
+    """int32 [H*W*C]: the pixel map of a nearest-neighbour rotation by `angle` degrees.
+
+    Rotates an image of pixel indices (1-based, 0 = outside) with the same call as
+    `RotateTransform` at order 0, which copies values without interpolating them, so the
+    map reproduces that rotation exactly; uncovered pixels get the fill index H*W*C.
+    """
+    h, w, c = shape
+    size = h * w * c
+    index = np.arange(1, size + 1, dtype=np.float64).reshape(h, w, c)
+    moved = scipy.ndimage.rotate(index, angle, axes=(0, 1), reshape=False, order=0,
+                                 mode="constant", cval=0)
+    moved = np.rint(moved).astype(np.int64).reshape(-1) - 1
+    return np.where(moved < 0, size, moved).astype(np.int32)
+
+
+def apply_pixel_map(images: np.ndarray, pixel_map: np.ndarray) -> np.ndarray:
+    """Host-side `out.flat[i] = in.flat[pixel_map[i]]` per image, index H*W*C = black."""
+    flat = images.reshape(len(images), -1)
+    flat = np.concatenate([flat, np.zeros((len(images), 1), images.dtype)], axis=1)
+    return flat[:, pixel_map].reshape(images.shape)
 
 
 def split(source: ImageSource, num_tasks: int = 5, classes_per_task: int = 2,
@@ -175,7 +209,8 @@ def permuted(source: ImageSource, num_tasks: int, seed: int = 0,
         # Overwrite rather than skip the draw, so tasks 1.. are the same with or without it.
         permutations[0] = np.arange(num_pixels)
     return _domain_scenario(f"permuted_{source.name}", source, num_tasks,
-                            PermuteTransform(permutations), permutations=permutations)
+                            PermuteTransform(permutations), permutations=permutations,
+                            pixel_maps=permutations.astype(np.int32))
 
 
 def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = "uniform",
@@ -194,9 +229,10 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
       step: per-task increment of the "step" protocol, degrees.
       jitter: width of the random offset subtracted in the "step" protocol, degrees.
       interpolation: "nearest" (torchvision's default, used by the DER code) or "bilinear".
+        Nearest rotations are pixel maps (`Scenario.pixel_maps`), applied on device.
 
     Positive angles rotate counter-clockwise as displayed, like torchvision (see
-    `RotateTransform`). Rotating is the costly part: about 1 s per 60k-image task.
+    `RotateTransform`).
     """
     _check_num_tasks(num_tasks, "rotated")
     if protocol not in ROTATION_PROTOCOLS:
@@ -211,8 +247,12 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
     else:
         angles = np.arange(num_tasks) * step - rng.uniform(0.0, jitter, size=num_tasks)
     transform = RotateTransform(angles, INTERPOLATION_ORDERS[interpolation])
+    maps = None
+    if interpolation == "nearest":
+        shape = source.train_x.shape[1:]
+        maps = np.stack([rotation_map(shape, float(a)) for a in angles])
     return _domain_scenario(f"rotated_{source.name}", source, num_tasks, transform,
-                            angles=angles)
+                            angles=angles, pixel_maps=maps)
 
 
 def subsample(scenario: Scenario, train_per_task: int | None = None,
@@ -290,6 +330,7 @@ def _domain_scenario(name: str, source: ImageSource, num_tasks: int, transform: 
 def _scenario(name: str, setting: str, source: ImageSource, task_classes: np.ndarray,
               transform: Transform, train_indices: tuple[np.ndarray, ...],
               test_indices: tuple[np.ndarray, ...], **extras: np.ndarray) -> Scenario:
+    extras = {k: v for k, v in extras.items() if v is not None}
     for array in (task_classes, *train_indices, *test_indices, *extras.values()):
         array.setflags(write=False)  # a frozen scenario must not change under its users
     return Scenario(

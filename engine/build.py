@@ -10,8 +10,10 @@ Every error here is a `ConfigError` with a one-line message naming the key and t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import numpy as np
 import optax
 
 from sequax import algorithms
@@ -43,6 +45,36 @@ def build_scenario(data_config):
             scenario, cfg.get("train_per_task") or None, cfg.get("test_per_task") or None, seed=cfg.get("seed", 0)
         )
     return scenario
+
+
+def draw_seed(data_seed: int, run_seed: int) -> int:
+    """The seed of one run's own permutations/angles (`config.data.draws_per_run`): a
+    `SeedSequence` of (data seed, run seed), so no two (data seed, run seed) pairs share one."""
+    return int(np.random.SeedSequence([int(data_seed), int(run_seed)]).generate_state(1)[0])
+
+
+def run_scenarios(data_config, scenario, run_seeds) -> list:
+    """The scenario as each run draws it (`config.data.draws_per_run`): the transform's
+    permutations or angles from `draw_seed(data.seed, run seed)`; examples (and any
+    subsample) stay those of `scenario`."""
+    cfg = _as_dict(data_config)
+    if scenario.setting != "domain":
+        raise ConfigError(
+            f"config.data.draws_per_run=True redraws each run's permutations or angles, but "
+            f"{scenario.name}'s tasks are class subsets with none: set config.data.draws_per_run=False"
+        )
+    options = dict(cfg.get("options") or {})
+    return [
+        dataclasses.replace(
+            sequax_data.make_scenario(
+                cfg["scenario"], scenario.source, num_tasks=cfg["num_tasks"], seed=draw_seed(cfg.get("seed", 0), s),
+                **options,
+            ),
+            train_indices=scenario.train_indices, test_indices=scenario.test_indices,
+            train_sizes=scenario.train_sizes, test_sizes=scenario.test_sizes,
+        )
+        for s in run_seeds
+    ]
 
 
 def build_model(model_config, num_classes: int) -> Model:

@@ -46,7 +46,15 @@ def stack_test_sets(scenario, limit: int | None = None, put=jax.device_put) -> T
     return TestSets(put(xs), put(ys), put(sizes))
 
 
-def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False, predict=None):
+def stack_run_test_sets(scenarios, put=jax.device_put, put_x=None) -> TestSets:
+    """Per-run test sets of runs that draw their own transforms: `x` is [runs, T, M, ...]
+    (placed with `put_x`), labels and sizes are shared (only the transform differs)."""
+    host = [stack_test_sets(s, put=np.asarray) for s in scenarios]
+    return TestSets((put_x or put)(np.stack([h.x for h in host])), put(host[0].y), put(host[0].size))
+
+
+def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False, predict=None,
+                  test_per_run: bool = False):
     """`evaluate(params, model_state, task, test, algo={}) -> (class_il [T], task_il [T])`, jitted.
 
     `task` is the index of the last task trained; class-IL counts as candidates the classes
@@ -56,7 +64,8 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, ru
     `predict(params, model_state, algo, x, model) -> logits` replaces the model's own logits
     for algorithms that classify differently (an algorithm's optional `predict`: iCaRL's
     nearest mean of exemplars, GDumb's model retrained from its memory); `algo` is then the
-    algorithm's state.
+    algorithm's state. `test_per_run=True`: `test.x` carries the run axis too
+    (`stack_run_test_sets`).
     """
     task_classes = jnp.asarray(task_classes, bool)
 
@@ -83,4 +92,5 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, ru
         accuracies = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
         return accuracies[:, 0], accuracies[:, 1]
 
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, 0)) if runs else evaluate)
+    test_axes = TestSets(0, None, None) if test_per_run else None
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, test_axes, 0)) if runs else evaluate)

@@ -32,8 +32,8 @@ from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding
 from sequax.engine.distributed import to_numpy
-from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario
-from sequax.engine.evaluation import make_evaluate, stack_test_sets
+from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario, run_scenarios
+from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
 from sequax.engine.task_data import TaskData, task_arrays
@@ -62,6 +62,19 @@ def _summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
         else:  # joint training: one row, only the final accuracy is defined
             out[view] = {"acc": float(np.mean(matrix[-1]))}
     return out
+
+
+def _phase_images(scenario, drawn, tasks):
+    """(x, y, task ids) of a phase; x is [runs, n, ...] when each run drew its own transform."""
+    parts = [scenario.train(t) for t in tasks] if drawn is None else None
+    if drawn is not None:  # labels and examples are shared; only the images differ per run
+        parts = [(np.stack([d.train(t)[0] for d in drawn]), scenario.source.train_y[scenario.train_indices[t]])
+                 for t in tasks]
+    axis = 0 if drawn is None else 1
+    x = np.concatenate([xt for xt, _ in parts], axis=axis)
+    y = np.concatenate([yt for _, yt in parts])
+    task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts)])
+    return x, y, task_ids
 
 
 def _mesh(config) -> jax.sharding.Mesh:
@@ -116,7 +129,17 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     replicated = sharding.replicated(mesh)
     put_replicated = lambda a: sharding.put(np.asarray(a), replicated)  # noqa: E731
     put_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
-    test = stack_test_sets(scenario, put=put_replicated)
+    # data.draws_per_run: each run draws its own permutations or angles, as separate runs of
+    # the reference code do; the phase's images and the test sets then carry a run axis.
+    drawn = None
+    if config.data.get("draws_per_run", False):
+        drawn = run_scenarios(config.data, scenario, grid.seeds if vmapped else [config.seed])
+        scenario, drawn = (scenario, drawn) if vmapped else (drawn[0], None)
+    put_run_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True))  # noqa: E731
+    if drawn is None:
+        test = stack_test_sets(scenario, put=put_replicated)
+    else:
+        test = stack_run_test_sets(drawn, put=put_replicated)
     runs_note = f"; {grid.size} runs in one program ({', '.join(grid.keys) or 'seeds'})" if vmapped else ""
     mesh_note = ("; mesh " + " x ".join(f"{a}={n}" for a, n in mesh.shape.items() if n > 1 or a == "data")
                  if mesh.size > 1 else "")
@@ -132,8 +155,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     bind = (lambda hp: runs_lib.bind(algorithm, config.optimizer, hp)) if grid.keys else None
     parts = bind or (lambda hp: (algorithm, tx))
     # The first phase's examples are read once, for the example batch and for training.
-    first_parts = [scenario.train(t) for t in phases[0]]
-    x0, y0 = first_parts[0]
+    first_phase = _phase_images(scenario, drawn, phases[0])
+    x0, y0 = (first_phase[0] if drawn is None else first_phase[0][0]), first_phase[1]
     example_batch = {
         "x": jnp.asarray(x0[:batch_size], jnp.float32) / 255.0,
         "y": jnp.asarray(y0[:batch_size], jnp.int32),
@@ -159,15 +182,19 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         )
         state = jax.jit(init, out_shardings=state_sharding)(*init_args)
         data_sharding = TaskData(*(sharding.examples_sharding(mesh, (capacity,)) for _ in range(3)), replicated)
+        if drawn is not None:
+            data_sharding = data_sharding._replace(x=sharding.examples_sharding(mesh, (len(drawn), capacity), run_axis=True))
+        data_axes = TaskData(0, None, None, None) if drawn is not None else None
         train_step = make_train_step(model, algorithm, tx, bind=bind)
-        run_steps = make_run_steps(train_step, batch_size, runs=vmapped, shardings=(state_sharding, data_sharding))
+        run_steps = make_run_steps(train_step, batch_size, runs=vmapped, shardings=(state_sharding, data_sharding),
+                                   data_axes=data_axes)
         order_fn = jax.jit(jax.vmap(epoch_order, (0, 0, None, None)) if vmapped else epoch_order, static_argnums=3)
 
         def end_task_fn(state, data, key):
             return parts(state.hparams)[0].end_task(state, data, key, model)
 
         end_task = jax.jit(
-            jax.vmap(end_task_fn, (0, None, 0)) if vmapped else end_task_fn, out_shardings=state_sharding.algo
+            jax.vmap(end_task_fn, (0, data_axes, 0)) if vmapped else end_task_fn, out_shardings=state_sharding.algo
         )
         task_key = jax.jit(jax.vmap(stream_key, (0, None, None)) if vmapped else stream_key, static_argnums=1)
         reset_opt = jax.jit(
@@ -175,7 +202,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             out_shardings=state_sharding.opt_state,
         )
         evaluate = make_evaluate(model, scenario.task_classes, int(config.eval.batch_size), runs=vmapped,
-                                 predict=getattr(algorithm, "predict", None))
+                                 predict=getattr(algorithm, "predict", None), test_per_run=drawn is not None)
         set_task = lambda t: sharding.put(np.full((grid.size,) if vmapped else (), t, np.int32), state_sharding.task)  # noqa: E731
 
         # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
@@ -194,13 +221,11 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
         for p, tasks in enumerate(phases):
             # ------------ Place the phase's examples on device, once (split over the mesh) ---
-            parts_p = first_parts if p == 0 else [scenario.train(t) for t in tasks]
-            first_parts = None  # keep no host copy of phase 0 once it is on device
-            x = np.concatenate([xt for xt, _ in parts_p])
-            y = np.concatenate([yt for _, yt in parts_p])
-            task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts_p)])
-            data = task_arrays(x, y, task_ids, capacity, put=put_examples)
-            del parts_p, x
+            x, y, task_ids = first_phase if p == 0 else _phase_images(scenario, drawn, tasks)
+            first_phase = None  # keep no host copy of phase 0 once it is on device
+            data = task_arrays(x, y, task_ids, capacity, put=put_examples,
+                               put_x=None if drawn is None else put_run_examples)
+            del x
             state = state._replace(task=set_task(tasks[-1]))
             if p > 0 and config.optimizer.get("reset_each_task", False):
                 state = state._replace(opt_state=reset_opt(state))

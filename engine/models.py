@@ -24,11 +24,17 @@ PyTree = Any
 
 
 class Model(NamedTuple):
-    """A backbone used functionally. `init(key, x) -> (params, model_state)`."""
+    """A backbone used functionally. `init(key, x) -> (params, model_state)`.
+
+    `module` is the linen module that `apply` runs with `params` as its "params" collection,
+    unchanged (set by `from_linen`; None otherwise). Tools that intercept its layers read it
+    (EWC's dense-layer Fisher, `algorithms.fisher`); replacing `apply` must clear it.
+    """
 
     init: Callable[[jax.Array, jax.Array], tuple[PyTree, PyTree]]
     apply: Callable[..., tuple[dict[str, jax.Array], PyTree]]
     num_classes: int
+    module: nn.Module | None = None
 
 
 def _torch_default_bias_init(fan_in: int):
@@ -113,7 +119,7 @@ def from_linen(module: nn.Module, num_classes: int) -> Model:
             return outputs, dict(new_state)
         return module.apply(variables, x, train=train, rngs=rngs), model_state
 
-    return Model(init=init, apply=apply, num_classes=num_classes)
+    return Model(init=init, apply=apply, num_classes=num_classes, module=module)
 
 
 def mlp(

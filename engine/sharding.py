@@ -137,8 +137,11 @@ def named(mesh: Mesh, specs: PyTree) -> PyTree:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
 
 
-def examples_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
-    """Host data with a leading examples axis: split across the batch axes when it divides."""
+def examples_sharding(mesh: Mesh, shape: tuple[int, ...], *, run_axis: bool = False) -> NamedSharding:
+    """Host data with a leading examples axis: split across the batch axes when it divides.
+    `run_axis=True`: the examples axis comes second, after a run axis that is kept whole."""
+    if run_axis:
+        return NamedSharding(mesh, P(None, *_leading_spec(shape[1:], mesh)))
     return NamedSharding(mesh, _leading_spec(shape, mesh))
 
 

@@ -83,14 +83,15 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
     return size // batch_size
 
 
-def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False, shardings=None):
+def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False, shardings=None, data_axes=None):
     """`run_steps(state, data, order, start, stop) -> (state, mean metrics)`, jitted once.
 
     Runs steps `start..stop-1` of an epoch whose example order is `order`; the state is
     donated, so its buffers (a replay reservoir, say) are updated in place.
 
     `runs=True`: the state and `order` carry a leading run axis and the runs share `data`
-    (a vmap: N seeds or sweep points in one program). `shardings`, a `(state, data)` pair
+    (a vmap: N seeds or sweep points in one program); `data_axes` (a `TaskData` of axes,
+    e.g. a run axis on `pixel_maps` only) overrides that sharing. `shardings`, a `(state, data)` pair
     of sharding trees, pins the placement of the inputs and the output state.
     """
 
@@ -109,7 +110,7 @@ def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False
         return state, jax.tree.map(lambda s: s / count, sums)
 
     if runs:
-        run_steps = jax.vmap(run_steps, in_axes=(0, None, 0, None, None))
+        run_steps = jax.vmap(run_steps, in_axes=(0, data_axes, 0, None, None))
     if shardings is None:
         return jax.jit(run_steps, donate_argnums=0)
     state_sharding, data_sharding = shardings

@@ -32,20 +32,28 @@ class TaskData(NamedTuple):
     size: jax.Array  # int32 scalar: examples actually present (the rest is padding)
 
 
-def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int, put=jax.device_put) -> TaskData:
+def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int, put=jax.device_put,
+                put_x=None) -> TaskData:
     """Pads host arrays to `capacity` examples and places them with `put` (the default
-    device, or split across a mesh's batch axes: `sequax.engine.sharding`)."""
+    device, or split across a mesh's batch axes: `sequax.engine.sharding`).
+
+    `put_x` given: `x` is [runs, n, ...], each run's own images (runs that draw their own
+    permutations or angles), padded along its second axis and placed with `put_x`."""
     n = len(y)
     if n > capacity:
         raise ValueError(f"phase holds {n} examples, more than the capacity {capacity}")
     pad = capacity - n
 
-    def padded(a, dtype):
+    def padded(a, dtype, axis=0):
         a = np.asarray(a, dtype)
-        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), dtype)]) if pad else a
+        if not pad:
+            return a
+        shape = list(a.shape)
+        shape[axis] = pad
+        return np.concatenate([a, np.zeros(shape, dtype)], axis=axis)
 
     return TaskData(
-        x=put(padded(x, np.uint8)),
+        x=put(padded(x, np.uint8)) if put_x is None else put_x(padded(x, np.uint8, axis=1)),
         y=put(padded(y, np.int32)),
         task=put(padded(task, np.int32)),
         size=put(np.int32(n)),

@@ -1,7 +1,9 @@
 """EWC (`sequax.algorithms.ewc`) and its quadratic penalty: the math, and parity with PyTorch.
 
 The Fisher is checked against a per-example loop written in PyTorch (float64) over the same
-weights: flax Dense kernels are [in, out], so torch's weight is the kernel transposed.
+weights: flax Dense kernels are [in, out], so torch's weight is the kernel transposed. The
+dense-layer path (`algorithms.fisher`) is also checked against the `vmap(grad)` path it
+replaces, which the test forces by disproving the dense path.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from sequax.algorithms import EWC
+from sequax.algorithms import EWC, fisher
 from sequax.algorithms.quadratic_penalty import (
     QuadraticState,
     consolidate_online,
@@ -206,6 +208,65 @@ def test_sampled_fisher(model, params, task_data):
                 layer,
                 name,
             )
+
+
+# ---------------- The dense-layer path equals the per-example path ------------------------
+
+
+@pytest.fixture(scope="module")
+def deep_model():
+    return mlp(NUM_CLASSES, widths=(16, 8))  # three dense layers, as the DER MLP
+
+
+@pytest.fixture(scope="module")
+def deep_params(deep_model):
+    params, _ = deep_model.init(jax.random.PRNGKey(1), jnp.zeros((1, 4, 4, 1)))
+    return jax.tree.map(lambda p: 3.0 * p + 0.1, params)
+
+
+def fisher_by_path(ewc, model, dense: bool, monkeypatch, *args, runs: bool = False):
+    """`ewc.fisher(params, {}, data, key)` jitted (vmapped over params and keys if `runs`),
+    by the dense path or, with it disproved, the per-example one (chosen at trace time)."""
+    with monkeypatch.context() as patch:
+        if not dense:
+            patch.setattr(fisher, "dense_layers", lambda *args: None)
+        one = lambda p, d, k: ewc.fisher(p, {}, d, k, model)
+        value = jax.jit(jax.vmap(one, (0, None, 0)) if runs else one)(*args)
+        return jax.tree.map(np.asarray, value)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("labels", ["empirical", "sampled"])
+def test_dense_fisher_equals_the_per_example_fisher(
+    deep_model, deep_params, task_data, labels, weighted, monkeypatch
+):
+    # Chunks of 10 over 48 slots: the fourth chunk is part real, part padding (37 real), the
+    # fifth is all padding and runs past the capacity (repeated last slot).
+    ewc = EWC(fisher_labels=labels, likelihood_weighted=weighted, fisher_batch=10)
+    x = jnp.zeros((10, 4, 4, 1))
+    layers = fisher.dense_layers(deep_model, deep_params, {}, x)
+    assert layers == {("Dense_0",): 16, ("Dense_1",): 8, ("Dense_2",): 10}  # the dense path
+    key = jax.random.PRNGKey(4)
+    dense = fisher_by_path(ewc, deep_model, True, monkeypatch, deep_params, task_data, key)
+    per_example = fisher_by_path(ewc, deep_model, False, monkeypatch, deep_params, task_data, key)
+    chex.assert_trees_all_close(dense, per_example, rtol=1e-6, atol=0)
+    assert all(f.max() > 0 for f in jax.tree.leaves(dense))
+
+
+def test_dense_fisher_equals_the_per_example_fisher_over_vmapped_runs(
+    deep_model, deep_params, task_data, monkeypatch
+):
+    ewc = EWC(fisher_labels="sampled", likelihood_weighted=True, fisher_batch=10)
+    two = jax.tree.map(lambda a, b: jnp.stack([a, b]), deep_params, random_like(deep_params, 30))
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    dense = fisher_by_path(ewc, deep_model, True, monkeypatch, two, task_data, keys, runs=True)
+    reference = fisher_by_path(ewc, deep_model, False, monkeypatch, two, task_data, keys, runs=True)
+    chex.assert_trees_all_close(dense, reference, rtol=1e-6, atol=0)
+    # Each run its own: the first run's row is the unvmapped Fisher of the first parameters
+    # (to float32 rounding: batched and single matmuls sum in different orders).
+    alone = fisher_by_path(ewc, deep_model, True, monkeypatch, deep_params, task_data, keys[0])
+    chex.assert_trees_all_close(jax.tree.map(lambda f: f[0], dense), alone, rtol=1e-5, atol=0)
+    assert not np.allclose(dense["Dense_0"]["kernel"][0], dense["Dense_0"]["kernel"][1])
 
 
 # ---------------- Consolidation ------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,9 +25,10 @@ from scipy import optimize
 from sequax import algorithms
 from sequax.algorithms import GEM
 from sequax.algorithms.gem import GEMState
+from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_project, solve_nonnegative_qp
 from sequax.engine import loop
-from sequax.engine.models import mlp
+from sequax.engine.models import from_linen, mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
@@ -362,6 +364,150 @@ def test_gamma_and_eps_may_be_traced(model):
             jax.tree.map(lambda a, i=i: a[i], swept), results[i], rtol=1e-5, atol=1e-7
         )
     assert not np.allclose(torch_order(results[0]), torch_order(results[1]))  # γ matters
+
+
+# ---------------- Memory gradients for the stored rows only ----------------------------------
+
+
+class AllRowsGEM(GEM):
+    """GEM as it was before `first_rows`: one gradient per row of the memory, all `num_tasks`
+    rows vmapped (the rows not stored computed, then masked). The reference for the loop."""
+
+    def loss(self, params, state, batch, rng, model):
+        outputs, model_state, ce = forward_cross_entropy(
+            model, params, state, batch["x"], batch["y"], rng
+        )
+        memory, valid = state.algo.memory, state.algo.valid
+
+        def task_loss(p, x, y, rows, key):
+            out, _ = model.apply(p, model_state, x, train=True, rng=key)
+            return cross_entropy(out["logits"], y, rows)
+
+        keys = jax.random.split(jax.random.fold_in(rng, 1), self.num_tasks)
+        task_grad = jax.vmap(jax.value_and_grad(task_loss), in_axes=(None, 0, 0, 0, 0))
+        task_ce, memories = task_grad(
+            jax.lax.stop_gradient(params), memory["x"], memory["y"], valid, keys
+        )
+        seen = valid.any(axis=1)
+        memory_ce = (task_ce * seen).sum() / jnp.maximum(seen.sum(), 1)
+        aux = {
+            "model_state": model_state,
+            "metrics": {"ce": ce, "memory_ce": memory_ce},
+            "outputs": outputs,
+            "tx_args": {"memories": memories, "seen": seen},
+        }
+        return ce, aux
+
+
+ROWS = 4  # tasks in these tests' memories
+
+
+@pytest.fixture(scope="module")
+def dropout_model():
+    """Dropout makes every memory gradient depend on its row's key."""
+    return mlp(CLASSES, widths=(16,), dropout=0.5)
+
+
+def filled_state(algorithm, model, stored: int, seed: int = 0):
+    """`stored` tasks of random memory (the last one half full); past num_tasks, none more."""
+    state = create_state(model, algorithm, optax.sgd(LR), batch_of(0), seed=seed)
+    memory, valid = state.algo.memory, state.algo.valid
+    for t in range(min(stored, algorithm.num_tasks)):
+        task = batch_of(100 * seed + t + 10)
+        memory = {k: memory[k].at[t].set(task[k]) for k in ("x", "y")}
+        size = PER_TASK // 2 if t == stored - 1 else PER_TASK
+        valid = valid.at[t].set(np.arange(PER_TASK) < size)
+    return state._replace(algo=GEMState(memory, valid, jnp.asarray(stored, jnp.int32)))
+
+
+def loss_and_aux(algorithm, model):
+    def loss(state, rng):
+        ce, aux = algorithm.loss(state.params, state, batch_of(1), rng, model)
+        return ce, aux["metrics"], aux["tx_args"]
+
+    return loss
+
+
+@pytest.mark.parametrize("stored", [0, 1, 2, ROWS, ROWS + 1])
+def test_stored_rows_equal_all_rows(dropout_model, stored):
+    """The loop over the stored rows gives the all-rows computation's loss, metrics and
+    memory gradients (to float round-off), at every fill level and past num_tasks."""
+    gem = GEM(capacity=ROWS * PER_TASK, num_tasks=ROWS)
+    state = filled_state(gem, dropout_model, stored)
+    rng = jax.random.PRNGKey(5)
+    new = jax.jit(loss_and_aux(gem, dropout_model))(state, rng)
+    old = jax.jit(loss_and_aux(AllRowsGEM(gem.capacity, ROWS), dropout_model))(state, rng)
+    chex.assert_trees_all_close(new, old, rtol=1e-6, atol=1e-6)
+    rows = min(stored, ROWS)
+    memories = torch_order(new[2]["memories"], leading=1)
+    assert np.all(memories[rows:] == 0) and np.all(np.abs(memories[:rows]).max(1) > 0)
+    if stored:  # each row's dropout key matters, so the loop uses the same keys as before
+        other = jax.jit(loss_and_aux(gem, dropout_model))(state, jax.random.PRNGKey(6))
+        assert not np.allclose(memories[0], torch_order(other[2]["memories"], leading=1)[0])
+
+
+def test_stored_rows_equal_all_rows_under_vmap(dropout_model):
+    """Two runs vmapped as the engine does, holding 1 and 3 tasks: the loop runs to the larger
+    count and the other run's extra row stays 0. Then one state shared by two keys (an
+    unbatched count), and the whole train step, projection included."""
+    gem = GEM(capacity=ROWS * PER_TASK, num_tasks=ROWS, gamma=0.5)
+    old_gem = AllRowsGEM(gem.capacity, ROWS, gamma=0.5)
+    states = [filled_state(gem, dropout_model, stored, seed) for seed, stored in ((0, 1), (1, 3))]
+    runs = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    rngs = jax.random.split(jax.random.PRNGKey(7), 2)
+    new = jax.jit(jax.vmap(loss_and_aux(gem, dropout_model)))(runs, rngs)
+    old = jax.jit(jax.vmap(loss_and_aux(old_gem, dropout_model)))(runs, rngs)
+    chex.assert_trees_all_close(new, old, rtol=1e-6, atol=1e-6)
+    memories = torch_order(new[2]["memories"], leading=2)
+    assert np.all(memories[0, 1:] == 0) and np.all(memories[1, 3:] == 0)
+    assert np.all(np.abs(memories[0, :1]).max(-1) > 0)
+    assert np.all(np.abs(memories[1, :3]).max(-1) > 0)
+
+    shared = filled_state(gem, dropout_model, 2)
+    new = jax.jit(jax.vmap(loss_and_aux(gem, dropout_model), in_axes=(None, 0)))(shared, rngs)
+    old = jax.jit(jax.vmap(loss_and_aux(old_gem, dropout_model), in_axes=(None, 0)))(shared, rngs)
+    chex.assert_trees_all_close(new, old, rtol=1e-6, atol=1e-6)
+
+    batches = jax.tree.map(lambda *a: jnp.stack(a), batch_of(1), batch_of(2))
+    new_state, new_metrics = jax.jit(jax.vmap(make_train_step(dropout_model, gem, optax.sgd(LR))))(
+        runs, batches
+    )
+    old_state, old_metrics = jax.jit(
+        jax.vmap(make_train_step(dropout_model, old_gem, optax.sgd(LR)))
+    )(runs, batches)
+    chex.assert_trees_all_close(new_metrics, old_metrics, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(new_state.params, old_state.params, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(new_state.params["Dense_0"]["kernel"], runs.params["Dense_0"]["kernel"])
+
+
+class BatchNormMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        hidden = nn.Dense(16)(x.reshape(x.shape[0], -1))
+        features = nn.relu(nn.BatchNorm(use_running_average=not train)(hidden))
+        return {"logits": nn.Dense(CLASSES)(features), "features": features}
+
+
+def test_a_model_state_takes_no_tangent_into_the_loop():
+    """BatchNorm's statistics after the batch's forward depend on the parameters; the memory
+    forwards read that model state, stopped, or the step's reverse mode would have to go
+    through the loop (which it cannot). The step equals the all-rows one."""
+    model = from_linen(BatchNormMLP(), CLASSES)
+    gem = GEM(capacity=ROWS * PER_TASK, num_tasks=ROWS, gamma=0.5)
+    state = filled_state(gem, model, 2)
+    assert jax.tree.leaves(state.model_state)
+    new_state, new_metrics = jax.jit(make_train_step(model, gem, optax.sgd(LR)))(state, batch_of(1))
+    old_gem = AllRowsGEM(gem.capacity, ROWS, gamma=0.5)
+    old_state, old_metrics = jax.jit(make_train_step(model, old_gem, optax.sgd(LR)))(
+        state, batch_of(1)
+    )
+    chex.assert_trees_all_close(new_metrics, old_metrics, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(
+        (new_state.params, new_state.model_state),
+        (old_state.params, old_state.model_state),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 # ---------------- The episodic memory --------------------------------------------------------

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 
 from sequax.data import (
     DataError,
@@ -16,6 +17,7 @@ from sequax.data import (
     split,
     subsample,
 )
+from sequax.data.scenarios import apply_pixel_map, rotation_map
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
@@ -259,3 +261,24 @@ def test_scenario_arrays_are_read_only(packaged):
         scenario.permutations[0, 0] = 1
     with pytest.raises(ValueError):
         scenario.task_classes[0, 0] = False
+
+
+@pytest.mark.parametrize("angle", [0.0, 10.0, 33.3, 90.0, 127.5, 179.9, -7.2])
+def test_rotation_map_reproduces_scipys_nearest_rotation_exactly(angle):
+    images = np.random.default_rng(0).integers(1, 256, (50, 28, 28, 1)).astype(np.uint8)
+    expected = scipy.ndimage.rotate(images[..., 0], angle, axes=(1, 2), reshape=False, order=0,
+                                    mode="constant", cval=0)[..., None]
+    np.testing.assert_array_equal(apply_pixel_map(images, rotation_map((28, 28, 1), angle)), expected)
+
+
+def test_pixel_maps_of_permuted_and_rotated_streams(packaged):
+    for scenario in (permuted(packaged, num_tasks=3, seed=1), rotated(packaged, num_tasks=3, seed=1)):
+        assert scenario.pixel_maps.shape == (3, 28 * 28) and scenario.pixel_maps.dtype == np.int32
+        for t in range(3):
+            raw, labels = scenario.train(t, transformed=False)
+            np.testing.assert_array_equal(raw, packaged.train_x)
+            np.testing.assert_array_equal(apply_pixel_map(raw, scenario.pixel_maps[t]), scenario.train(t)[0])
+            np.testing.assert_array_equal(labels, scenario.train(t)[1])
+    # Split has no transform; bilinear rotation interpolates, so it is not a pixel map.
+    assert split(packaged).pixel_maps is None
+    assert rotated(packaged, num_tasks=2, interpolation="bilinear").pixel_maps is None

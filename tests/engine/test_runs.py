@@ -110,3 +110,45 @@ def test_format_table_shows_points_and_mean_std():
     text = runs.format_table(rows)
     assert text.splitlines()[0] == "| lr | seeds | class_il acc |"
     assert "| 0.1 | 2 | 50.00 ± 1.00 |" in text
+
+
+def tiny_rotated(**kwargs):
+    config = common.der_config("rotated", "naive", 0.1)
+    config.data.source = "mnist_packaged"
+    config.data.num_tasks = 3
+    config.data.train_per_task = 200
+    config.data.test_per_task = 64
+    config.model.widths = (16,)
+    config.training.batch_size = 10
+    return config
+
+
+def test_runs_drawing_their_own_angles_equal_the_same_runs_one_by_one(tmp_path):
+    # data.draws_per_run: each vmapped run rotates by its own angles (as separate runs of
+    # the DER code do); run r must equal a single run with that seed and the same flag.
+    config = tiny_rotated()
+    config.runs = 2
+    config.data.draws_per_run = True
+    result = loop.run(config, tmp_path / "vmapped", verbose=False)
+    for r in (0, 1):
+        single = tiny_rotated()
+        single.seed = r
+        single.data.draws_per_run = True
+        alone = loop.run(single, tmp_path / f"single{r}", verbose=False)
+        np.testing.assert_allclose(result.class_il[r], alone.class_il, atol=1 / 64 + 1e-9)
+    # The angles differ per run: the untrained model scores differently on each run's tasks,
+    # and a run without the flag uses the data seed's angles for both runs.
+    assert not np.allclose(result.class_il[0], result.class_il[1])
+    shared = tiny_rotated()
+    shared.runs = 2
+    same = loop.run(shared, tmp_path / "shared", verbose=False)
+    single = tiny_rotated()
+    alone = loop.run(single, tmp_path / "plain", verbose=False)
+    np.testing.assert_allclose(same.class_il[0], alone.class_il, atol=1 / 64 + 1e-9)
+
+
+def test_draws_per_run_needs_a_domain_stream(tmp_path):
+    config = tiny(lam=1.0)
+    config.data.draws_per_run = True
+    with pytest.raises(ConfigError, match="draws_per_run=True redraws.*class subsets"):
+        loop.run(config, tmp_path, verbose=False)
