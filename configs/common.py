@@ -43,6 +43,19 @@ def base_config() -> ml_collections.ConfigDict:
             options=ml_collections.ConfigDict(),  # scenario keyword arguments
             train_per_task=0,  # 0 keeps every example; >0 subsamples (":local" runs)
             test_per_task=0,
+            # In-jit augmentations of every train-mode input, replayed examples included (the
+            # buffer keeps raw examples): () or ("crop", "flip") (sequax.data.augment)
+            augment=(),
+            # ((mean per channel), (std per channel)) standardising the [0, 1] inputs in train
+            # and eval mode, after augmenting (mammoth's Normalize on CIFAR); () for none
+            normalize=(),
+            # How training batches reach the step: "device" places each phase on the devices
+            # and gathers batches in-jit; "stream" reads them on the host through a grain
+            # pipeline (sequax.engine.stream), chunk by chunk. `stream.order`: "device" reads
+            # the device path's permutations (identical results), "shuffle" a seeded numpy
+            # one; `workers`: grain processes (0: a thread); `prefetch`: chunks kept on device.
+            pipeline="device",
+            stream=ml_collections.ConfigDict(dict(order="device", workers=0, prefetch=2)),
         )
     )
     config.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier"))
@@ -75,8 +88,42 @@ def der_config(scenario: str, algorithm: str, lr: float, **algorithm_kwargs) -> 
     return config
 
 
+# The DER protocol on images (Buzzega et al. 2020; mammoth's seq-cifar10, seq-tinyimg and, from
+# its later code, seq-cifar100): ResNet-18 at mammoth's default width nf=64 (nf=20 is GEM's
+# "reduced" one), batch 32, random crop (padding 4) and horizontal flip, inputs normalised
+# with the dataset's per-channel mean and std; epochs per task as in mammoth's best-args.
+DER_IMAGE_SCENARIOS = {
+    "cifar10": dict(num_tasks=5, classes_per_task=2, epochs=50,
+                    normalize=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615))),
+    "cifar100": dict(num_tasks=10, classes_per_task=10, epochs=50,
+                     normalize=((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))),
+    "tiny_imagenet": dict(num_tasks=10, classes_per_task=20, epochs=100,
+                          normalize=((0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821))),
+}
+
+
+def der_image_config(source: str, algorithm: str, lr: float, **algorithm_kwargs) -> ml_collections.ConfigDict:
+    """The DER protocol on Split CIFAR-10/100 and Split TinyImageNet: ResNet-18, plain SGD,
+    batch 32, augmentation and normalisation (`DER_IMAGE_SCENARIOS`)."""
+    protocol = DER_IMAGE_SCENARIOS[source]
+    config = base_config()
+    config.data.source = source
+    config.data.scenario = "split"
+    config.data.num_tasks = protocol["num_tasks"]
+    config.data.options = ml_collections.ConfigDict(dict(classes_per_task=protocol["classes_per_task"]))
+    config.data.augment = ("crop", "flip")
+    config.data.normalize = protocol["normalize"]
+    config.model = ml_collections.ConfigDict(dict(name="resnet18", nf=64))
+    config.algorithm = ml_collections.ConfigDict(dict(name=algorithm, **algorithm_kwargs))
+    config.optimizer.lr = lr
+    config.training.batch_size = 32
+    config.training.epochs = protocol["epochs"]
+    return config
+
+
 def shrink_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A short CPU run of any config: 1,000 training and 500 test examples per task."""
+    """A short CPU run of any config: 1,000 training and 500 test examples per task (and
+    for the ResNet-18 image protocols, one epoch at the reduced width)."""
     config.data.train_per_task = 1000
     config.data.test_per_task = 500
     if "capacity" in config.algorithm:
@@ -84,6 +131,9 @@ def shrink_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
         if "replay_batch" in config.algorithm:
             config.algorithm.replay_batch = min(config.algorithm.replay_batch, config.algorithm.capacity)
     config.training.batch_size = min(config.training.batch_size, 32)
+    if config.model.get("name") == "resnet18":  # the image protocols: 50-100 epochs at nf=64
+        config.training.epochs = 1
+        config.model.nf = min(config.model.nf, 20)  # the reduced width: ~10x fewer FLOPs than 64
     return config
 
 

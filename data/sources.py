@@ -1,7 +1,9 @@
-"""Image sources: a dataset's train and test arrays, loaded from IDX files into memory.
+"""Image sources: a dataset's train and test arrays, loaded from its files into memory.
 
-An `ImageSource` is the raw material of a scenario: uint8 images [N, 28, 28, 1] (channels
-last, pixel values 0..255, not scaled; the model scales to [0, 1]) and int32 labels [N].
+An `ImageSource` is the raw material of a scenario: uint8 images [N, H, W, C] (channels
+last, C = 1 or 3, pixel values 0..255, not scaled; the model scales to [0, 1]) and int32
+labels [N]. MNIST and Fashion-MNIST come from IDX files (here), CIFAR-10/100 from the python
+pickles (`sequax.data.cifar`), TinyImageNet from its JPEG folders (`sequax.data.tiny_imagenet`).
 
     from sequax.data import load_source
     source = load_source("mnist", root="../shared/data")    # reads <root>/MNIST/raw/*.gz
@@ -11,6 +13,7 @@ last, pixel values 0..255, not scaled; the model scales to [0, 1]) and int32 lab
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from pathlib import Path
 
@@ -27,7 +30,10 @@ FILE_NAMES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-SOURCE_NAMES = ("mnist", "fashion_mnist", "mnist_packaged")
+SOURCE_NAMES = ("mnist", "fashion_mnist", "mnist_packaged", "cifar10", "cifar100", "tiny_imagenet")
+# name -> (module, loader) of the RGB sources; imported on demand, since they import ImageSource.
+RGB_SOURCES = {"cifar10": ("cifar", "load_cifar10"), "cifar100": ("cifar", "load_cifar100"),
+               "tiny_imagenet": ("tiny_imagenet", "load_tiny_imagenet")}
 NUM_CLASSES = 10
 
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -42,12 +48,13 @@ class ImageSource:
     """A dataset held in memory. Arrays are read-only so that no consumer can corrupt them.
 
     Attributes:
-      train_x: uint8 [N_train, 28, 28, 1], pixel values 0..255.
+      train_x: uint8 [N_train, H, W, C], pixel values 0..255 (C = 1: MNIST, 3: RGB).
       train_y: int32 [N_train], class ids in [0, num_classes).
-      test_x: uint8 [N_test, 28, 28, 1].
+      test_x: uint8 [N_test, H, W, C].
       test_y: int32 [N_test].
-      num_classes: number of classes (10 for MNIST and Fashion-MNIST).
-      name: "mnist", "fashion_mnist" or "mnist_packaged".
+      num_classes: number of classes (10 for MNIST, Fashion-MNIST and CIFAR-10, 100 for
+        CIFAR-100, 200 for TinyImageNet).
+      name: one of `SOURCE_NAMES`.
     """
 
     train_x: np.ndarray
@@ -60,9 +67,9 @@ class ImageSource:
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 1:
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
                 raise DataError(
-                    f"ImageSource {self.name!r}: {split}_x must be uint8 [N, H, W, 1], got "
+                    f"ImageSource {self.name!r}: {split}_x must be uint8 [N, H, W, 1 or 3], got "
                     f"{images.dtype} {images.shape}; build sources with load_source")
             if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
                 raise DataError(
@@ -116,9 +123,15 @@ def load_packaged_mnist() -> ImageSource:
 
 
 def load_source(name: str, root: str | os.PathLike | None = None) -> ImageSource:
-    """Loads a source by name: "mnist", "fashion_mnist" (need `root`) or "mnist_packaged"."""
+    """Loads a source by name: "mnist_packaged", or from the files under `root`: "mnist",
+    "fashion_mnist", "cifar10", "cifar100" (fine labels), "tiny_imagenet"."""
     if name == "mnist_packaged":
         return load_packaged_mnist()
+    if name in RGB_SOURCES:
+        if root is None:
+            raise DataError(f"data source {name!r} needs a data root, got None; set config.data.root")
+        module, loader = RGB_SOURCES[name]
+        return getattr(importlib.import_module(f"sequax.data.{module}"), loader)(root)
     if name not in DATASET_FOLDERS:
         raise DataError(f"unknown data source {name!r}; known: {', '.join(SOURCE_NAMES)}")
     if root is None:

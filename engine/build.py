@@ -18,7 +18,8 @@ import optax
 
 from sequax import algorithms
 from sequax import data as sequax_data
-from sequax.engine.models import Model, mlp
+from sequax.data.augment import make_augment, with_augmentation
+from sequax.engine.models import Model, mlp, resnet18
 
 
 class ConfigError(ValueError):
@@ -77,15 +78,41 @@ def run_scenarios(data_config, scenario, run_seeds) -> list:
     ]
 
 
-def build_model(model_config, num_classes: int) -> Model:
+MODELS = {"mlp": mlp, "resnet18": resnet18}
+
+
+def _torch_model(cfg: dict[str, Any], num_classes: int) -> Model:
+    """`name="torch"`: a torch `nn.Module` from `cfg["factory"]` through the JAX bridge
+    (`sequax.engine.torch_bridge.config`); torch is imported only for this name."""
+    from sequax.engine.torch_bridge.config import model_from_config
+
+    return model_from_config(cfg, num_classes)
+
+
+def build_model(model_config, num_classes: int, data_config=None) -> Model:
+    """The backbone `config.model.name` ("mlp", "resnet18", "torch") built with the section's other keys.
+
+    With `data_config`, its `augment` names (e.g. ("crop", "flip")) run on every train-mode
+    input, replayed examples included, and `normalize` = (mean, std) standardises every
+    input (`sequax.data.augment.with_augmentation`).
+    """
     cfg = _as_dict(model_config)
     name = cfg.pop("name", "mlp")
-    if name != "mlp":
-        raise ConfigError(f"config.model.name={name!r} is unknown; known: 'mlp'")
+    if name not in MODELS and name != "torch":
+        raise ConfigError(f"config.model.name={name!r} is unknown; known: {', '.join(map(repr, [*MODELS, 'torch']))}")
+    data = _as_dict(data_config or {})
     try:
-        return mlp(num_classes, **cfg)
+        model = _torch_model(cfg, num_classes) if name == "torch" else MODELS[name](num_classes, **cfg)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config.model: {error}") from None
+    if not data.get("augment") and not data.get("normalize"):
+        return model
+    try:
+        return with_augmentation(model, make_augment(data.get("augment") or ()), data.get("normalize") or None)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.data: {error}") from None
 
 
 def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.GradientTransformation:

@@ -36,6 +36,7 @@ from sequax.engine.build import ConfigError, build_algorithm, build_model, build
 from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
+from sequax.engine.stream import make_feed
 from sequax.engine.task_data import TaskData, task_arrays
 from sequax.engine.writers import JsonlWriter, ProgressBar, format_duration
 
@@ -99,7 +100,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
 
     # ---------------- Data, model, optimiser, algorithm, runs, mesh (validated before compiling) -
     scenario = build_scenario(config.data)
-    model = build_model(config.model, scenario.num_classes)
+    model = build_model(config.model, scenario.num_classes, config.data)  # data.augment, data.normalize
     tx = build_optimizer(config.optimizer)
     algorithm = build_algorithm(config.algorithm)
     grid = runs_lib.make_grid(config)
@@ -136,6 +137,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         drawn = run_scenarios(config.data, scenario, grid.seeds if vmapped else [config.seed])
         scenario, drawn = (scenario, drawn) if vmapped else (drawn[0], None)
     put_run_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True))  # noqa: E731
+    # data.pipeline="stream": training batches come from a grain pipeline (engine/stream.py).
+    feed = make_feed(config, mesh, batch_size, capacity, runs=vmapped or drawn is not None)
     if drawn is None:
         test = stack_test_sets(scenario, put=put_replicated)
     else:
@@ -225,6 +228,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             first_phase = None  # keep no host copy of phase 0 once it is on device
             data = task_arrays(x, y, task_ids, capacity, put=put_examples,
                                put_x=None if drawn is None else put_run_examples)
+            # data.pipeline="stream": the phase's batches come from grain; `data` serves end_task.
+            stream = feed.start_phase(x, y, task_ids, state, p) if feed else None
             del x
             state = state._replace(task=set_task(tasks[-1]))
             if p > 0 and config.optimizer.get("reset_each_task", False):
@@ -233,8 +238,11 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
 
             if compiled is None:  # compile once, ahead of time; a shape change would raise, not retrace
                 t0 = time.perf_counter()
-                order = order_fn(state.key, state.step, data.size, capacity)
-                compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
+                if stream:  # the same train step, fed chunks of batches from the host
+                    compiled = stream.compile(state, train_step, state_sharding)
+                else:
+                    order = order_fn(state.key, state.step, data.size, capacity)
+                    compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
                 timings["compile"] = time.perf_counter() - t0
                 timings.update(_program_costs(compiled))
 
@@ -244,10 +252,13 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             bar = ProgressBar(total=steps * batch_size * config.training.epochs, label=label) if verbose and main else None
             t0 = time.perf_counter()
             for epoch in range(int(config.training.epochs)):
-                order = order_fn(state.key, state.step, data.size, capacity)
+                order = None if stream else order_fn(state.key, state.step, data.size, capacity)
                 for start in range(0, steps, chunk):
                     stop = min(start + chunk, steps)
-                    state, means = compiled(state, data, order, np.int32(start), np.int32(stop))
+                    if stream:  # the next chunk of batches, already on the devices
+                        state, means = stream.run(state, stop - start)
+                    else:
+                        state, means = compiled(state, data, order, np.int32(start), np.int32(stop))
                     means = {k: to_numpy(v) for k, v in means.items()}  # blocks: honest timing
                     done = (stop - start) * batch_size
                     train_samples += done * runs_factor
@@ -257,6 +268,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                     step = int(np.max(to_numpy(state.step)))
                     write({"kind": "train", "phase": p, "epoch": epoch, "step": step, **means})
             timings["train"] += time.perf_counter() - t0
+            if stream:
+                stream.close()
             if bar:
                 bar.close()
 

@@ -10,6 +10,9 @@ different sizes and chunks of any length reuse one compiled program.
     run_steps = make_run_steps(train_step, batch_size=10)      # jitted once, state donated
     order = epoch_order(state.key, state.step, data.size, capacity)
     state, metrics = run_steps(state, data, order, 0, steps)   # metrics: means over the steps
+
+The streaming path (`sequax.engine.stream`) feeds the same `train_step` from the host:
+`make_run_stream` runs the first `count` batches of a chunk `[K, B, ...]` in one dispatch.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import optax
 from jax import lax
 
 from sequax.algorithms.protocol import optimizer_for
+from sequax.engine.sharding import constrain_batch
 from sequax.engine.state import STREAM_ORDER, STREAM_TRAIN, CLState, stream_key
 from sequax.engine.task_data import TaskData, gather_batch
 
@@ -118,5 +122,51 @@ def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False
         run_steps,
         donate_argnums=0,
         in_shardings=(state_sharding, data_sharding, None, None, None),
+        out_shardings=(state_sharding, None),
+    )
+
+
+def stream_batch(batch: dict) -> dict:
+    """A batch fed from the host as the step sees it: split across the mesh's batch axes,
+    uint8 images scaled to float32 in [0, 1] with the same ops as `gather_batch` (so both
+    paths give the step bit-identical inputs); float images are used as they are."""
+    batch = constrain_batch(batch)
+    x = batch["x"]
+    return {**batch, "x": x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x}
+
+
+def make_run_stream(train_step: TrainStep, *, shardings=None):
+    """`run_stream(state, chunk, count) -> (state, mean metrics)`, jitted once: the streaming
+    path's counterpart of `make_run_steps`.
+
+    `chunk` holds K batches fed from the host, {"x": [K, B, ...], "y": int32 [K, B],
+    "task": int32 [K, B]}; the first `count` of them go through `train_step`, in order, in
+    one dispatch. `count` is traced (the loop lowers to a `while`, as in `make_run_steps`), so
+    an epoch's last, shorter chunk (zero-padded to K) reuses the program; the padding is
+    never trained on. `shardings`, a `(state, chunk)` pair of sharding trees, pins the
+    placement of the inputs and the output state; the state is donated.
+    """
+
+    def run_stream(state: CLState, chunk: dict, count):
+        def body(i, carry):
+            state, sums = carry
+            batch = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), chunk)
+            state, metrics = train_step(state, stream_batch(batch))
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        example = stream_batch(jax.tree.map(lambda a: a[0], chunk))
+        shapes = jax.eval_shape(train_step, state, example)[1]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        state, sums = lax.fori_loop(0, count, body, (state, zeros))
+        steps = jnp.maximum(count, 1).astype(jnp.float32)
+        return state, jax.tree.map(lambda s: s / steps, sums)
+
+    if shardings is None:
+        return jax.jit(run_stream, donate_argnums=0)
+    state_sharding, chunk_sharding = shardings
+    return jax.jit(
+        run_stream,
+        donate_argnums=0,
+        in_shardings=(state_sharding, chunk_sharding, None),
         out_shardings=(state_sharding, None),
     )

@@ -1,12 +1,14 @@
-"""Throughput benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), and at scale.
+"""Throughput benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), at scale, streaming.
 
-    python -m sequax.launch.bench                                          # both suites; docs/benchmarks.md
+    python -m sequax.launch.bench                                          # every suite; docs/benchmarks.md
     python -m sequax.launch.bench --suite=compare                          # sequax vs the torch loop
     python -m sequax.launch.bench --suite=scale                            # MFU, devices, vmapped runs
+    python -m sequax.launch.bench --suite=stream                           # grain vs DataLoader vs device
     python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints only
 
 Each suite replaces its own section of the output file (between `<!-- suite -->` markers),
-leaving the rest of the document as it is. The scale suite is `launch/bench_scale.py`.
+leaving the rest of the document as it is. The scale suite is `launch/bench_scale.py`, the
+stream suite `launch/bench_stream.py`.
 
 Workloads: PMNIST-10 (Permuted MNIST, 10 tasks, MLP 784-256-256-10, SGD lr 0.1, batch 128) and
 SMNIST-5 (Split MNIST class-IL, MLP 784-100-100-10, SGD lr 0.03, batch 10), one epoch per
@@ -46,7 +48,7 @@ _SEQUAX_CORES = flags.DEFINE_integer(
     "sequax_cores", 0, "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
     "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
-_SUITE = flags.DEFINE_enum("suite", "all", ["all", "compare", "scale"], "Which suite(s) to run.")
+_SUITE = flags.DEFINE_enum("suite", "all", ["all", "compare", "scale", "stream"], "Which suite(s) to run.")
 _SCALE_METHODS = flags.DEFINE_string("scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table.")
 
 WORKLOADS = {
@@ -538,6 +540,11 @@ def main(argv):
         sections["compare"] = compare_suite(workloads, methods, info)
     if _SUITE.value in ("all", "scale"):
         sections["scale"] = scale_suite(workloads, info)
+    if _SUITE.value in ("all", "stream"):  # the streaming path: launch/bench_stream.py
+        from sequax.launch import bench_stream
+
+        cells, seconds = bench_stream.suite(common.DATA_ROOT, _TASKS.value, _TRAIN_PER_TASK.value)
+        sections["stream"] = bench_stream.section(cells, header(info, seconds, "stream"), info["cores"], info["load"][0])
     for name, text in sections.items():
         print("\n" + text.split("### How to read this")[0].rstrip())
         if _OUTPUT.value:

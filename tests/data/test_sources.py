@@ -125,8 +125,10 @@ def test_packaged_split_is_deterministic_and_disjoint():
 
 def test_load_source_dispatch_and_errors():
     assert load_source("mnist_packaged").name == "mnist_packaged"
-    with pytest.raises(DataError, match="known: mnist, fashion_mnist, mnist_packaged"):
-        load_source("cifar10", "/tmp")
+    with pytest.raises(DataError, match="known: mnist, fashion_mnist, mnist_packaged, cifar10"):
+        load_source("svhn", "/tmp")
+    with pytest.raises(DataError, match="'cifar10' needs a data root"):
+        load_source("cifar10", None)
     with pytest.raises(DataError, match="config.data.root"):
         load_source("mnist", None)
     with pytest.raises(DataError, match="unknown IDX dataset"):
