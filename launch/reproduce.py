@@ -43,6 +43,8 @@ def define_flags() -> None:
     flags.DEFINE_string("output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only.")
     flags.DEFINE_bool("local", False, "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).")
     flags.DEFINE_bool("dry_run", False, "Build and check every selected cell's config, list them, train nothing.")
+    flags.DEFINE_bool("report_only", False, "Write the report from the cells already done, train nothing "
+                      "(e.g. while another invocation is still running the table).")
 
 
 def table_module(name: str):
@@ -87,7 +89,8 @@ def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
             if view not in ("point", "seeds")}
 
 
-def run_table(table, cell_configs_, workdir: Path, *, verbose: bool) -> list[dict]:
+def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only: bool = False) -> list[dict]:
+    """Runs (or reads back) each cell; `report_only` skips the cells not done yet."""
     results = []
     say = (lambda text: print(text, flush=True)) if distributed.is_main_process() else (lambda text: None)
     for i, (cell, config) in enumerate(cell_configs_):
@@ -95,7 +98,10 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool) -> list[dic
         folder = workdir / name
         done = folder / "summary.json"
         t0 = time.perf_counter()
-        if done.is_file():
+        done_before = done.is_file()
+        if report_only and not done_before:
+            continue
+        if done_before:
             summary = json.loads(done.read_text())
             say(f"[{i + 1}/{len(cell_configs_)}] {name}: done before, read back")
         else:
@@ -104,12 +110,37 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool) -> list[dic
         wall = summary.get("timings", {}).get("wall", time.perf_counter() - t0)
         ours = cell_result(summary)
         say(f"    {name}: " + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items()) + f" ({wall:.0f} s)")
-        results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary["table"][0]["seeds"]))
+        results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary["table"][0]["seeds"],
+                            read_back=done_before))
     return results
 
 
-def report(table, results: list[dict], seconds: float, local: bool) -> str:
-    command = " ".join(["python -m sequax.launch.reproduce", *sys.argv[1:]])
+def whole_table_timing(workdir: Path, table, results: list[dict], seconds: float) -> dict | None:
+    """The measured wall time of one invocation that ran every cell of the table (none read
+    back), kept in WORKDIR/table_timing.json so a later report (cells read back) can quote it."""
+    path = workdir / "table_timing.json"
+    ran_all = len(results) == len(table.cells()) and not any(r["read_back"] for r in results)
+    if ran_all and distributed.is_main_process():
+        record = {"seconds": seconds, "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", **machine()}
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _whole_table(table, results: list[dict], timing: dict | None) -> str:
+    cells_sum = sum(r["wall"] for r in results) / 60
+    if timing:
+        return (f"**{timing['seconds'] / 60:.1f} min**, measured by one invocation that ran every cell "
+                f"({timing['date']}); the cells' own wall times sum to {cells_sum:.1f} min")
+    if len(results) == len(table.cells()):
+        return (f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
+                f"compile, training, evaluation; the cells ran in more than one invocation of this command)")
+    return f"not measured yet (cells done so far: {cells_sum:.1f} min)"
+
+
+def report(table, results: list[dict], seconds: float, local: bool, timing: dict | None = None) -> str:
+    # The command that runs (or resumes) these cells; report-only and output flags left out.
+    kept = [a for a in sys.argv[1:] if not a.startswith(("--report_only", "--output", "--noreport_only"))]
+    command = " ".join(["python -m sequax.launch.reproduce", *kept])
     info = machine()
     seeds = sorted({s for r in results for s in r["seeds"]})
     lines = [
@@ -119,8 +150,9 @@ def report(table, results: list[dict], seconds: float, local: bool) -> str:
         f"{info['ram_gib']:.1f} GiB RAM; Python {info['python']}, jax {info['jax']}.",
         f"- Seeds: {min(len(r['seeds']) for r in results)} per cell or more (the seeds column; seeds "
         f"{', '.join(map(str, seeds))} in all), vmapped in one program per cell.",
-        f"- Wall time of the whole table: {seconds / 60:.1f} min (cells read back from an earlier run count "
-        f"their original wall time: {sum(r['wall'] for r in results) / 60:.1f} min in all).",
+        f"- Wall time of the whole table: {_whole_table(table, results, timing)} "
+        f"(this invocation: {seconds / 60:.1f} min, {sum(not r['read_back'] for r in results)} cells run, "
+        f"{sum(r['read_back'] for r in results)} read back).",
     ]
     if len(results) < len(table.cells()):
         lines.append(f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
@@ -174,8 +206,11 @@ def main(argv):
                 print(f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}")
             return
         start = time.perf_counter()
-        results = run_table(table, chosen, Path(FLAGS.workdir) / FLAGS.table, verbose=False)
-        text = report(table, results, time.perf_counter() - start, FLAGS.local)
+        workdir = Path(FLAGS.workdir) / FLAGS.table
+        results = run_table(table, chosen, workdir, verbose=False, report_only=FLAGS.report_only)
+        seconds = time.perf_counter() - start
+        timing = None if FLAGS.local else whole_table_timing(workdir, table, results, seconds)
+        text = report(table, results, seconds, FLAGS.local, timing)
     if not distributed.is_main_process():
         return
     output = FLAGS.output or f"docs/reproductions/{FLAGS.table}.md"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -58,10 +59,24 @@ def test_local_table_runs_resumes_and_reports(tmp_path):
     assert set(results[0]["ours"]) == {"class_il", "task_il"} and set(results[1]["ours"]) == {"domain_il"}
     summary = json.loads((tmp_path / "smnist/sgd" / "summary.json").read_text())
     assert len(summary["runs"]) == 2
+    assert not any(r["read_back"] for r in results)
     again = reproduce.run_table(table, chosen, tmp_path, verbose=False)  # read back, not re-run
+    assert all(r["read_back"] for r in again)
     assert [r["ours"] for r in again] == [
         {k: tuple(v) for k, v in r["ours"].items()} for r in results
     ]
     text = reproduce.report(table, results, 12.0, local=True)
     assert "| smnist | sgd | – | class-il |" in text and "19.60" in text and "--local" in text
     assert "## Cells outside the bound" in text
+
+
+def test_whole_table_time_is_kept_only_from_an_invocation_that_ran_every_cell(tmp_path):
+    two = types.SimpleNamespace(cells=lambda: ["a", "b"])
+    partial = [dict(read_back=False)]
+    assert reproduce.whole_table_timing(tmp_path, two, partial, 60.0) is None  # not every cell
+    resumed = [dict(read_back=False), dict(read_back=True)]
+    assert reproduce.whole_table_timing(tmp_path, two, resumed, 60.0) is None  # one read back
+    timing = reproduce.whole_table_timing(tmp_path, two, [dict(read_back=False)] * 2, 4200.0)
+    assert timing["seconds"] == 4200.0 and "cores" in timing
+    # A later report whose cells are all read back still quotes the measured run.
+    assert reproduce.whole_table_timing(tmp_path, two, [dict(read_back=True)] * 2, 3.0)["seconds"] == 4200.0
