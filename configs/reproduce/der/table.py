@@ -74,6 +74,12 @@ _ICARL = (
     "docs/reproductions/der_evidence.md §2a). Ours rehearses them, as the fixed iCaRL does; "
     "the task-IL numbers agree.")
 NOTES.update({f"smnist/icarl-{b}": _ICARL for b in (200, 500, 5120)})
+_AGEM = (
+    "A-GEM's Seq-MNIST class-IL varies by 5.4 to 7.3 points from seed to seed here (10 "
+    "seeds); the three buffers differ from the published values by +2.3, +4.6 and -3.7, "
+    "alternating in sign and each within one seed std (about 1 to 2 standard errors of a "
+    "10-seed mean). Task-IL agrees within 0.2. A PyTorch check of A-GEM is not written yet.")
+NOTES.update({f"smnist/agem-{b}": _AGEM for b in (200, 500, 5120)})
 # Cells run with more seeds than `--seeds` (cell name -> seeds), each for a stated reason.
 # Seq-MNIST A-GEM class-IL varies by 6-9 points from seed to seed (3-seed run of the
 # 2026-11-22 table), so 3 seeds pin its mean only to about ±4 points; 10 seeds is the
