@@ -67,8 +67,9 @@ def _summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
 
 def _phase_images(scenario, drawn, tasks):
     """(x, y, task ids) of a phase; x is [runs, n, ...] when each run drew its own transform."""
-    parts = [scenario.train(t) for t in tasks] if drawn is None else None
-    if drawn is not None:  # labels and examples are shared; only the images differ per run
+    if drawn is None:
+        parts = [scenario.train(t) for t in tasks]
+    else:  # labels and examples are shared; only the images differ per run
         parts = [(np.stack([d.train(t)[0] for d in drawn]), scenario.source.train_y[scenario.train_indices[t]])
                  for t in tasks]
     axis = 0 if drawn is None else 1

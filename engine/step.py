@@ -95,33 +95,45 @@ def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False
 
     `runs=True`: the state and `order` carry a leading run axis and the runs share `data`
     (a vmap: N seeds or sweep points in one program); `data_axes` (a `TaskData` of axes,
-    e.g. a run axis on `pixel_maps` only) overrides that sharing. `shardings`, a `(state, data)` pair
+    e.g. a run axis on `x` only, for runs that draw their own images) overrides that sharing. `shardings`, a `(state, data)` pair
     of sharding trees, pins the placement of the inputs and the output state.
     """
 
     def run_steps(state: CLState, data: TaskData, order: jax.Array, start, stop):
-        def body(i, carry):
-            state, sums = carry
-            indices = lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
-            state, metrics = train_step(state, gather_batch(data, indices))
-            return state, jax.tree.map(jnp.add, sums, metrics)
-
-        example = gather_batch(data, order[:batch_size])
-        shapes = jax.eval_shape(train_step, state, example)[1]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        state, sums = lax.fori_loop(start, stop, body, (state, zeros))
-        count = jnp.maximum(stop - start, 1).astype(jnp.float32)
-        return state, jax.tree.map(lambda s: s / count, sums)
+        batch_at = lambda i: gather_batch(data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,)))  # noqa: E731
+        return _mean_over_steps(train_step, state, batch_at, start, stop)
 
     if runs:
         run_steps = jax.vmap(run_steps, in_axes=(0, data_axes, 0, None, None))
+    return _jit_donating_state(run_steps, shardings, extra_args=4)
+
+
+def _mean_over_steps(train_step: TrainStep, state: CLState, batch_at, start, stop):
+    """Steps `start..stop-1` (`batch_at(i)` gives step i's batch) in one `fori_loop`;
+    returns the state and each metric's mean over those steps."""
+
+    def body(i, carry):
+        state, sums = carry
+        state, metrics = train_step(state, batch_at(i))
+        return state, jax.tree.map(jnp.add, sums, metrics)
+
+    shapes = jax.eval_shape(train_step, state, batch_at(start))[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    state, sums = lax.fori_loop(start, stop, body, (state, zeros))
+    count = jnp.maximum(stop - start, 1).astype(jnp.float32)
+    return state, jax.tree.map(lambda s: s / count, sums)
+
+
+def _jit_donating_state(fn, shardings, extra_args: int):  # extra_args: arguments after the state
+    """`jit(fn)` with the state (first argument) donated; `shardings`, a `(state, second
+    argument)` pair, pins those inputs and the output state (the rest: unspecified)."""
     if shardings is None:
-        return jax.jit(run_steps, donate_argnums=0)
-    state_sharding, data_sharding = shardings
+        return jax.jit(fn, donate_argnums=0)
+    state_sharding, second = shardings
     return jax.jit(
-        run_steps,
+        fn,
         donate_argnums=0,
-        in_shardings=(state_sharding, data_sharding, None, None, None),
+        in_shardings=(state_sharding, second, *([None] * (extra_args - 1))),
         out_shardings=(state_sharding, None),
     )
 
@@ -148,25 +160,7 @@ def make_run_stream(train_step: TrainStep, *, shardings=None):
     """
 
     def run_stream(state: CLState, chunk: dict, count):
-        def body(i, carry):
-            state, sums = carry
-            batch = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), chunk)
-            state, metrics = train_step(state, stream_batch(batch))
-            return state, jax.tree.map(jnp.add, sums, metrics)
+        batch_at = lambda i: stream_batch(jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), chunk))  # noqa: E731
+        return _mean_over_steps(train_step, state, batch_at, 0, count)
 
-        example = stream_batch(jax.tree.map(lambda a: a[0], chunk))
-        shapes = jax.eval_shape(train_step, state, example)[1]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        state, sums = lax.fori_loop(0, count, body, (state, zeros))
-        steps = jnp.maximum(count, 1).astype(jnp.float32)
-        return state, jax.tree.map(lambda s: s / steps, sums)
-
-    if shardings is None:
-        return jax.jit(run_stream, donate_argnums=0)
-    state_sharding, chunk_sharding = shardings
-    return jax.jit(
-        run_stream,
-        donate_argnums=0,
-        in_shardings=(state_sharding, chunk_sharding, None),
-        out_shardings=(state_sharding, None),
-    )
+    return _jit_donating_state(run_stream, shardings, extra_args=2)
