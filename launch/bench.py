@@ -48,6 +48,9 @@ _SEQUAX_CORES = flags.DEFINE_integer(
     "sequax_cores", 0, "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
     "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
+_TORCH_DEVICE = flags.DEFINE_string(
+    "torch_device", "cpu", "Where the PyTorch loop runs: cpu (one thread) or cuda (the GPU section, "
+    "`launch/bench_gpu.py`).")
 _SUITE = flags.DEFINE_enum("suite", "all", ["all", "compare", "scale", "stream"], "Which suite(s) to run.")
 _SCALE_METHODS = flags.DEFINE_string("scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table.")
 
@@ -96,7 +99,7 @@ def run_sequax(config) -> dict:
                 accs=[100.0 * float(np.mean(m[-1])) for m in matrices], train_steps=int(t["train_steps"]),
                 devices=int(t["devices"]), runs=len(matrices), step_flops=t.get("step_flops", 0.0),
                 program_bytes=t.get("program_bytes", 0.0), device_peak_bytes=t.get("device_peak_bytes"),
-                eval_flops=2.0 * mlp_macs(config) * t["eval_examples"])
+                eval_flops=2.0 * mlp_macs(config) * t["eval_examples"] if "widths" in config.model else None)
 
 
 def mlp_macs(config) -> int:
@@ -124,6 +127,7 @@ def run_torch(config) -> dict:
 
     wall_start = time.perf_counter()
     torch.set_num_threads(1)
+    device = torch.device(_TORCH_DEVICE.value)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -136,13 +140,14 @@ def run_torch(config) -> dict:
         scenario = subsample(scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed)
 
     def tensors(x, y):
-        return torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0), torch.from_numpy(y).long()
+        x = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+        return x.to(device), torch.from_numpy(y).long().to(device)
 
     widths = (784, *config.model.widths)
     layers = []
     for fan_in, fan_out in itertools.pairwise(widths):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(widths[-1], scenario.num_classes))
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], scenario.num_classes)).to(device)
     for module in model:
         if isinstance(module, nn.Linear):  # the DER MLP's init, as sequax's "xavier"
             nn.init.xavier_uniform_(module.weight)
@@ -152,7 +157,7 @@ def run_torch(config) -> dict:
     algo = config.algorithm
     batch_size, lr = int(config.training.batch_size), float(config.optimizer.lr)
     tests = [tensors(*scenario.test(t)) for t in range(scenario.num_tasks)]
-    task_classes = torch.tensor(scenario.task_classes)
+    task_classes = torch.tensor(scenario.task_classes, device=device)
 
     def evaluate(p: int) -> list[float]:
         """Row p: every task's test accuracy, logits masked to the classes seen so far."""
@@ -186,8 +191,8 @@ def run_torch(config) -> dict:
         return {k: v / len(y) for k, v in total.items()}
 
     importance = anchor = None  # mammoth's checkpoint: no penalty before the first task ends
-    buffer_x = torch.zeros(CAPACITY, widths[0])
-    buffer_y = torch.zeros(CAPACITY, dtype=torch.long)
+    buffer_x = torch.zeros(CAPACITY, widths[0], device=device)
+    buffer_y = torch.zeros(CAPACITY, dtype=torch.long, device=device)
     num_seen = 0
 
     evaluate(0)  # the untrained model, as sequax's loop does (for forward transfer)
@@ -199,7 +204,7 @@ def run_torch(config) -> dict:
         steps = len(y_task) // batch_size  # drop_last, as sequax
         t0 = time.perf_counter()
         for _ in range(int(config.training.epochs)):
-            order = torch.randperm(len(y_task), generator=generator)
+            order = torch.randperm(len(y_task), generator=generator).to(device)
             for i in range(steps):
                 index = order[i * batch_size : (i + 1) * batch_size]
                 x, y = x_task[index], y_task[index]
@@ -207,7 +212,7 @@ def run_torch(config) -> dict:
                 if algo.name == "er" and num_seen > 0:  # mammoth er.py: replay, then one forward
                     filled = min(num_seen, CAPACITY)
                     choice = np.random.choice(filled, size=min(algo.replay_batch, filled), replace=False)
-                    choice = torch.from_numpy(choice)
+                    choice = torch.from_numpy(choice).to(device)
                     inputs, labels = torch.cat([x, buffer_x[choice]]), torch.cat([y, buffer_y[choice]])
                 optimizer.zero_grad()
                 loss = F.cross_entropy(model(inputs), labels)
@@ -235,6 +240,8 @@ def run_torch(config) -> dict:
             gamma = float(algo.gamma)
             importance = new if importance is None else {k: gamma * importance[k] + new[k] for k in new}
             anchor = {k: v.detach().clone() for k, v in params.items()}
+            if device.type == "cuda":  # kernels run asynchronously: time them done
+                torch.cuda.synchronize()
         timings["end_task"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -274,7 +281,7 @@ def run_child(workload: str, method: str, framework: str, folder: str) -> dict |
     out = os.path.join(folder, f"{workload}_{method}_{framework}.json")
     command = [sys.executable, "-m", "sequax.launch.bench", f"--single={workload},{method},{framework}",
                f"--json_out={out}", f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}",
-               f"--sequax_cores={_SEQUAX_CORES.value}"]
+               f"--sequax_cores={_SEQUAX_CORES.value}", f"--torch_device={_TORCH_DEVICE.value}"]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)

@@ -9,15 +9,27 @@ back into the module afterwards. See docs/torch_bridge.md for what is known to w
     write_back(net, result.state.params, result.state.model_state)
 """
 
-from sequax.engine.torch_bridge.bridge import (
-    from_torch,
-    module_tensors,
-    reset_parameters,
-    to_state_dict,
-    write_back,
-)
-from sequax.engine.torch_bridge.environment import batch_norm_jax, bridge_environment
-from sequax.engine.torch_bridge.tracing import TorchBridgeError
+import importlib
+
+# Resolved on first use (PEP 562), so that `sequax.engine.torch_bridge.zoo` (plain torch
+# modules) imports without torchax, e.g. for the PyTorch loops of the benchmarks.
+_EXPORTS = {
+    "from_torch": "bridge",
+    "module_tensors": "bridge",
+    "reset_parameters": "bridge",
+    "to_state_dict": "bridge",
+    "write_back": "bridge",
+    "batch_norm_jax": "environment",
+    "bridge_environment": "environment",
+    "TorchBridgeError": "tracing",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "TorchBridgeError",
