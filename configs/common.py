@@ -32,7 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.data = ml_collections.ConfigDict(
         dict(
-            source="mnist",  # mnist | fashion_mnist | mnist_packaged (ships with sequax)
+            source="mnist",  # mnist | fashion_mnist | mnist_packaged (ships with sequax) | torch
+            # source="torch": "package.module:function" returning (train, test) torch Datasets
+            # of (image, int label), read once (sequax.data.torch_source); "__main__:fn" names
+            # a function of the running script or notebook
+            factory="",
+            num_classes=0,  # source="torch": 0 infers it (largest label + 1)
             root=DATA_ROOT,  # folder holding MNIST/raw/*.gz (torchvision's layout)
             scenario="split",  # split | permuted | rotated
             num_tasks=5,
@@ -72,6 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
     # hyper-parameter of the algorithm may be added, e.g. config.sweep.gamma = (0.9, 1.0).
     config.runs = 1
     config.sweep = ml_collections.ConfigDict(dict(lr=(), momentum=(), lam=(), alpha=(), beta=()))
+    # Checkpoints in WORKDIR/checkpoints (sequax.engine.checkpoint); a run restarted with the
+    # same --workdir resumes from the newest good one. Intervals, 0 = never: every_steps is
+    # checked at chunk boundaries (training.steps_per_dispatch), every_epochs within a task,
+    # every_tasks after a task's evaluation (and after the last); `keep` complete ones kept.
+    config.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=0, every_epochs=0, every_tasks=1, keep=2))
+    # Sinks besides metrics.jsonl and the console (sequax.engine.writers): TensorBoard event
+    # files in WORKDIR/tensorboard; W&B (pip install 'sequax[wandb]'), "offline" writes
+    # WORKDIR/wandb for a later `wandb sync`, "online" needs a login.
+    config.writers = ml_collections.ConfigDict(
+        dict(tensorboard=False, wandb=False, wandb_project="sequax", wandb_mode="offline")
+    )
     return config
 
 

@@ -21,6 +21,7 @@ they contain, so a file that is not CIFAR cannot run code when it is read.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -37,6 +38,15 @@ CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_FIX = ("download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it "
                "under the data root (giving <root>/cifar-10-batches-py/data_batch_1..5, test_batch, "
                "batches.meta); set config.data.root")
+# md5 of each official file (the values torchvision checks) and the images it holds; a file
+# holding exactly that many images is the official one and must match (`read_batch`).
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+    "train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+}
+OFFICIAL_IMAGES = {**dict.fromkeys((*CIFAR10_TRAIN_FILES, "test_batch"), 10000), "train": 50000, "test": 10000}
 CIFAR100_FIX = ("download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
                 "under the data root (giving <root>/cifar-100-python/train, test, meta); set "
                 "config.data.root")
@@ -78,7 +88,12 @@ def read_pickle(path: Path, fix: str) -> dict:
 
 
 def read_batch(path: Path, label_key: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [N, 32, 32, 3] NHWC images, int32 [N] labels) of one CIFAR data file."""
+    """(uint8 [N, 32, 32, 3] NHWC images, int32 [N] labels) of one CIFAR data file.
+
+    A file holding the official number of images (`OFFICIAL_IMAGES`) must have the official
+    md5: same-size corruption unpickles without complaint. Smaller files (subsets, test
+    fixtures) are only checked for structure.
+    """
     content = read_pickle(path, fix)
     if "data" not in content or label_key not in content:
         raise DataError(f"corrupt CIFAR file: {path} lacks the key {'data' if 'data' not in content else label_key!r}"
@@ -90,6 +105,12 @@ def read_batch(path: Path, label_key: str, fix: str) -> tuple[np.ndarray, np.nda
     if labels.shape != (len(data),):
         raise DataError(f"corrupt CIFAR file: {path}: {len(data)} images but labels of shape "
                         f"{labels.shape}; {fix}")
+    if len(data) == OFFICIAL_IMAGES.get(path.name) and path.name in OFFICIAL_MD5:
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "md5").hexdigest()
+        if digest != OFFICIAL_MD5[path.name]:
+            raise DataError(f"corrupt CIFAR file: {path} holds the official {len(data):,} images but has md5 "
+                            f"{digest}, not the official {OFFICIAL_MD5[path.name]}; {fix}")
     # Rows are [3 planes, 32 rows, 32 columns]; NHWC puts the channel last.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int32)

@@ -35,6 +35,16 @@ SOURCE_NAMES = ("mnist", "fashion_mnist", "mnist_packaged", "cifar10", "cifar100
 RGB_SOURCES = {"cifar10": ("cifar", "load_cifar10"), "cifar100": ("cifar", "load_cifar100"),
                "tiny_imagenet": ("tiny_imagenet", "load_tiny_imagenet")}
 NUM_CLASSES = 10
+# Where the official files are (torchvision's mirrors), and (uncompressed bytes, md5 of the
+# uncompressed content) of each: `read_idx` refuses a file of the official size with another md5.
+DOWNLOADS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
+OFFICIAL_CONTENT = {
+    "mnist": ((47040016, "6bbc9ace898e44ae57da46a324031adb"), (60008, "a25bea736e30d166cdddb491f175f624"),
+              (7840016, "2646ac647ad5339dbf082846283269ea"), (10008, "27ae3e4e09519cfbb04c329615203637")),
+    "fashion_mnist": ((47040016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"), (60008, "9018921c3c673c538a1fc5bad174d6f9"),
+                      (7840016, "8181f5470baa50b63fa0f6fddb340f0a"), (10008, "15d484375f8d13e6eb1aabb0c3f46965")),
+}
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 # The packaged subset is the official t10k split re-split 80/20 per class with this seed;
@@ -97,8 +107,10 @@ def load_mnist(root: str | os.PathLike, dataset: str = "mnist") -> ImageSource:
             f"unknown IDX dataset {dataset!r}; known: {', '.join(DATASET_FOLDERS)}")
     raw_dir = Path(root).expanduser() / DATASET_FOLDERS[dataset] / "raw"
     paths = [_find_file(raw_dir, name, dataset) for name in FILE_NAMES]
-    train_x, train_y = read_idx_pair(paths[0], paths[1])
-    test_x, test_y = read_idx_pair(paths[2], paths[3])
+    official = [(*content, DOWNLOADS[dataset] + name + ".gz")
+                for content, name in zip(OFFICIAL_CONTENT[dataset], FILE_NAMES)]
+    train_x, train_y = read_idx_pair(paths[0], paths[1], official[0:2])
+    test_x, test_y = read_idx_pair(paths[2], paths[3], official[2:4])
     return _make_source(train_x, train_y, test_x, test_y, dataset)
 
 
@@ -114,8 +126,10 @@ def load_packaged_mnist() -> ImageSource:
     (each class 80 % / 20 %, rounded by largest remainder so the totals are exact) with the
     fixed seed `PACKAGED_SPLIT_SEED`; both halves keep the file order. See assets/README.md.
     """
+    # The assets are the official t10k files: a damaged installation is refused by checksum.
+    official = [(*content, "a reinstall of sequax") for content in OFFICIAL_CONTENT["mnist"][2:4]]
     images, labels = read_idx_pair(ASSETS_DIR / "t10k-images-idx3-ubyte.gz",
-                                   ASSETS_DIR / "t10k-labels-idx1-ubyte.gz")
+                                   ASSETS_DIR / "t10k-labels-idx1-ubyte.gz", official)
     train_index, test_index = stratified_split(labels, PACKAGED_TEST_FRACTION,
                                                PACKAGED_SPLIT_SEED)
     return _make_source(images[train_index], labels[train_index], images[test_index],
@@ -174,9 +188,11 @@ def _find_file(raw_dir: Path, name: str, dataset: str) -> Path:
     folder = DATASET_FOLDERS[dataset]
     label = "MNIST" if dataset == "mnist" else "Fashion-MNIST"
     expected = ", ".join(f"{file_name}.gz" for file_name in FILE_NAMES)
+    where = "" if root.is_dir() else f" (the root {root} does not exist)"
     raise DataError(
-        f"{label} file missing: {raw_dir / name}.gz; expected {expected} "
-        f"(.gz or uncompressed) under <root>/{folder}/raw/ with root={root}; set config.data.root")
+        f"{label} file missing: {raw_dir / name}.gz{where}; expected {expected} "
+        f"(.gz or uncompressed) under <root>/{folder}/raw/ with root={root}; download them from "
+        f"{DOWNLOADS[dataset]} into {raw_dir}, or set config.data.root")
 
 
 def _make_source(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

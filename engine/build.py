@@ -33,7 +33,12 @@ def _as_dict(section: Any) -> dict[str, Any]:
 def build_scenario(data_config):
     """The task stream: a source (files under `root`), a scenario, optional subsampling."""
     cfg = _as_dict(data_config)
-    source = sequax_data.load_source(cfg["source"], cfg.get("root"))
+    if cfg["source"] == "torch":  # the user's torch Datasets from data.factory, read once
+        from sequax.data.torch_source import load_torch_source
+
+        source = load_torch_source(cfg.get("factory"), int(cfg.get("num_classes") or 0))
+    else:
+        source = sequax_data.load_source(cfg["source"], cfg.get("root"))
     options = dict(cfg.get("options") or {})
     try:
         scenario = sequax_data.make_scenario(

@@ -30,15 +30,16 @@ import numpy as np
 from sequax.algorithms.protocol import optimizer_for, phases_of
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
-from sequax.engine import sharding
+from sequax.engine import sharding, validate
 from sequax.engine.distributed import to_numpy
 from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario, run_scenarios
+from sequax.engine.checkpoint import Checkpoints, checkpoint_folder, kill_point
 from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
 from sequax.engine.stream import make_feed
 from sequax.engine.task_data import TaskData, task_arrays
-from sequax.engine.writers import JsonlWriter, ProgressBar, format_duration
+from sequax.engine.writers import ProgressBar, format_duration, make_writers
 
 
 @dataclasses.dataclass
@@ -90,20 +91,22 @@ def _mesh(config) -> jax.sharding.Mesh:
 def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     """Trains `config`'s algorithm on its task stream; writes results under `workdir`."""
     wall_start = time.perf_counter()
+    validate.check_config(config)  # keys, types, ranges: before the workdir or any data is touched
     main = jax.process_index() == 0  # only process 0 prints and writes (several hosts)
     say = print if verbose and main else (lambda *a, **k: None)
     workdir = Path(workdir)
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    log = JsonlWriter(workdir / "metrics.jsonl") if main else None
-    write = log.write if log else (lambda record: None)
+    writers = make_writers(config, workdir, main, verbose=verbose)  # JSONL, console tables, TensorBoard, W&B
+    write = writers.write
 
     # ---------------- Data, model, optimiser, algorithm, runs, mesh (validated before compiling) -
     scenario = build_scenario(config.data)
     model = build_model(config.model, scenario.num_classes, config.data)  # data.augment, data.normalize
     tx = build_optimizer(config.optimizer)
     algorithm = build_algorithm(config.algorithm)
+    validate.check_combination(config, scenario, algorithm)  # method x stream
     grid = runs_lib.make_grid(config)
     vmapped = grid.vmapped
     mesh = _mesh(config)
@@ -140,6 +143,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     put_run_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True))  # noqa: E731
     # data.pipeline="stream": training batches come from a grain pipeline (engine/stream.py).
     feed = make_feed(config, mesh, batch_size, capacity, runs=vmapped or drawn is not None)
+    # WORKDIR/checkpoints holding a run of another config is refused here, before compiling.
+    checkpoints = Checkpoints(checkpoint_folder(workdir), config, num_phases=len(phases), main=main)
     if drawn is None:
         test = stack_test_sets(scenario, put=put_replicated)
     else:
@@ -153,6 +158,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         f"batch {batch_size}, {config.training.epochs} epoch(s) per task{runs_note}{mesh_note}; "
         f"workdir {workdir}"
     )
+    write({"kind": "start", "algorithm": config.algorithm.name, "scenario": scenario.name, "setting": scenario.setting,
+           "num_tasks": scenario.num_tasks, "phases": [list(ts) for ts in phases], "runs": grid.size})
 
     # ---------------- State and compiled functions -----------------------------------------
     # A vmapped sweep rebinds the algorithm and optimizer from each run's `state.hparams`.
@@ -184,7 +191,9 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 shapes, shapes.params, mesh, fsdp_min_size=int(dict(config.get("mesh") or {}).get("fsdp_min_size", 2**18)), runs=vmapped
             ),
         )
-        state = jax.jit(init, out_shardings=state_sharding)(*init_args)
+        # A restarted run continues from its newest good checkpoint (engine/checkpoint.py).
+        restored = checkpoints.restore(shapes, state_sharding)
+        state = restored.state if restored else jax.jit(init, out_shardings=state_sharding)(*init_args)
         data_sharding = TaskData(*(sharding.examples_sharding(mesh, (capacity,)) for _ in range(3)), replicated)
         if drawn is not None:
             data_sharding = data_sharding._replace(x=sharding.examples_sharding(mesh, (len(drawn), capacity), run_axis=True))
@@ -210,30 +219,45 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         set_task = lambda t: sharding.put(np.full((grid.size,) if vmapped else (), t, np.int32), state_sharding.task)  # noqa: E731
 
         # ---------------- Accuracy of the untrained model (the b_j of forward transfer) ------
-        b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test, state.algo))
-        random_init = {"class_il": b_class, "task_il": b_task}
-        write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
+        if restored:  # the results so far, the counters and the timings come from the checkpoint
+            class_il, task_il, random_init, timings, train_samples, train_steps = restored.results_so_far()
+            say(f"resuming from {restored.folder} ({restored.describe(phases, scenario.num_tasks)})")
+            # The rows so far travel with the record, so every sink redraws the whole matrix.
+            write({"kind": "resume", "checkpoint": str(restored.folder), "step": restored.step,
+                   **restored.position_record(), "class_il": class_il, "task_il": task_il, "random_init": random_init})
+        else:
+            b_class, b_task = (to_numpy(a) for a in evaluate(state.params, state.model_state, state.task, test, state.algo))
+            random_init = {"class_il": b_class, "task_il": b_task}
+            write({"kind": "eval", "phase": -1, "class_il": b_class, "task_il": b_task})
+            lead = (grid.size,) if vmapped else ()
+            class_il = np.full((*lead, len(phases), scenario.num_tasks), np.nan)
+            task_il = np.full_like(class_il, np.nan)
+            timings = {"compile": 0.0, "train": 0.0, "end_task": 0.0, "eval": 0.0, "checkpoint": 0.0}
+            train_samples = train_steps = 0
 
-        lead = (grid.size,) if vmapped else ()
-        class_il = np.full((*lead, len(phases), scenario.num_tasks), np.nan)
-        task_il = np.full_like(class_il, np.nan)
-        timings = {"compile": 0.0, "train": 0.0, "end_task": 0.0, "eval": 0.0}
-        train_samples = train_steps = 0
+        def results_so_far():  # what a checkpoint keeps besides the state
+            wall = timings.get("wall", 0.0) + time.perf_counter() - wall_start
+            return {"class_il": class_il, "task_il": task_il, "random_init": random_init,
+                    "train_samples": train_samples, "train_steps": train_steps, "timings": {**timings, "wall": wall}}
         chunk = int(config.training.steps_per_dispatch)
         compiled = None
 
-        row_labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in phases]
+        resume = restored.position if restored else None
         for p, tasks in enumerate(phases):
+            if resume and resume.finished(p):  # trained, evaluated and saved before the restart
+                first_phase = None
+                continue
+            mid_phase = resume is not None and p == resume.phase  # training continues inside this phase
             # ------------ Place the phase's examples on device, once (split over the mesh) ---
             x, y, task_ids = first_phase if p == 0 else _phase_images(scenario, drawn, tasks)
             first_phase = None  # keep no host copy of phase 0 once it is on device
             data = task_arrays(x, y, task_ids, capacity, put=put_examples,
                                put_x=None if drawn is None else put_run_examples)
             # data.pipeline="stream": the phase's batches come from grain; `data` serves end_task.
-            stream = feed.start_phase(x, y, task_ids, state, p) if feed else None
+            stream = feed.start_phase(x, y, task_ids, state, p, resume=restored.stream if mid_phase else None) if feed else None
             del x
             state = state._replace(task=set_task(tasks[-1]))
-            if p > 0 and config.optimizer.get("reset_each_task", False):
+            if p > 0 and not mid_phase and config.optimizer.get("reset_each_task", False):
                 state = state._replace(opt_state=reset_opt(state))
             steps = steps_per_epoch(len(y), batch_size)
 
@@ -244,7 +268,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 else:
                     order = order_fn(state.key, state.step, data.size, capacity)
                     compiled = run_steps.lower(state, data, order, np.int32(0), np.int32(1)).compile()
-                timings["compile"] = time.perf_counter() - t0
+                timings["compile"] += time.perf_counter() - t0  # (a resumed run compiles again)
                 timings.update(_program_costs(compiled))
 
             # ------------ Train: epochs of in-jit permutations, chunks of fori_loop steps -----
@@ -252,9 +276,12 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             runs_factor = grid.size if vmapped else 1
             bar = ProgressBar(total=steps * batch_size * config.training.epochs, label=label) if verbose and main else None
             t0 = time.perf_counter()
-            for epoch in range(int(config.training.epochs)):
-                order = None if stream else order_fn(state.key, state.step, data.size, capacity)
-                for start in range(0, steps, chunk):
+            first_epoch, first_start = (resume.epoch, resume.start) if mid_phase else (0, 0)
+            for epoch in range(first_epoch, int(config.training.epochs)):
+                begin = first_start if epoch == first_epoch else 0  # a resumed epoch continues mid-way
+                # The order is keyed by the step the epoch started at, `begin` steps ago.
+                order = None if stream else order_fn(state.key, state.step - begin, data.size, capacity)
+                for start in range(begin, steps, chunk):
                     stop = min(start + chunk, steps)
                     if stream:  # the next chunk of batches, already on the devices
                         state, means = stream.run(state, stop - start)
@@ -268,6 +295,14 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                         bar.update(done, **{k: float(np.mean(v)) for k, v in means.items()})
                     step = int(np.max(to_numpy(state.step)))
                     write({"kind": "train", "phase": p, "epoch": epoch, "step": step, **means})
+                    checkpoints.check_finite(means, step=step, label=label, epoch=epoch)  # NaN/inf: stop
+                    kill_point("train_chunk", step)  # test-only (tests/engine/test_resume.py)
+                    if checkpoints.due_after_chunk(p, epoch, start, stop, steps, step):
+                        t1 = time.perf_counter()
+                        checkpoints.save_chunk(state, step, p, epoch, stop, steps, results_so_far(),
+                                               stream.get_state() if stream else None)
+                        t0 += time.perf_counter() - t1  # saving is not training
+                        timings["checkpoint"] = timings.get("checkpoint", 0.0) + time.perf_counter() - t1
             timings["train"] += time.perf_counter() - t0
             if stream:
                 stream.close()
@@ -277,6 +312,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             # ------------ End of task: importances, anchors, snapshots (compiled) ------------
             t0 = time.perf_counter()
             algo = end_task(state, data, task_key(state.key, STREAM_TASK, tasks[-1]))
+            kill_point("end_task", p)  # test-only (tests/engine/test_resume.py)
             state = state._replace(algo=jax.block_until_ready(algo))
             timings["end_task"] += time.perf_counter() - t0
             del data
@@ -287,15 +323,14 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             class_il[..., p, :], task_il[..., p, :] = to_numpy(row_class), to_numpy(row_task)
             timings["eval"] += time.perf_counter() - t0
             write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": class_il[..., p, :], "task_il": task_il[..., p, :]})
-            view = "class" if scenario.setting == "class" else "domain"
-            of_runs = f", mean of {grid.size} runs" if vmapped else ""
-            mean = (lambda m: m.mean(0)) if vmapped else (lambda m: m)
-            say(cl_metrics.format_matrix(mean(class_il), title=f"accuracy (%), {view}-IL{of_runs}", row_labels=row_labels))
-            if scenario.setting == "class":
-                say(cl_metrics.format_matrix(mean(task_il), title=f"accuracy (%), task-IL{of_runs}", row_labels=row_labels))
+            if checkpoints.due_after_phase(p):
+                t0 = time.perf_counter()
+                checkpoints.save_phase(state, int(np.max(to_numpy(state.step))), p, results_so_far())
+                timings["checkpoint"] = timings.get("checkpoint", 0.0) + time.perf_counter() - t0
 
     # ---------------- Summary ---------------------------------------------------------------
-    timings["wall"] = time.perf_counter() - wall_start
+    timings["wall"] = timings.get("wall", 0.0) + time.perf_counter() - wall_start  # earlier sessions' included
+    checkpoints.close()
     timings["train_samples"] = train_samples
     timings["train_samples_per_s"] = train_samples / max(timings["train"], 1e-9)
     timings["train_steps"] = train_steps  # per run
@@ -311,8 +346,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         if main:
             _write_matrices(workdir, class_il, task_il, random_init, phases)
     write({"kind": "summary", **summary, "timings": timings})
-    if log:
-        log.close()
+    writers.close()
     if main:
         (workdir / "summary.json").write_text(json.dumps({**summary, "timings": timings}, indent=2) + "\n")
     if vmapped:

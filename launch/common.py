@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from sequax.engine import distributed
 
@@ -46,22 +46,47 @@ def initialize_distributed() -> bool:
 
 
 def parse_flags(argv):
-    """absl's parser, but an override of a key the config lacks is one line, not a traceback."""
+    """absl's parser, but a bad flag is one line on stderr and exit status 2, not a traceback:
+    an override of a key the config lacks (with ml_collections' "did you mean"), a value of the
+    wrong type (`--config.training.batch_size=ten`), an error inside the config file itself."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as error:  # raised by config_flags for --config.<unknown>
         # ml_collections nests the key's repr in the message and may add a "Did you mean" line.
         message = str(error)
         key = re.search(r"[^'\\\"]+", message)
-        hint = re.search(r'Did you mean "[^"]+"', message)
-        name = repr(key.group()) if key else message
-        hint = f"; {hint.group()}?" if hint else ""
-        print(
-            f"sequax: error: a --config override names the unknown key {name}{hint}; overrides "
-            "must name keys the config has (see configs/common.py base_config)",
-            file=sys.stderr,
+        hint = re.search(r'Did you mean "([^"]+)"', message)
+        name = key.group() if key else message
+        override = next((a.split("=", 1)[0] for a in argv[1:] if re.match(rf"--config\.(\S+\.)?{re.escape(name)}(=|$)", a)), None)
+        name = f"{name!r} ({override})" if override else repr(name)
+        if hint and override:
+            hint = f"; did you mean --{override.removeprefix('--').rsplit('.', 1)[0]}.{hint.group(1)}?"
+        else:
+            hint = f"; did you mean {hint.group(1)!r}?" if hint else ""
+        # A method's hyper-parameter left at its default is not in the config, so not overridable.
+        method = "; a method's hyper-parameter must be set in the config file first" if "algorithm." in name else ""
+        _usage_error(
+            f"a --config override names the unknown key {name}{hint}; overrides "
+            f"must name keys the config has (see configs/common.py base_config){method}"
         )
-        sys.exit(2)
+    except flags.Error as error:
+        # A value of the wrong type ("flag --config.x=ten: invalid literal for int() ..."), or an
+        # exception inside the config file, whose traceback absl folds into the message: its last
+        # line says what went wrong.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = lines[-1] if lines else type(error).__name__
+        if len(lines) > 1:
+            message = f"the config file failed: {message}; fix the config file"
+        else:
+            flag = re.match(r"flag (--config\.[\w.]+)=", message)
+            if flag:
+                message += f"; give {flag.group(1)} a value of the type its default has (configs/common.py base_config)"
+        _usage_error(message)
+
+
+def _usage_error(message: str) -> None:
+    print(f"sequax: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def machine() -> dict:

@@ -6,7 +6,9 @@
 
 The workdir receives config.json (the resolved config), metrics.jsonl, accuracy_matrix.json
 and summary.json. A bad config or missing data file stops with one line naming the cause
-and the fix, before anything is compiled.
+and the fix, before anything is compiled. Checkpoints go to WORKDIR/checkpoints; the same
+command with the same --workdir resumes a stopped run (config.checkpoint). A NaN or infinite
+loss, or a full disk, stops with one line (exit 2), the last good checkpoint kept.
 
 Several hosts: run the same command once per host. On a Cloud TPU pod slice, SLURM or Open
 MPI the processes find each other by themselves; elsewhere add, on host k of N,
@@ -19,6 +21,7 @@ process 0 prints and writes the workdir.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from absl import app, flags, logging
@@ -27,6 +30,13 @@ from ml_collections import config_flags
 from sequax.data import DataError
 from sequax.engine import distributed, loop
 from sequax.engine.build import ConfigError
+from sequax.engine.checkpoint import (
+    NoSpaceLeft,
+    TrainingDiverged,
+    checkpoint_folder,
+    last_good,
+    no_space_message,
+)
 from sequax.launch.common import initialize_distributed, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
@@ -43,8 +53,14 @@ def main(argv):
     with distributed.exit_on_failure():
         try:
             loop.run(_CONFIG.value, _WORKDIR.value)
-        except (ConfigError, DataError) as error:
+        except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as error:  # a full disk while writing metrics or results: finished work is kept
+            if error.errno != errno.ENOSPC:
+                raise
+            where = last_good(checkpoint_folder(_WORKDIR.value))
+            print(f"sequax: error: {no_space_message(_WORKDIR.value, 'the results', where)}", file=sys.stderr)
             sys.exit(2)
 
 

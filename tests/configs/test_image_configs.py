@@ -54,6 +54,7 @@ def test_scifar10_local_trains_with_augmented_replay(tmp_path):
     config = importlib.import_module("sequax.configs.scifar10_er").get_config("local")
     config.data.root = str(tmp_path)
     config.data.num_tasks = 2
+    config.algorithm.capacity = 64  # the fake files' stream has 80 examples (a larger buffer is refused)
     # The data path end to end (RGB files, split, augmentation, normalisation, raw examples in
     # the buffer) with a small MLP: on XLA:CPU a ResNet step inside the compiled loop takes
     # ~10 s with the tests' optimisations off (the ResNet is tested in tests/engine/test_resnet.py).

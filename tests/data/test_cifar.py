@@ -132,3 +132,24 @@ def test_rows_helper_matches_the_format():
     image = np.zeros((1, 32, 32, 3), np.uint8)
     image[0, 1, 2, 1] = 5  # row 1, column 2, green
     assert np.flatnonzero(cifar_rows(image)[0]).tolist() == [1024 + 1 * 32 + 2]
+
+
+def test_a_pickle_without_the_data_key_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    write_pickle(path, {b"labels": [0] * 4, b"batch_label": b"x"})
+    with pytest.raises(DataError) as info:
+        load_cifar10(tmp_path)
+    assert_one_line(info, "corrupt CIFAR file", str(path), "lacks the key 'data'", "cifar-10-python.tar.gz")
+
+
+def test_a_file_with_the_official_image_count_must_have_the_official_md5(tmp_path):
+    """10,000 images is an official test_batch's count, so its md5 is checked: a same-size
+    corruption unpickles without complaint. The fixtures' smaller files are not checked."""
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    write_pickle(path, {b"data": np.zeros((10000, 3072), np.uint8), b"labels": [i % 10 for i in range(10000)]})
+    with pytest.raises(DataError) as info:
+        load_cifar10(tmp_path)
+    assert_one_line(info, "corrupt CIFAR file", str(path), "official 10,000 images", "40351d587109b95175f43aff81a1287e",
+                    "cifar-10-python.tar.gz")

@@ -112,3 +112,35 @@ def test_pair_swapped_files(tmp_path):
     labels = write(tmp_path / "l", idx_bytes(LABELS), compress=False)
     with pytest.raises(DataError, match="not an IDX image file"):
         read_idx_pair(labels, images)
+
+
+# The official checksum (docs/errors.md): a file of the official size must have the official md5.
+def official_of(array: np.ndarray) -> tuple[int, str, str]:
+    import hashlib
+
+    payload = idx_bytes(array)
+    return len(payload), hashlib.md5(payload).hexdigest(), "https://example.org/mnist/"
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_official_checksum_accepts_any_compression_of_the_content(tmp_path, compress):
+    path = write(tmp_path / ("images.gz" if compress else "images"), idx_bytes(IMAGES), compress)
+    assert np.array_equal(read_idx(path, official_of(IMAGES)), IMAGES)
+
+
+def test_same_size_corruption_is_refused_by_checksum(tmp_path):
+    corrupt = IMAGES.copy()
+    corrupt[3, 14, 14] ^= 0xFF  # one flipped pixel: every structural check still passes
+    path = write(tmp_path / "images.gz", idx_bytes(corrupt), True)
+    assert np.array_equal(read_idx(path), corrupt)  # without the checksum it reads
+    with pytest.raises(DataError) as info:
+        read_idx(path, official_of(IMAGES))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "official size" in message and official_of(IMAGES)[1] in message
+    assert "re-download it from https://example.org/mnist/" in message
+
+
+def test_a_file_of_another_size_is_only_checked_for_structure(tmp_path):
+    path = write(tmp_path / "images.gz", idx_bytes(IMAGES[:5]), True)  # a subset, e.g. a fixture
+    assert read_idx(path, official_of(IMAGES)).shape == (5, 28, 28)

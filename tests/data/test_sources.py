@@ -133,3 +133,31 @@ def test_load_source_dispatch_and_errors():
         load_source("mnist", None)
     with pytest.raises(DataError, match="unknown IDX dataset"):
         load_mnist("/tmp", dataset="kmnist")
+
+
+def test_missing_root_says_so_and_names_the_download(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_source("mnist", tmp_path / "nowhere")
+    message = str(info.value)
+    assert "\n" not in message and "does not exist" in message
+    assert "download them from https://ossci-datasets.s3.amazonaws.com/mnist/" in message
+
+
+@needs_shared_data
+def test_same_size_corruption_of_the_real_labels_is_refused(tmp_path):
+    """A copy of the real MNIST with one test label changed (same size, valid IDX) is refused by
+    the official checksum, naming the file and where to download it; the intact copy loads."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (raw / name).symlink_to(SHARED_DATA / "MNIST" / "raw" / name)
+    labels = bytearray(gzip.decompress((SHARED_DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))  # uncompressed: the content's md5 still matches
+    assert load_mnist(tmp_path).test_y[0] == 7
+    labels[8] = (labels[8] + 1) % 10  # the first test label, 7 -> 8
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and str(raw / "t10k-labels-idx1-ubyte") in message
+    assert "md5" in message and "ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz" in message

@@ -1,0 +1,514 @@
+"""Checkpoints of a run, verified: the whole `CLState`, its position and its results so far.
+
+A checkpoint is a folder `WORKDIR/checkpoints/<name>/` holding
+  state/          the `CLState`, written by orbax-checkpoint (`StandardCheckpointer`)
+  progress.json   the position (phase, epoch, next chunk start, or "phase done"), the
+                  accuracy-matrix rows and random-init accuracies so far, the train counters
+                  and timings so far, the grain stream's state (`data.pipeline="stream"`) and
+                  the resolved config
+  manifest.json   a blake2b checksum of every array of the state and of progress.json,
+                  written last, atomically (temporary name, fsync, rename)
+A folder without a manifest is half-written (the run stopped while saving it). orbax does not
+notice a corruption that keeps a file's size, so a restore checks every array against the
+manifest; a half-written or corrupt newest checkpoint gives a warning naming it and the
+previous good one is used. Retention (`config.checkpoint.keep`) deletes older checkpoints
+only once a newer one is complete and read back verified, so the last good one survives.
+
+Names sort by time: `step_00001200` after a chunk, `step_00001200_phase2_done` once phase 2's
+`end_task` and evaluation are done (the same step, later in the run).
+
+    checkpoints = Checkpoints(workdir / "checkpoints", config)  # ConfigError if it holds another run
+    restored = checkpoints.restore(shapes, state_sharding)      # None: nothing saved yet
+    checkpoints.save(state, position, results, stream_state)    # verified, then old ones pruned
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from sequax.engine.build import ConfigError
+from sequax.engine.distributed import barrier
+
+STATE, PROGRESS, MANIFEST = "state", "progress.json", "manifest.json"
+FORMAT = 1  # of progress.json and manifest.json; a change refuses old checkpoints
+
+# The config keys that define the state and the data stream: a checkpoint resumes only under a
+# config that agrees on all of them (a prefix covers its whole section). Evaluation batch size,
+# checkpoint and writer settings, the data root and the mesh may change between runs.
+DEFINING_KEYS = (
+    "seed", "runs", "sweep", "model", "algorithm", "optimizer",
+    "data.source", "data.factory", "data.num_classes", "data.scenario", "data.num_tasks", "data.seed",
+    "data.options", "data.train_per_task", "data.test_per_task", "data.draws_per_run", "data.augment", "data.normalize", "data.pipeline",
+    "training.batch_size", "training.epochs",
+)
+# The grain iterator's state is counted in chunks and tied to the number of workers.
+STREAM_KEYS = ("data.stream.order", "data.stream.workers", "training.steps_per_dispatch")
+
+# Test-only: the kill test sets SEQUAX_TEST_KILL_AT="<point>:<index>" (e.g. "end_task:2",
+# "train_chunk:25", "checkpoint_written:step_00000030") and the run SIGKILLs itself there.
+KILL_ENV = "SEQUAX_TEST_KILL_AT"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step, the metric and the last
+    good checkpoint (no checkpoint of the diverged state is written)."""
+
+
+class NoSpaceLeft(OSError):
+    """The disk under the workdir is full; finished work (the last good checkpoint) is intact."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint that cannot be used (half-written or corrupt); an older one is used instead."""
+
+
+def kill_point(point: str, index: Any) -> None:
+    """Test-only: SIGKILLs this process when `SEQUAX_TEST_KILL_AT` is `f"{point}:{index}"`, so
+    the kill test stops a run at an exact place (mid-epoch, in end_task, mid-checkpoint)."""
+    if os.environ.get(KILL_ENV) == f"{point}:{index}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a checkpoint sits in the run. `phase_done`: phase `phase`'s end_task and evaluation
+    are done (the next phase starts fresh); otherwise training of `phase` continues at epoch
+    `epoch`, step `start` of that epoch (`epoch == epochs`: training done, end_task next)."""
+
+    phase: int
+    epoch: int = 0
+    start: int = 0
+    phase_done: bool = False
+
+    def name(self, step: int) -> str:
+        return f"step_{step:08d}" + (f"_phase{self.phase}_done" if self.phase_done else "")
+
+    def finished(self, phase: int) -> bool:
+        """Phase `phase` was trained, evaluated and saved before this checkpoint."""
+        return phase < self.phase or (phase == self.phase and self.phase_done)
+
+
+@dataclasses.dataclass
+class Restored:
+    """A verified checkpoint: the state on its shardings and progress.json's contents."""
+
+    folder: Path
+    state: Any
+    position: Position
+    step: int
+    results: dict  # class_il, task_il, random_init, timings, train_samples, train_steps (numpy)
+    stream: dict | None  # PhaseStream.get_state() of the position's phase, or None
+
+    def results_so_far(self) -> tuple:
+        """(class_il, task_il, random_init, timings, train_samples, train_steps)."""
+        r = self.results
+        return (r["class_il"], r["task_il"], r["random_init"], dict(r["timings"]), int(r["train_samples"]),
+                int(r["train_steps"]))
+
+    def describe(self, phases, num_tasks: int) -> str:
+        """E.g. "task 3/5, epoch 1, step 1200" or "task 2/5 done, step 600" (1-based)."""
+        tasks = phases[self.position.phase]
+        where = (f"task {tasks[0] + 1}/{num_tasks}" if len(tasks) == 1
+                 else f"phase {self.position.phase + 1}/{len(phases)}")
+        if self.position.phase_done:
+            return f"{where} done, step {self.step}"
+        return f"{where}, epoch {self.position.epoch + 1}, step {self.step}"
+
+    def position_record(self) -> dict:
+        return {"phase": self.position.phase, "epoch": self.position.epoch, "start": self.position.start,
+                "phase_done": self.position.phase_done}
+
+
+class Checkpoints:
+    """The run's checkpoint folder: config check, restore of the newest good one, saves.
+
+    Args:
+      folder: WORKDIR/checkpoints.
+      config: the run's resolved config; `config.checkpoint` holds `enabled` (False: neither
+        save nor resume), `every_steps` (save when the global step passes a multiple of it,
+        checked at chunk boundaries; 0 = never), `every_epochs` (after every n-th epoch of a
+        phase; 0), `every_tasks` (after every n-th phase's evaluation, and after the last;
+        0 = never) and `keep` (complete checkpoints kept, >= 1).
+      num_phases: training phases of the run (the last one is always saved, with every_tasks > 0).
+      main: this process writes files (process 0 of several).
+
+    Raises ConfigError (before anything compiles) for a bad `config.checkpoint` and when the
+    folder holds a run of another config.
+    """
+
+    def __init__(self, folder: Path, config, *, num_phases: int, main: bool = True):
+        # Several processes: all of them read and write process 0's folder (orbax writes every
+        # process's shards into one checkpoint), whatever workdir the others were given.
+        self.folder = Path(_from_process_0(str(Path(folder).absolute())))
+        self.main, self.num_phases = main, num_phases
+        self.epochs = int(config.training.epochs)
+        options = dict(config.get("checkpoint") or {})
+        self.enabled = bool(options.get("enabled", True))
+        self.every_steps, self.every_epochs, self.every_tasks, self.keep = (
+            _interval(options, key, default) for key, default in
+            (("every_steps", 0), ("every_epochs", 0), ("every_tasks", 1), ("keep", 2)))
+        if self.keep < 1:
+            raise ConfigError(f"config.checkpoint.keep={self.keep} must be >= 1: the last good checkpoint is always kept")
+        self.config = json.loads(config.to_json_best_effort())
+        self.last_good: Path | None = None
+        self._checkpointer = None
+        if self.enabled:
+            self._check_config()
+
+    # ------------------------------------------------------------------ restore ----
+    def candidates(self) -> list[Path]:
+        """Checkpoint folders, newest first (orbax's own temporary folders excluded)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted((p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("step_")), reverse=True)
+
+    def _check_config(self) -> None:
+        """Refuses, in one line, a folder whose newest complete checkpoint is of another config."""
+        for folder in self.candidates():
+            if (folder / MANIFEST).is_file():
+                try:
+                    saved = json.loads((folder / PROGRESS).read_text())["config"]
+                except (OSError, ValueError, KeyError):
+                    continue  # unreadable: restore() warns about it and falls back
+                differences = config_differences(saved, self.config)
+                if differences:
+                    key, was, now = differences[0]
+                    more = f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})" if len(differences) > 1 else ""
+                    raise ConfigError(
+                        f"{self.folder} holds a run of {key}={_show(was)}, this config has {_show(now)}{more}; "
+                        "use a fresh --workdir or the original config"
+                    )
+                return
+
+    def restore(self, shapes, shardings) -> Restored | None:
+        """The newest checkpoint that verifies, on `shardings` (a tree matching `shapes`, the
+        state's `jax.eval_shape`); None when there is none (or checkpoints are disabled)."""
+        if not self.enabled:
+            return None
+        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        problems = []
+        for folder in self.candidates():
+            try:
+                restored = self._read(folder, abstract)
+            except _Unusable as problem:
+                problems.append(f"{folder} {problem}")
+                continue
+            for problem in problems if self.main else ():
+                warnings.warn(f"checkpoint {problem}; resuming from {folder} instead", CheckpointWarning, stacklevel=2)
+            self.last_good = folder
+            return restored
+        for problem in problems if self.main else ():
+            warnings.warn(f"checkpoint {problem}; no good checkpoint left, starting from the beginning",
+                          CheckpointWarning, stacklevel=2)
+        return None
+
+    def _read(self, folder: Path, abstract) -> Restored:
+        if not (folder / MANIFEST).is_file():
+            raise _Unusable(f"is half-written (no {MANIFEST}: the run stopped while saving it)")
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+            progress_bytes = (folder / PROGRESS).read_bytes()
+        except (OSError, ValueError) as error:
+            raise _Unusable(f"is unreadable ({error})") from None
+        if manifest.get("format") != FORMAT:
+            raise _Unusable(f"has format {manifest.get('format')}, this sequax reads {FORMAT}")
+        if _digest(progress_bytes) != manifest.get("progress"):
+            raise _Unusable(f"is corrupt ({PROGRESS} does not match its checksum)")
+        try:
+            state = self._orbax().restore((folder / STATE).absolute(), abstract)
+        except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+            raise _Unusable(f"is corrupt (orbax cannot read it: {type(error).__name__}: {str(error)[:200]})") from None
+        bad = _first_mismatch(array_checksums(state), manifest.get("arrays", {}))
+        if bad:
+            raise _Unusable(f"is corrupt (array {bad} does not match its checksum)")
+        progress = json.loads(progress_bytes)
+        results = {k: _arrays(v) for k, v in progress["results"].items()}
+        return Restored(folder, state, Position(**progress["position"]), int(progress["step"]), results,
+                        progress.get("stream"))
+
+    # ------------------------------------------------------------------ save -------
+    def due_after_chunk(self, phase: int, epoch: int, start: int, stop: int, steps: int, step: int) -> bool:
+        """A save after the chunk `[start, stop)` of epoch `epoch` (of `steps` steps) of phase
+        `phase`, which brought the global step to `step`. The phase's last chunk is not saved
+        when the phase's own save follows (after end_task and evaluation)."""
+        if not self.enabled:
+            return False
+        epoch_end = epoch + 1 if stop == steps else None
+        if epoch_end == self.epochs and self.due_after_phase(phase):
+            return False
+        step_before = step - (stop - start)
+        by_steps = self.every_steps > 0 and step // self.every_steps > step_before // self.every_steps
+        by_epochs = self.every_epochs > 0 and epoch_end is not None and epoch_end % self.every_epochs == 0
+        return by_steps or by_epochs
+
+    def due_after_phase(self, phase: int) -> bool:
+        """Every `every_tasks`-th phase is saved after its evaluation, and the last one."""
+        return self.enabled and self.every_tasks > 0 and (
+            (phase + 1) % self.every_tasks == 0 or phase + 1 == self.num_phases)
+
+    def save_chunk(self, state, step: int, phase: int, epoch: int, stop: int, steps: int, results: dict,
+                   stream: dict | None) -> Path:
+        """Saves after a chunk: the position is the next chunk's start."""
+        position = Position(phase, epoch + 1, 0) if stop == steps else Position(phase, epoch, stop)
+        return self.save(state, step, position, results, stream)
+
+    def save_phase(self, state, step: int, phase: int, results: dict) -> Path:
+        """Saves once phase `phase` is trained, its end_task done and every task evaluated."""
+        return self.save(state, step, Position(phase, phase_done=True), results)
+
+    def check_finite(self, means: dict, *, step: int, label: str, epoch: int) -> None:
+        """Raises `TrainingDiverged` when a chunk's mean loss (or another mean metric) is NaN or
+        infinite, naming the step, the task, the epoch, the metric and the last good checkpoint."""
+        for name in ["loss", *sorted(k for k in means if k != "loss")]:
+            value = np.asarray(means.get(name, 0.0))
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                kept = (f"the last good checkpoint is {self.last_good}" if self.last_good
+                        else "no checkpoint was written before")
+                raise TrainingDiverged(
+                    f"training diverged: the mean {name} of the chunk ending at step {step} ({label}, epoch "
+                    f"{epoch + 1}) is {_show(value.tolist())}; the diverged state was not saved ({kept}); "
+                    "lower config.optimizer.lr or check the data"
+                )
+
+    def save(self, state, step: int, position: Position, results: dict, stream: dict | None = None) -> Path:
+        """Writes a checkpoint, reads it back verified, then prunes old ones (`keep`).
+
+        A full disk raises `NoSpaceLeft` after removing the partial checkpoint; the previous
+        ones are untouched."""
+        folder = self.folder / position.name(step)
+        assert folder != self.last_good, f"{folder} is the last good checkpoint; it is never overwritten"
+        try:
+            if self.main and folder.exists():  # a half-written or corrupt one of the same name
+                shutil.rmtree(folder)
+            if self.main:
+                folder.mkdir(parents=True)
+            barrier("sequax_checkpoint_folder")  # the folder exists before any process writes into it
+            checksums = array_checksums(state)
+            checkpointer = self._orbax()
+            checkpointer.save((folder / STATE).absolute(), state)
+            checkpointer.wait_until_finished()
+            if self.main:
+                progress = {"format": FORMAT, "step": step, "position": dataclasses.asdict(position),
+                            "results": _jsonable(results), "stream": stream, "config": self.config}
+                progress_bytes = json.dumps(progress, indent=1).encode()
+                write_atomic(folder / PROGRESS, progress_bytes)
+                kill_point("checkpoint_written", folder.name)  # arrays and progress on disk, no manifest
+                manifest = {"format": FORMAT, "progress": _digest(progress_bytes), "arrays": checksums}
+                write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+            barrier("sequax_checkpoint_manifest")  # every process reads it back next
+        except BaseException as error:
+            if self.main:
+                shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint is worth nothing
+            if _is_no_space(error):
+                raise NoSpaceLeft(no_space_message(self.folder.parent, f"checkpoint {folder.name}", self.last_good)) from None
+            raise
+        self._verify_and_prune(folder, _abstract(state))
+        return folder
+
+    def _verify_and_prune(self, folder: Path, abstract) -> None:
+        try:
+            self._read(folder, abstract)
+        except _Unusable as problem:  # written but not readable back: keep the older ones
+            if self.main:
+                warnings.warn(f"checkpoint {folder} {problem} right after saving; older checkpoints are kept",
+                              CheckpointWarning, stacklevel=3)
+            return
+        self.last_good = folder
+        barrier("sequax_checkpoint_verified")  # no process still reads what process 0 prunes
+        if not self.main:
+            return
+        complete = 0
+        for other in self.candidates():  # newest first
+            if other.name > folder.name:
+                continue  # newer leftovers (a corrupt one we fell back from) are overwritten when reached
+            if (other / MANIFEST).is_file():
+                complete += 1
+                if complete <= self.keep:
+                    continue
+            shutil.rmtree(other, ignore_errors=True)
+
+    def _orbax(self):
+        if self._checkpointer is None:
+            import orbax.checkpoint as ocp  # imported on first use: orbax takes ~1 s to import
+
+            self._checkpointer = ocp.StandardCheckpointer()
+        return self._checkpointer
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+
+
+class _Unusable(Exception):
+    """Why a checkpoint folder cannot be restored (the text follows its path)."""
+
+
+def _from_process_0(text: str) -> str:
+    """Process 0's `text` on every process (itself with one process)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(text.encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buffer = np.zeros(size, np.uint8)
+    buffer[: min(size, len(data))] = data[:size]
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode()
+
+
+def _abstract(state):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+
+
+def array_checksums(state) -> dict[str, str]:
+    """blake2b of every array's bytes (with its dtype and shape), keyed by its path in the tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path): _array_digest(_host(leaf)) for path, leaf in leaves}
+
+
+def _host(leaf) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # split across processes
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
+def _array_digest(array: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _first_mismatch(found: dict[str, str], expected: dict[str, str]) -> str | None:
+    if set(found) != set(expected):
+        return next(iter(sorted(set(found) ^ set(expected))))
+    return next((key for key in found if found[key] != expected[key]), None)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that a reader sees the old file or the whole new one: a
+    temporary file in the same folder, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _is_no_space(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain (orbax wraps its writers' errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
+    kept = f"the last good checkpoint {last_good} is intact" if last_good else "no checkpoint was complete yet"
+    return (f"no space left on the disk of {workdir} while writing {what}; free space or use another --workdir "
+            f"(rerunning with this --workdir resumes: {kept})")
+
+
+def checkpoint_folder(workdir) -> Path:
+    """Where a run keeps its checkpoints: WORKDIR/checkpoints."""
+    return Path(workdir) / "checkpoints"
+
+
+def last_good(folder: Path) -> Path | None:
+    """The newest checkpoint with a manifest (not verified: for messages only)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return next((p for p in sorted(folder.iterdir(), reverse=True) if (p / MANIFEST).is_file()), None)
+
+
+def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(config.key, saved value, current value) for every defining key that differs."""
+    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    keys = DEFINING_KEYS + (STREAM_KEYS if current_flat.get("data.pipeline") == "stream" else ())
+    out = []
+    for key in sorted(set(saved_flat) | set(current_flat)):
+        if any(key == k or key.startswith(k + ".") for k in keys):
+            was, now = saved_flat.get(key, "<absent>"), current_flat.get(key, "<absent>")
+            if was != now:
+                out.append((f"config.{key}", was, now))
+    return out
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _interval(options: dict, key: str, default: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"config.checkpoint.{key}={value!r} must be an integer >= 0 (0 = never)")
+    return value
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value
+
+
+def _arrays(value):
+    """Lists back to float arrays (accuracy matrices), dicts of them likewise; numbers stay."""
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return np.asarray(value, np.float64)
+    return value
