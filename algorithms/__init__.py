@@ -17,15 +17,20 @@ from sequax.algorithms.er_ace import ERACE
 from sequax.algorithms.ewc import EWC
 from sequax.algorithms.gdumb import GDumb
 from sequax.algorithms.gem import GEM
+from sequax.algorithms.hat import HAT
 from sequax.algorithms.icarl import ICaRL
 from sequax.algorithms.joint import Joint
+from sequax.algorithms.kcl import KCL
+from sequax.algorithms.lamaml import LaMAML
 from sequax.algorithms.lfl import LFL
 from sequax.algorithms.lwf import LwF
 from sequax.algorithms.mas import MAS
+from sequax.algorithms.mc_sgd import MCSGD
 from sequax.algorithms.naive import Naive
 from sequax.algorithms.protocol import Algorithm, phases_of, sequential_phases
 from sequax.algorithms.rwalk import RWalk
 from sequax.algorithms.si import SI
+from sequax.algorithms.stable_sgd import StableSGD
 
 REGISTRY: dict[str, type] = {
     "naive": Naive,
@@ -44,6 +49,11 @@ REGISTRY: dict[str, type] = {
     "si": SI,
     "mas": MAS,
     "rwalk": RWalk,
+    "stable_sgd": StableSGD,
+    "mc_sgd": MCSGD,
+    "hat": HAT,
+    "kcl": KCL,
+    "lamaml": LaMAML,
 }
 
 
@@ -77,6 +87,6 @@ def make(name: str, **hyperparameters) -> Algorithm:
 
 
 __all__ = [
-    "AGEM", "Algorithm", "Combined", "GEM", "DER", "DERPP", "ER", "ERACE", "EWC", "GDumb", "ICaRL", "Joint", "LFL", "LwF", "MAS", "Naive", "REGISTRY", "RWalk", "SI", "combine", "make", "phases_of",
+    "AGEM", "Algorithm", "Combined", "GEM", "DER", "DERPP", "ER", "ERACE", "EWC", "GDumb", "HAT", "ICaRL", "Joint", "KCL", "LaMAML", "LFL", "LwF", "MAS", "MCSGD", "Naive", "REGISTRY", "RWalk", "SI", "StableSGD", "combine", "make", "phases_of",
     "sequential_phases",
 ]

@@ -37,6 +37,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -62,8 +63,34 @@ def per_example_squared_gradient_sum(
         values, weights = objective(outputs, jax.tree.map(lambda t: t[None], target))
         return values[0], weights[0]
 
+    x = batched_like_params(x, params)
     grads, weights = jax.vmap(jax.grad(value, has_aux=True), (None, 0, 0))(params, x, targets)
     return jax.tree.map(lambda g: jnp.einsum("b,b...->...", weights, g**2), grads)
+
+
+def batched_like_params(x: jax.Array, params) -> jax.Array:
+    """`x` plus an exact zero taken from the parameters, so that under a `vmap` over runs
+    (vmapped seeds share one task's images, `in_axes=None`) the images are batched like the
+    parameters.
+
+    Why: the per-example `vmap(grad)` turns each convolution's kernel gradient into a grouped
+    convolution (`feature_group_count` = batch) of the layer's input with its cotangent. For
+    the first layer that input is `x`; with `x` shared and the cotangent batched over runs,
+    the outer vmap meets a grouped convolution whose kernel operand alone is batched, and
+    JAX's batching rule (jax 0.10, `lax.convolution._conv_general_dilated_batch_rule`) raises
+    a bare `NotImplementedError` for that case whenever the convolution carries an output
+    sharding, which the convolution's transpose always sets under a mesh (`jax.set_mesh`, as
+    `engine.loop` runs). Batched on both operands, the case is the supported one. The zero
+    costs one add over the batch; outside a vmap nothing is broadcast; no gradient flows
+    through it (`stop_gradient`); parameters holding a NaN or an infinity make `x` NaN, as
+    they would make the Fisher anyway. Any per-example `vmap(grad)` over shared images under
+    vmapped runs needs it (MAS's importance has the same structure).
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    zero = lax.stop_gradient(jnp.ravel(leaves[0])[0]).astype(x.dtype) * 0
+    return x + zero
 
 
 def _plain_dense(context) -> bool:

@@ -37,6 +37,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from sequax.algorithms.fisher import batched_like_params
 from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
@@ -88,7 +89,8 @@ class MAS:
             return jnp.sum(outputs["logits"] ** 2)
 
         def accumulate(total, batch, valid):
-            grads = jax.vmap(jax.grad(squared_norm), (None, 0))(params, batch["x"])
+            # Shared images under vmapped runs: see fisher.batched_like_params (conv nets).
+            grads = jax.vmap(jax.grad(squared_norm), (None, 0))(params, batched_like_params(batch["x"], params))
             weight = valid.astype(jnp.float32)
             return jax.tree.map(lambda t, g: t + jnp.einsum("b,b...->...", weight, jnp.abs(g)), total, grads)
 

@@ -16,11 +16,21 @@ in `CLState.algo`, created at full size by `init` and threaded through four pure
 Optional methods, each used by the engine when present:
 
     phases(num_tasks) -> list[list[int]]     # the tasks of each training phase (Joint: one)
+    glances: int                             # an attribute: the step trains on each batch this
+        # many times in a row, batch["glance"] = 0, 1, ... (La-MAML); state.step counts it once
     gradient_transform() -> optax transform  # gradient surgery (A-GEM, GEM), chained in
         # front of the optimizer; `loss` passes its extra arguments (a reference gradient)
         # as aux["tx_args"], a dict given to `tx.update(..., **tx_args)`
     predict(params, model_state, algo, x, model) -> logits   # evaluation's classifier
         # (iCaRL's nearest mean of exemplars, GDumb's retrained model)
+    predict(..., *, task) -> logits           # a `predict` naming a keyword `task` also gets
+        # each example's task id, int32 [B] (HAT's per-task gates, task-IL)
+    start_task(state, task_data, rng, model) -> algo_state   # when a phase starts, compiled,
+        # after `state.task` is set and before its first step (HAT: the task's classes, size)
+    wrap_model(model) -> Model               # the model the algorithm trains, built once from
+        # the configured one (HAT: the MLP with task embeddings and gates); see `model_for`
+    projection_transform() -> optax transform   # chained after the optimizer: maps its updates
+        # so the new parameters satisfy a constraint (HAT clamps its embeddings)
     penalty(params, state, batch, rng, model, outputs) -> (value, metrics)
         # regularisers (EWC, SI, MAS, RWalk, LwF, LFL): the term their `loss` adds to the
         # cross-entropy. `outputs` is the train-mode model output on batch["x"] from the data
@@ -57,12 +67,22 @@ def is_number(value) -> bool:
 
 
 def optimizer_for(algorithm, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx`, with the algorithm's gradient surgery chained in front when it has one.
+    """`tx`, with the algorithm's gradient surgery chained in front and its projection after,
+    when it has them.
 
     Every place that builds an optimizer state or applies an update goes through this, so the
     state's structure and the update agree."""
     transform = getattr(algorithm, "gradient_transform", None)
-    return optax.chain(transform(), tx) if transform is not None else tx
+    projection = getattr(algorithm, "projection_transform", None)
+    if transform is None and projection is None:
+        return tx
+    return optax.chain(*([transform()] if transform else []), tx, *([projection()] if projection else []))
+
+
+def model_for(algorithm, model):
+    """The model `algorithm` trains: `algorithm.wrap_model(model)` when it has one, else `model`."""
+    wrap = getattr(algorithm, "wrap_model", None)
+    return wrap(model) if wrap is not None else model
 
 
 def sequential_phases(num_tasks: int) -> list[list[int]]:

@@ -31,7 +31,7 @@ from sequax.data.sources import ImageSource
 # (task id, uint8 images [n, H, W, C]) -> uint8 images [n, H, W, C]
 Transform = Callable[[int, np.ndarray], np.ndarray]
 
-ROTATION_PROTOCOLS = ("uniform", "step")
+ROTATION_PROTOCOLS = ("uniform", "step", "stratified")
 # torchvision's rotate defaults to nearest, and the DER code uses that default.
 INTERPOLATION_ORDERS = {"nearest": 0, "bilinear": 1}
 
@@ -225,6 +225,8 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
       protocol: "uniform" (DER): angle_t ~ U[0, max_angle). "step" (Mirzadeh): with 0-based
         t, angle_t = t * step - U[0, jitter), i.e. the paper's (t-1)*10° - U[0, 10) with
         1-based t; so task 0 is a small negative (clockwise) angle in (-jitter, 0].
+        "stratified" (GEM's `mnist_rotations.py`, used by La-MAML): task t's angle is drawn
+        from its own bin, U[t, t + 1) * max_angle / num_tasks.
       max_angle: upper bound of the "uniform" protocol, degrees.
       step: per-task increment of the "step" protocol, degrees.
       jitter: width of the random offset subtracted in the "step" protocol, degrees.
@@ -244,6 +246,8 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
     rng = np.random.default_rng(seed)
     if protocol == "uniform":
         angles = rng.uniform(0.0, max_angle, size=num_tasks)
+    elif protocol == "stratified":
+        angles = (np.arange(num_tasks) + rng.uniform(0.0, 1.0, size=num_tasks)) * max_angle / num_tasks
     else:
         angles = np.arange(num_tasks) * step - rng.uniform(0.0, jitter, size=num_tasks)
     transform = RotateTransform(angles, INTERPOLATION_ORDERS[interpolation])

@@ -12,6 +12,7 @@ classes). For a domain-incremental stream both masks are all classes and the row
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -64,24 +65,27 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, ru
     `predict(params, model_state, algo, x, model) -> logits` replaces the model's own logits
     for algorithms that classify differently (an algorithm's optional `predict`: iCaRL's
     nearest mean of exemplars, GDumb's model retrained from its memory); `algo` is then the
-    algorithm's state. `test_per_run=True`: `test.x` carries the run axis too
+    algorithm's state. A `predict` naming a keyword `task` also gets the examples' task ids
+    (int32 [B]: HAT gates each test set with its task's gates). `test_per_run=True`: `test.x` carries the run axis too
     (`stack_run_test_sets`).
     """
     task_classes = jnp.asarray(task_classes, bool)
+    # A `predict` with a keyword `task` gets each example's task id (HAT's per-task gates).
+    takes_task = predict is not None and "task" in inspect.signature(predict).parameters
 
-    def logits_of(params, model_state, algo, x):
+    def logits_of(params, model_state, algo, x, task):
         if predict is not None:
-            return predict(params, model_state, algo, x, model)
+            return predict(params, model_state, algo, x, model, **({"task": task} if takes_task else {}))
         return model.apply(params, model_state, x, train=False)[0]["logits"]
 
     def evaluate(params, model_state, task, test: TestSets, algo=None):
         seen = seen_classes(task_classes, task)
 
         def one_task(j):
-            data = TaskData(test.x[j], test.y[j], jnp.zeros_like(test.y[j]), test.size[j])
+            data = TaskData(test.x[j], test.y[j], jnp.full_like(test.y[j], j), test.size[j])
 
             def count(carry, batch, valid):
-                logits = logits_of(params, model_state, algo, batch["x"])
+                logits = logits_of(params, model_state, algo, batch["x"], batch["task"])
                 hit_class = jnp.argmax(mask_logits(logits, seen), -1) == batch["y"]
                 hit_task = jnp.argmax(mask_logits(logits, task_classes[j]), -1) == batch["y"]
                 return carry + jnp.stack([(hit_class & valid).sum(), (hit_task & valid).sum()])

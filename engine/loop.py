@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sequax.algorithms.protocol import optimizer_for, phases_of
+from sequax.algorithms.protocol import model_for, optimizer_for, phases_of
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding, validate
@@ -107,6 +107,10 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     tx = build_optimizer(config.optimizer)
     algorithm = build_algorithm(config.algorithm)
     validate.check_combination(config, scenario, algorithm)  # method x stream
+    try:  # the model the method trains (HAT: the MLP with task embeddings and gates)
+        model = model_for(algorithm, model)
+    except ValueError as error:
+        raise ConfigError(f"config.algorithm.name={config.algorithm.name!r}: {error}") from None
     grid = runs_lib.make_grid(config)
     vmapped = grid.vmapped
     mesh = _mesh(config)
@@ -210,6 +214,14 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             jax.vmap(end_task_fn, (0, data_axes, 0)) if vmapped else end_task_fn, out_shardings=state_sharding.algo
         )
         task_key = jax.jit(jax.vmap(stream_key, (0, None, None)) if vmapped else stream_key, static_argnums=1)
+        start_task = None
+        if hasattr(algorithm, "start_task"):  # optional hook: the phase's data before its first step
+
+            def start_task_fn(state, data, key):
+                return parts(state.hparams)[0].start_task(state, data, jax.random.fold_in(key, 1), model)
+
+            start_task = jax.jit(jax.vmap(start_task_fn, (0, data_axes, 0)) if vmapped else start_task_fn,
+                                 out_shardings=state_sharding.algo)
         reset_opt = jax.jit(
             lambda s: (jax.vmap if vmapped else (lambda f: f))(lambda s: optimizer_for(*parts(s.hparams)).init(s.params))(s),
             out_shardings=state_sharding.opt_state,
@@ -259,6 +271,8 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             state = state._replace(task=set_task(tasks[-1]))
             if p > 0 and not mid_phase and config.optimizer.get("reset_each_task", False):
                 state = state._replace(opt_state=reset_opt(state))
+            if start_task is not None and not mid_phase:  # a resumed phase's state has it already
+                state = state._replace(algo=start_task(state, data, task_key(state.key, STREAM_TASK, tasks[-1])))
             steps = steps_per_epoch(len(y), batch_size)
 
             if compiled is None:  # compile once, ahead of time; a shape change would raise, not retrace

@@ -1,7 +1,7 @@
 """The GPU section of docs/benchmarks.md: absolute times on one accelerator, sequax against a
 plain PyTorch loop on the same GPU.
 
-    python -m sequax.launch.bench_gpu --out=/tmp/gpu.json        # on the GPU machine
+    python -m sequax.launch.bench_gpu --results=/tmp/gpu.json        # on the GPU machine
     python -m sequax.launch.bench_gpu --report=/tmp/gpu.json     # anywhere: writes the section
 
 Three parts (`--parts`), every cell in its own process so its memory and device state are its own:
@@ -44,10 +44,10 @@ from absl import app, flags
 from sequax.launch import bench  # its flags too: --single, --json_out, --torch_device
 
 _PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
-_OUT = flags.DEFINE_string("out", "", "Where the run writes its JSON results (after every cell).")
+_OUT = flags.DEFINE_string("results", "", "Where the run writes its JSON results (after every cell).")
 _REPORT = flags.DEFINE_string("report", "", "Read this JSON and write the GPU section of --doc.")
 _DOC = flags.DEFINE_string("doc", "docs/benchmarks.md", "The markdown document of --report.")
-_RUNS = flags.DEFINE_string("runs", "1,8,32,128", "Seed counts of the `runs` part.")
+_RUNS = flags.DEFINE_string("run_counts", "1,8,32,128", "Seed counts of the `runs` part.")
 _CIFAR_ROOT = flags.DEFINE_string("cifar_root", "/tmp/sequax_cifar", "Where the synthetic CIFAR-10 goes.")
 _CIFAR_EPOCHS = flags.DEFINE_integer("cifar_epochs", 1, "Epochs per task of the `cifar` part.")
 _CIFAR_NF = flags.DEFINE_integer("cifar_nf", 64, "ResNet-18 width of the `cifar` part (64: DER's).")

@@ -286,7 +286,7 @@ def cell_scenarios(benchmark: str, seeds: list[int]):
 
 _CELLS = flags.DEFINE_list("cells", ["rmnist/sgd"], "Cells: {p,r}mnist/{sgd,oewc,si,er-200,...}, smnist/lwf.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Run seeds (same draws as our runs' seeds).")
-_OUT = flags.DEFINE_string("out", "runs/torch_check", "Writes OUT/<benchmark>/<method>[-<buffer>].json.")
+_OUT = flags.DEFINE_string("out_dir", "runs/torch_check", "Writes OUT_DIR/<benchmark>/<method>[-<buffer>].json.")
 _BEGIN_TASK = flags.DEFINE_bool("begin_task", True, "False: 7ab9db97's train(), which never calls "
                                 "begin_task (LwF: no warm-up, no distillation); writes <method>-no_begin_task.json.")
 

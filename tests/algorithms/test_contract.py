@@ -22,6 +22,7 @@ import optax
 import pytest
 
 from sequax import algorithms
+from sequax.algorithms.protocol import model_for
 from sequax.engine.models import mlp
 from sequax.engine.state import STREAM_TASK, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
@@ -35,6 +36,10 @@ SMALL = {
     "icarl": {"capacity": 16, "replay_batch": 4, "feature_dim": 16},
     "gdumb": {"capacity": 16, "epochs": 2, "batch_size": 4},
     "er_ace": {"capacity": 16, "replay_batch": 4},
+    "lamaml": {"capacity": 16, "replay_batch": 4, "glances": 2},
+    "mc_sgd": {"num_tasks": 2, "per_class": 2, "num_classes": 4, "line_samples": 2, "line_batch": 4},
+    "hat": {"num_tasks": 2},
+    "kcl": {"num_tasks": 2, "coreset_size": 4, "classes_per_task": 2, "num_features": 16},
 }
 NAMES = sorted(algorithms.REGISTRY)
 BATCH_SIZE = 8
@@ -75,7 +80,7 @@ class Harness(NamedTuple):
 @functools.cache
 def harness(name: str) -> Harness:
     algorithm = build(name)
-    model = mlp(10, widths=(16,))
+    model = model_for(algorithm, mlp(10, widths=(16,)))  # HAT's gated MLP; the MLP otherwise
     tx = optax.sgd(0.1)
     train_step = make_train_step(model, algorithm, tx)
     traces = []

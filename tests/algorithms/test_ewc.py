@@ -261,7 +261,9 @@ def test_dense_fisher_equals_the_per_example_fisher_over_vmapped_runs(
     keys = jax.random.split(jax.random.PRNGKey(5), 2)
     dense = fisher_by_path(ewc, deep_model, True, monkeypatch, two, task_data, keys, runs=True)
     reference = fisher_by_path(ewc, deep_model, False, monkeypatch, two, task_data, keys, runs=True)
-    chex.assert_trees_all_close(dense, reference, rtol=1e-6, atol=0)
+    # 1e-5: under the runs vmap the reference's images are batched like the parameters
+    # (fisher.batched_like_params), so its matmuls sum in another float32 order (2e-6 seen).
+    chex.assert_trees_all_close(dense, reference, rtol=1e-5, atol=0)
     # Each run its own: the first run's row is the unvmapped Fisher of the first parameters
     # (to float32 rounding: batched and single matmuls sum in different orders).
     alone = fisher_by_path(ewc, deep_model, True, monkeypatch, deep_params, task_data, keys[0])

@@ -175,3 +175,46 @@ def test_any_row_wise_objective(monkeypatch):
     )
     assert taken == ["dense", "per_example"]
     chex.assert_trees_all_close(value, reference, rtol=1e-6, atol=0)
+
+
+class ConvNet(nn.Module):
+    """A convolution over the images, then a dense head: the per-example path's case."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        h = nn.relu(nn.Conv(4, (3, 3))(x)).reshape(x.shape[0], -1)
+        return {"logits": nn.Dense(CLASSES)(h), "features": h}
+
+
+def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
+    """Regression: EWC's end of task over vmapped seeds of a conv network, traced as
+    `engine.loop` traces it (under `jax.set_mesh`, the runs sharing the task's images,
+    `out_shardings` from the sharding rules), raised a bare NotImplementedError from JAX's
+    convolution batching rule; each run must equal the same run alone."""
+    import optax
+
+    from sequax.engine import sharding
+    from sequax.engine.state import create_state
+
+    model = from_linen(ConvNet(), CLASSES)
+    ewc = EWC(likelihood_weighted=True, fisher_batch=8)
+    example = {"x": jnp.zeros((8, 4, 4, 1)), "y": jnp.zeros(8, jnp.int32), "task": jnp.zeros(8, jnp.int32)}
+    def init(seed):
+        return create_state(model, ewc, optax.sgd(0.1), example, seed, {})
+
+    def end_task(state, data, key):
+        return ewc.end_task(state, data, key, model)
+
+    seeds = np.array([0, 1], np.int32)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    mesh = sharding.make_mesh()
+    with jax.set_mesh(mesh):
+        shapes = jax.eval_shape(jax.vmap(init), seeds)
+        specs = sharding.state_specs(shapes, shapes.params, mesh, runs=True)
+        states = jax.jit(jax.vmap(init))(seeds)
+        vmapped = jax.jit(jax.vmap(end_task, (0, None, 0)), out_shardings=sharding.named(mesh, specs).algo)
+        together = vmapped(states, task_data, keys)
+    for r in range(len(seeds)):
+        alone = jax.jit(end_task)(jax.jit(init)(seeds[r]), task_data, keys[r])
+        assert float(jnp.max(alone.importance["Conv_0"]["kernel"])) > 0  # a Fisher, not zeros
+        chex.assert_trees_all_close(jax.tree.map(lambda a, r=r: a[r], together), alone, rtol=1e-5, atol=1e-8)

@@ -36,7 +36,9 @@ def test_config_loads_and_builds(name):
     module = load(name)
     assert module.__doc__ and "python -m sequax.launch.train" in module.__doc__
     full, local = module.get_config(), module.get_config("local")
-    assert full.data.train_per_task == 0 and local.data.train_per_task == 1000
+    # Full configs keep every example unless their protocol itself subsamples (La-MAML: 1,000).
+    assert local.data.train_per_task == 1000
+    assert full.data.train_per_task == 0 or full.data.train_per_task >= local.data.train_per_task
     assert local.data.test_per_task == 500 and local.training.batch_size <= 32
     assert set(full.keys()) == set(local.keys())
     for config in (full, local):
