@@ -20,12 +20,12 @@ model sees what `ToTensor` gave; standardise with `config.data.normalize`, not i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sequax.data.errors import DataError
+from sequax.data.factories import load_callable
 from sequax.data.pipelines import RecordSource
 from sequax.data.sources import ImageSource
 
@@ -129,26 +129,8 @@ def to_pixels(x: np.ndarray, where: str = "images") -> np.ndarray:
 
 
 def _load_callable(spec: str) -> Callable[[], Any]:
-    if spec.count(":") != 1 or not all(spec.split(":")):
-        raise DataError(
-            f"config.data.factory={spec!r} must name a function as 'package.module:function' "
-            "returning (train_dataset, test_dataset)"
-        )
-    module_name, attribute = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - any import failure is the config's problem
-        raise DataError(
-            f"config.data.factory={spec!r}: cannot import {module_name!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); give an importable "
-            "'package.module:function'"
-        ) from None
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise DataError(
-            f"config.data.factory={spec!r}: {module_name} has no callable {attribute!r}"
-        )
-    return function
+    return load_callable(spec, "data.factory", DataError,
+                         "a function as 'package.module:function' returning (train_dataset, test_dataset)")
 
 
 def _call(function: Any, what: str) -> Any:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from sequax.configs import common
 from sequax.launch.common import machine
@@ -82,6 +82,7 @@ def make_config(workload: str, method: str, tasks: int, train_per_task: int):
     config.data.train_per_task = train_per_task
     config.model.widths = w["widths"]
     config.training.batch_size = w["batch"]
+    config.checkpoint.enabled = False  # like the PyTorch loop: throughput, not resumability
     return config
 
 
@@ -115,6 +116,28 @@ def reservoir(num_seen: int, buffer_size: int) -> int:
         return num_seen
     rand = np.random.randint(0, num_seen + 1)
     return rand if rand < buffer_size else -1
+
+
+def torch_accuracy_row(model, tests, task_classes, phase: int, batch_size: int, prepare=None) -> list[float]:
+    """Row `phase` of a torch model's class-IL accuracy matrix: every task's test accuracy,
+    logits masked to the classes seen so far (`task_classes[: phase + 1]`). `prepare` maps a
+    test batch to the model's input (e.g. normalisation); the model is left in train mode."""
+    import torch
+
+    seen = task_classes[: phase + 1].any(0)
+    model.eval()
+    row = []
+    with torch.no_grad():
+        for x, y in tests:
+            hits = 0
+            for s in range(0, len(y), batch_size):
+                inputs = x[s : s + batch_size]
+                logits = model(prepare(inputs) if prepare else inputs)
+                logits = logits.masked_fill(~seen, torch.finfo(logits.dtype).min)
+                hits += int((logits.argmax(-1) == y[s : s + batch_size]).sum())
+            row.append(hits / len(y))
+    model.train()
+    return row
 
 
 def run_torch(config) -> dict:
@@ -160,20 +183,7 @@ def run_torch(config) -> dict:
     task_classes = torch.tensor(scenario.task_classes, device=device)
 
     def evaluate(p: int) -> list[float]:
-        """Row p: every task's test accuracy, logits masked to the classes seen so far."""
-        seen = task_classes[: p + 1].any(0)
-        model.eval()
-        row = []
-        with torch.no_grad():
-            for x, y in tests:
-                hits = 0
-                for s in range(0, len(y), int(config.eval.batch_size)):
-                    logits = model(x[s : s + int(config.eval.batch_size)])
-                    logits = logits.masked_fill(~seen, torch.finfo(logits.dtype).min)
-                    hits += int((logits.argmax(-1) == y[s : s + int(config.eval.batch_size)]).sum())
-                row.append(hits / len(y))
-        model.train()
-        return row
+        return torch_accuracy_row(model, tests, task_classes, p, int(config.eval.batch_size))
 
     # Online EWC: per-example gradients of log p(y|x) by vmap(grad), in chunks of 128.
     def log_likelihood(p, x, label):
@@ -531,6 +541,7 @@ def scale_suite(workloads, info) -> str:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _SINGLE.value:

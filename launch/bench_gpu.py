@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from sequax.launch import bench  # its flags too: --single, --json_out, --torch_device
 
@@ -102,6 +102,7 @@ def cifar_config(method: str):
     config.training.epochs = _CIFAR_EPOCHS.value
     config.model.nf = _CIFAR_NF.value
     config.seed = 0
+    config.checkpoint.enabled = False  # like the PyTorch loop: throughput, not resumability
     return config
 
 
@@ -155,18 +156,7 @@ def run_torch_cifar(method: str) -> dict:
     task_classes = torch.tensor(scenario.task_classes, device=device)
 
     def evaluate(p: int) -> list[float]:
-        seen = task_classes[: p + 1].any(0)
-        model.eval()
-        row = []
-        with torch.no_grad():
-            for x, y in tests:
-                hits = 0
-                for s in range(0, len(y), 1000):
-                    logits = model((x[s:s + 1000] - mean) / std).masked_fill(~seen, torch.finfo(torch.float32).min)
-                    hits += int((logits.argmax(-1) == y[s:s + 1000]).sum())
-                row.append(hits / len(y))
-        model.train()
-        return row
+        return bench.torch_accuracy_row(model, tests, task_classes, p, 1000, prepare=lambda x: (x - mean) / std)
 
     # Warm-up on a throw-away copy, outside the timers (as sequax's compile is): cuDNN's
     # autotuning (`cudnn.benchmark`) of every convolution at the two batch shapes (32; 64 with
@@ -401,6 +391,7 @@ def report(results: dict) -> str:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if bench._SINGLE.value:

@@ -44,7 +44,7 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from sequax.configs import common
 from sequax.launch.common import machine
 
@@ -178,6 +178,7 @@ def format_table(results: dict, budget: dict, *, command: str, info: dict, total
 def main(argv):
     from sequax.launch.bench import write_section
 
+    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     networks = [n for n in _NETWORKS.value.split(",") if n]

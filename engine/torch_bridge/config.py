@@ -17,9 +17,9 @@ that use no torch model never import torch). Every problem is a one-line `Config
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from sequax.data.factories import load_callable
 from sequax.engine.build import ConfigError
 from sequax.engine.models import Model
 
@@ -28,23 +28,9 @@ KEYS = ("factory", "kwargs", "classifier", "reinit", "input_layout", "input_shap
 
 def load_factory(spec: Any):
     """The callable named by "package.module:function"."""
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(
-            f"config.model.factory={spec!r} must name an importable callable as 'package.module:function', "
-            f"e.g. 'sequax.engine.torch_bridge.zoo:small_cnn'"
-        )
-    module_name, attribute = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - any import failure is the config's problem
-        raise ConfigError(
-            f"config.model.factory={spec!r}: cannot import {module_name!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); give an importable 'package.module:function'"
-        ) from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise ConfigError(f"config.model.factory={spec!r}: {module_name} has no callable {attribute!r}")
-    return factory
+    return load_callable(spec, "model.factory", ConfigError,
+                         "an importable callable as 'package.module:function', e.g. "
+                         "'sequax.engine.torch_bridge.zoo:small_cnn'")
 
 
 def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -> Model:
