@@ -50,9 +50,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.protocol import is_number
-from sequax.algorithms.stable_sgd import scale_by_lr_factor, task_lr_factor
+from sequax.algorithms.stable_sgd import decayed_cross_entropy, scale_by_lr_factor
 from sequax.engine.task_data import gather_batch
 
 
@@ -133,11 +132,7 @@ class MCSGD:
         return MCSGDState(memory, jnp.zeros(shape, bool), jnp.zeros((), jnp.int32), solution)
 
     def loss(self, params, state, batch, rng, model):
-        _, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        factor = task_lr_factor(state.task, self.decay, 0, self.min_factor)
-        aux = {"model_state": model_state, "metrics": {"ce": ce, "lr_factor": factor},
-               "tx_args": {"lr_factor": factor}}
-        return ce, aux
+        return decayed_cross_entropy(model, params, state, batch, rng, self.decay, 0, self.min_factor)
 
     def gradient_transform(self):
         return scale_by_lr_factor()

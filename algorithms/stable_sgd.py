@@ -58,6 +58,16 @@ def scale_by_lr_factor() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def decayed_cross_entropy(model, params, state, batch, rng, decay, offset: int, min_factor):
+    """The cross-entropy of the batch, with the task's learning-rate factor
+    (`task_lr_factor`) handed to `scale_by_lr_factor` through aux["tx_args"] (Stable SGD's
+    and MC-SGD's loss)."""
+    _, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
+    factor = task_lr_factor(state.task, decay, offset, min_factor)
+    aux = {"model_state": model_state, "metrics": {"ce": ce, "lr_factor": factor}, "tx_args": {"lr_factor": factor}}
+    return ce, aux
+
+
 @dataclasses.dataclass(frozen=True)
 class StableSGD:
     """Stable SGD's per-task learning-rate decay (dropout and batch size live in the config).
@@ -88,11 +98,7 @@ class StableSGD:
         return {}
 
     def loss(self, params, state, batch, rng, model):
-        _, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        factor = task_lr_factor(state.task, self.decay, self.offset, self.min_factor)
-        aux = {"model_state": model_state, "metrics": {"ce": ce, "lr_factor": factor},
-               "tx_args": {"lr_factor": factor}}
-        return ce, aux
+        return decayed_cross_entropy(model, params, state, batch, rng, self.decay, self.offset, self.min_factor)
 
     def gradient_transform(self):
         return scale_by_lr_factor()
