@@ -28,6 +28,7 @@ from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
 from small_streams import naive_result, small_split_config
 from torch_reference import torch_mlp
+from batches import random_batch
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
 
@@ -38,12 +39,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, CLASSES, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, CLASSES)
 
 
 def state_with_memory(algorithm, model, memory=None):

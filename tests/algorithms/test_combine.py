@@ -16,15 +16,11 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
+from batches import random_batch
 
 
 def batch_of(seed: int, size: int = 6):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, 10, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, 10)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from small_streams import naive_result, small_split_config
 from torch_reference import torch_mlp
+from batches import random_batch
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -39,13 +40,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH, labels=None):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, CLASSES, size) if labels is None else labels
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(y, jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, CLASSES, labels)
 
 
 def stored_logits(seed: int, size: int):

@@ -13,6 +13,7 @@ from sequax import algorithms
 from sequax.algorithms import ER, Naive
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
+from batches import random_batch
 
 BATCH, REPLAY, CAPACITY = 6, 5, 8
 
@@ -23,12 +24,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, 10, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, 10)
 
 
 def state_with_buffer(model, filled: int):

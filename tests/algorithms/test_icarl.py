@@ -25,6 +25,7 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.task_data import gather_batch, task_arrays
 from torch_reference import torch_mlp
+from batches import random_batch
 
 CLASSES, HIDDEN, BATCH, REPLAY, CAPACITY = 10, 16, 6, 5, 8
 
@@ -35,10 +36,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH, labels=None):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, CLASSES, size) if labels is None else np.asarray(labels)
-    return {"x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32), "y": jnp.asarray(y, jnp.int32),
-            "task": jnp.zeros(size, jnp.int32)}
+    return random_batch(seed, size, CLASSES, labels)
 
 
 def fresh_state(model, algorithm, seed=0):

@@ -21,6 +21,7 @@ from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 
 from tests.algorithms.small_streams import naive_result, small_permuted_config
+from batches import random_batch
 
 BATCH, REPLAY, CAPACITY = 6, 4, 8
 
@@ -31,12 +32,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, 10, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, 10)
 
 
 def lamaml_state(model, algorithm, filled: int = 3, negative_alpha: bool = True):
