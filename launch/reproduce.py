@@ -3,21 +3,24 @@
     python -m sequax.launch.reproduce --table=der                    # the whole MNIST table
     python -m sequax.launch.reproduce --table=der --cells=smnist/er  # cells whose name starts so
     python -m sequax.launch.reproduce --table=der --dry_run          # list and check the cells
+    python -m sequax.launch.reproduce --table=mirzadeh               # Stable SGD / MC-SGD table (+ forgetting)
 
 Each cell (`configs/reproduce/<table>/table.py`) trains `--seeds` seeds vmapped in one
 program (`config.runs`) into WORKDIR/<benchmark>/<method>[-<buffer>]/, exactly as
 `sequax.launch.train` would; a cell whose summary.json exists is read back, so an
 interrupted table resumes. The report (`--output`, docs/reproductions/<table>.md) puts each
 cell's mean ± std beside the published value and the difference, marks whether it is within
-max(2 points, the published std), adds the table's notes on known differences, and states
-the seeds, the wall time of the whole table and the command. Every cell's config is built
-and checked before the first one trains.
+max(2 points, the published std), adds the published and our average forgetting where the
+table lists it (`table.FORGETTING`, e.g. the Mirzadeh table), adds the table's notes on known
+differences, and states the seeds, the wall time of the whole table and the command. Every
+cell's config is built and checked before the first one trains.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,7 +39,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (so tests
     can import several launchers into one process)."""
-    flags.DEFINE_enum("table", "der", ["der"], "Which published table.")
+    flags.DEFINE_enum("table", "der", ["der", "mirzadeh"], "Which published table.")
     flags.DEFINE_integer("seeds", 3, "Seeds per cell (vmapped in one program).")
     flags.DEFINE_list("cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er).")
     flags.DEFINE_string("workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/.")
@@ -50,6 +53,10 @@ def define_flags() -> None:
 def table_module(name: str):
     if name == "der":
         from sequax.configs.reproduce.der import table
+
+        return table
+    if name == "mirzadeh":
+        from sequax.configs.reproduce.mirzadeh import table
 
         return table
     raise ValueError(f"unknown table {name!r}")
@@ -89,6 +96,14 @@ def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
             if view not in ("point", "seeds")}
 
 
+def cell_forgetting(summary: dict) -> dict[str, tuple[float, float]]:
+    """view -> (mean, std) of the average forgetting (a fraction, `engine.metrics.average_forgetting`),
+    for the views where it is defined (joint training has one row and none)."""
+    row = summary["table"][0]
+    return {view: tuple(row[view]["forgetting"]) for view in row
+            if view not in ("point", "seeds") and "forgetting" in row[view]}
+
+
 def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only: bool = False) -> list[dict]:
     """Runs (or reads back) each cell; `report_only` skips the cells not done yet."""
     results = []
@@ -111,7 +126,7 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only
         ours = cell_result(summary)
         say(f"    {name}: " + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items()) + f" ({wall:.0f} s)")
         results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary["table"][0]["seeds"],
-                            read_back=done_before))
+                            read_back=done_before, forgetting=cell_forgetting(summary)))
     return results
 
 
@@ -160,23 +175,42 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
     if local:
         lines.append("- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
                      "a pipeline check, not a reproduction.")
+    # Tables that list published forgetting (`table.FORGETTING`) get two more columns; the
+    # DER table has none and its report stays as it was.
+    forgetting = getattr(table, "FORGETTING", None)
     lines += ["", "Accuracy in % (final average accuracy, mean ± std over the seeds). Within: |ours − published| ≤ "
               "max(2, published std); the published std could not be verified per cell, so 2 points is the bound used. "
-              f"Published values: {getattr(table, 'SOURCE', 'the paper')}. Wall: the cell's whole run, all its seeds.", "",
-              "| benchmark | method | buffer | setting | ours | published | difference | within | seeds | wall (s) |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | :---: | ---: | ---: |"]
+              f"Published values: {getattr(table, 'SOURCE', 'the paper')}. Wall: the cell's whole run, all its seeds."]
+    if forgetting is not None:
+        lines.append(f"Forgetting: average forgetting as a fraction (mean ± std over the seeds; the bound above is on "
+                     f"accuracy only); {table.FORGETTING_DEFINITION}. A published value of – with `ref` in the within "
+                     f"column: no paper reports this protocol, ours is the reference number.")
+    extra_head, extra_rule = (" forgetting | published forgetting |", " ---: | ---: |") if forgetting is not None else ("", "")
+    lines += ["", f"| benchmark | method | buffer | setting | ours | published | difference | within |{extra_head} seeds | wall (s) |",
+              f"| --- | --- | ---: | --- | ---: | ---: | ---: | :---: |{extra_rule} ---: | ---: |"]
     misses = []
     for r in results:
         benchmark, method, buffer = r["cell"]
         published = table.PUBLISHED[r["cell"]]
         for view, value in published.items():
             mean, std = r["ours"].get(view, (float("nan"), 0.0))
-            diff = mean - value
-            ok = abs(diff) <= 2.0
-            mark = "yes" if ok else "no"
-            verified = "" if r["cell"] in table.VERIFIED else " (recalled)"
+            if value is None:  # our reference number: nothing to compare with
+                ok, mark, shown, diff_text = True, "ref", "–", "–"
+            else:
+                diff = mean - value
+                ok = abs(diff) <= 2.0
+                mark = "yes" if ok else "no"
+                verified = "" if r["cell"] in table.VERIFIED else " (recalled)"
+                shown, diff_text = f"{value:.2f}{verified}", f"{diff:+.2f}"
+            extra = ""
+            if forgetting is not None:
+                f_mean, f_std = r.get("forgetting", {}).get(view, (float("nan"), 0.0))
+                f_value = forgetting.get(r["cell"], {}).get(view)
+                f_verified = "" if r["cell"] in getattr(table, "FORGETTING_VERIFIED", ()) else " (recalled)"
+                ours_f = "–" if math.isnan(f_mean) else f"{f_mean:.3f} ± {f_std:.3f}"  # NaN: not defined (joint)
+                extra = f" {ours_f} | {'–' if f_value is None else f'{f_value:.2f}{f_verified}'} |"
             lines.append(f"| {benchmark} | {method} | {buffer or '–'} | {view.replace('_', '-')} | {mean:.2f} ± {std:.2f} | "
-                         f"{value:.2f}{verified} | {diff:+.2f} | {mark} | {len(r['seeds'])} | {r['wall']:.0f} |")
+                         f"{shown} | {diff_text} | {mark} |{extra} {len(r['seeds'])} | {r['wall']:.0f} |")
             if not ok:
                 misses.append((r["name"], view))
     lines += [""]
