@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from sequax.configs import common
+from sequax.configs.reproduce.cells import cell_name, require_cell  # noqa: F401 - cell_name is the table's API
 
 TITLE = "DER (Buzzega et al., NeurIPS 2020), Table 2, MNIST"
 BENCHMARKS = {"smnist": "split", "pmnist": "permuted", "rmnist": "rotated"}
@@ -180,12 +181,6 @@ HYPER = {
 }
 
 
-def cell_name(cell) -> str:
-    """("smnist", "er", 500) -> "smnist/er-500"; ("pmnist", "sgd", None) -> "pmnist/sgd"."""
-    benchmark, method, buffer = cell
-    return f"{benchmark}/{method}" + (f"-{buffer}" if buffer else "")
-
-
 def cells() -> list[tuple[str, str, int | None]]:
     """Every cell the paper reports, in table order (benchmark, method, buffer or None)."""
     return list(PUBLISHED)
@@ -193,9 +188,7 @@ def cells() -> list[tuple[str, str, int | None]]:
 
 def config(benchmark: str, method: str, buffer: int | None = None) -> ml_collections.ConfigDict:
     """The config of one cell: the DER protocol with the best hyper-parameters."""
-    if (benchmark, method, buffer) not in PUBLISHED:
-        known = ", ".join(cell_name(c) for c in PUBLISHED)
-        raise ValueError(f"no DER-table cell {cell_name((benchmark, method, buffer))}; cells: {known}")
+    require_cell(PUBLISHED, "DER", (benchmark, method, buffer))
     lr, name, hyper, *extra = HYPER[(benchmark, method)]
     hyper = {k: _per_buffer(v, buffer) for k, v in hyper.items()}
     if method in BUFFER_METHODS:

@@ -62,6 +62,7 @@ from sequax.configs import rmnist_lamaml, smnist_hat
 from sequax.configs.pmnist_kcl import kcl_config
 from sequax.configs.pmnist_mc_sgd import MC_SGD
 from sequax.configs.pmnist_stable_sgd import mirzadeh_config
+from sequax.configs.reproduce.cells import cell_name, require_cell  # noqa: F401 - cell_name is the table's API
 
 TITLE = "Mirzadeh et al. (Stable SGD, NeurIPS 2020; MC-SGD, ICLR 2021), MNIST, with La-MAML, HAT and KCL"
 SCENARIOS = {"pmnist": "permuted", "rmnist": "rotated"}
@@ -158,12 +159,6 @@ def _mirzadeh(benchmark: str, method: str) -> ml_collections.ConfigDict:
     raise ValueError(f"no Mirzadeh-protocol method {method!r}")
 
 
-def cell_name(cell) -> str:
-    """("pmnist", "er", 200) -> "pmnist/er-200"; ("smnist", "hat", None) -> "smnist/hat"."""
-    benchmark, method, buffer = cell
-    return f"{benchmark}/{method}" + (f"-{buffer}" if buffer else "")
-
-
 def cells() -> list[tuple[str, str, int | None]]:
     """Every cell of the table, in table order (benchmark, method, buffer or None)."""
     return list(PUBLISHED)
@@ -171,9 +166,7 @@ def cells() -> list[tuple[str, str, int | None]]:
 
 def config(benchmark: str, method: str, buffer: int | None = None) -> ml_collections.ConfigDict:
     """The config of one cell (see the module docstring for each setting's source)."""
-    if (benchmark, method, buffer) not in PUBLISHED:
-        known = ", ".join(cell_name(c) for c in PUBLISHED)
-        raise ValueError(f"no Mirzadeh-table cell {cell_name((benchmark, method, buffer))}; cells: {known}")
+    require_cell(PUBLISHED, "Mirzadeh", (benchmark, method, buffer))
     if benchmark in SCENARIOS:
         cfg = _mirzadeh(benchmark, method)
         # Each seed of the reference code draws its own permutations/angles (np.random.seed(seed)).
