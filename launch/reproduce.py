@@ -31,6 +31,7 @@ from sequax.configs import common
 from sequax.data import DataError
 from sequax.engine import distributed, loop, runs
 from sequax.engine.build import ConfigError
+from sequax.engine.checkpoint import TrainingDiverged
 from sequax.launch.common import initialize_distributed, machine, parse_flags
 
 FLAGS = flags.FLAGS
@@ -121,7 +122,11 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only
             say(f"[{i + 1}/{len(cell_configs_)}] {name}: done before, read back")
         else:
             say(f"[{i + 1}/{len(cell_configs_)}] {name} ...")
-            summary = loop.run(config, folder, verbose=verbose).summary
+            try:
+                summary = loop.run(config, folder, verbose=verbose).summary
+            except TrainingDiverged as error:  # one cell's divergence does not stop the table
+                say(f"    {name}: not reported, {error}")
+                continue
         wall = summary.get("timings", {}).get("wall", time.perf_counter() - t0)
         ours = cell_result(summary)
         say(f"    {name}: " + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items()) + f" ({wall:.0f} s)")

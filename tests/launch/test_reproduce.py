@@ -80,3 +80,21 @@ def test_whole_table_time_is_kept_only_from_an_invocation_that_ran_every_cell(tm
     assert timing["seconds"] == 4200.0 and "cores" in timing
     # A later report whose cells are all read back still quotes the measured run.
     assert reproduce.whole_table_timing(tmp_path, two, [dict(read_back=True)] * 2, 3.0)["seconds"] == 4200.0
+
+
+def test_a_diverged_cell_is_skipped_and_the_table_goes_on(tmp_path, monkeypatch, capsys):
+    from sequax.engine.checkpoint import TrainingDiverged
+
+    cells = [c for c in reproduce.selected_cells(table, ["smnist/sgd", "smnist/er-200"]) if available(c)]
+    chosen = reproduce.cell_configs(table, cells, seeds=1, local=True)
+    summary = {"table": [{"point": {}, "seeds": [0], "class_il": {"acc": [0.5, 0.0]}}]}
+
+    def fake_run(config, folder, verbose):  # the first cell diverges, the second trains
+        if config.algorithm.name == "naive":
+            raise TrainingDiverged("training diverged: the mean loss ... is nan")
+        return types.SimpleNamespace(summary=summary)
+
+    monkeypatch.setattr(reproduce.loop, "run", fake_run)
+    results = reproduce.run_table(table, chosen, tmp_path, verbose=False)
+    assert [r["name"] for r in results] == ["smnist/er-200"]
+    assert "smnist/sgd: not reported, training diverged" in capsys.readouterr().out
