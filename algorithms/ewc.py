@@ -14,6 +14,14 @@ Fisher estimators (`fisher_labels`):
   "empirical": gradients of log p(y_true | x) (the "empirical Fisher").
   "sampled": gradients of log p(y~ | x) with y~ drawn from the model's predictive
     distribution, one draw per example (a Monte-Carlo estimate of the true Fisher).
+`normalize=True` rescales each task's Fisher to [0, 1] by its minimum and maximum over all
+tensors, (F − min) / (max − min), before it is consolidated: the A-GEM codebase's EWC
+(Chaudhry et al., ICLR 2019; facebookresearch/agem `model/model.py`,
+`normalize_fisher_at_minima`), which the Mirzadeh et al. scripts run. A normalised Fisher
+bounds the penalty's curvature by lam whatever the network, so lam keeps one meaning across
+networks and SGD stays stable while lr · lam < 2. That codebase keeps only the latest task's
+Fisher (its running Fisher is replaced, not summed): online=True with gamma=0.
+
 `likelihood_weighted=True` multiplies each example's squared gradient by p(y | x) (the
 label's probability, not differentiated), as the mammoth/DER `ewc_on.py` does.
 
@@ -59,6 +67,8 @@ class EWC:
       fisher_labels: "empirical" or "sampled" (see the module docstring).
       likelihood_weighted: weight each squared gradient by p(y|x), as the DER code does.
       fisher_batch: examples per chunk when estimating the Fisher (memory knob only).
+      normalize: min-max rescale each task's Fisher to [0, 1] over all tensors (module
+        docstring), as the A-GEM codebase does.
     """
 
     lam: float = 100.0
@@ -67,6 +77,7 @@ class EWC:
     fisher_labels: str = "empirical"
     likelihood_weighted: bool = False
     fisher_batch: int = 128
+    normalize: bool = False
 
     def __post_init__(self):
         if self.fisher_labels not in FISHER_LABELS:
@@ -117,6 +128,16 @@ class EWC:
 
     def end_task(self, state, task_data, rng, model):
         fisher = self.fisher(state.params, state.model_state, task_data, rng, model)
+        if self.normalize:
+            fisher = min_max_rescaled(fisher)
         if self.online:
             return consolidate_online(state.algo, fisher, state.params, self.gamma)
         return consolidate_separate(state.algo, fisher, state.params)
+
+
+def min_max_rescaled(tree):
+    """(F − min) / (max − min) with min and max over every leaf of `tree`: values in [0, 1]."""
+    leaves = jax.tree.leaves(tree)
+    low = jnp.min(jnp.stack([leaf.min() for leaf in leaves]))
+    high = jnp.max(jnp.stack([leaf.max() for leaf in leaves]))
+    return jax.tree.map(lambda f: (f - low) / (high - low + 1e-32), tree)

@@ -9,11 +9,14 @@ through `predict`) is sought as a point with low loss along both segments
     w̄_{t-1} → w     on the episodic memory of tasks 0..t,
     ŵ_t     → w     on the memory sample of task t,
 
-starting from w = w̄_{t-1} + init_position · (ŵ_t − w̄_{t-1}). One pass over the memory in
-batches of `line_batch` (each task's rows split into batches, the batches shuffled; the
-current task's batches paired with the first ones) makes tasks · ⌈P/B⌉ SGD steps with
-momentum (P = per_class · num_classes rows per task, B = line_batch); each step's gradient
-is, for each segment (start s, batch b),
+starting from w = w̄_{t-1} + init_position · (ŵ_t − w̄_{t-1}). The first segment's batches are
+the memory's (each task's rows split into batches of `line_batch`, the batches shuffled); the
+second's are `current_samples` examples of task t drawn uniformly with replacement (the
+reference's `loaders['subset']`: as many as the whole memory holds, num_tasks · rows by
+default), in batches of `line_batch`. Step i pairs the i-th batch of each list, and the
+longer list goes on alone: max(tasks · ⌈P/B⌉, ⌈S/B⌉) SGD steps with momentum (P = per_class ·
+num_classes rows per task, S = current_samples, B = line_batch). Each step's gradient is, for
+each segment (start s, batch b),
 
     Σ_k c_k ∇ℓ_b(s + α_k (w − s)),    α_k = k / line_samples,  k = 0..line_samples,
 
@@ -23,7 +26,8 @@ divided by its size twice (the reference `get_clf_loss`: batch mean / example co
 c_k = line_samples + 1 − k when `cumulative_grads` (the reference code never zeroes the
 interpolated model's gradients between points, so point k returns the sum of the gradients
 of points 0..k) or 1. After task 0, w̄_0 = ŵ_0. The whole search is one compiled
-`end_task` (a `fori_loop` over the steps); the next task trains on from ŵ_t, not w̄_t.
+`end_task` (a `fori_loop` over the steps); the next task trains on from ŵ_t, not w̄_t, as
+the reference's `train_task_sequentially` loads `t_{task-1}_seq`.
 
 Memory: when task t ends, `per_class` of its training examples per class (uniformly without
 replacement within each class; classes absent from the task leave their rows empty) are
@@ -33,8 +37,8 @@ stored in row t of a [num_tasks, per_class · num_classes] memory, so shapes nev
 
 Departures from the reference code (imirzadeh/CL-LinearModeConnectivity, the research
 repository of the paper; its `train_task_LMC_offline`, `get_line_loss`, `get_all_loaders`):
-the memory is class-balanced (there: a uniform subset per task), and the current task's
-segment uses the task's stored sample (there: a second sample drawn with replacement).
+the memory is class-balanced and drawn without replacement (there: a uniform subset per
+task, with replacement).
 
 References:
   Mirzadeh, Farajtabar, Gorur, Pascanu, Ghasemzadeh, "Linear Mode Connectivity in Multitask
@@ -89,12 +93,17 @@ class MCSGD:
       decay: per-task learning-rate decay γ of the sequential chain, lr · γ^t (0-based t).
       min_factor: floor of that factor (the reference's 5e-4 at lr 0.1: 5e-3).
       line_samples: points per segment minus one (α = 0, 1/n, ..., 1).
-      line_lr: SGD learning rate of the line search. May be traced.
+      line_lr: SGD learning rate of the line search. May be traced. The default and
+        init_position's are the P-MNIST ones chosen in configs/pmnist_mc_sgd.py (the
+        published 0.05 and 0.1 overshoot under the reference code's loss scale).
       line_momentum: its momentum (torch's SGD: buf = μ·buf + g). May be traced.
       line_batch: memory examples per line-search batch.
       init_position: where on the segment w̄_{t-1} → ŵ_t the search starts (α in the paper).
       cumulative_grads: weight point k by line_samples + 1 − k, as the reference code's
         accumulated gradients do (see the module docstring); False: every point once.
+      current_samples: examples of the finished task the second segment's batches draw (with
+        replacement); None: num_tasks · per_class · num_classes, the whole memory's size, as
+        the reference draws `memory_size` of them.
     """
 
     num_tasks: int = 20
@@ -103,13 +112,16 @@ class MCSGD:
     decay: float = 0.8
     min_factor: float = 5e-3
     line_samples: int = 10
-    line_lr: float = 0.05
+    line_lr: float = 0.003
     line_momentum: float = 0.8
     line_batch: int = 64
-    init_position: float = 0.1
+    init_position: float = 0.3
     cumulative_grads: bool = True
+    current_samples: int | None = None
 
     def __post_init__(self):
+        if self.current_samples is not None and (not isinstance(self.current_samples, int) or self.current_samples < 1):
+            raise ValueError(f"MCSGD current_samples={self.current_samples!r} must be None or an int >= 1")
         for name in ("num_tasks", "per_class", "num_classes", "line_samples", "line_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"MCSGD {name}={getattr(self, name)!r} must be an int >= 1")
@@ -123,6 +135,10 @@ class MCSGD:
     @property
     def rows(self) -> int:
         return self.per_class * self.num_classes
+
+    @property
+    def current_size(self) -> int:
+        return self.current_samples or self.num_tasks * self.rows
 
     def init(self, params, model_state, example_batch, rng):
         shape = (self.num_tasks, self.rows)
@@ -144,48 +160,52 @@ class MCSGD:
         return model.apply(algo.solution, model_state, x, train=False)[0]["logits"]
 
     def end_task(self, state, task_data, rng, model):
-        sample_key, order_key = jax.random.split(rng)
+        sample_key, order_key, current_key = jax.random.split(rng, 3)
         algo = state.algo
         examples, valid = class_balanced_sample(task_data, self.per_class, self.num_classes, sample_key)
         memory = jax.tree.map(lambda m, new: m.at[algo.stored].set(new, mode="drop"), algo.memory, examples)
         memory_valid = algo.valid.at[algo.stored].set(valid, mode="drop")
+        drawn = gather_batch(task_data, jax.random.randint(current_key, (self.current_size,), 0, task_data.size))
         solution = lax.cond(
             algo.stored == 0,
             lambda: state.params,  # w̄_0 = ŵ_0
             lambda: self.line_search(algo.solution, state.params, state.model_state, memory, memory_valid,
-                                     jnp.minimum(algo.stored + 1, self.num_tasks), examples, valid, order_key, model),
+                                     jnp.minimum(algo.stored + 1, self.num_tasks), {"x": drawn["x"], "y": drawn["y"]},
+                                     order_key, model),
         )
         return MCSGDState(memory, memory_valid, algo.stored + 1, solution)
 
-    def line_search(self, previous, current, model_state, memory, memory_valid, tasks, examples, valid, key, model):
-        """w̄_t from w̄_{t-1} (`previous`) and ŵ_t (`current`): one pass over the memory of the
-        first `tasks` tasks (see the module docstring)."""
+    def line_search(self, previous, current, model_state, memory, memory_valid, tasks, drawn, key, model):
+        """w̄_t from w̄_{t-1} (`previous`) and ŵ_t (`current`): the memory of the first `tasks`
+        tasks and `drawn` ({"x", "y"}: examples of task t) in batches (the module docstring)."""
         per_task = -(-self.rows // self.line_batch)  # batches per task's memory
         slots = self.num_tasks * per_task
         scores = jnp.where(jnp.arange(slots) < tasks * per_task, jax.random.uniform(key, (slots,)), 2.0)
         order = jnp.argsort(scores)  # the stored tasks' batches, shuffled, first
+        drawn_count = drawn["y"].shape[0]
+        drawn_batches = -(-drawn_count // self.line_batch)
 
-        def rows_of(batch_index):  # row indices and in-range mask of a task's batch
+        def rows_of(batch_index, count):  # row indices and in-range mask of a batch of `count` rows
             rows = batch_index * self.line_batch + jnp.arange(self.line_batch)
-            return jnp.minimum(rows, self.rows - 1), rows < self.rows
+            return jnp.minimum(rows, count - 1), rows < count
 
         def step(i, carry):
             w, trace = carry
-            slot = order[i]
-            rows, in_range = rows_of(slot % per_task)
+            slot = order[jnp.minimum(i, slots - 1)]
+            rows, in_range = rows_of(slot % per_task, self.rows)
             task = slot // per_task
             grads = self.line_gradient(previous, w, model_state, memory["x"][task, rows], memory["y"][task, rows],
-                                       in_range & memory_valid[task, rows], model)
-            rows, in_range = rows_of(jnp.minimum(i, per_task - 1))
-            current_grads = self.line_gradient(current, w, model_state, examples["x"][rows], examples["y"][rows],
-                                               in_range & valid[rows] & (i < per_task), model)
+                                       in_range & memory_valid[task, rows] & (i < tasks * per_task), model)
+            rows, in_range = rows_of(i, drawn_count)  # out of range once i >= drawn_batches
+            current_grads = self.line_gradient(current, w, model_state, drawn["x"][rows], drawn["y"][rows],
+                                               in_range, model)
             grads = jax.tree.map(jnp.add, grads, current_grads)
             trace = jax.tree.map(lambda m, g: self.line_momentum * m + g, trace, grads)
             return jax.tree.map(lambda p, m: p - self.line_lr * m, w, trace), trace
 
         start = jax.tree.map(lambda a, b: a + self.init_position * (b - a), previous, current)
         zeros = jax.tree.map(jnp.zeros_like, start)
-        return lax.fori_loop(0, tasks * per_task, step, (start, zeros))[0]
+        return lax.fori_loop(0, jnp.maximum(tasks * per_task, drawn_batches), step, (start, zeros))[0]
 
     def line_gradient(self, start, w, model_state, x, y, mask, model):
         """Σ_k c_k ∇ℓ(start + α_k (w − start)) over the segment's points (module docstring);

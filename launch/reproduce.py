@@ -90,9 +90,18 @@ def cell_configs(table, cells, seeds: int, local: bool):
     return out
 
 
+def summary_row(summary: dict) -> dict:
+    """The cell's row as a vmapped run's summary gives it (view -> metric -> (mean, std));
+    a one-seed run (`--seeds=1`) has no table, so its metrics stand with std 0."""
+    if "table" in summary:
+        return summary["table"][0]
+    views = {view: metrics for view, metrics in summary.items() if isinstance(metrics, dict) and "acc" in metrics}
+    return {view: {name: (value, 0.0) for name, value in metrics.items()} for view, metrics in views.items()}
+
+
 def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
-    """view -> (mean, std) of the final average accuracy in %, from a vmapped run's summary."""
-    row = summary["table"][0]
+    """view -> (mean, std) of the final average accuracy in %, from a run's summary."""
+    row = summary_row(summary)
     return {view: (100 * row[view]["acc"][0], 100 * row[view]["acc"][1]) for view in row
             if view not in ("point", "seeds")}
 
@@ -100,7 +109,7 @@ def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
 def cell_forgetting(summary: dict) -> dict[str, tuple[float, float]]:
     """view -> (mean, std) of the average forgetting (a fraction, `engine.metrics.average_forgetting`),
     for the views where it is defined (joint training has one row and none)."""
-    row = summary["table"][0]
+    row = summary_row(summary)
     return {view: tuple(row[view]["forgetting"]) for view in row
             if view not in ("point", "seeds") and "forgetting" in row[view]}
 
@@ -130,7 +139,7 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only
         wall = summary.get("timings", {}).get("wall", time.perf_counter() - t0)
         ours = cell_result(summary)
         say(f"    {name}: " + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items()) + f" ({wall:.0f} s)")
-        results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary["table"][0]["seeds"],
+        results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary_row(summary).get("seeds", [config.seed]),
                             read_back=done_before, forgetting=cell_forgetting(summary)))
     return results
 

@@ -291,6 +291,22 @@ def test_online_consolidation(model, params, task_data):
     chex.assert_trees_all_close(direct.importance, algo.importance)
 
 
+def test_normalized_fisher_is_rescaled_to_unit_range_over_all_tensors_and_replaces_the_old(model, params, task_data):
+    """The A-GEM codebase's EWC: (F − min) / (max − min) over every tensor, kept alone (gamma 0)."""
+    ewc = EWC(lam=1.0, online=True, gamma=0.0, normalize=True)
+    old = QuadraticState(random_like(params, 6, positive=True), random_like(params, 7))
+    trained = random_like(params, 8, scale=0.3)
+    key = jax.random.PRNGKey(0)
+    algo = ewc.end_task(fake_state(trained, old), task_data, key, model)
+    raw = ewc.fisher(trained, {}, task_data, key, model)
+    low = min(float(f.min()) for f in jax.tree.leaves(raw))
+    high = max(float(f.max()) for f in jax.tree.leaves(raw))
+    assert high > 10 * max(low, 1e-12)  # a real range to rescale
+    chex.assert_trees_all_close(algo.importance, jax.tree.map(lambda f: (f - low) / (high - low), raw), rtol=1e-5)
+    values = np.concatenate([np.ravel(f) for f in jax.tree.leaves(algo.importance)])
+    assert values.min() == 0.0 and abs(values.max() - 1.0) < 1e-6
+
+
 def test_separate_consolidation_equals_the_sum_over_tasks(model, params, task_data):
     """Folded (importance, anchor) give the gradient of sum_t (lam/2) F_t (theta - theta_t)^2."""
     lam = 3.0

@@ -64,7 +64,9 @@ def torch_search(previous, current, batches, a):
     optimizer = torch.optim.SGD(net.parameters(), lr=a.line_lr, momentum=a.line_momentum)
     for prev, curr in batches:
         w = [p.detach().clone() for p in net.parameters()]
-        grads = torch_line_grads(previous, w_prev, w, *prev, a.line_samples)
+        grads = 0
+        if prev is not None:
+            grads = torch_line_grads(previous, w_prev, w, *prev, a.line_samples)
         if curr is not None:
             grads = grads + torch_line_grads(previous, w_curr, w, *curr, a.line_samples)
         offset = 0
@@ -79,12 +81,12 @@ def ours_as_list(params):
     return [p.detach().numpy() for p in torch_mlp(jax.device_get(params)).parameters()]
 
 
-def search(a, model, previous, current, x, y, tasks):
+def search(a, model, previous, current, x, y, tasks, drawn=None):
     memory = {"x": x[:3], "y": y[:3]}
     valid = jnp.ones((3, ROWS), bool)
-    return jax.jit(lambda key: a.line_search(previous, current, {}, memory, valid, jnp.int32(tasks),
-                                             {"x": x[3], "y": y[3]}, jnp.ones(ROWS, bool), key, model))(
-        jax.random.PRNGKey(1))
+    drawn = {"x": x[3], "y": y[3]} if drawn is None else drawn
+    return jax.jit(lambda key: a.line_search(previous, current, {}, memory, valid, jnp.int32(tasks), drawn, key,
+                                             model))(jax.random.PRNGKey(1))
 
 
 def test_one_line_search_step_matches_the_reference_code():
@@ -119,6 +121,18 @@ def test_two_steps_with_momentum_match_the_reference_in_the_drawn_order():
     assert min(errors) < 1e-5 and max(errors) > 1e-4, errors
 
 
+def test_a_longer_current_task_sample_goes_on_alone_after_the_memory_batches():
+    """The reference pairs the i-th memory batch with the i-th batch of the current task's
+    sample, and the longer list goes on alone: one stored task, a two-batch sample."""
+    a = algorithm()
+    model, previous, current, x, y = problem()
+    drawn = {"x": jnp.concatenate([x[3], x[2]]), "y": jnp.concatenate([y[3], y[2]])}
+    ours = ours_as_list(search(a, model, previous, current, x, y, tasks=1, drawn=drawn))
+    reference = torch_search(previous, current, [((x[0], y[0]), (x[3], y[3])), (None, (x[2], y[2]))], a)
+    for o, r in zip(ours, reference):
+        np.testing.assert_allclose(o, r, atol=1e-5)
+
+
 def test_end_task_stores_a_class_balanced_memory_and_starts_from_the_task_solution():
     a = algorithm(per_class=3)
     model = mlp(4, widths=(6,))
@@ -143,19 +157,18 @@ def test_end_task_stores_a_class_balanced_memory_and_starts_from_the_task_soluti
     np.testing.assert_allclose(logits, model.apply(state.params, {}, jnp.ones((2, 4)), train=False)[0]["logits"])
 
 
-def test_continual_solution_learns_the_new_task_and_keeps_the_old_one_as_well_as_naive():
-    """Two permuted tasks: w̄_1 learns task 1 (from 12 % before it) while keeping task 0 at
-    least as well as naive's sequential solution. (This stream forgets little: naive keeps
-    80 % of task 0, so it cannot show MC-SGD's margin; the 20-task protocol is where it shows.)"""
-    config = small_permuted_config("mc_sgd", num_tasks=2, decay=1.0, init_position=0.5)
+def test_continual_solution_learns_the_new_task_and_keeps_the_old_one_better_than_naive():
+    """Two permuted tasks: w̄_1 learns task 1 (from 12 % before it) and keeps task 0 better
+    than naive's sequential solution (87.7 % against 80.1 % when written)."""
+    config = small_permuted_config("mc_sgd", num_tasks=2, decay=1.0, line_lr=0.003, init_position=0.5)
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
     naive = naive_result("permuted")
     assert result.class_il[1, 1] > result.class_il[0, 1] + 0.4, result.class_il
-    assert result.class_il[1, 0] >= naive.class_il[1, 0], (result.class_il, naive.class_il)
+    assert result.class_il[1, 0] >= naive.class_il[1, 0] + 0.03, (result.class_il, naive.class_il)
 
 
-@pytest.mark.parametrize("bad", [dict(line_batch=0), dict(line_momentum=1.0), dict(decay=0.0)])
+@pytest.mark.parametrize("bad", [dict(line_batch=0), dict(line_momentum=1.0), dict(decay=0.0), dict(current_samples=0)])
 def test_rejects_bad_hyperparameters(bad):
     with pytest.raises(ValueError):
         algorithm(**bad)

@@ -32,6 +32,13 @@ def test_every_cell_builds_its_algorithm_model_and_stream():
     assert full["pmnist/agem-200"].algorithm.capacity == 200 and full["pmnist/agem-200"].data.train_per_task == 50_000
 
 
+def test_a_one_seed_summary_reads_as_a_row_with_zero_std():
+    """`--seeds=1` runs are not vmapped: their summary has the metrics without a table."""
+    summary = {"domain_il": {"acc": 0.7, "forgetting": 0.25}, "timings": {"wall": 43.0}}
+    assert reproduce.cell_result(summary) == {"domain_il": (70.0, 0.0)}
+    assert reproduce.cell_forgetting(summary) == {"domain_il": (0.25, 0.0)}
+
+
 def test_unknown_cells_are_refused():
     with pytest.raises(ValueError, match="no Mirzadeh-table cell pmnist/hat"):
         table.config("pmnist", "hat")
