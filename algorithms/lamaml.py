@@ -1,14 +1,15 @@
 """La-MAML: look-ahead meta-learning with learned per-parameter learning rates and replay.
 
 Each incoming batch is seen `glances` times. A glance shuffles the batch and takes inner
-SGD steps on its examples `inner_batch` at a time, θ_{k+1} = θ_k − α ⊙ clamp(∇ℓ(θ_k)), with
-the current per-parameter learning rates α (one per weight, held in the state). After every
-inner step the meta-loss, the cross-entropy of the look-ahead weights θ_{k+1} on the batch
-plus a replay batch from a reservoir memory, is taken; their mean is differentiated with
-respect to θ_0 and α through all the inner steps (`jax.value_and_grad` over a `lax.scan`,
-inside the compiled step). Then, the paper's asynchronous update: α ← α − η ∇_α (its own
-step first), θ_0 ← θ_0 − max(0, α) ⊙ ∇_θ with the new α, both gradients clipped to global
-norm `grad_clip`. The batch enters the memory on its first glance only.
+SGD steps on its examples `inner_batch` at a time, θ_{k+1} = θ_k − max(0, α) ⊙ ∇ℓ(θ_k), with
+the current per-parameter learning rates α (one per weight and bias, held in the state).
+After every inner step the meta-loss, the mean cross-entropy of the look-ahead weights
+θ_{k+1} on the meta batch (a replay batch from a reservoir memory, then the whole incoming
+batch), is taken; their mean is differentiated with respect to θ_0 and α through all the
+inner steps (`jax.value_and_grad` over a `lax.scan`, inside the compiled step). Both
+meta-gradients are clipped to global norm `grad_clip`; then the asynchronous update: α ← α −
+η ∇_α (its own step first), θ_0 ← θ_0 − max(0, α) ⊙ ∇_θ with the new α. The batch enters the
+memory on its first glance only.
 
     algorithm = LaMAML(alpha_init=0.15, meta_lr=0.3, glances=5, capacity=200, replay_batch=10)
     # with config.optimizer.lr = 1.0 (SGD): the per-parameter rates are the step size
@@ -20,14 +21,34 @@ respect to the parameters is exactly the clipped ∇_θ (the engine's own backwa
 then a dot product); the new α goes to `gradient_transform`, the per-parameter rates max(0, α) as an
 optax transformation in front of SGD at learning rate 1, and to `update`, which stores it.
 
-Procedure as in the official code (montrealrobotics/La-MAML, `model/lamaml.py`,
-`lamaml_base.py`, recalled from memory): meta-loss after every inner step, averaged;
-inner gradients clamped element-wise to ±grad_clip; raw (possibly negative) α in the inner
-steps, max(0, α) only in the weight update; memory pushed on the first glance, the meta
-batch's replay part drawn before the batch is pushed. Departures: the replay batch is drawn
-without replacement (the official `getBatch` draws with replacement); α starts at α₀ for
-every parameter, biases included (as the official `define_task_lr_params`); the official
-`--sync_update` variant (θ by a separate SGD optimiser) is not offered.
+Verified against the official code (github.com/montrealrobotics/La-MAML; line numbers of
+`model/lamaml.py`, the MNIST model):
+  * `observe` (l. 58-114): per glance `torch.randperm` of the batch (l. 64-66); the meta
+    batch drawn once by `getBatch` (l. 78) before the batch's examples are pushed, the push
+    inside the inner loop on the first glance of the first epoch only (l. 86-87, and
+    `push_to_mem`'s `pass_itr>0` return in `model/lamaml_base.py`); one example per inner
+    step (l. 81-85); the meta-loss after every inner step (l. 89-90), averaged over the
+    steps (l. 95); `clip_grad_norm_` on the weights' and on α's gradients (l. 99-100);
+    `opt_lr.step()` (plain SGD on α at `--opt_lr`, `lamaml_base.py`) first, then, without
+    `--sync_update`, p ← p − p.grad ⊙ relu(α_new) (l. 107-109). `--opt_wt`/`--lr` are unused
+    in this (asynchronous) mode. `zero_grads` clears the gradients at each glance; `train()`
+    has no effect (no dropout, no batch norm in the MLP).
+  * `inner_update` (l. 37-56): fast = w − g ⊙ relu(α) (l. 54-55), so max(0, α) in the inner
+    steps as well, and α ≤ 0 gets no meta-gradient (it stays frozen). Its element-wise
+    `torch.clamp(grads[i], ...)` (l. 51-52) is not in place and its result is discarded: the
+    inner gradients are not clamped (`clamp_inner=False`); `--second_order` off gives
+    `create_graph=False`, gradients as constants (l. 48-49).
+  * `meta_loss` (l. 29-35): `CrossEntropyLoss` (mean) on the meta batch, which `getBatch`
+    (`model/lamaml_base.py`) builds as min(replay_batch_size, len(M)) memory examples, each
+    drawn uniformly with replacement (a `shuffle(order)` before each pick), followed by all
+    the batch's examples; an empty memory gives the batch alone (here: rows of weight 0).
+  * α: one tensor of α₀ per weight and bias (`define_task_lr_params`, `model/meta/learner.py`).
+Remaining departures: the reservoir keeps the n-th example (1-based) with probability
+capacity / n (`sequax.algorithms.reservoir`), the official `push_to_mem` draws
+`random.randint(0, age)` inclusive, i.e. capacity / (n + 1) (shared helper; a relative
+difference below 1/n). The official `--sync_update` variant (θ by a separate SGD optimiser)
+is not offered. The network's initialisation is the engine's (`config.model`), not the
+official Kaiming-normal weights (see configs/rmnist_lamaml.py).
 
 References:
   Gupta, Yadav & Paull, "La-MAML: Look-ahead Meta Learning for Continual Learning",
@@ -50,8 +71,8 @@ from sequax.algorithms.projection import tree_vdot
 from sequax.algorithms.reservoir import (
     ReplayState,
     ReservoirState,
+    capacity_of,
     replay_init,
-    reservoir_sample,
     reservoir_slots,
 )
 
@@ -86,6 +107,15 @@ def glance_order(key: jax.Array, size: int) -> jax.Array:
     return jax.random.permutation(key, size)
 
 
+def sample_with_replacement(buffer: ReservoirState, size: int, key: jax.Array):
+    """The official `getBatch` replay draw: min(size, filled) examples, each uniform over the
+    filled slots, with replacement; the rows past `filled` are marked invalid (weight 0)."""
+    filled = jnp.minimum(buffer.num_seen, capacity_of(buffer))
+    index = jax.random.randint(key, (size,), 0, jnp.maximum(filled, 1))
+    valid = jnp.arange(size) < filled
+    return jax.tree.map(lambda b: b[index], buffer.items), valid
+
+
 @dataclasses.dataclass(frozen=True)
 class LaMAML:
     """La-MAML (Gupta et al. 2020).
@@ -100,11 +130,15 @@ class LaMAML:
       replay_batch: memory examples added to each glance's meta-batch (`--replay_batch_size`).
       inner_batch: examples per inner SGD step (1: the batch's examples one by one, as the
         official code); must divide the batch size.
-      grad_clip: the official `--grad_clip_norm` (2.0): element-wise bound of the inner
-        gradients and global-norm bound of both meta-gradients; 0 disables clipping.
+      grad_clip: the official `--grad_clip_norm` (default 2.0): the global-norm bound of
+        both meta-gradients (`clip_grad_norm_`, model/lamaml.py l. 99-100); 0 disables it.
       second_order: True differentiates through the inner gradients (the exact
         meta-gradient, official `--second_order`); False treats them as constants (the
-        first-order approximation, the official default).
+        first-order approximation: the official default, and its MNIST commands).
+      clamp_inner: True clamps the inner gradients element-wise to ±grad_clip, what the
+        official `inner_update` writes (model/lamaml.py l. 51-52) but does not do: its
+        `torch.clamp` is not in place and its result is discarded. False (default) is the
+        official behaviour: unclamped inner gradients.
     """
 
     alpha_init: float = 0.15
@@ -114,7 +148,8 @@ class LaMAML:
     replay_batch: int = 10
     inner_batch: int = 1
     grad_clip: float = 2.0
-    second_order: bool = True
+    second_order: bool = False
+    clamp_inner: bool = False
 
     def __post_init__(self):
         if not 0 < self.replay_batch <= self.capacity:
@@ -149,9 +184,10 @@ class LaMAML:
                 grads, state = jax.grad(forward_loss, has_aux=True)(theta, state, inputs, labels, inner_key)
                 if not self.second_order:
                     grads = lax.stop_gradient(grads)
-                if self.grad_clip > 0:
+                if self.clamp_inner and self.grad_clip > 0:
                     grads = jax.tree.map(lambda g: jnp.clip(g, -self.grad_clip, self.grad_clip), grads)
-                theta = jax.tree.map(lambda p, g, a: p - a * g, theta, grads, alpha)
+                # max(0, α) here too (official `inner_update`): ∇_α is 0 where α <= 0.
+                theta = jax.tree.map(lambda p, g, a: p - jax.nn.relu(a) * g, theta, grads, alpha)
                 meta, state = forward_loss(theta, state, meta_x, meta_y, meta_key, meta_w)
                 return (theta, state), meta
 
@@ -201,7 +237,7 @@ class LaMAML:
         items = jax.tree.map(lambda b, new: b.at[slot].set(new, mode="drop"), buffer.items,
                              {"x": batch["x"], "y": batch["y"]})
         buffer = ReservoirState(items, buffer.num_seen + jnp.where(first, size, 0).astype(jnp.int32))
-        replay, valid = reservoir_sample(buffer, self.replay_batch, sample_key)
+        replay, valid = sample_with_replacement(buffer, self.replay_batch, sample_key)
         return LaMAMLState(aux["alpha"], ReplayState(buffer, replay, valid))
 
     def end_task(self, state, task_data, rng, model):
