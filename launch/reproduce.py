@@ -45,6 +45,8 @@ def define_flags() -> None:
     flags.DEFINE_list("cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er).")
     flags.DEFINE_string("workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/.")
     flags.DEFINE_string("output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only.")
+    flags.DEFINE_string("variant", "", "A table's named variant of its cells (table.VARIANTS), e.g. the reference "
+                        "code's own regime as evidence; results go to WORKDIR/<table>-<variant>/.")
     flags.DEFINE_bool("local", False, "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).")
     flags.DEFINE_bool("dry_run", False, "Build and check every selected cell's config, list them, train nothing.")
     flags.DEFINE_bool("report_only", False, "Write the report from the cells already done, train nothing "
@@ -63,8 +65,12 @@ def table_module(name: str):
     raise ValueError(f"unknown table {name!r}")
 
 
-def selected_cells(table, prefixes: list[str]) -> list[tuple]:
+def selected_cells(table, prefixes: list[str], local: bool = False) -> list[tuple]:
+    """The cells `--cells` names by prefix; without it every cell but those the table lists in
+    NOT_RUN (too long for this machine; `--cells` naming one runs it, and `--local` runs all)."""
     cells = table.cells()
+    if not prefixes and not local:
+        cells = [c for c in cells if table.cell_name(c) not in getattr(table, "NOT_RUN", {})]
     if prefixes:
         cells = [c for c in cells if any(table.cell_name(c).startswith(p) for p in prefixes)]
         if not cells:
@@ -72,12 +78,17 @@ def selected_cells(table, prefixes: list[str]) -> list[tuple]:
     return cells
 
 
-def cell_configs(table, cells, seeds: int, local: bool):
+def cell_configs(table, cells, seeds: int, local: bool, variant: str = ""):
     """[(cell, config)], each built and its runs grid checked (one-line errors, nothing trains)."""
     out = []
+    variants = getattr(table, "VARIANTS", {})
+    if variant and variant not in variants:
+        raise ConfigError(f"--variant={variant} is not one of this table's variants: {', '.join(variants) or 'none'}")
     for cell in cells:
         try:
             config = table.config(*cell)
+            if variant:
+                config = variants[variant][1](cell, config)
             # A table may ask for more seeds on a noisy cell (`table.SEEDS`, with its reason).
             config.runs = max(seeds, getattr(table, "SEEDS", {}).get(table.cell_name(cell), 0))
             if local:
@@ -160,13 +171,22 @@ def _whole_table(table, results: list[dict], timing: dict | None) -> str:
     if timing:
         return (f"**{timing['seconds'] / 60:.1f} min**, measured by one invocation that ran every cell "
                 f"({timing['date']}); the cells' own wall times sum to {cells_sum:.1f} min")
-    if len(results) == len(table.cells()):
+    not_run = _not_run(table, results)
+    if len(results) + len(not_run) == len(table.cells()):
+        skipped = f"; the {len(not_run)} cells listed as not run are not in it" if not_run else ""
         return (f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
-                f"compile, training, evaluation; the cells ran in more than one invocation of this command)")
+                f"compile, training, evaluation; the cells ran in more than one invocation of this command{skipped})")
     return f"not measured yet (cells done so far: {cells_sum:.1f} min)"
 
 
-def report(table, results: list[dict], seconds: float, local: bool, timing: dict | None = None) -> str:
+def _not_run(table, results: list[dict]) -> dict[str, str]:
+    """Cell name -> why it is not run here (`table.NOT_RUN`), for the table's cells without a result."""
+    done = {r["name"] for r in results}
+    return {name: why for name, why in getattr(table, "NOT_RUN", {}).items() if name not in done}
+
+
+def report(table, results: list[dict], seconds: float, local: bool, timing: dict | None = None,
+           variant: str = "") -> str:
     # The command that runs (or resumes) these cells; report-only and output flags left out.
     kept = [a for a in sys.argv[1:] if not a.startswith(("--report_only", "--output", "--noreport_only"))]
     command = " ".join(["python -m sequax.launch.reproduce", *kept])
@@ -183,9 +203,13 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
         f"(this invocation: {seconds / 60:.1f} min, {sum(not r['read_back'] for r in results)} cells run, "
         f"{sum(r['read_back'] for r in results)} read back).",
     ]
-    if len(results) < len(table.cells()):
+    not_run = _not_run(table, results)
+    if len(results) + len(not_run) < len(table.cells()):
         lines.append(f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
                      f"or not selected); the table's total wall time is not measured yet.")
+    if variant:
+        lines.append(f"- **Variant {variant}**: {table.VARIANTS[variant][0]} (`{table.__name__}.VARIANTS`); "
+                     f"evidence for the notes of the main table, not the table.")
     if local:
         lines.append("- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
                      "a pipeline check, not a reproduction.")
@@ -234,6 +258,9 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
     for name, view in misses:
         note = table.NOTES.get(name, "not yet explained.")
         lines.append(f"- **{name} {view.replace('_', '-')}**: {note}")
+    if not_run:
+        lines += ["", "## Cells not run on this machine", ""]
+        lines += [f"- **{name}**: {why}" for name, why in not_run.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +272,8 @@ def main(argv):
     table = table_module(FLAGS.table)
     with distributed.exit_on_failure():
         try:
-            chosen = cell_configs(table, selected_cells(table, FLAGS.cells), FLAGS.seeds, FLAGS.local)
+            chosen = cell_configs(table, selected_cells(table, FLAGS.cells, FLAGS.local), FLAGS.seeds, FLAGS.local,
+                                  FLAGS.variant)
         except (ConfigError, DataError) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -254,14 +282,14 @@ def main(argv):
                 print(f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}")
             return
         start = time.perf_counter()
-        workdir = Path(FLAGS.workdir) / FLAGS.table
+        workdir = Path(FLAGS.workdir) / (FLAGS.table + (f"-{FLAGS.variant}" if FLAGS.variant else ""))
         results = run_table(table, chosen, workdir, verbose=False, report_only=FLAGS.report_only)
         seconds = time.perf_counter() - start
         timing = None if FLAGS.local else whole_table_timing(workdir, table, results, seconds)
-        text = report(table, results, seconds, FLAGS.local, timing)
+        text = report(table, results, seconds, FLAGS.local, timing, FLAGS.variant)
     if not distributed.is_main_process():
         return
-    output = FLAGS.output or f"docs/reproductions/{FLAGS.table}.md"
+    output = FLAGS.output or f"docs/reproductions/{FLAGS.table}{f'-{FLAGS.variant}' if FLAGS.variant else ''}.md"
     print("\n" + text)
     if output != "-":
         Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,30 @@ def test_a_one_seed_summary_reads_as_a_row_with_zero_std():
     assert reproduce.cell_forgetting(summary) == {"domain_il": (0.25, 0.0)}
 
 
+def test_cells_listed_as_not_run_are_skipped_by_default_and_named_in_the_report():
+    default = [table.cell_name(c) for c in reproduce.selected_cells(table, [])]
+    assert "pmnist_kcl/kcl" not in default and "pmnist/mc_sgd" in default
+    assert [table.cell_name(c) for c in reproduce.selected_cells(table, ["pmnist_kcl/"])] == ["pmnist_kcl/kcl"]
+    results = [dict(cell=c, name=table.cell_name(c), ours={"domain_il": (50.0, 1.0)}, wall=1.0, seeds=[0],
+                    read_back=True, forgetting={}) for c in table.cells() if table.cell_name(c) in default]
+    text = reproduce.report(table, results, 1.0, local=False)
+    assert "## Cells not run on this machine" in text and "**pmnist_kcl/kcl**: too long" in text
+    assert "Partial" not in text and "cells listed as not run are not in it" in text
+
+
+def test_the_agem_codebase_variant_runs_the_reference_scripts_regime():
+    """23 tasks, every task permuted, 64 memory examples per step, 1 per class per task."""
+    cells = reproduce.selected_cells(table, ["pmnist/er-200", "rmnist/agem-200"])
+    (_, er), (_, agem) = reproduce.cell_configs(table, cells, 1, False, "agem_codebase")
+    assert er.data.num_tasks == 23 and not er.data.options.first_task_identity
+    assert (er.algorithm.capacity, er.algorithm.replay_batch) == (230, 64)
+    assert agem.algorithm.num_tasks == 23 and abs(agem.data.options.step - 180 / 23) < 1e-9
+    with pytest.raises(reproduce.ConfigError, match="not one of this table's variants"):
+        reproduce.cell_configs(table, cells, 1, False, "nope")
+    with pytest.raises(reproduce.ConfigError, match="applies to the P-/R-MNIST EWC"):
+        reproduce.cell_configs(table, reproduce.selected_cells(table, ["pmnist/naive"]), 1, False, "agem_codebase")
+
+
 def test_unknown_cells_are_refused():
     with pytest.raises(ValueError, match="no Mirzadeh-table cell pmnist/hat"):
         table.config("pmnist", "hat")
