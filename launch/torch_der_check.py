@@ -274,9 +274,10 @@ def run(method: str, scenario, seed: int, hp: dict, batch_size: int = BATCH_SIZE
     return result
 
 
-def cell_scenarios(benchmark: str, seeds: list[int]):
-    """The scenario our run with each seed sees (the data config is the same for every method)."""
-    config = table.config(benchmark, "sgd")
+def cell_scenarios(benchmark: str, seeds: list[int], config=None):
+    """The scenario our run with each seed sees (the data config is the same for every method);
+    `config`: another table's cell config (default: this table's `benchmark`/sgd)."""
+    config = config or table.config(benchmark, "sgd")
     scenario = build_scenario(config.data)
     if not config.data.draws_per_run:  # Seq-MNIST: the same tasks for every seed
         assert scenario.setting == "class" and (scenario.task_classes.argmax(1) == np.arange(0, 10, 2)).all()
