@@ -6,6 +6,10 @@ the same run budget. Every cell is one `engine.loop.run` of the same config (dat
 steps, seeds, hyper-parameters) in which only `config.model` differs:
 
   flax resnet18    `engine.models.resnet18(nf)`: the reduced ResNet-18 of GEM/DER, in flax
+  flax resnet18_from_torch  the same flax network starting, for each seed, from the torch
+                   ResNet-18's initial weights of that seed (`init_from="torch"`,
+                   `engine.torch_bridge.to_flax`): with the draws equal, what is left
+                   between it and the torch ResNet-18 is the framework that trains them
   torch resnet18   `engine.torch_bridge.zoo.resnet18_reduced(nf)`: the same network in torch
   torch cnn        `engine.torch_bridge.zoo.small_cnn`: conv-BN-ReLU-pool x2, linear
   flax mlp         `engine.models.mlp`: 784-100-100-10, the DER MNIST network. sequax has no
@@ -63,7 +67,7 @@ _LAM = flags.DEFINE_float("ewc_lam", 1.0, "Online EWC's λ (see the module docst
 _LR = flags.DEFINE_float("lr", 0.01, "SGD learning rate of every cell (see the module docstring for why not 0.03).")
 _OUTPUT = flags.DEFINE_string("markdown", "docs/torch_bridge.md", "Markdown file for the table; empty = print only.")
 
-NETWORKS = ("flax_resnet18", "torch_resnet18", "torch_cnn", "flax_mlp")
+NETWORKS = ("flax_resnet18", "torch_resnet18", "torch_cnn", "flax_mlp", "flax_resnet18_from_torch")
 METHODS = {
     # The DER paper's Split MNIST settings (configs/smnist_ewc.py, configs/smnist_derpp.py).
     "ewc": dict(name="ewc", gamma=1.0, online=True, likelihood_weighted=True),  # λ: --ewc_lam
@@ -83,6 +87,8 @@ def model_config(network: str, nf: int, num_classes: int = 10) -> ml_collections
 
     if network == "flax_resnet18":
         return ml_collections.ConfigDict(dict(name="resnet18", nf=nf))
+    if network == "flax_resnet18_from_torch":
+        return ml_collections.ConfigDict(dict(name="resnet18", nf=nf, init_from="torch"))
     if network == "torch_resnet18":
         return torch_model("resnet18_reduced", nf=nf)
     if network == "torch_cnn":

@@ -33,6 +33,7 @@ def test_cells_differ_only_in_the_model():
     torch_resnet = torch_compare.model_config("torch_resnet18", 4)
     assert torch_resnet.kwargs.nf == torch_compare.model_config("flax_resnet18", 4).nf == 4
     assert torch_resnet.reinit  # each seed its own initial weights, as the flax networks
+    assert torch_compare.model_config("flax_resnet18_from_torch", 4).init_from == "torch"  # the torch draws
     with pytest.raises(ValueError, match="unknown network"):
         torch_compare.model_config("torch_mlp", 4)
 
