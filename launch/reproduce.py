@@ -173,7 +173,8 @@ def _whole_table(table, results: list[dict], timing: dict | None) -> str:
                 f"({timing['date']}); the cells' own wall times sum to {cells_sum:.1f} min")
     not_run = _not_run(table, results)
     if len(results) + len(not_run) == len(table.cells()):
-        skipped = f"; the {len(not_run)} cells listed as not run are not in it" if not_run else ""
+        skipped = (f"; the {len(not_run)} {'cell' if len(not_run) == 1 else 'cells'} listed as not run "
+                   f"{'is' if len(not_run) == 1 else 'are'} not in it") if not_run else ""
         return (f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
                 f"compile, training, evaluation; the cells ran in more than one invocation of this command{skipped})")
     return f"not measured yet (cells done so far: {cells_sum:.1f} min)"
