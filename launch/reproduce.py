@@ -253,7 +253,8 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
             if not ok:
                 misses.append((r["name"], view))
     lines += [""]
-    lines += ["## Cells outside the bound", ""]
+    lines += ["## Cells outside the bound" + (" (in this variant; the notes are written for the main table)"
+                                              if variant else ""), ""]
     if not misses:
         lines.append("None.")
     for name, view in misses:

@@ -152,7 +152,8 @@ NOTES: dict[str, str] = {
         "published value recalled, not verified. The reference scripts run A-GEM in the A-GEM codebase "
         "(external_libs/continual_learning_algorithms/fc_mnist.py) with 23 tasks and 64 memory examples per "
         "reference gradient (see `agem_codebase_regime`); in that regime (`--variant=agem_codebase`) ours "
-        "gives 69.20 at seed 0, also above 65.7. Our A-GEM is within the bound on every DER-table cell it has."),
+        "gives 69.20 at seed 0, also above 65.7. Our A-GEM step equals mammoth's `observe` (tests/algorithms/"
+        "test_agem.py) and its DER-table cells are within the bound or explained there."),
     "pmnist/er-200": (
         "published value recalled, not verified. In the reference scripts' own regime (`--variant=agem_codebase`: "
         "23 tasks, 64 memory examples concatenated to each batch of 32) ours gives 80.51 at seed 0, further "
