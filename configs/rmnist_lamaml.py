@@ -38,8 +38,7 @@ std); BWT −10.63 ± 1.00 (BTI, divisor 20: −10.10); forgetting 13.68 ± 1.00
 accuracy 86.0. Seed 0: 1:52 wall (82 s training, 245 samples/s); `:local` (500 test images
 per task) seed 0: ACC 74.46 %, BWT −11.48, 1:38 wall. Before the verification
 (inner gradients clamped, raw α in the inner steps, replay without replacement) seed 0 gave
-ACC 73.15 %, BWT −14.98; with `clamp_inner=True` 74.60 %; with the official Kaiming-normal
-initialisation (a patched engine, not offered) 74.99 %. ACC is 1.5 points below the
+ACC 73.15 %, BWT −14.98 (the code before commit 9ac3c9e). ACC is 1.5 points below the
 published 77.42 ± 0.65 and forgetting larger (BTI −10.1 against −5.88 ± 1.31), with a
 higher learning accuracy (86.0; the published RA and BTI imply about 83.6): more plasticity,
 more forgetting. The procedure and every hyper-parameter now match the official code (left:
