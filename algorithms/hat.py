@@ -175,6 +175,16 @@ class HAT:
     def wrap_model(self, model: Model) -> Model:
         return gated_mlp(model, self.num_tasks)
 
+    def task_model(self, model: Model, state) -> Model:
+        """`model` (the gated MLP) with the current task's gates at s_max bound: the network a
+        regulariser combined with HAT sees (`combine(HAT(...), EWC(...))`: EWC's Fisher and
+        anchor are those of the task's own gated network, as HAT evaluates it)."""
+        def apply(params, model_state, x, *, train, rng=None, task=None, s=None):
+            return model.apply(params, model_state, x, train=train, rng=rng,
+                               task=state.task if task is None else task, s=self.s_max if s is None else s)
+
+        return model._replace(apply=apply, module=None)
+
     def init(self, params, model_state, example_batch, rng):
         if EMBEDDINGS not in params:
             raise ValueError("HAT's parameters lack the task embeddings: build the model with HAT.wrap_model(model)")

@@ -29,6 +29,8 @@ Optional methods, each used by the engine when present:
         # after `state.task` is set and before its first step (HAT: the task's classes, size)
     wrap_model(model) -> Model               # the model the algorithm trains, built once from
         # the configured one (HAT: the MLP with task embeddings and gates); see `model_for`
+    task_model(model, state) -> Model        # the network for the current task, as the
+        # regularisers `combine`d with this base see it (HAT: its gates bound at s_max)
     projection_transform() -> optax transform   # chained after the optimizer: maps its updates
         # so the new parameters satisfy a constraint (HAT clamps its embeddings)
     penalty(params, state, batch, rng, model, outputs) -> (value, metrics)

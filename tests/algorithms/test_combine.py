@@ -84,3 +84,54 @@ def test_make_builds_combinations_with_one_line_errors():
     with pytest.raises(ValueError, match="'er' has no `penalty`"):
         algorithms.make("naive+er")
     assert isinstance(algorithms.make("naive+ewc").parts[0][1], Naive)
+
+
+class _RegulariserWithHook:
+    """A penalty-defining part that also defines a base-only hook: refused as a regulariser."""
+
+    def penalty(self, params, state, batch, rng, model, outputs=None):
+        return jnp.zeros(()), {}
+
+    def wrap_model(self, model):
+        return model
+
+
+def test_a_regulariser_with_a_base_only_hook_is_refused():
+    with pytest.raises(ValueError, match="'reg' defines `wrap_model`; only the base"):
+        combine(Naive(), _RegulariserWithHook(), names=("naive", "reg"))
+
+
+def test_hat_as_base_takes_its_hooks_and_gives_ewc_its_gated_network():
+    """HAT + EWC: the combination trains HAT's gated network (wrap_model, start_task, the
+    gradient compensation and clamp, the task-IL predict) with EWC's penalty added, and EWC's
+    Fisher is taken through the task's gates (`task_model`), so the gated-off units of a
+    task get no importance from it."""
+    from sequax.algorithms import HAT
+    from sequax.algorithms.hat import EMBEDDINGS
+    from tests.algorithms.small_streams import small_split_config
+    from sequax.engine import loop
+    import tempfile
+
+    both = algorithms.make("hat+ewc", hat=dict(num_tasks=3, s_max=400.0), ewc=dict(lam=1.0))
+    hat = both.parts[0][1]
+    assert isinstance(hat, HAT)
+    for hook in ("wrap_model", "start_task", "gradient_transform", "projection_transform", "predict"):
+        assert hasattr(both, hook), hook
+    config = small_split_config(
+        "hat+ewc", hat=dict(num_tasks=3, s_max=400.0, c=0.75), ewc=dict(lam=1.0, online=True, gamma=0.0))
+    config.data.num_tasks = 3
+    config.model.widths = (64,)
+    config.training.epochs = 2
+    with tempfile.TemporaryDirectory() as workdir:
+        result = loop.run(config, workdir, verbose=False)
+    task_il = result.task_il
+    assert np.diag(task_il).min() > 0.8, task_il  # every task learned through the gates
+    assert np.max(task_il[0, 0] - task_il[-1, 0]) < 0.02, task_il  # HAT's masks still hold task 0
+    algo = result.state.algo
+    assert np.asarray(algo["hat"].classes).sum(1).tolist() == [2, 2, 2]  # start_task ran on HAT's entry
+    importance = np.asarray(algo["ewc"].importance["Dense_0"]["kernel"])  # the last task's alone (gamma 0)
+    gates = np.asarray(jax.nn.sigmoid(400.0 * result.state.params[EMBEDDINGS]["layer_0"][2]))
+    assert importance.max() > 0
+    # Units the last task's gates close get (numerically) no Fisher through the gated network.
+    closed = gates < 1e-3
+    assert closed.any() and importance[:, closed].max() < 1e-8 * importance.max()
