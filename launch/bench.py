@@ -450,6 +450,21 @@ def write_section(path: str, name: str, text: str) -> None:
     file.write_text(new)
 
 
+def timed(label: str, fn):
+    """Runs one benchmark cell, `fn() -> result dict or None`, printing its label, then its
+    throughput, accuracy and wall time (those it reports) and the seconds it took, or "failed"."""
+    t0 = time.perf_counter()
+    print(f"{label} ...", end=" ", flush=True)
+    out = fn()
+    if out and "samples_per_s" in out:
+        acc = f", acc {out['acc']:.2f}%" if "acc" in out else ""
+        wall = f", wall {out['wall']:.1f}s" if "wall" in out else ""
+        print(f"{out['samples_per_s']:,.0f} samples/s{acc}{wall} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    else:
+        print("failed", flush=True)
+    return out
+
+
 def compare_suite(workloads, methods, info) -> str:
     start = time.perf_counter()
     results = {}
@@ -457,13 +472,9 @@ def compare_suite(workloads, methods, info) -> str:
         for w in workloads:
             for m in methods:
                 for f in FRAMEWORKS:
-                    t0 = time.perf_counter()
-                    print(f"{WORKLOADS[w]['title']} {m} {f} ...", end=" ", flush=True)
-                    result = run_child(w, m, f, folder)
+                    result = timed(f"{WORKLOADS[w]['title']} {m} {f}", lambda: run_child(w, m, f, folder))
                     if result is not None:
                         results[(w, m, f)] = result
-                        print(f"{result['samples_per_s']:,.0f} samples/s, acc {result['acc']:.2f}%, "
-                              f"{time.perf_counter() - t0:.0f}s", flush=True)
     return report(results, workloads, methods, info, time.perf_counter() - start)
 
 
@@ -475,13 +486,7 @@ def scale_suite(workloads, info) -> str:
     titles = {w: WORKLOADS[w]["title"] for w in WORKLOADS}
 
     def cell(spec, devices=1):
-        t0 = time.perf_counter()
-        print(f"scale {spec} on {devices} device(s) ...", end=" ", flush=True)
-        result = scale.child(spec, folder, extra, devices)
-        if result and "samples_per_s" in result:
-            print(f"{result['samples_per_s']:,.0f} samples/s, wall {result['wall']:.1f}s, "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
-        return result
+        return timed(f"scale {spec} on {devices} device(s)", lambda: scale.child(spec, folder, extra, devices))
 
     with tempfile.TemporaryDirectory() as folder:
         peak = scale.child("peak", folder, extra)

@@ -272,17 +272,6 @@ def run_all() -> None:
         if _OUT.value:
             Path(_OUT.value).write_text(json.dumps(results, indent=1, default=str))
 
-    def timed(label, fn):
-        t0 = time.perf_counter()
-        print(f"{label} ...", end=" ", flush=True)
-        out = fn()
-        if out and "samples_per_s" in out:
-            print(f"{out['samples_per_s']:,.0f} samples/s, acc {out.get('acc', float('nan')):.2f}%, "
-                  f"wall {out['wall']:.1f}s ({time.perf_counter() - t0:.0f}s)", flush=True)
-        else:
-            print("failed", flush=True)
-        return out
-
     with tempfile.TemporaryDirectory() as folder:
         results["peak"] = bench_scale.child("peak", folder, [])
         print(f"matmul peak (fp32 storage, default precision): {results['peak']['gflops']:,.0f} GFLOP/s", flush=True)
@@ -291,14 +280,14 @@ def run_all() -> None:
             t0 = time.perf_counter()
             for method in bench.METHODS:
                 for framework in bench.FRAMEWORKS:
-                    results["pmnist"][f"{method},{framework}"] = timed(
+                    results["pmnist"][f"{method},{framework}"] = bench.timed(
                         f"PMNIST-10 {method} {framework}", lambda: bench.run_child("pmnist10", method, framework, folder))
                     save()
             results["seconds"]["pmnist"] = time.perf_counter() - t0
         if "runs" in parts:
             t0 = time.perf_counter()
             for n in [int(v) for v in _RUNS.value.split(",")]:
-                results["runs"][str(n)] = timed(f"PMNIST-10 naive x{n} runs",
+                results["runs"][str(n)] = bench.timed(f"PMNIST-10 naive x{n} runs",
                                                 lambda: bench_scale.child(f"pmnist10,naive,sequax,r{n}", folder, []))
                 save()
             results["seconds"]["runs"] = time.perf_counter() - t0
@@ -308,7 +297,7 @@ def run_all() -> None:
             print(f"synthetic CIFAR-10 written in {time.perf_counter() - t0:.0f}s", flush=True)
             for method in CIFAR_METHODS:
                 for framework in ("sequax", "torch"):
-                    results["cifar"][f"{method},{framework}"] = timed(
+                    results["cifar"][f"{method},{framework}"] = bench.timed(
                         f"S-CIFAR-10 ResNet-18 {method} {framework}", lambda: cifar_child(method, framework, folder))
                     save()
             results["seconds"]["cifar"] = time.perf_counter() - t0
