@@ -25,6 +25,7 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from small_streams import small_split_config
 from torch_reference import torch_mlp
+from batches import random_batch
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -35,13 +36,7 @@ def model():
 
 
 def batch_of(seed: int, labels):
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    return {
-        "x": jnp.asarray(rng.random((len(labels), 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(labels, jnp.int32),
-        "task": jnp.zeros(len(labels), jnp.int32),
-    }
+    return random_batch(seed, len(labels), labels=labels)
 
 
 def mask_of(classes):

@@ -25,6 +25,7 @@ from sequax.engine import loop
 from sequax.engine.build import build_model, build_scenario
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
+from batches import random_batch
 
 BATCH, CLASSES = 6, 10
 
@@ -35,12 +36,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = BATCH):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, CLASSES, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, CLASSES)
 
 
 def moved(params, seed, scale):

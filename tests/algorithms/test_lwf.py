@@ -26,6 +26,7 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from torch_reference import torch_mlp
+from batches import random_batch
 
 BATCH, CLASSES = 6, 10
 
@@ -36,13 +37,7 @@ def model():
 
 
 def batch_of(seed: int, labels):
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    return {
-        "x": jnp.asarray(rng.random((len(labels), 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(labels, jnp.int32),
-        "task": jnp.zeros(len(labels), jnp.int32),
-    }
+    return random_batch(seed, len(labels), labels=labels)
 
 
 def scaled(params, seed, scale):

@@ -25,6 +25,7 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from small_streams import naive_result, small_permuted_config
+from batches import random_batch
 
 CLASSES, LR = 10, 0.1
 
@@ -35,12 +36,7 @@ def model():
 
 
 def batch_of(seed: int, size: int = 6):
-    rng = np.random.default_rng(seed)
-    return {
-        "x": jnp.asarray(rng.random((size, 4, 4, 1)), jnp.float32),
-        "y": jnp.asarray(rng.integers(0, CLASSES, size), jnp.int32),
-        "task": jnp.zeros(size, jnp.int32),
-    }
+    return random_batch(seed, size, CLASSES)
 
 
 def initial_state(model, algorithm, tx=None, scale: float = 3.0):
