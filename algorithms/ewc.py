@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.fisher import squared_gradient_sum
-from sequax.algorithms.losses import forward_cross_entropy
+from sequax.algorithms.losses import penalised_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
     consolidate_separate,
@@ -93,9 +93,7 @@ class EWC:
         return value, {"penalty": value}
 
     def loss(self, params, state, batch, rng, model):
-        outputs, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        penalty, metrics = self.penalty(params, state, batch, rng, model, outputs)
-        return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, **metrics}}
+        return penalised_cross_entropy(self, params, state, batch, rng, model)
 
     def update(self, algo, state, batch, aux, rng):
         return algo

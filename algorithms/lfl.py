@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.protocol import is_number
-from sequax.algorithms.losses import forward_cross_entropy
+from sequax.algorithms.losses import penalised_cross_entropy
 
 
 class LFLState(NamedTuple):
@@ -87,12 +87,7 @@ class LFL:
         return self.lam * distance, {"feature_distance": distance}
 
     def loss(self, params, state, batch, rng, model):
-        outputs, model_state, ce = forward_cross_entropy(
-            model, params, state, batch["x"], batch["y"], rng
-        )
-        penalty, metrics = self.penalty(params, state, batch, rng, model, outputs)
-        aux = {"model_state": model_state, "metrics": {"ce": ce, **metrics}, "outputs": outputs}
-        return ce + penalty, aux
+        return penalised_cross_entropy(self, params, state, batch, rng, model)
 
     def update(self, algo, state, batch, aux, rng):
         return algo

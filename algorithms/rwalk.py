@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.protocol import is_number
-from sequax.algorithms.losses import forward_cross_entropy
+from sequax.algorithms.losses import penalised_cross_entropy
 from sequax.algorithms.quadratic_penalty import QuadraticState, quadratic_init, quadratic_penalty
 
 
@@ -105,9 +105,7 @@ class RWalk:
         return value, {"penalty": value}
 
     def loss(self, params, state, batch, rng, model):
-        outputs, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        penalty, metrics = self.penalty(params, state, batch, rng, model, outputs)
-        return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, **metrics}}
+        return penalised_cross_entropy(self, params, state, batch, rng, model)
 
     def update(self, algo, state, batch, aux, rng):
         importance, anchor = algo.penalty

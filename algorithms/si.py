@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.protocol import is_number
-from sequax.algorithms.losses import forward_cross_entropy
+from sequax.algorithms.losses import penalised_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     QuadraticState,
     consolidate_online,
@@ -102,9 +102,7 @@ class SI:
 
     def loss(self, params, state, batch, rng, model):
         params = clip_gradient(jnp.asarray(self.clip, jnp.float32), params)
-        outputs, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        penalty, metrics = self.penalty(params, state, batch, rng, model, outputs)
-        return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, **metrics}}
+        return penalised_cross_entropy(self, params, state, batch, rng, model)
 
     def update(self, algo, state, batch, aux, rng):
         path = jax.tree.map(lambda w, g, d: w - g * d, algo.path, aux["grads"], aux["updates"])
