@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(PY) -m sequax.launch.train --config=configs/quickstart.py --workdir=runs/quickstart
 
+# Two worker processes (pytest-xdist), each taking whole test files, so a file's module
+# fixtures are built once; TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	$(PY) -m sequax.launch.bench
