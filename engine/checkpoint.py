@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -464,16 +465,30 @@ def last_good(folder: Path) -> Path | None:
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(config.key, saved value, current value) for every defining key that differs."""
+    """(config.key, saved value, current value) for every defining key that differs.
+
+    A key the saved config lacks and the current one holds at its `base_config()` default is
+    not a difference: sequax added it after the checkpoint was written, and its default
+    keeps the old behaviour, so an upgrade does not strand a half-finished run."""
     saved_flat, current_flat = _flatten(saved), _flatten(current)
     keys = DEFINING_KEYS + (STREAM_KEYS if current_flat.get("data.pipeline") == "stream" else ())
     out = []
     for key in sorted(set(saved_flat) | set(current_flat)):
         if any(key == k or key.startswith(k + ".") for k in keys):
             was, now = saved_flat.get(key, "<absent>"), current_flat.get(key, "<absent>")
+            if was == "<absent>" and key in _defaults() and now == _defaults()[key]:
+                continue
             if was != now:
                 out.append((f"config.{key}", was, now))
     return out
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """`base_config()` flattened as a saved config is (its JSON form)."""
+    from sequax.configs.common import base_config  # configs import nothing of the engine
+
+    return _flatten(json.loads(base_config().to_json_best_effort()))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

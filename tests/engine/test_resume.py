@@ -239,6 +239,19 @@ def test_config_mismatch_is_refused_before_compiling(finished, tmp_path, monkeyp
     loop.run(config, workdir, verbose=False)
 
 
+def test_a_key_added_since_the_checkpoint_at_its_default_is_no_difference():
+    """A checkpoint written before sequax grew a config key still resumes when the key holds
+    its default (the old behaviour); a non-default value is still refused."""
+    current = json.loads(small_config().to_json_best_effort())
+    saved = json.loads(json.dumps(current))
+    del saved["data"]["draws_per_run"]  # as if written before the key existed (default False)
+    assert checkpoint.config_differences(saved, current) == []
+    current["data"]["draws_per_run"] = True
+    assert checkpoint.config_differences(saved, current) == [("config.data.draws_per_run", "<absent>", True)]
+    del saved["algorithm"]["capacity"]  # no base_config default: absent is a difference
+    assert ("config.algorithm.capacity", "<absent>", 20) in checkpoint.config_differences(saved, current)
+
+
 def test_bad_checkpoint_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"config.checkpoint.every_steps=-1 must be an integer >= 0"):
         Checkpoints(tmp_path, small_config(every_steps=-1), num_phases=2)
