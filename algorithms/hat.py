@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.protocol import is_number
+from sequax.engine.clipping import clip_grad_norm
 from sequax.engine.heads import mask_logits
 from sequax.engine.models import MLP, Model
 
@@ -132,12 +133,6 @@ def compensate_embeddings(grads: dict, params: dict, s, s_max, thres_cosh) -> di
         return g * (s_max / s) * (jnp.cosh(jnp.clip(s * e, -thres_cosh, thres_cosh)) + 1) / (jnp.cosh(e) + 1)
 
     return {**grads, EMBEDDINGS: jax.tree.map(scale, grads[EMBEDDINGS], params[EMBEDDINGS])}
-
-
-def clip_grad_norm(grads, max_norm):
-    """torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1."""
-    norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
-    return jax.tree.map(lambda g: g * jnp.minimum(max_norm / (norm + 1e-6), 1.0), grads)
 
 
 @dataclasses.dataclass(frozen=True)

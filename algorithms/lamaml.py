@@ -75,6 +75,7 @@ from sequax.algorithms.reservoir import (
     replay_init,
     reservoir_slots,
 )
+from sequax.engine.clipping import clip_grad_norm
 
 PyTree = Any
 
@@ -82,13 +83,6 @@ PyTree = Any
 class LaMAMLState(NamedTuple):
     alpha: PyTree  # per-parameter learning rates, the parameters' structure and shapes
     replay: ReplayState  # the memory and the replay batch of the next glance
-
-
-def clip_by_global_norm(tree: PyTree, max_norm: float) -> PyTree:
-    """`torch.nn.utils.clip_grad_norm_`: scales by min(1, max_norm / (norm + 1e-6))."""
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
-    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
-    return jax.tree.map(lambda g: g * scale, tree)
 
 
 def nonnegative_rates() -> optax.GradientTransformationExtraArgs:
@@ -212,7 +206,7 @@ class LaMAML:
         (meta, model_state), g_theta, g_alpha = self.meta_gradients(
             theta, algo.alpha, state.model_state, x, y, meta_x, meta_y, meta_w, inner_key, model)
         if self.grad_clip > 0:
-            g_theta, g_alpha = clip_by_global_norm(g_theta, self.grad_clip), clip_by_global_norm(g_alpha, self.grad_clip)
+            g_theta, g_alpha = clip_grad_norm(g_theta, self.grad_clip), clip_grad_norm(g_alpha, self.grad_clip)
         alpha = jax.tree.map(lambda a, g: a - self.meta_lr * g, algo.alpha, g_alpha)  # α first (asynchronous)
         surrogate = meta + tree_vdot(g_theta, jax.tree.map(jnp.subtract, params, theta))  # value: meta exactly
         leaves = jax.tree.leaves(alpha)

@@ -65,7 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier"))
     config.algorithm = ml_collections.ConfigDict(dict(name="naive"))
-    config.optimizer = ml_collections.ConfigDict(dict(name="sgd", lr=0.03, momentum=0.0, weight_decay=0.0, reset_each_task=True))
+    # clip_norm > 0 scales each step's gradient to global L2 norm <= clip_norm first, as
+    # torch.nn.utils.clip_grad_norm_ before optimizer.step() (sequax.engine.clipping); 0: off.
+    config.optimizer = ml_collections.ConfigDict(
+        dict(name="sgd", lr=0.03, momentum=0.0, weight_decay=0.0, clip_norm=0.0, reset_each_task=True))
     config.training = ml_collections.ConfigDict(dict(batch_size=10, epochs=1, steps_per_dispatch=250))
     config.eval = ml_collections.ConfigDict(dict(batch_size=1000))
     # Devices: vmapped runs are split over `runs` devices (each group trains its own runs),

@@ -19,6 +19,7 @@ import optax
 from sequax import algorithms
 from sequax import data as sequax_data
 from sequax.data.augment import make_augment, with_augmentation
+from sequax.engine.clipping import clip_grad_norm_transform
 from sequax.engine.models import Model, mlp, resnet18
 
 
@@ -125,6 +126,9 @@ def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.Gradien
 
     `weight_decay` adds `wd * θ` to the gradient before the SGD step (torch.optim.SGD's
     `weight_decay`, the L2 term of mammoth's LwF and iCaRL), so it also feeds the momentum.
+    `clip_norm` > 0 first scales the gradient to global norm <= clip_norm with torch's
+    `clip_grad_norm_` semantics (`sequax.engine.clipping`), as a torch loop clipping before
+    `optimizer.step()`; it follows any gradient surgery (`protocol.optimizer_for`).
     `validate=False` accepts traced `lr`/`momentum` (a vmapped sweep rebinding them per run;
     `sequax.engine.runs` checks every grid point's concrete values first).
     """
@@ -140,10 +144,15 @@ def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.Gradien
     weight_decay = cfg.get("weight_decay", 0.0)
     if validate and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ConfigError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
-    sgd = optax.sgd(cfg["lr"], momentum=momentum)
-    if isinstance(weight_decay, (int, float)) and not weight_decay:
-        return sgd
-    return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
+    clip_norm = cfg.get("clip_norm", 0.0)
+    if validate and not (isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and clip_norm >= 0):
+        raise ConfigError(f"config.optimizer.clip_norm={clip_norm!r} must be a number >= 0 (0 = no clipping)")
+    parts = [optax.sgd(cfg["lr"], momentum=momentum)]
+    if not (isinstance(weight_decay, (int, float)) and not weight_decay):
+        parts.insert(0, optax.add_decayed_weights(weight_decay))
+    if not (isinstance(clip_norm, (int, float)) and not clip_norm):
+        parts.insert(0, clip_grad_norm_transform(clip_norm))  # torch: clip, then step (decay inside)
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def build_algorithm(algorithm_config):
