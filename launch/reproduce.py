@@ -125,8 +125,11 @@ def cell_forgetting(summary: dict) -> dict[str, tuple[float, float]]:
             if view not in ("point", "seeds") and "forgetting" in row[view]}
 
 
-def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only: bool = False) -> list[dict]:
-    """Runs (or reads back) each cell; `report_only` skips the cells not done yet."""
+def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only: bool = False,
+              train: set[str] | None = None) -> list[dict]:
+    """Runs (or reads back) each cell; `report_only` skips the cells not done yet, and so does
+    `train` (cell names) for the cells it does not name: `--cells` trains the cells it selects
+    while the report keeps every other cell already done."""
     results = []
     say = (lambda text: print(text, flush=True)) if distributed.is_main_process() else (lambda text: None)
     for i, (cell, config) in enumerate(cell_configs_):
@@ -135,7 +138,7 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only
         done = folder / "summary.json"
         t0 = time.perf_counter()
         done_before = done.is_file()
-        if report_only and not done_before:
+        if (report_only or (train is not None and name not in train)) and not done_before:
             continue
         if done_before:
             summary = json.loads(done.read_text())
@@ -189,7 +192,9 @@ def _not_run(table, results: list[dict]) -> dict[str, str]:
 def report(table, results: list[dict], seconds: float, local: bool, timing: dict | None = None,
            variant: str = "") -> str:
     # The command that runs (or resumes) these cells; report-only and output flags left out.
-    kept = [a for a in sys.argv[1:] if not a.startswith(("--report_only", "--output", "--noreport_only"))]
+    # `--cells` is left out too: the report covers the whole table (cells of other invocations
+    # read back), which the command without it reproduces.
+    kept = [a for a in sys.argv[1:] if not a.startswith(("--report_only", "--output", "--noreport_only", "--cells"))]
     command = " ".join(["python -m sequax.launch.reproduce", *kept])
     info = machine()
     seeds = sorted({s for r in results for s in r["seeds"]})
@@ -274,8 +279,11 @@ def main(argv):
     table = table_module(FLAGS.table)
     with distributed.exit_on_failure():
         try:
-            chosen = cell_configs(table, selected_cells(table, FLAGS.cells, FLAGS.local), FLAGS.seeds, FLAGS.local,
-                                  FLAGS.variant)
+            selected = selected_cells(table, FLAGS.cells, FLAGS.local)
+            # `--cells` trains its cells; the report reads back every other cell already done,
+            # so the table's document stays whole.
+            every = [c for c in table.cells() if c in selected or (FLAGS.cells and not FLAGS.dry_run)]
+            chosen = cell_configs(table, every, FLAGS.seeds, FLAGS.local, FLAGS.variant)
         except (ConfigError, DataError) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -285,7 +293,8 @@ def main(argv):
             return
         start = time.perf_counter()
         workdir = Path(FLAGS.workdir) / (FLAGS.table + (f"-{FLAGS.variant}" if FLAGS.variant else ""))
-        results = run_table(table, chosen, workdir, verbose=False, report_only=FLAGS.report_only)
+        results = run_table(table, chosen, workdir, verbose=False, report_only=FLAGS.report_only,
+                            train={table.cell_name(c) for c in selected})
         seconds = time.perf_counter() - start
         timing = None if FLAGS.local else whole_table_timing(workdir, table, results, seconds)
         text = report(table, results, seconds, FLAGS.local, timing, FLAGS.variant)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import types
 
 import pytest
@@ -47,7 +48,7 @@ def available(cell) -> bool:
     return table.config(*cell).algorithm.name in algorithms.REGISTRY
 
 
-def test_local_table_runs_resumes_and_reports(tmp_path):
+def test_local_table_runs_resumes_and_reports(tmp_path, monkeypatch):
     cells = [c for c in reproduce.selected_cells(table, ["smnist/sgd", "pmnist/er-200"]) if available(c)]
     chosen = reproduce.cell_configs(table, cells, seeds=2, local=True)
     for _, config in chosen:  # even shorter than :local
@@ -68,6 +69,15 @@ def test_local_table_runs_resumes_and_reports(tmp_path):
     text = reproduce.report(table, results, 12.0, local=True)
     assert "| smnist | sgd | – | class-il |" in text and "19.60" in text and "--local" in text
     assert "## Cells outside the bound" in text
+    # `--cells=smnist/sgd` elsewhere: it trains (here: reads back) its cell, and the report
+    # keeps only the other cells already done: pmnist/er-200 is not done there, so not trained.
+    other = tmp_path / "other"
+    (other / "smnist").mkdir(parents=True)
+    (other / "smnist" / "sgd").symlink_to(tmp_path / "smnist" / "sgd")
+    partial = reproduce.run_table(table, chosen, other, verbose=False, train={"smnist/sgd"})
+    assert [r["name"] for r in partial] == ["smnist/sgd"] and not (other / "pmnist").exists()
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--table=der", "--cells=smnist/sgd", "--local"])
+    assert "    python -m sequax.launch.reproduce --table=der --local\n" in reproduce.report(table, results, 1.0, local=True)
 
 
 def test_whole_table_time_is_kept_only_from_an_invocation_that_ran_every_cell(tmp_path):
