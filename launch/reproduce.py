@@ -280,9 +280,10 @@ def main(argv):
     with distributed.exit_on_failure():
         try:
             selected = selected_cells(table, FLAGS.cells, FLAGS.local)
-            # `--cells` trains its cells; the report reads back every other cell already done,
-            # so the table's document stays whole.
-            every = [c for c in table.cells() if c in selected or (FLAGS.cells and not FLAGS.dry_run)]
+            # Only the selected cells train (`--cells`, or all but NOT_RUN); the report reads back
+            # every other cell already done, so the table's document stays whole (a variant
+            # applies to some cells only: its report is its selected cells).
+            every = selected if FLAGS.dry_run or FLAGS.variant else table.cells()
             chosen = cell_configs(table, every, FLAGS.seeds, FLAGS.local, FLAGS.variant)
         except (ConfigError, DataError) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
