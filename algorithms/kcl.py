@@ -130,6 +130,10 @@ class KCL:
         a gradient scale in front of the optimizer (`stable_sgd.scale_by_lr_factor`, exact
         with the optimizer reset per task). 1.0 disables it.
       lr_min_factor: the floor as a fraction of the optimizer's lr (5e-5 / 0.1 = 5e-4).
+      eval_ridge: whose lambda, gamma, beta classify a test set: "own" (its task's, the
+        method as the paper states it) or "latest" (the task trained last, for every test
+        set: what the reference code's `eval_single_epoch(..., current_task_id)` does).
+        Evaluation only; gamma and beta do not change the argmax, lambda does.
     """
 
     num_tasks: int = 20
@@ -140,8 +144,11 @@ class KCL:
     ridge_init: float = 0.1
     lr_decay: float = 0.5
     lr_min_factor: float = 5e-4
+    eval_ridge: str = "own"
 
     def __post_init__(self):
+        if self.eval_ridge not in ("own", "latest"):
+            raise ValueError(f"KCL eval_ridge={self.eval_ridge!r} must be 'own' or 'latest'")
         if not (self.num_tasks >= 1 and self.classes_per_task >= 1 and self.num_features >= 1):
             raise ValueError(f"KCL needs num_tasks, classes_per_task, num_features >= 1, got {self}")
         if self.coreset_size < self.classes_per_task or self.coreset_size % self.classes_per_task:
@@ -182,8 +189,10 @@ class KCL:
         )
 
     # ---------------- the classifier ---------------------------------------------------------
-    def _logits(self, params, algo, features, n, task, key, num_classes):
-        """KRR logits of the first `n` feature rows, fit to the rest (task `task`'s coreset)."""
+    def _logits(self, params, algo, features, n, task, key, num_classes, ridge_task=None):
+        """KRR logits of the first `n` feature rows, fit to the rest (task `task`'s coreset),
+        with the lambda, gamma, beta of `ridge_task` (default: `task`)."""
+        ridge_task = task if ridge_task is None else ridge_task
         valid = algo.valid[task]
         query = minmax(features[:n], jnp.ones((n,), bool))
         support = minmax(features[n:], valid)
@@ -198,8 +207,8 @@ class KCL:
         phi_support = random_features(support, omega, algo.bias)
         targets = jax.nn.one_hot(algo.y[task], num_classes)
         ridge = kcl["ridge"]
-        logits = kernel_ridge_logits(phi_query, phi_support, targets, valid, jnp.abs(ridge["lam"][task]) + 0.01,
-                                     ridge["gamma"][task], ridge["beta"][task])
+        logits = kernel_ridge_logits(phi_query, phi_support, targets, valid, jnp.abs(ridge["lam"][ridge_task]) + 0.01,
+                                     ridge["gamma"][ridge_task], ridge["beta"][ridge_task])
         return logits, gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
 
     def loss(self, params, state, batch, rng, model):
@@ -226,7 +235,10 @@ class KCL:
         inputs = jnp.concatenate([x, algo.x[task].astype(x.dtype)])
         features = model.apply(params, model_state, inputs, train=False)[0]["features"]
         key = jax.random.fold_in(algo.eval_key, task)
-        return self._logits(params, algo, features, x.shape[0], task, key, model.num_classes)[0]
+        ridge_task = task
+        if self.eval_ridge == "latest":  # the latest task with a coreset: the one trained last
+            ridge_task = jnp.max(jnp.where(algo.valid.any(1), jnp.arange(algo.valid.shape[0]), 0))
+        return self._logits(params, algo, features, x.shape[0], task, key, model.num_classes, ridge_task)[0]
 
     # ---------------- the coreset --------------------------------------------------------------
     def start_task(self, state, task_data, rng, model):

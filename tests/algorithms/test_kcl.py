@@ -4,6 +4,7 @@ stream on which KCL beats naive fine-tuning."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import jax
@@ -106,11 +107,25 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
     logits = algorithm.predict(state.params, state.model_state, state.algo, gather_batch(tasks[0], jnp.arange(8))["x"],
                                model, task=jnp.zeros((8,), jnp.int32))
     assert set(np.asarray(logits).argmax(-1).tolist()) <= {0, 1}
+    # eval_ridge="latest" (the reference code's evaluation) classifies task 0's test set with
+    # task 1's lambda, gamma, beta: equal to "own" once task 0's are set to task 1's.
+    ridge = {k: v.at[0].set(v[1] + 0.5) for k, v in state.params["kcl"]["ridge"].items()}
+    params = {**state.params, "kcl": {**state.params["kcl"], "ridge": ridge}}
+    x0, t0 = gather_batch(tasks[0], jnp.arange(8))["x"], jnp.zeros((8,), jnp.int32)
+    latest = dataclasses.replace(algorithm, eval_ridge="latest")
+    copied = {k: v.at[0].set(v[1]) for k, v in ridge.items()}
+    as_latest = {**params, "kcl": {**params["kcl"], "ridge": copied}}
+    np.testing.assert_allclose(latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
+                               algorithm.predict(as_latest, state.model_state, state.algo, x0, model, task=t0), rtol=1e-6)
+    assert not np.allclose(algorithm.predict(params, state.model_state, state.algo, x0, model, task=t0),
+                           latest.predict(params, state.model_state, state.algo, x0, model, task=t0))
 
 
 def test_rejects_a_coreset_not_divisible_by_the_classes():
     with pytest.raises(ValueError, match="multiple of classes_per_task"):
         KCL(coreset_size=25, classes_per_task=10)
+    with pytest.raises(ValueError, match="eval_ridge='last' must be 'own' or 'latest'"):
+        KCL(eval_ridge="last")
 
 
 def test_split_mnist_task_il_beats_naive():

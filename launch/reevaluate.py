@@ -1,0 +1,125 @@
+"""Re-evaluate a finished run's final state with other evaluation settings.
+
+    python -m sequax.launch.reevaluate --table=mirzadeh --cell=pmnist_kcl/kcl \
+        --eval_batch_size=256 --set=eval_ridge=latest
+
+A finished run (here a reproduction cell in WORKDIR/<table>/<cell>) is restored from its last
+checkpoint, on a copy of its folder (the run itself is not touched), and its test sets are
+evaluated again: with another evaluation batch size (methods whose classifier depends on the
+batch, as KCL's min-max feature normalisation does) and with algorithm fields that act at
+evaluation only (`--set=name=value`, e.g. KCL's `eval_ridge`). It prints the final row of
+accuracies and their average, as the run reported it and as re-evaluated, per run.
+
+This is how a table's note shows what an evaluation quirk of a reference code is worth,
+without training again. Fields that change the state or the training (anything `loss`,
+`update` or `end_task` reads) must not be set: the restored state would not be the one
+they describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from sequax.algorithms.protocol import model_for
+from sequax.engine import loop
+from sequax.engine.build import (
+    ConfigError,
+    build_algorithm,
+    build_model,
+    build_scenario,
+    run_scenarios,
+)
+from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
+from sequax.launch import reproduce
+
+_TABLE = flags.DEFINE_string("table", "mirzadeh", "The reproduction table holding the cell.")
+_CELL = flags.DEFINE_string("cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/reproduce", "The reproduction's --workdir (cells under <table>/).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "The reproduction's --seeds (the cell's runs).")
+_BATCH = flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch size; 0 keeps the run's.")
+_SET = flags.DEFINE_multi_string("set", [], "name=value: an evaluation-only field of the algorithm to change.")
+
+
+def parse_value(text: str):
+    """'latest' -> 'latest', '3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def reevaluate(config, run_folder: Path, batch_size: int = 0, overrides: dict | None = None) -> dict:
+    """{view: (reported, again)} for "class_il" and "task_il": the final accuracy row
+    [runs, tasks] (fractions) the run reported, and the one `config` with `overrides` and
+    `batch_size` gives on the run's restored final state (a domain-IL table reports class_il)."""
+    if not (run_folder / "summary.json").is_file():
+        raise ConfigError(f"{run_folder} holds no finished run (no summary.json); finish it first")
+    algorithm = build_algorithm(config.algorithm)
+    try:
+        changed = dataclasses.replace(algorithm, **(overrides or {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"--set: {error}") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "run"
+        shutil.copytree(run_folder, copy)
+        result = loop.run(config, copy, verbose=False)  # restores the final checkpoint: no training
+    scenario = build_scenario(config.data)
+    model = model_for(changed, build_model(config.model, scenario.num_classes, config.data))
+    vmapped = result.grid is not None and result.grid.vmapped
+    drawn = None
+    if config.data.get("draws_per_run", False):
+        drawn = run_scenarios(config.data, scenario, result.grid.seeds if vmapped else [config.seed])
+        scenario, drawn = (scenario, drawn) if vmapped else (drawn[0], None)
+    test = stack_test_sets(scenario) if drawn is None else stack_run_test_sets(drawn)
+    evaluate = jax.jit(make_evaluate(model, scenario.task_classes, batch_size or int(config.eval.batch_size),
+                                     runs=vmapped, predict=getattr(changed, "predict", None),
+                                     test_per_run=drawn is not None))
+    state = result.state
+    again = dict(zip(("class_il", "task_il"), evaluate(state.params, state.model_state, state.task, test, state.algo)))
+    rows = lambda a: np.asarray(a).reshape(-1, np.shape(a)[-1])  # noqa: E731 - [runs, tasks]
+    return {view: (rows(np.asarray(getattr(result, view))[..., -1, :]), rows(again[view])) for view in again}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        table = reproduce.table_module(_TABLE.value)
+        cells = [c for c in table.cells() if table.cell_name(c) == _CELL.value]
+        if not cells:
+            raise ConfigError(f"--cell={_CELL.value} is not a cell of --table={_TABLE.value}")
+        (_, config), = reproduce.cell_configs(table, cells, _SEEDS.value, local=False)
+        overrides = {}
+        for item in _SET.value:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set={item!r} must be name=value")
+            overrides[name] = parse_value(value)
+        rows = reevaluate(config, Path(_WORKDIR.value) / _TABLE.value / _CELL.value, _BATCH.value, overrides)
+    except ConfigError as error:
+        print(f"sequax: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    view = next(iter(table.PUBLISHED[cells[0]]))  # the setting the table reports
+    reported, again = rows["task_il" if view == "task_il" else "class_il"]
+    settings = ", ".join([f"eval batch {_BATCH.value or config.eval.batch_size}", *_SET.value])
+    for name, row in (("reported", reported), (f"again ({settings})", again)):
+        means = 100 * row.mean(-1)
+        std = means.std(ddof=1) if len(means) > 1 else 0.0  # as the tables' seed std
+        print(f"{name}: {view} average accuracy {means.mean():.2f} ± {std:.2f} "
+              f"(runs: {', '.join(f'{m:.2f}' for m in means)})")
+
+
+if __name__ == "__main__":
+    app.run(main)
