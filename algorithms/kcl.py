@@ -93,10 +93,21 @@ def kernel_ridge_logits(phi_query, phi_support, targets, valid, ridge, gamma=1.0
     Invalid support rows are zeroed in phi and Y: the system is then block-diagonal and their
     alpha is exactly 0, so the result equals the KRR fit to the valid rows alone."""
     mask = valid[:, None].astype(phi_support.dtype)
-    phi_support, targets = phi_support * mask, targets * mask
-    gram = phi_support @ phi_support.T
+    phi_support = phi_support * mask
+    return gram_ridge_logits(phi_support @ phi_support.T, phi_query @ phi_support.T, targets * mask, ridge, gamma, beta)
+
+
+def gram_ridge_logits(gram, cross, targets, ridge, gamma=1.0, beta=0.0):
+    """gamma * cross (gram + ridge I)^-1 targets + beta: KRR from the support Gram matrix [M, M]
+    and the query-support kernel [n, M] (rows/columns of invalid support zeroed by the caller)."""
     alpha = jnp.linalg.solve(gram + ridge * jnp.eye(gram.shape[0], dtype=gram.dtype), targets)
-    return gamma * (phi_query @ phi_support.T) @ alpha + beta
+    return gamma * cross @ alpha + beta
+
+
+def l1_rbf_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
+    """exp(-0.25 ||a_i - b_j||_1) [n, m]: the reference's `rbf_kernel` (stable_sgd/utils.py),
+    the kernel of its MNIST script's `main_rbf` (no random features)."""
+    return jnp.exp(-0.25 * jnp.abs(a[:, None, :] - b[None, :, :]).sum(-1))
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
@@ -130,6 +141,9 @@ class KCL:
         a gradient scale in front of the optimizer (`stable_sgd.scale_by_lr_factor`, exact
         with the optimizer reset per task). 1.0 disables it.
       lr_min_factor: the floor as a fraction of the optimizer's lr (5e-5 / 0.1 = 5e-4).
+      kernel: "rff", the paper's variational random Fourier features (the reference's
+        main.py), or "rbf", the exact kernel exp(-0.25 ||h - h'||_1) on the features with no
+        bases and no KL (the reference's main_rbf.py, which its MNIST script names).
       eval_ridge: whose lambda, gamma, beta classify a test set: "own" (its task's, the
         method as the paper states it) or "latest" (the task trained last, for every test
         set: what the reference code's `eval_single_epoch(..., current_task_id)` does).
@@ -144,9 +158,12 @@ class KCL:
     ridge_init: float = 0.1
     lr_decay: float = 0.5
     lr_min_factor: float = 5e-4
+    kernel: str = "rff"
     eval_ridge: str = "own"
 
     def __post_init__(self):
+        if self.kernel not in ("rff", "rbf"):
+            raise ValueError(f"KCL kernel={self.kernel!r} must be 'rff' or 'rbf'")
         if self.eval_ridge not in ("own", "latest"):
             raise ValueError(f"KCL eval_ridge={self.eval_ridge!r} must be 'own' or 'latest'")
         if not (self.num_tasks >= 1 and self.classes_per_task >= 1 and self.num_features >= 1):
@@ -197,6 +214,14 @@ class KCL:
         query = minmax(features[:n], jnp.ones((n,), bool))
         support = minmax(features[n:], valid)
         kcl = params["kcl"]
+        targets = jax.nn.one_hot(algo.y[task], num_classes)
+        ridge = kcl["ridge"]
+        lam, gamma, beta = jnp.abs(ridge["lam"][ridge_task]) + 0.01, ridge["gamma"][ridge_task], ridge["beta"][ridge_task]
+        if self.kernel == "rbf":  # the reference's main_rbf: the exact kernel, no bases, no KL
+            mask = valid.astype(support.dtype)
+            gram = l1_rbf_kernel(support, support) * mask[:, None] * mask[None, :]
+            cross = l1_rbf_kernel(query, support) * mask[None, :]
+            return gram_ridge_logits(gram, cross, targets * mask[:, None], lam, gamma, beta), jnp.zeros(())
         mean_support = support.sum(0) / jnp.maximum(valid.sum(), 1)
         net = InferenceNetwork(width=features.shape[-1])
         mu_q, logvar_q = net.apply({"params": kcl["posterior"]}, mean_support)
@@ -205,10 +230,7 @@ class KCL:
         omega = mu_q + eps * jnp.exp(0.5 * logvar_q)
         phi_query = random_features(query, omega, algo.bias)
         phi_support = random_features(support, omega, algo.bias)
-        targets = jax.nn.one_hot(algo.y[task], num_classes)
-        ridge = kcl["ridge"]
-        logits = kernel_ridge_logits(phi_query, phi_support, targets, valid, jnp.abs(ridge["lam"][ridge_task]) + 0.01,
-                                     ridge["gamma"][ridge_task], ridge["beta"][ridge_task])
+        logits = kernel_ridge_logits(phi_query, phi_support, targets, valid, lam, gamma, beta)
         return logits, gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
 
     def loss(self, params, state, batch, rng, model):

@@ -13,7 +13,15 @@ import numpy as np
 import optax
 import pytest
 import torch
-from sequax.algorithms.kcl import KCL, gaussian_kl, kernel_ridge_logits, minmax, random_features
+from sequax.algorithms.kcl import (
+    KCL,
+    gaussian_kl,
+    gram_ridge_logits,
+    kernel_ridge_logits,
+    l1_rbf_kernel,
+    minmax,
+    random_features,
+)
 from sequax.algorithms.protocol import model_for
 from sequax.engine import loop
 from sequax.engine.models import mlp
@@ -52,6 +60,40 @@ def test_kl_and_features_match_torch():
     # min-max over the valid rows only (the reference's `normalize` of the whole tensor)
     scaled = minmax(jnp.asarray([[1.0, 3.0], [2.0, 5.0], [100.0, -100.0]]), jnp.asarray([True, True, False]))
     np.testing.assert_allclose(np.asarray(scaled), [[0, 0.5], [0.25, 1], [0, 0]])
+
+
+def test_rbf_kernel_logits_match_the_reference_main_rbf_in_float64():
+    """kernel="rbf" (the reference's main_rbf.py): its `rbf_kernel` and closed-form solve, on the
+    valid coreset rows, against a float64 transcription; the loss has no KL term."""
+    rng = np.random.default_rng(2)
+    support, query = rng.uniform(size=(12, 6)), rng.uniform(size=(5, 6))
+    valid, targets, lam, gamma, beta = np.arange(12) < 10, np.eye(4)[rng.integers(0, 4, 12)], 0.2, 1.3, 0.1
+
+    def rbf_kernel(feature1, feature2):  # stable_sgd/utils.py, verbatim
+        return torch.exp(-0.25 * torch.norm(feature1.unsqueeze(1) - feature2, dim=2, p=1))
+
+    s, q = torch.from_numpy(support[valid]), torch.from_numpy(query)
+    alpha = torch.inverse(rbf_kernel(s, s) + lam * torch.eye(10, dtype=torch.float64)) @ torch.from_numpy(targets[valid])
+    reference = gamma * rbf_kernel(s, q).T @ alpha + beta
+    mask = jnp.asarray(valid, jnp.float32)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    gram = l1_rbf_kernel(f32(support), f32(support)) * mask[:, None] * mask[None, :]
+    ours = gram_ridge_logits(gram, l1_rbf_kernel(f32(query), f32(support)) * mask[None, :], f32(targets) * mask[:, None],
+                             lam, gamma, beta)
+    np.testing.assert_allclose(np.asarray(ours), reference.numpy(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="kernel='linear' must be 'rff' or 'rbf'"):
+        KCL(kernel="linear")
+    # A compiled step with it trains the extractor (no KL: the bases are not drawn).
+    algorithm = KCL(num_tasks=1, coreset_size=4, classes_per_task=2, num_features=8, kernel="rbf")
+    model = model_for(algorithm, mlp(10, widths=(8,)))
+    data = task_arrays(rng.integers(0, 256, (16, 4, 4, 1), dtype=np.uint8), np.arange(16) % 2, np.zeros(16), 16)
+    tx = optax.sgd(0.1)
+    state = create_state(model, algorithm, tx, gather_batch(data, jnp.arange(4)), 0)
+    state = state._replace(algo=algorithm.start_task(state, data, jax.random.PRNGKey(1), model))
+    new, metrics = jax.jit(make_train_step(model, algorithm, tx))(state, gather_batch(data, jnp.arange(4, 8)))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["kl"]) == 0.0
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params["backbone"], state.params["backbone"])
+    assert max(jax.tree.leaves(moved)) > 0
 
 
 def test_random_features_approach_the_rbf_kernel_as_d_grows():

@@ -63,6 +63,14 @@ def test_the_agem_codebase_variant_runs_the_reference_scripts_regime():
         reproduce.cell_configs(table, reproduce.selected_cells(table, ["pmnist/naive"]), 1, False, "agem_codebase")
 
 
+def test_the_kcl_main_rbf_variant_takes_the_reference_scripts_kernel():
+    (_, config), = reproduce.cell_configs(table, reproduce.selected_cells(table, ["pmnist_kcl/"]), 1, False,
+                                          "kcl_main_rbf")
+    assert (config.algorithm.kernel, config.algorithm.kl_weight, config.algorithm.coreset_size) == ("rbf", 0.0, 200)
+    with pytest.raises(reproduce.ConfigError, match="applies to pmnist_kcl/kcl"):
+        reproduce.cell_configs(table, reproduce.selected_cells(table, ["smnist/kcl"]), 1, False, "kcl_main_rbf")
+
+
 def test_unknown_cells_are_refused():
     with pytest.raises(ValueError, match="no Mirzadeh-table cell pmnist/hat"):
         table.config("pmnist", "hat")
