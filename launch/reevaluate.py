@@ -39,12 +39,18 @@ from sequax.engine.build import (
 from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.launch import reproduce
 
-_TABLE = flags.DEFINE_string("table", "mirzadeh", "The reproduction table holding the cell.")
-_CELL = flags.DEFINE_string("cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table).")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/reproduce", "The reproduction's --workdir (cells under <table>/).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "The reproduction's --seeds (the cell's runs).")
-_BATCH = flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch size; 0 keeps the run's.")
-_SET = flags.DEFINE_multi_string("set", [], "name=value: an evaluation-only field of the algorithm to change.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program (so tests
+    and other launchers can import it beside their own `--seeds`, `--workdir`)."""
+    flags.DEFINE_string("table", "mirzadeh", "The reproduction table holding the cell.")
+    flags.DEFINE_string("cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table).")
+    flags.DEFINE_string("workdir", "runs/reproduce", "The reproduction's --workdir (cells under <table>/).")
+    flags.DEFINE_integer("seeds", 3, "The reproduction's --seeds (the cell's runs).")
+    flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch size; 0 keeps the run's.")
+    flags.DEFINE_multi_string("set", [], "name=value: an evaluation-only field of the algorithm to change.")
 
 
 def parse_value(text: str):
@@ -96,24 +102,24 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     try:
-        table = reproduce.table_module(_TABLE.value)
-        cells = [c for c in table.cells() if table.cell_name(c) == _CELL.value]
+        table = reproduce.table_module(FLAGS.table)
+        cells = [c for c in table.cells() if table.cell_name(c) == FLAGS.cell]
         if not cells:
-            raise ConfigError(f"--cell={_CELL.value} is not a cell of --table={_TABLE.value}")
-        (_, config), = reproduce.cell_configs(table, cells, _SEEDS.value, local=False)
+            raise ConfigError(f"--cell={FLAGS.cell} is not a cell of --table={FLAGS.table}")
+        (_, config), = reproduce.cell_configs(table, cells, FLAGS.seeds, local=False)
         overrides = {}
-        for item in _SET.value:
+        for item in FLAGS.set:
             name, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"--set={item!r} must be name=value")
             overrides[name] = parse_value(value)
-        rows = reevaluate(config, Path(_WORKDIR.value) / _TABLE.value / _CELL.value, _BATCH.value, overrides)
+        rows = reevaluate(config, Path(FLAGS.workdir) / FLAGS.table / FLAGS.cell, FLAGS.eval_batch_size, overrides)
     except ConfigError as error:
         print(f"sequax: error: {error}", file=sys.stderr)
         sys.exit(2)
     view = next(iter(table.PUBLISHED[cells[0]]))  # the setting the table reports
     reported, again = rows["task_il" if view == "task_il" else "class_il"]
-    settings = ", ".join([f"eval batch {_BATCH.value or config.eval.batch_size}", *_SET.value])
+    settings = ", ".join([f"eval batch {FLAGS.eval_batch_size or config.eval.batch_size}", *FLAGS.set])
     for name, row in (("reported", reported), (f"again ({settings})", again)):
         means = 100 * row.mean(-1)
         std = means.std(ddof=1) if len(means) > 1 else 0.0  # as the tables' seed std
@@ -122,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
