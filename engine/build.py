@@ -60,6 +60,16 @@ def draw_seed(data_seed: int, run_seed: int) -> int:
     return int(np.random.SeedSequence([int(data_seed), int(run_seed)]).generate_state(1)[0])
 
 
+def drawn_scenarios(data_config, scenario, run_seeds, vmapped: bool):
+    """(scenario, drawn) as a run trains and evaluates: without `data.draws_per_run`,
+    (scenario, None); with it, each run's own draws (`run_scenarios`): the list beside the
+    shared scenario for vmapped runs, else the one run's draw in place of the scenario."""
+    if not _as_dict(data_config).get("draws_per_run", False):
+        return scenario, None
+    drawn = run_scenarios(data_config, scenario, run_seeds)
+    return (scenario, drawn) if vmapped else (drawn[0], None)
+
+
 def run_scenarios(data_config, scenario, run_seeds) -> list:
     """The scenario as each run draws it (`config.data.draws_per_run`): the transform's
     permutations or angles from `draw_seed(data.seed, run seed)`; examples (and any

@@ -32,7 +32,7 @@ from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding, validate
 from sequax.engine.distributed import to_numpy
-from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario, run_scenarios
+from sequax.engine.build import ConfigError, build_algorithm, build_model, build_optimizer, build_scenario, drawn_scenarios
 from sequax.engine.checkpoint import Checkpoints, checkpoint_folder, kill_point
 from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.engine.state import STREAM_TASK, CLState, create_state, stream_key
@@ -140,10 +140,7 @@ def run(config, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     put_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
     # data.draws_per_run: each run draws its own permutations or angles, as separate runs of
     # the reference code do; the phase's images and the test sets then carry a run axis.
-    drawn = None
-    if config.data.get("draws_per_run", False):
-        drawn = run_scenarios(config.data, scenario, grid.seeds if vmapped else [config.seed])
-        scenario, drawn = (scenario, drawn) if vmapped else (drawn[0], None)
+    scenario, drawn = drawn_scenarios(config.data, scenario, grid.seeds if vmapped else [config.seed], vmapped)
     put_run_examples = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True))  # noqa: E731
     # data.pipeline="stream": training batches come from a grain pipeline (engine/stream.py).
     feed = make_feed(config, mesh, batch_size, capacity, runs=vmapped or drawn is not None)

@@ -34,7 +34,7 @@ from sequax.engine.build import (
     build_algorithm,
     build_model,
     build_scenario,
-    run_scenarios,
+    drawn_scenarios,
 )
 from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
 from sequax.launch import reproduce
@@ -83,10 +83,7 @@ def reevaluate(config, run_folder: Path, batch_size: int = 0, overrides: dict | 
     scenario = build_scenario(config.data)
     model = model_for(changed, build_model(config.model, scenario.num_classes, config.data))
     vmapped = result.grid is not None and result.grid.vmapped
-    drawn = None
-    if config.data.get("draws_per_run", False):
-        drawn = run_scenarios(config.data, scenario, result.grid.seeds if vmapped else [config.seed])
-        scenario, drawn = (scenario, drawn) if vmapped else (drawn[0], None)
+    scenario, drawn = drawn_scenarios(config.data, scenario, result.grid.seeds if vmapped else [config.seed], vmapped)
     test = stack_test_sets(scenario) if drawn is None else stack_run_test_sets(drawn)
     evaluate = jax.jit(make_evaluate(model, scenario.task_classes, batch_size or int(config.eval.batch_size),
                                      runs=vmapped, predict=getattr(changed, "predict", None),
