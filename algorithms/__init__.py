@@ -1,8 +1,8 @@
 """Continual-learning algorithms: frozen dataclasses of pure functions over `CLState`.
 
-    from sequax import algorithms
-    algorithm = algorithms.make("er", capacity=500, replay_batch=10)
-    algorithms.REGISTRY  # name -> class, every entry held to the contract suite
+from sequax import algorithms
+algorithm = algorithms.make("er", capacity=500, replay_batch=10)
+algorithms.REGISTRY  # name -> class, every entry held to the contract suite
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 from sequax.algorithms.agem import AGEM
-from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.combine import Combined, combine
+from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.er import ER
 from sequax.algorithms.er_ace import ERACE
 from sequax.algorithms.ewc import EWC
@@ -87,6 +87,32 @@ def make(name: str, **hyperparameters) -> Algorithm:
 
 
 __all__ = [
-    "AGEM", "Algorithm", "Combined", "GEM", "DER", "DERPP", "ER", "ERACE", "EWC", "GDumb", "HAT", "ICaRL", "Joint", "KCL", "LaMAML", "LFL", "LwF", "MAS", "MCSGD", "Naive", "REGISTRY", "RWalk", "SI", "StableSGD", "combine", "make", "phases_of",
+    "AGEM",
+    "Algorithm",
+    "Combined",
+    "GEM",
+    "DER",
+    "DERPP",
+    "ER",
+    "ERACE",
+    "EWC",
+    "GDumb",
+    "HAT",
+    "ICaRL",
+    "Joint",
+    "KCL",
+    "LaMAML",
+    "LFL",
+    "LwF",
+    "MAS",
+    "MCSGD",
+    "Naive",
+    "REGISTRY",
+    "RWalk",
+    "SI",
+    "StableSGD",
+    "combine",
+    "make",
+    "phases_of",
     "sequential_phases",
 ]

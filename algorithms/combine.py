@@ -37,8 +37,16 @@ import jax
 PyTree = Any
 
 # Optional protocol hooks only the base may define: the combination takes them from it.
-BASE_ONLY = ("gradient_transform", "projection_transform", "predict", "phases", "wrap_model", "start_task",
-             "glances", "task_model")
+BASE_ONLY = (
+    "gradient_transform",
+    "projection_transform",
+    "predict",
+    "phases",
+    "wrap_model",
+    "start_task",
+    "glances",
+    "task_model",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,23 +67,41 @@ class Combined:
                 )
             for hook in BASE_ONLY:
                 if hasattr(part, hook):
-                    raise ValueError(f"combine: {name!r} defines `{hook}`; only the base (first part) may")
+                    raise ValueError(
+                        f"combine: {name!r} defines `{hook}`; only the base (first part) may"
+                    )
         base_name, base = self.parts[0]
         # The base's optional hooks are the combination's (HAT's model, gates and clamp;
         # La-MAML's glances); hooks that read the algorithm state get the base's own entry.
-        for hook in ("gradient_transform", "projection_transform", "phases", "wrap_model", "glances"):
+        for hook in (
+            "gradient_transform",
+            "projection_transform",
+            "phases",
+            "wrap_model",
+            "glances",
+        ):
             if hasattr(base, hook):
                 object.__setattr__(self, hook, getattr(base, hook))
         if hasattr(base, "start_task"):
-            object.__setattr__(self, "start_task", lambda state, task_data, rng, model: {
-                **state.algo, base_name: base.start_task(self._own(state, base_name), task_data, rng, model)})
+            object.__setattr__(
+                self,
+                "start_task",
+                lambda state, task_data, rng, model: {
+                    **state.algo,
+                    base_name: base.start_task(self._own(state, base_name), task_data, rng, model),
+                },
+            )
         if hasattr(base, "predict"):  # the base's classifier reads the base's own state
-            if "task" in inspect.signature(base.predict).parameters:  # task-IL classifiers (HAT, KCL)
+            if (
+                "task" in inspect.signature(base.predict).parameters
+            ):  # task-IL classifiers (HAT, KCL)
                 predict = lambda params, model_state, algo, x, model, *, task: base.predict(  # noqa: E731
-                    params, model_state, algo[base_name], x, model, task=task)
+                    params, model_state, algo[base_name], x, model, task=task
+                )
             else:
                 predict = lambda params, model_state, algo, x, model: base.predict(  # noqa: E731
-                    params, model_state, algo[base_name], x, model)
+                    params, model_state, algo[base_name], x, model
+                )
             object.__setattr__(self, "predict", predict)
 
     def _own(self, state, name):
@@ -90,11 +116,16 @@ class Combined:
 
     def init(self, params, model_state, example_batch, rng):
         keys = jax.random.split(rng, len(self.parts))
-        return {name: part.init(params, model_state, example_batch, k) for (name, part), k in zip(self.parts, keys)}
+        return {
+            name: part.init(params, model_state, example_batch, k)
+            for (name, part), k in zip(self.parts, keys)
+        }
 
     def loss(self, params, state, batch, rng, model):
         (base_name, base), *regularisers = self.parts
-        total, aux = base.loss(params, self._own(state, base_name), batch, jax.random.fold_in(rng, 0), model)
+        total, aux = base.loss(
+            params, self._own(state, base_name), batch, jax.random.fold_in(rng, 0), model
+        )
         metrics = {f"{base_name}/{k}": v for k, v in aux["metrics"].items()}
         outputs, seen = aux.get("outputs"), self._regularised_model(state, model)
         for i, (name, part) in enumerate(regularisers, start=1):

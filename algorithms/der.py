@@ -41,8 +41,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.reservoir import replay_add, replay_init
 
 
@@ -71,7 +71,6 @@ def replay_forward(model, params, model_state, x, rng, valid):
 def _draw(replay_state, index: int):
     """The `index`-th pre-drawn replay batch and its validity mask."""
     return jax.tree.map(lambda a: a[index], replay_state.replay), replay_state.valid[index]
-
 
 
 @dataclasses.dataclass(frozen=True)

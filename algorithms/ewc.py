@@ -81,9 +81,13 @@ class EWC:
 
     def __post_init__(self):
         if self.fisher_labels not in FISHER_LABELS:
-            raise ValueError(f"EWC fisher_labels={self.fisher_labels!r}; use one of {FISHER_LABELS}")
+            raise ValueError(
+                f"EWC fisher_labels={self.fisher_labels!r}; use one of {FISHER_LABELS}"
+            )
         if self.lam < 0 or not 0 <= self.gamma <= 1:
-            raise ValueError(f"EWC needs lam >= 0 and 0 <= gamma <= 1, got {self.lam}, {self.gamma}")
+            raise ValueError(
+                f"EWC needs lam >= 0 and 0 <= gamma <= 1, got {self.lam}, {self.gamma}"
+            )
 
     def init(self, params, model_state, example_batch, rng):
         return quadratic_init(params)

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
+from sequax.algorithms.protocol import is_number
 
 
 class GDumbState(NamedTuple):
@@ -56,9 +56,16 @@ def balanced_slots(stored_y, counts, labels, key):
         y, draw_key = inputs
         filled, largest = counts.sum(), jnp.argmax(counts)
         replace = (filled >= capacity) & (counts[y] < counts[largest])
-        victim = jnp.argmax(jnp.where(stored_y == largest, jax.random.uniform(draw_key, (capacity,)), -1.0))
+        victim = jnp.argmax(
+            jnp.where(stored_y == largest, jax.random.uniform(draw_key, (capacity,)), -1.0)
+        )
         slot = jnp.where(filled < capacity, filled, jnp.where(replace, victim, capacity))
-        counts = counts.at[y].add((slot < capacity).astype(counts.dtype)).at[largest].add(-replace.astype(counts.dtype))
+        counts = (
+            counts.at[y]
+            .add((slot < capacity).astype(counts.dtype))
+            .at[largest]
+            .add(-replace.astype(counts.dtype))
+        )
         return (stored_y.at[slot].set(y, mode="drop"), counts), slot
 
     keys = jax.random.split(key, labels.shape[0])
@@ -91,19 +98,33 @@ class GDumb:
 
     def __post_init__(self):
         if not 0 < self.batch_size <= self.capacity or self.num_classes < 1 or self.epochs < 0:
-            raise ValueError(f"GDumb needs 1 <= batch_size={self.batch_size} <= capacity={self.capacity}, "
-                             f"num_classes={self.num_classes} >= 1 and epochs={self.epochs} >= 0")
+            raise ValueError(
+                f"GDumb needs 1 <= batch_size={self.batch_size} <= capacity={self.capacity}, "
+                f"num_classes={self.num_classes} >= 1 and epochs={self.epochs} >= 0"
+            )
         if is_number(self.fit_lr) and not self.fit_lr > 0:
             raise ValueError(f"GDumb fit_lr={self.fit_lr} must be > 0")
 
     def init(self, params, model_state, example_batch, rng):
-        items = {k: jnp.zeros((self.capacity, *example_batch[k].shape[1:]), example_batch[k].dtype) for k in ("x", "y")}
-        return GDumbState(items, jnp.zeros(self.num_classes, jnp.int32),
-                          jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, model_state))
+        items = {
+            k: jnp.zeros((self.capacity, *example_batch[k].shape[1:]), example_batch[k].dtype)
+            for k in ("x", "y")
+        }
+        return GDumbState(
+            items,
+            jnp.zeros(self.num_classes, jnp.int32),
+            jax.tree.map(jnp.copy, params),
+            jax.tree.map(jnp.copy, model_state),
+        )
 
     def loss(self, params, state, batch, rng, model):
-        _, model_state, loss = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
-        return loss, {"model_state": model_state, "metrics": {"ce": loss, "memory": state.algo.counts.sum()}}
+        _, model_state, loss = forward_cross_entropy(
+            model, params, state, batch["x"], batch["y"], rng
+        )
+        return loss, {
+            "model_state": model_state,
+            "metrics": {"ce": loss, "memory": state.algo.counts.sum()},
+        }
 
     def update(self, algo, state, batch, aux, rng):
         slots, counts = balanced_slots(algo.items["y"], algo.counts, batch["y"], rng)
@@ -115,7 +136,9 @@ class GDumb:
         padded = -(-self.capacity // self.batch_size) * self.batch_size
         scores = jax.random.uniform(key, (self.epochs, self.capacity))
         scores = jnp.where(jnp.arange(self.capacity) < filled, scores, 2.0)
-        return jnp.pad(jnp.argsort(scores, axis=1).astype(jnp.int32), ((0, 0), (0, padded - self.capacity)))
+        return jnp.pad(
+            jnp.argsort(scores, axis=1).astype(jnp.int32), ((0, 0), (0, padded - self.capacity))
+        )
 
     def fit(self, params, model_state, items, filled, key, model):
         """`epochs` epochs of SGD on the first `filled` memory slots: (params, model_state)."""
@@ -133,7 +156,9 @@ class GDumb:
 
                 def objective(p):
                     rng = jax.random.fold_in(jax.random.fold_in(dropout_key, e), s)
-                    outputs, new_state = model.apply(p, model_state, items["x"][index], train=True, rng=rng)
+                    outputs, new_state = model.apply(
+                        p, model_state, items["x"][index], train=True, rng=rng
+                    )
                     return cross_entropy(outputs["logits"], items["y"][index], rows), new_state
 
                 grads, model_state = jax.grad(objective, has_aux=True)(params)
@@ -142,14 +167,18 @@ class GDumb:
 
             return jax.lax.fori_loop(0, (filled + size - 1) // size, step, carry)
 
-        params, model_state, _ = jax.lax.fori_loop(0, self.epochs, epoch, (params, model_state, tx.init(params)))
+        params, model_state, _ = jax.lax.fori_loop(
+            0, self.epochs, epoch, (params, model_state, tx.init(params))
+        )
         return params, model_state
 
     def end_task(self, state, task_data, rng, model):
         algo = state.algo
         init_key, fit_key = jax.random.split(rng)
         params, model_state = model.init(init_key, algo.items["x"][:1])  # from scratch
-        params, model_state = self.fit(params, model_state, algo.items, algo.counts.sum(), fit_key, model)
+        params, model_state = self.fit(
+            params, model_state, algo.items, algo.counts.sum(), fit_key, model
+        )
         return algo._replace(params=params, model_state=model_state)
 
     def predict(self, params, model_state, algo, x, model):

@@ -47,17 +47,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.agem import task_sample
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_projection
+from sequax.algorithms.protocol import is_number
 
 
 class GEMState(NamedTuple):
     memory: Any  # {"x": [num_tasks, per_task, ...], "y": [num_tasks, per_task]}: zeros until stored
     valid: jax.Array  # bool [num_tasks, per_task]: rows holding a stored example
     stored: jax.Array  # int32 scalar: tasks stored so far (the next task's row)
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.protocol import is_number
 from sequax.engine.clipping import clip_grad_norm
@@ -78,12 +79,17 @@ def gated_mlp(model: Model, num_tasks: int) -> Model:
         params, model_state = model.init(key, x)
         keys = jax.random.split(jax.random.fold_in(key, 1), len(widths))
         # torch.nn.Embedding's N(0, 1), as the official code's task embeddings.
-        embeddings = {f"layer_{i}": jax.random.normal(k, (num_tasks, w)) for i, (k, w) in enumerate(zip(keys, widths))}
+        embeddings = {
+            f"layer_{i}": jax.random.normal(k, (num_tasks, w))
+            for i, (k, w) in enumerate(zip(keys, widths))
+        }
         return {**params, EMBEDDINGS: embeddings}, model_state
 
     def apply(params, model_state, x, *, train, rng=None, task=None, s=None):
         if task is None or s is None:
-            raise ValueError("HAT's gated MLP needs the task and the gate slope s: apply(..., task=t, s=s)")
+            raise ValueError(
+                "HAT's gated MLP needs the task and the gate slope s: apply(..., task=t, s=s)"
+            )
         gates = hat_gates(params[EMBEDDINGS], task, s)
         h = x.reshape(x.shape[0], -1)
         for i, name in enumerate(_layers(gates)):
@@ -93,7 +99,11 @@ def gated_mlp(model: Model, num_tasks: int) -> Model:
                 h = jnp.where(keep, h / (1 - module.dropout), 0.0)
             h = h * gates[name]
         head = params[f"Dense_{len(widths)}"]
-        return {"logits": h @ head["kernel"] + head["bias"], "features": h, "gates": gates}, model_state
+        return {
+            "logits": h @ head["kernel"] + head["bias"],
+            "features": h,
+            "gates": gates,
+        }, model_state
 
     return Model(init=init, apply=apply, num_classes=model.num_classes)
 
@@ -120,17 +130,29 @@ def condition_gradients(grads: dict, cumulative: dict) -> dict:
     previous = None
     for i, name in enumerate(_layers(cumulative)):
         post = cumulative[name]
-        kernel = post[None, :] if previous is None else jnp.minimum(previous[:, None], post[None, :])
+        kernel = (
+            post[None, :] if previous is None else jnp.minimum(previous[:, None], post[None, :])
+        )
         layer = grads[f"Dense_{i}"]
-        grads[f"Dense_{i}"] = {**layer, "kernel": layer["kernel"] * (1 - kernel), "bias": layer["bias"] * (1 - post)}
+        grads[f"Dense_{i}"] = {
+            **layer,
+            "kernel": layer["kernel"] * (1 - kernel),
+            "bias": layer["bias"] * (1 - post),
+        }
         previous = post
     return grads
 
 
 def compensate_embeddings(grads: dict, params: dict, s, s_max, thres_cosh) -> dict:
     """Multiplies the embeddings' gradient by s_max/s (cosh(clamp(s e)) + 1)/(cosh(e) + 1)."""
+
     def scale(g, e):
-        return g * (s_max / s) * (jnp.cosh(jnp.clip(s * e, -thres_cosh, thres_cosh)) + 1) / (jnp.cosh(e) + 1)
+        return (
+            g
+            * (s_max / s)
+            * (jnp.cosh(jnp.clip(s * e, -thres_cosh, thres_cosh)) + 1)
+            / (jnp.cosh(e) + 1)
+        )
 
     return {**grads, EMBEDDINGS: jax.tree.map(scale, grads[EMBEDDINGS], params[EMBEDDINGS])}
 
@@ -174,18 +196,30 @@ class HAT:
         """`model` (the gated MLP) with the current task's gates at s_max bound: the network a
         regulariser combined with HAT sees (`combine(HAT(...), EWC(...))`: EWC's Fisher and
         anchor are those of the task's own gated network, as HAT evaluates it)."""
+
         def apply(params, model_state, x, *, train, rng=None, task=None, s=None):
-            return model.apply(params, model_state, x, train=train, rng=rng,
-                               task=state.task if task is None else task, s=self.s_max if s is None else s)
+            return model.apply(
+                params,
+                model_state,
+                x,
+                train=train,
+                rng=rng,
+                task=state.task if task is None else task,
+                s=self.s_max if s is None else s,
+            )
 
         return model._replace(apply=apply, module=None)
 
     def init(self, params, model_state, example_batch, rng):
         if EMBEDDINGS not in params:
-            raise ValueError("HAT's parameters lack the task embeddings: build the model with HAT.wrap_model(model)")
+            raise ValueError(
+                "HAT's parameters lack the task embeddings: build the model with HAT.wrap_model(model)"
+            )
         head = params[f"Dense_{len(params[EMBEDDINGS])}"]
         return HATState(
-            cumulative={n: jnp.zeros(e.shape[1:], jnp.float32) for n, e in params[EMBEDDINGS].items()},
+            cumulative={
+                n: jnp.zeros(e.shape[1:], jnp.float32) for n, e in params[EMBEDDINGS].items()
+            },
             classes=jnp.zeros((self.num_tasks, head["bias"].shape[0]), bool),
             task_start=jnp.zeros((), jnp.int32),
             task_size=jnp.zeros((), jnp.int32),
@@ -194,34 +228,51 @@ class HAT:
     def start_task(self, state, task_data, rng, model):
         algo, num_classes = state.algo, state.algo.classes.shape[1]
         valid = jnp.arange(task_data.y.shape[0]) < task_data.size
-        present = jnp.zeros(num_classes, bool).at[jnp.where(valid, task_data.y, num_classes)].set(True, mode="drop")
-        return algo._replace(classes=algo.classes.at[state.task].set(present), task_start=state.step,
-                             task_size=jnp.asarray(task_data.size, jnp.int32))
+        present = (
+            jnp.zeros(num_classes, bool)
+            .at[jnp.where(valid, task_data.y, num_classes)]
+            .set(True, mode="drop")
+        )
+        return algo._replace(
+            classes=algo.classes.at[state.task].set(present),
+            task_start=state.step,
+            task_size=jnp.asarray(task_data.size, jnp.int32),
+        )
 
     def loss(self, params, state, batch, rng, model):
         algo = state.algo
         s = annealed_s(self.s_max, state.step, algo.task_start, algo.task_size, batch["y"].shape[0])
-        outputs, model_state = model.apply(params, state.model_state, batch["x"], train=True, rng=rng,
-                                           task=state.task, s=s)
+        outputs, model_state = model.apply(
+            params, state.model_state, batch["x"], train=True, rng=rng, task=state.task, s=s
+        )
         own = algo.classes[state.task]  # the task's head; all classes if start_task never ran
         ce = cross_entropy(mask_logits(outputs["logits"], own | ~own.any()), batch["y"])
         sparsity = attention_sparsity(outputs["gates"], algo.cumulative)
         metrics = {"ce": ce, "sparsity": sparsity, "s": s}
-        return ce + self.c * sparsity, {"model_state": model_state, "metrics": metrics,
-                                        "tx_args": {"cumulative": algo.cumulative, "s": s}}
+        return ce + self.c * sparsity, {
+            "model_state": model_state,
+            "metrics": metrics,
+            "tx_args": {"cumulative": algo.cumulative, "s": s},
+        }
 
     def gradient_transform(self):
         def update(grads, opt_state, params=None, *, cumulative, s, **extra):
-            grads = compensate_embeddings(condition_gradients(grads, cumulative), params, s, self.s_max,
-                                          self.thres_cosh)
+            grads = compensate_embeddings(
+                condition_gradients(grads, cumulative), params, s, self.s_max, self.thres_cosh
+            )
             return clip_grad_norm(grads, self.clipgrad), opt_state
 
         return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
     def projection_transform(self):
-        def update(updates, opt_state, params=None, **extra):  # new embeddings clamped to ±thres_emb
+        def update(
+            updates, opt_state, params=None, **extra
+        ):  # new embeddings clamped to ±thres_emb
             clamp = lambda u, p: jnp.clip(p + u, -self.thres_emb, self.thres_emb) - p
-            return {**updates, EMBEDDINGS: jax.tree.map(clamp, updates[EMBEDDINGS], params[EMBEDDINGS])}, opt_state
+            return {
+                **updates,
+                EMBEDDINGS: jax.tree.map(clamp, updates[EMBEDDINGS], params[EMBEDDINGS]),
+            }, opt_state
 
         return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
@@ -230,7 +281,11 @@ class HAT:
 
     def end_task(self, state, task_data, rng, model):
         gates = hat_gates(state.params[EMBEDDINGS], state.task, self.s_max)
-        return state.algo._replace(cumulative=jax.tree.map(jnp.maximum, state.algo.cumulative, gates))
+        return state.algo._replace(
+            cumulative=jax.tree.map(jnp.maximum, state.algo.cumulative, gates)
+        )
 
     def predict(self, params, model_state, algo, x, model, *, task):
-        return model.apply(params, model_state, x, train=False, task=task, s=self.s_max)[0]["logits"]
+        return model.apply(params, model_state, x, train=False, task=task, s=self.s_max)[0][
+            "logits"
+        ]

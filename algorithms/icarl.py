@@ -69,13 +69,19 @@ def herding(features, labels, valid, classes, m, max_per_class: int) -> jax.Arra
         running = running + jnp.where(active[:, None], features[best], 0.0)
         return running, taken, order.at[:, i].set(jnp.where(active, best, -1))
 
-    init = (jnp.zeros_like(mean), jnp.zeros(n, bool), jnp.full((num_classes, max_per_class), -1, jnp.int32))
+    init = (
+        jnp.zeros_like(mean),
+        jnp.zeros(n, bool),
+        jnp.full((num_classes, max_per_class), -1, jnp.int32),
+    )
     return jax.lax.fori_loop(0, jnp.minimum(m, max_per_class), pick, init)[2]
 
 
 def draw_exemplars(algo: ICaRLState, size: int, key):
     """`size` distinct exemplars, uniformly without replacement, and which rows hold one."""
-    _, index = jax.lax.top_k(jnp.where(algo.valid, jax.random.uniform(key, algo.valid.shape), -1.0), size)
+    _, index = jax.lax.top_k(
+        jnp.where(algo.valid, jax.random.uniform(key, algo.valid.shape), -1.0), size
+    )
     return {k: a[index] for k, a in algo.items.items()}, algo.valid[index]
 
 
@@ -97,21 +103,39 @@ class ICaRL:
     feature_dim: int = 100
 
     def __post_init__(self):
-        if not 0 < self.replay_batch <= self.capacity or min(self.num_classes, self.feature_dim) < 1:
-            raise ValueError(f"ICaRL needs 1 <= replay_batch={self.replay_batch} <= capacity={self.capacity}, "
-                             f"num_classes={self.num_classes} >= 1 and feature_dim={self.feature_dim} >= 1")
+        if (
+            not 0 < self.replay_batch <= self.capacity
+            or min(self.num_classes, self.feature_dim) < 1
+        ):
+            raise ValueError(
+                f"ICaRL needs 1 <= replay_batch={self.replay_batch} <= capacity={self.capacity}, "
+                f"num_classes={self.num_classes} >= 1 and feature_dim={self.feature_dim} >= 1"
+            )
 
     def init(self, params, model_state, example_batch, rng):
-        items = {k: jnp.zeros((self.capacity, *example_batch[k].shape[1:]), example_batch[k].dtype) for k in "xy"}
+        items = {
+            k: jnp.zeros((self.capacity, *example_batch[k].shape[1:]), example_batch[k].dtype)
+            for k in "xy"
+        }
         empty, none = jnp.zeros(self.capacity, bool), jnp.zeros(self.num_classes, bool)
-        return ICaRLState(items, empty.astype(jnp.int32), empty, none, jnp.zeros((self.num_classes, self.feature_dim)),
-                          none, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, model_state))
+        return ICaRLState(
+            items,
+            empty.astype(jnp.int32),
+            empty,
+            none,
+            jnp.zeros((self.num_classes, self.feature_dim)),
+            none,
+            jax.tree.map(jnp.copy, params),
+            jax.tree.map(jnp.copy, model_state),
+        )
 
     def _features(self, model, params, model_state, x):
         features = model.apply(params, model_state, x, train=False)[0]["features"]
         if features.shape[-1] != self.feature_dim:
-            raise ValueError(f"ICaRL feature_dim={self.feature_dim} but the model's features have "
-                             f"{features.shape[-1]}; set config.algorithm.feature_dim={features.shape[-1]}")
+            raise ValueError(
+                f"ICaRL feature_dim={self.feature_dim} but the model's features have "
+                f"{features.shape[-1]}; set config.algorithm.feature_dim={features.shape[-1]}"
+            )
         return normalize(features)
 
     def loss(self, params, state, batch, rng, model):
@@ -121,10 +145,16 @@ class ICaRL:
         rows = jnp.concatenate([jnp.ones_like(batch["y"], bool), valid]).astype(jnp.float32)
         outputs, model_state = model.apply(params, state.model_state, x, train=True, rng=rng)
         if outputs["logits"].shape[-1] != self.num_classes:
-            raise ValueError(f"ICaRL num_classes={self.num_classes} but the model has {outputs['logits'].shape[-1]}")
+            raise ValueError(
+                f"ICaRL num_classes={self.num_classes} but the model has {outputs['logits'].shape[-1]}"
+            )
         old_logits = model.apply(algo.old_params, algo.old_model_state, x, train=False)[0]["logits"]
-        targets = jnp.where(algo.seen, jax.nn.sigmoid(old_logits), jax.nn.one_hot(y, self.num_classes))
-        per_row = optax.sigmoid_binary_cross_entropy(outputs["logits"], jax.lax.stop_gradient(targets)).mean(-1)
+        targets = jnp.where(
+            algo.seen, jax.nn.sigmoid(old_logits), jax.nn.one_hot(y, self.num_classes)
+        )
+        per_row = optax.sigmoid_binary_cross_entropy(
+            outputs["logits"], jax.lax.stop_gradient(targets)
+        ).mean(-1)
         loss = (per_row * rows).sum() / rows.sum()
         return loss, {"model_state": model_state, "metrics": {"bce": loss}}
 
@@ -135,15 +165,25 @@ class ICaRL:
         algo, capacity, num_classes = state.algo, self.capacity, self.num_classes
         data = gather_batch(task_data, jnp.arange(task_data.y.shape[0]))
         valid = jnp.arange(task_data.y.shape[0]) < task_data.size
-        present = jnp.zeros(num_classes, bool).at[jnp.where(valid, data["y"], num_classes)].set(True, mode="drop")
+        present = (
+            jnp.zeros(num_classes, bool)
+            .at[jnp.where(valid, data["y"], num_classes)]
+            .set(True, mode="drop")
+        )
         seen = algo.seen | present
         m = capacity // jnp.maximum(seen.sum(), 1)
         block = (jnp.cumsum(seen) - 1) * m  # each seen class's first slot
         # Old classes keep the first m of their herding order (a class met again is re-herded).
         keep = algo.valid & (algo.rank < m) & ~present[algo.items["y"]]
         slot = jnp.where(keep, block[algo.items["y"]] + algo.rank, capacity)
-        order = herding(self._features(model, state.params, state.model_state, data["x"]),
-                        data["y"], valid, present, m, capacity)  # [C, capacity]
+        order = herding(
+            self._features(model, state.params, state.model_state, data["x"]),
+            data["y"],
+            valid,
+            present,
+            m,
+            capacity,
+        )  # [C, capacity]
         target = jnp.where(order >= 0, block[:, None] + jnp.arange(capacity), capacity).ravel()
         # Each new slot's source: an old slot (< capacity) or a task example (capacity + index).
         source = jnp.full(capacity, -1, jnp.int32).at[slot].set(jnp.arange(capacity), mode="drop")
@@ -153,9 +193,19 @@ class ICaRL:
         rank = jnp.arange(capacity) - block[items["y"]]  # slots of a class are contiguous, by rank
         # Nearest-mean-of-exemplars: the class means under the network that just finished the task.
         member = (items["y"][:, None] == jnp.arange(num_classes)) & stored[:, None]
-        sums = member.astype(jnp.float32).T @ self._features(model, state.params, state.model_state, items["x"])
-        return ICaRLState(items, rank, stored, seen, normalize(sums), member.any(0),
-                          jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.model_state))
+        sums = member.astype(jnp.float32).T @ self._features(
+            model, state.params, state.model_state, items["x"]
+        )
+        return ICaRLState(
+            items,
+            rank,
+            stored,
+            seen,
+            normalize(sums),
+            member.any(0),
+            jax.tree.map(jnp.copy, state.params),
+            jax.tree.map(jnp.copy, state.model_state),
+        )
 
     def predict(self, params, model_state, algo, x, model):
         features = self._features(model, params, model_state, x)

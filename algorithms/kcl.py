@@ -49,6 +49,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.stable_sgd import scale_by_lr_factor, task_lr_factor
 from sequax.engine.models import Model, dense_initializers
@@ -75,7 +76,9 @@ class InferenceNetwork(nn.Module):
             z = h
             for i, act in enumerate((nn.elu, nn.elu, None)):
                 kernel_init, bias_init = dense_initializers("torch", z.shape[-1])
-                z = nn.Dense(self.width, kernel_init=kernel_init, bias_init=bias_init, name=f"{name}_{i}")(z)
+                z = nn.Dense(
+                    self.width, kernel_init=kernel_init, bias_init=bias_init, name=f"{name}_{i}"
+                )(z)
                 z = act(z) if act else z
             return z
 
@@ -94,7 +97,9 @@ def kernel_ridge_logits(phi_query, phi_support, targets, valid, ridge, gamma=1.0
     alpha is exactly 0, so the result equals the KRR fit to the valid rows alone."""
     mask = valid[:, None].astype(phi_support.dtype)
     phi_support = phi_support * mask
-    return gram_ridge_logits(phi_support @ phi_support.T, phi_query @ phi_support.T, targets * mask, ridge, gamma, beta)
+    return gram_ridge_logits(
+        phi_support @ phi_support.T, phi_query @ phi_support.T, targets * mask, ridge, gamma, beta
+    )
 
 
 def gram_ridge_logits(gram, cross, targets, ridge, gamma=1.0, beta=0.0):
@@ -112,7 +117,9 @@ def l1_rbf_kernel(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> jax.Array:
     """KL(N(mu_q, exp logvar_q) || N(mu_p, exp logvar_p)), diagonal, summed."""
-    return 0.5 * jnp.sum(logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) / jnp.exp(logvar_p) - 1.0)
+    return 0.5 * jnp.sum(
+        logvar_p - logvar_q + (jnp.exp(logvar_q) + (mu_q - mu_p) ** 2) / jnp.exp(logvar_p) - 1.0
+    )
 
 
 def minmax(h: jax.Array, valid: jax.Array) -> jax.Array:
@@ -167,25 +174,35 @@ class KCL:
         if self.eval_ridge not in ("own", "latest"):
             raise ValueError(f"KCL eval_ridge={self.eval_ridge!r} must be 'own' or 'latest'")
         if not (self.num_tasks >= 1 and self.classes_per_task >= 1 and self.num_features >= 1):
-            raise ValueError(f"KCL needs num_tasks, classes_per_task, num_features >= 1, got {self}")
+            raise ValueError(
+                f"KCL needs num_tasks, classes_per_task, num_features >= 1, got {self}"
+            )
         if self.coreset_size < self.classes_per_task or self.coreset_size % self.classes_per_task:
-            raise ValueError(f"KCL coreset_size={self.coreset_size} must be a positive multiple of "
-                             f"classes_per_task={self.classes_per_task} (equal examples per class)")
+            raise ValueError(
+                f"KCL coreset_size={self.coreset_size} must be a positive multiple of "
+                f"classes_per_task={self.classes_per_task} (equal examples per class)"
+            )
 
     # ---------------- the trainable parts, beside the backbone -------------------------------
     def wrap_model(self, model: Model) -> Model:
         """The backbone with KCL's inference networks and per-task ridge parameters in `params`."""
+
         def init(key, x):
             backbone_key, prior_key, posterior_key = jax.random.split(key, 3)
             params, model_state = model.init(backbone_key, x)
             width = model.apply(params, model_state, x, train=False)[0]["features"].shape[-1]
             net = InferenceNetwork(width=width)
             probe = jnp.zeros((width,), jnp.float32)
-            ridge = {"lam": jnp.full((self.num_tasks,), self.ridge_init, jnp.float32),
-                     "gamma": jnp.ones((self.num_tasks,), jnp.float32),
-                     "beta": jnp.zeros((self.num_tasks,), jnp.float32)}
-            kcl = {"prior": net.init(prior_key, probe)["params"],
-                   "posterior": net.init(posterior_key, probe)["params"], "ridge": ridge}
+            ridge = {
+                "lam": jnp.full((self.num_tasks,), self.ridge_init, jnp.float32),
+                "gamma": jnp.ones((self.num_tasks,), jnp.float32),
+                "beta": jnp.zeros((self.num_tasks,), jnp.float32),
+            }
+            kcl = {
+                "prior": net.init(prior_key, probe)["params"],
+                "posterior": net.init(posterior_key, probe)["params"],
+                "ridge": ridge,
+            }
             return {"backbone": params, "kcl": kcl}, model_state
 
         def apply(params, model_state, x, *, train, rng=None):
@@ -216,12 +233,18 @@ class KCL:
         kcl = params["kcl"]
         targets = jax.nn.one_hot(algo.y[task], num_classes)
         ridge = kcl["ridge"]
-        lam, gamma, beta = jnp.abs(ridge["lam"][ridge_task]) + 0.01, ridge["gamma"][ridge_task], ridge["beta"][ridge_task]
+        lam, gamma, beta = (
+            jnp.abs(ridge["lam"][ridge_task]) + 0.01,
+            ridge["gamma"][ridge_task],
+            ridge["beta"][ridge_task],
+        )
         if self.kernel == "rbf":  # the reference's main_rbf: the exact kernel, no bases, no KL
             mask = valid.astype(support.dtype)
             gram = l1_rbf_kernel(support, support) * mask[:, None] * mask[None, :]
             cross = l1_rbf_kernel(query, support) * mask[None, :]
-            return gram_ridge_logits(gram, cross, targets * mask[:, None], lam, gamma, beta), jnp.zeros(())
+            return gram_ridge_logits(
+                gram, cross, targets * mask[:, None], lam, gamma, beta
+            ), jnp.zeros(())
         mean_support = support.sum(0) / jnp.maximum(valid.sum(), 1)
         net = InferenceNetwork(width=features.shape[-1])
         mu_q, logvar_q = net.apply({"params": kcl["posterior"]}, mean_support)
@@ -239,13 +262,20 @@ class KCL:
         # One forward pass over the batch and the task's coreset (the coreset's features move
         # with the extractor, so its classifier is re-fit at every step).
         x = jnp.concatenate([batch["x"], algo.x[task].astype(batch["x"].dtype)])
-        outputs, model_state = model.apply(params, state.model_state, x, train=True, rng=dropout_key)
-        logits, kl = self._logits(params, algo, outputs["features"], n, task, basis_key, model.num_classes)
+        outputs, model_state = model.apply(
+            params, state.model_state, x, train=True, rng=dropout_key
+        )
+        logits, kl = self._logits(
+            params, algo, outputs["features"], n, task, basis_key, model.num_classes
+        )
         ce = cross_entropy(logits, batch["y"])
         loss = ce + self.kl_weight * kl
         lr_factor = task_lr_factor(task, self.lr_decay, 1, self.lr_min_factor)
-        return loss, {"model_state": model_state, "metrics": {"ce": ce, "kl": kl},
-                      "tx_args": {"lr_factor": lr_factor}}
+        return loss, {
+            "model_state": model_state,
+            "metrics": {"ce": ce, "kl": kl},
+            "tx_args": {"lr_factor": lr_factor},
+        }
 
     def gradient_transform(self):
         return scale_by_lr_factor()  # the per-task learning-rate decay
@@ -260,7 +290,9 @@ class KCL:
         ridge_task = task
         if self.eval_ridge == "latest":  # the latest task with a coreset: the one trained last
             ridge_task = jnp.max(jnp.where(algo.valid.any(1), jnp.arange(algo.valid.shape[0]), 0))
-        return self._logits(params, algo, features, x.shape[0], task, key, model.num_classes, ridge_task)[0]
+        return self._logits(
+            params, algo, features, x.shape[0], task, key, model.num_classes, ridge_task
+        )[0]
 
     # ---------------- the coreset --------------------------------------------------------------
     def start_task(self, state, task_data, rng, model):
@@ -279,12 +311,18 @@ class KCL:
         rank = jnp.arange(capacity) - first  # position within its class
         keep = real[order] & (rank < per_class) & (block < self.classes_per_task)
         slot = jnp.where(keep, block * per_class + rank, self.coreset_size)  # out of range: dropped
-        chosen = jnp.zeros((self.coreset_size,), jnp.int32).at[slot].set(order.astype(jnp.int32), mode="drop")
+        chosen = (
+            jnp.zeros((self.coreset_size,), jnp.int32)
+            .at[slot]
+            .set(order.astype(jnp.int32), mode="drop")
+        )
         filled = jnp.zeros((self.coreset_size,), bool).at[slot].set(True, mode="drop")
         batch = gather_batch(task_data, chosen)
         algo, task = state.algo, state.task
         return algo._replace(
-            x=algo.x.at[task].set(jnp.where(_rows(filled, batch["x"]), batch["x"], 0).astype(algo.x.dtype)),
+            x=algo.x.at[task].set(
+                jnp.where(_rows(filled, batch["x"]), batch["x"], 0).astype(algo.x.dtype)
+            ),
             y=algo.y.at[task].set(jnp.where(filled, batch["y"], 0)),
             valid=algo.valid.at[task].set(filled),
         )

@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.projection import tree_vdot
 from sequax.algorithms.reservoir import (
@@ -147,9 +148,13 @@ class LaMAML:
 
     def __post_init__(self):
         if not 0 < self.replay_batch <= self.capacity:
-            raise ValueError(f"LaMAML replay_batch={self.replay_batch} must be in [1, capacity={self.capacity}]")
+            raise ValueError(
+                f"LaMAML replay_batch={self.replay_batch} must be in [1, capacity={self.capacity}]"
+            )
         if self.glances < 1 or self.inner_batch < 1:
-            raise ValueError(f"LaMAML glances={self.glances} and inner_batch={self.inner_batch} must be >= 1")
+            raise ValueError(
+                f"LaMAML glances={self.glances} and inner_batch={self.inner_batch} must be >= 1"
+            )
 
     def init(self, params, model_state, example_batch, rng):
         alpha = jax.tree.map(lambda p: jnp.full_like(p, self.alpha_init), params)
@@ -161,10 +166,15 @@ class LaMAML:
         meta-loss on (meta_x, meta_y) weighted by meta_w after each, differentiated through."""
         size = y.shape[0]
         if size % self.inner_batch:
-            raise ValueError(f"LaMAML inner_batch={self.inner_batch} must divide the batch size {size}")
+            raise ValueError(
+                f"LaMAML inner_batch={self.inner_batch} must divide the batch size {size}"
+            )
         steps = size // self.inner_batch
-        pieces = (x.reshape(steps, self.inner_batch, *x.shape[1:]), y.reshape(steps, self.inner_batch),
-                  jax.random.split(rng, steps))
+        pieces = (
+            x.reshape(steps, self.inner_batch, *x.shape[1:]),
+            y.reshape(steps, self.inner_batch),
+            jax.random.split(rng, steps),
+        )
 
         def forward_loss(theta, state, inputs, labels, key, weights=None):
             outputs, state = model.apply(theta, state, inputs, train=True, rng=key)
@@ -175,11 +185,15 @@ class LaMAML:
                 theta, state = carry
                 inputs, labels, key = piece
                 inner_key, meta_key = jax.random.split(key)
-                grads, state = jax.grad(forward_loss, has_aux=True)(theta, state, inputs, labels, inner_key)
+                grads, state = jax.grad(forward_loss, has_aux=True)(
+                    theta, state, inputs, labels, inner_key
+                )
                 if not self.second_order:
                     grads = lax.stop_gradient(grads)
                 if self.clamp_inner and self.grad_clip > 0:
-                    grads = jax.tree.map(lambda g: jnp.clip(g, -self.grad_clip, self.grad_clip), grads)
+                    grads = jax.tree.map(
+                        lambda g: jnp.clip(g, -self.grad_clip, self.grad_clip), grads
+                    )
                 # max(0, α) here too (official `inner_update`): ∇_α is 0 where α <= 0.
                 theta = jax.tree.map(lambda p, g, a: p - jax.nn.relu(a) * g, theta, grads, alpha)
                 meta, state = forward_loss(theta, state, meta_x, meta_y, meta_key, meta_w)
@@ -188,7 +202,9 @@ class LaMAML:
             (_, state), metas = lax.scan(inner_step, (theta, model_state), pieces)
             return metas.mean(), state
 
-        (meta, state), (g_theta, g_alpha) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, alpha)
+        (meta, state), (g_theta, g_alpha) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True
+        )(params, alpha)
         return (meta, state), g_theta, g_alpha
 
     def loss(self, params, state, batch, rng, model):
@@ -204,19 +220,31 @@ class LaMAML:
         # is then exactly the clipped ∇_θ, and its backward pass never re-enters the inner steps.
         theta = lax.stop_gradient(params)
         (meta, model_state), g_theta, g_alpha = self.meta_gradients(
-            theta, algo.alpha, state.model_state, x, y, meta_x, meta_y, meta_w, inner_key, model)
+            theta, algo.alpha, state.model_state, x, y, meta_x, meta_y, meta_w, inner_key, model
+        )
         if self.grad_clip > 0:
-            g_theta, g_alpha = clip_grad_norm(g_theta, self.grad_clip), clip_grad_norm(g_alpha, self.grad_clip)
-        alpha = jax.tree.map(lambda a, g: a - self.meta_lr * g, algo.alpha, g_alpha)  # α first (asynchronous)
-        surrogate = meta + tree_vdot(g_theta, jax.tree.map(jnp.subtract, params, theta))  # value: meta exactly
+            g_theta, g_alpha = (
+                clip_grad_norm(g_theta, self.grad_clip),
+                clip_grad_norm(g_alpha, self.grad_clip),
+            )
+        alpha = jax.tree.map(
+            lambda a, g: a - self.meta_lr * g, algo.alpha, g_alpha
+        )  # α first (asynchronous)
+        surrogate = meta + tree_vdot(
+            g_theta, jax.tree.map(jnp.subtract, params, theta)
+        )  # value: meta exactly
         leaves = jax.tree.leaves(alpha)
         metrics = {
             "meta_loss": meta,
             "alpha_mean": sum(a.sum() for a in leaves) / sum(a.size for a in leaves),
             "alpha_negative": sum((a < 0).sum() for a in leaves) / sum(a.size for a in leaves),
         }
-        return surrogate, {"model_state": model_state, "metrics": metrics, "alpha": alpha,
-                           "tx_args": {"alpha": alpha}}
+        return surrogate, {
+            "model_state": model_state,
+            "metrics": metrics,
+            "alpha": alpha,
+            "tx_args": {"alpha": alpha},
+        }
 
     def gradient_transform(self):
         return nonnegative_rates()
@@ -227,10 +255,17 @@ class LaMAML:
         capacity = self.capacity
         # The batch enters the memory on its first glance only; later glances redraw the replay.
         first = jnp.asarray(batch.get("glance", 0)) == 0
-        slot = jnp.where(first, reservoir_slots(buffer.num_seen, size, capacity, insert_key), capacity)
-        items = jax.tree.map(lambda b, new: b.at[slot].set(new, mode="drop"), buffer.items,
-                             {"x": batch["x"], "y": batch["y"]})
-        buffer = ReservoirState(items, buffer.num_seen + jnp.where(first, size, 0).astype(jnp.int32))
+        slot = jnp.where(
+            first, reservoir_slots(buffer.num_seen, size, capacity, insert_key), capacity
+        )
+        items = jax.tree.map(
+            lambda b, new: b.at[slot].set(new, mode="drop"),
+            buffer.items,
+            {"x": batch["x"], "y": batch["y"]},
+        )
+        buffer = ReservoirState(
+            items, buffer.num_seen + jnp.where(first, size, 0).astype(jnp.int32)
+        )
         replay, valid = sample_with_replacement(buffer, self.replay_batch, sample_key)
         return LaMAMLState(aux["alpha"], ReplayState(buffer, replay, valid))
 

@@ -41,8 +41,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import penalised_cross_entropy
+from sequax.algorithms.protocol import is_number
 
 
 class LFLState(NamedTuple):

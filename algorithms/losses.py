@@ -1,9 +1,9 @@
 """Loss pieces shared by the algorithms.
 
-    loss = cross_entropy(logits, labels)                 # mean over the batch
-    loss = cross_entropy(logits, labels, weights=valid)  # weighted mean, e.g. partly filled replay
-    outputs, model_state, loss = forward_cross_entropy(model, params, state, x, y, rng)
-    loss, aux = penalised_cross_entropy(regulariser, params, state, batch, rng, model)  # CE + penalty
+loss = cross_entropy(logits, labels)                 # mean over the batch
+loss = cross_entropy(logits, labels, weights=valid)  # weighted mean, e.g. partly filled replay
+outputs, model_state, loss = forward_cross_entropy(model, params, state, x, y, rng)
+loss, aux = penalised_cross_entropy(regulariser, params, state, batch, rng, model)  # CE + penalty
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def penalised_cross_entropy(regulariser, params, state, batch, rng, model):
 
     Returns (loss, aux) with aux = {"model_state", "metrics": {"ce", **the penalty's},
     "outputs"}; `outputs` lets `combine` hand the forward to further regularisers."""
-    outputs, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
+    outputs, model_state, ce = forward_cross_entropy(
+        model, params, state, batch["x"], batch["y"], rng
+    )
     penalty, metrics = regulariser.penalty(params, state, batch, rng, model, outputs)
-    return ce + penalty, {"model_state": model_state, "metrics": {"ce": ce, **metrics}, "outputs": outputs}
+    return ce + penalty, {
+        "model_state": model_state,
+        "metrics": {"ce": ce, **metrics},
+        "outputs": outputs,
+    }

@@ -42,8 +42,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import cross_entropy
+from sequax.algorithms.protocol import is_number
 from sequax.engine.heads import mask_logits
 
 
@@ -69,7 +69,6 @@ def soft_cross_entropy(logits, target_logits, classes, temperature) -> jax.Array
     )
     log_probs = jax.nn.log_softmax(mask_logits(logits, classes) / temperature)
     return -jnp.where(classes, targets * log_probs, 0.0).sum(-1).mean()
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.fisher import batched_like_params
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import penalised_cross_entropy
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
     quadratic_init,
@@ -88,9 +88,13 @@ class MAS:
 
         def accumulate(total, batch, valid):
             # Shared images under vmapped runs: see fisher.batched_like_params (conv nets).
-            grads = jax.vmap(jax.grad(squared_norm), (None, 0))(params, batched_like_params(batch["x"], params))
+            grads = jax.vmap(jax.grad(squared_norm), (None, 0))(
+                params, batched_like_params(batch["x"], params)
+            )
             weight = valid.astype(jnp.float32)
-            return jax.tree.map(lambda t, g: t + jnp.einsum("b,b...->...", weight, jnp.abs(g)), total, grads)
+            return jax.tree.map(
+                lambda t, g: t + jnp.einsum("b,b...->...", weight, jnp.abs(g)), total, grads
+            )
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         total = scan_batches(accumulate, task_data, self.importance_batch, zeros)

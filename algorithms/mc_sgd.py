@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+
 from sequax.algorithms.protocol import is_number
 from sequax.algorithms.stable_sgd import decayed_cross_entropy, scale_by_lr_factor
 from sequax.engine.task_data import gather_batch
@@ -63,7 +64,9 @@ class MCSGDState(NamedTuple):
     memory: Any  # {"x": float32 [num_tasks, rows, ...], "y": int32 [num_tasks, rows]}
     valid: jax.Array  # bool [num_tasks, rows]: rows holding a stored example
     stored: jax.Array  # int32 scalar: tasks stored so far
-    solution: Any  # w̄: the continual solution evaluation uses (the initial params until task 0 ends)
+    solution: (
+        Any  # w̄: the continual solution evaluation uses (the initial params until task 0 ends)
+    )
 
 
 def class_balanced_sample(task_data, per_class: int, num_classes: int, key: jax.Array):
@@ -120,8 +123,12 @@ class MCSGD:
     current_samples: int | None = None
 
     def __post_init__(self):
-        if self.current_samples is not None and (not isinstance(self.current_samples, int) or self.current_samples < 1):
-            raise ValueError(f"MCSGD current_samples={self.current_samples!r} must be None or an int >= 1")
+        if self.current_samples is not None and (
+            not isinstance(self.current_samples, int) or self.current_samples < 1
+        ):
+            raise ValueError(
+                f"MCSGD current_samples={self.current_samples!r} must be None or an int >= 1"
+            )
         for name in ("num_tasks", "per_class", "num_classes", "line_samples", "line_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"MCSGD {name}={getattr(self, name)!r} must be an int >= 1")
@@ -143,12 +150,16 @@ class MCSGD:
     def init(self, params, model_state, example_batch, rng):
         shape = (self.num_tasks, self.rows)
         example = {"x": example_batch["x"][0], "y": example_batch["y"][0]}
-        memory = jax.tree.map(lambda e: jnp.zeros(shape + jnp.shape(e), jnp.result_type(e)), example)
+        memory = jax.tree.map(
+            lambda e: jnp.zeros(shape + jnp.shape(e), jnp.result_type(e)), example
+        )
         solution = jax.tree.map(jnp.copy, params)
         return MCSGDState(memory, jnp.zeros(shape, bool), jnp.zeros((), jnp.int32), solution)
 
     def loss(self, params, state, batch, rng, model):
-        return decayed_cross_entropy(model, params, state, batch, rng, self.decay, 0, self.min_factor)
+        return decayed_cross_entropy(
+            model, params, state, batch, rng, self.decay, 0, self.min_factor
+        )
 
     def gradient_transform(self):
         return scale_by_lr_factor()
@@ -162,25 +173,43 @@ class MCSGD:
     def end_task(self, state, task_data, rng, model):
         sample_key, order_key, current_key = jax.random.split(rng, 3)
         algo = state.algo
-        examples, valid = class_balanced_sample(task_data, self.per_class, self.num_classes, sample_key)
-        memory = jax.tree.map(lambda m, new: m.at[algo.stored].set(new, mode="drop"), algo.memory, examples)
+        examples, valid = class_balanced_sample(
+            task_data, self.per_class, self.num_classes, sample_key
+        )
+        memory = jax.tree.map(
+            lambda m, new: m.at[algo.stored].set(new, mode="drop"), algo.memory, examples
+        )
         memory_valid = algo.valid.at[algo.stored].set(valid, mode="drop")
-        drawn = gather_batch(task_data, jax.random.randint(current_key, (self.current_size,), 0, task_data.size))
+        drawn = gather_batch(
+            task_data, jax.random.randint(current_key, (self.current_size,), 0, task_data.size)
+        )
         solution = lax.cond(
             algo.stored == 0,
             lambda: state.params,  # w̄_0 = ŵ_0
-            lambda: self.line_search(algo.solution, state.params, state.model_state, memory, memory_valid,
-                                     jnp.minimum(algo.stored + 1, self.num_tasks), {"x": drawn["x"], "y": drawn["y"]},
-                                     order_key, model),
+            lambda: self.line_search(
+                algo.solution,
+                state.params,
+                state.model_state,
+                memory,
+                memory_valid,
+                jnp.minimum(algo.stored + 1, self.num_tasks),
+                {"x": drawn["x"], "y": drawn["y"]},
+                order_key,
+                model,
+            ),
         )
         return MCSGDState(memory, memory_valid, algo.stored + 1, solution)
 
-    def line_search(self, previous, current, model_state, memory, memory_valid, tasks, drawn, key, model):
+    def line_search(
+        self, previous, current, model_state, memory, memory_valid, tasks, drawn, key, model
+    ):
         """w̄_t from w̄_{t-1} (`previous`) and ŵ_t (`current`): the memory of the first `tasks`
         tasks and `drawn` ({"x", "y"}: examples of task t) in batches (the module docstring)."""
         per_task = -(-self.rows // self.line_batch)  # batches per task's memory
         slots = self.num_tasks * per_task
-        scores = jnp.where(jnp.arange(slots) < tasks * per_task, jax.random.uniform(key, (slots,)), 2.0)
+        scores = jnp.where(
+            jnp.arange(slots) < tasks * per_task, jax.random.uniform(key, (slots,)), 2.0
+        )
         order = jnp.argsort(scores)  # the stored tasks' batches, shuffled, first
         drawn_count = drawn["y"].shape[0]
         drawn_batches = -(-drawn_count // self.line_batch)
@@ -194,18 +223,28 @@ class MCSGD:
             slot = order[jnp.minimum(i, slots - 1)]
             rows, in_range = rows_of(slot % per_task, self.rows)
             task = slot // per_task
-            grads = self.line_gradient(previous, w, model_state, memory["x"][task, rows], memory["y"][task, rows],
-                                       in_range & memory_valid[task, rows] & (i < tasks * per_task), model)
+            grads = self.line_gradient(
+                previous,
+                w,
+                model_state,
+                memory["x"][task, rows],
+                memory["y"][task, rows],
+                in_range & memory_valid[task, rows] & (i < tasks * per_task),
+                model,
+            )
             rows, in_range = rows_of(i, drawn_count)  # out of range once i >= drawn_batches
-            current_grads = self.line_gradient(current, w, model_state, drawn["x"][rows], drawn["y"][rows],
-                                               in_range, model)
+            current_grads = self.line_gradient(
+                current, w, model_state, drawn["x"][rows], drawn["y"][rows], in_range, model
+            )
             grads = jax.tree.map(jnp.add, grads, current_grads)
             trace = jax.tree.map(lambda m, g: self.line_momentum * m + g, trace, grads)
             return jax.tree.map(lambda p, m: p - self.line_lr * m, w, trace), trace
 
         start = jax.tree.map(lambda a, b: a + self.init_position * (b - a), previous, current)
         zeros = jax.tree.map(jnp.zeros_like, start)
-        return lax.fori_loop(0, jnp.maximum(tasks * per_task, drawn_batches), step, (start, zeros))[0]
+        return lax.fori_loop(0, jnp.maximum(tasks * per_task, drawn_batches), step, (start, zeros))[
+            0
+        ]
 
     def line_gradient(self, start, w, model_state, x, y, mask, model):
         """Σ_k c_k ∇ℓ(start + α_k (w − start)) over the segment's points (module docstring);

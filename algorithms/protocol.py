@@ -78,7 +78,9 @@ def optimizer_for(algorithm, tx: optax.GradientTransformation) -> optax.Gradient
     projection = getattr(algorithm, "projection_transform", None)
     if transform is None and projection is None:
         return tx
-    return optax.chain(*([transform()] if transform else []), tx, *([projection()] if projection else []))
+    return optax.chain(
+        *([transform()] if transform else []), tx, *([projection()] if projection else [])
+    )
 
 
 def model_for(algorithm, model):

@@ -46,11 +46,15 @@ def quadratic_init(params: PyTree) -> QuadraticState:
 
 def quadratic_penalty(params: PyTree, state: QuadraticState, lam) -> jax.Array:
     """`(lam / 2) * sum importance * (params - anchor)^2` over every leaf."""
-    terms = jax.tree.map(lambda p, f, a: jnp.sum(f * (p - a) ** 2), params, state.importance, state.anchor)
+    terms = jax.tree.map(
+        lambda p, f, a: jnp.sum(f * (p - a) ** 2), params, state.importance, state.anchor
+    )
     return 0.5 * lam * sum(jax.tree.leaves(terms))
 
 
-def consolidate_online(state: QuadraticState, importance: PyTree, params: PyTree, gamma) -> QuadraticState:
+def consolidate_online(
+    state: QuadraticState, importance: PyTree, params: PyTree, gamma
+) -> QuadraticState:
     """Online EWC: decay the accumulated importance by gamma, add the new, re-anchor."""
     return QuadraticState(
         importance=jax.tree.map(lambda old, new: gamma * old + new, state.importance, importance),
@@ -58,7 +62,9 @@ def consolidate_online(state: QuadraticState, importance: PyTree, params: PyTree
     )
 
 
-def consolidate_separate(state: QuadraticState, importance: PyTree, params: PyTree) -> QuadraticState:
+def consolidate_separate(
+    state: QuadraticState, importance: PyTree, params: PyTree
+) -> QuadraticState:
     """Separate penalties per task, folded exactly into one importance and one anchor."""
 
     def anchor(old_f, old_a, new_f, p):

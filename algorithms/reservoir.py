@@ -39,7 +39,9 @@ class ReservoirState(NamedTuple):
 
 def reservoir_init(capacity: int, example: PyTree) -> ReservoirState:
     """An empty buffer whose slots have the shape and dtype of one `example`."""
-    items = jax.tree.map(lambda e: jnp.zeros((capacity, *jnp.shape(e)), jnp.result_type(e)), example)
+    items = jax.tree.map(
+        lambda e: jnp.zeros((capacity, *jnp.shape(e)), jnp.result_type(e)), example
+    )
     return ReservoirState(items=items, num_seen=jnp.zeros((), jnp.int32))
 
 

@@ -53,8 +53,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import penalised_cross_entropy
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import QuadraticState, quadratic_init, quadratic_penalty
 
 
@@ -71,7 +71,6 @@ def minmax(tree):
     low = jnp.min(jnp.stack([jnp.min(leaf) for leaf in jax.tree.leaves(tree)]))
     high = jnp.max(jnp.stack([jnp.max(leaf) for leaf in jax.tree.leaves(tree)]))
     return jax.tree.map(lambda x: (x - low) / (high - low + 1e-32), tree)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +97,9 @@ class RWalk:
 
     def init(self, params, model_state, example_batch, rng):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return RWalkState(quadratic_init(params), zeros(), zeros(), zeros(), jnp.zeros((), jnp.int32))
+        return RWalkState(
+            quadratic_init(params), zeros(), zeros(), zeros(), jnp.zeros((), jnp.int32)
+        )
 
     def penalty(self, params, state, batch, rng, model, outputs=None):
         value = quadratic_penalty(params, state.algo.penalty, 2.0 * self.lam)  # λ Σ Ω (θ - θ*)²
@@ -113,8 +114,13 @@ class RWalk:
         def data_gradient(g, f, new, delta, a):  # the penalty's gradient at the step's θ_old
             return g - 2.0 * self.lam * f * (new - delta - a)
 
-        grads = jax.tree.map(data_gradient, aux["grads"], importance, state.params, aux["updates"], anchor)
-        fisher = jax.tree.map(lambda f, g: self.alpha * g**2 + (1 - self.alpha) * f, algo.fisher, grads)
+        grads = jax.tree.map(
+            data_gradient, aux["grads"], importance, state.params, aux["updates"], anchor
+        )
+        fisher = jax.tree.map(
+            lambda f, g: self.alpha * g**2 + (1 - self.alpha) * f, algo.fisher, grads
+        )
+
         def score(s, g, d, f):  # -g Δθ over the KL distance of the step, 1/2 F Δθ² (+ ε)
             return s - g * d / (0.5 * f * d**2 + self.epsilon)
 
@@ -125,7 +131,9 @@ class RWalk:
         algo = state.algo
         first = algo.tasks == 0
         score = jax.tree.map(
-            lambda s, r: jnp.where(first, r, 0.5 * (s + r)), algo.score, jax.tree.map(jax.nn.relu, algo.path)
+            lambda s, r: jnp.where(first, r, 0.5 * (s + r)),
+            algo.score,
+            jax.tree.map(jax.nn.relu, algo.path),
         )
         importance = jax.tree.map(jnp.add, minmax(algo.fisher), minmax(score))
         return RWalkState(

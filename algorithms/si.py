@@ -34,8 +34,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.losses import penalised_cross_entropy
+from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import (
     QuadraticState,
     consolidate_online,
@@ -60,11 +60,12 @@ def _clip_forward(bound, tree):
 
 
 def _clip_backward(bound, cotangent):
-    return jnp.zeros_like(bound), jax.tree.map(lambda g: jnp.clip(g, -bound, bound).astype(g.dtype), cotangent)
+    return jnp.zeros_like(bound), jax.tree.map(
+        lambda g: jnp.clip(g, -bound, bound).astype(g.dtype), cotangent
+    )
 
 
 clip_gradient.defvjp(_clip_forward, _clip_backward)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,12 @@ class SI:
     def end_task(self, state, task_data, rng, model):
         algo = state.algo
         omega = jax.tree.map(
-            lambda w, p, start: w / ((p - start) ** 2 + self.xi), algo.path, state.params, algo.penalty.anchor
+            lambda w, p, start: w / ((p - start) ** 2 + self.xi),
+            algo.path,
+            state.params,
+            algo.penalty.anchor,
         )
-        penalty = consolidate_online(algo.penalty, omega, state.params, 1.0)  # Ω += ..., θ* <- θ_end
+        penalty = consolidate_online(
+            algo.penalty, omega, state.params, 1.0
+        )  # Ω += ..., θ* <- θ_end
         return SIState(penalty=penalty, path=jax.tree.map(jnp.zeros_like, algo.path))

@@ -30,6 +30,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
+
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.protocol import is_number
 
@@ -38,7 +39,9 @@ def task_lr_factor(task: jax.Array, decay, offset: int, min_factor) -> jax.Array
     """float32 scalar max(decay ** (task + offset), min_factor): task `task`'s learning rate
     as a fraction of the optimizer's. `decay` and `min_factor` may be traced (sweeps)."""
     exponent = (task + offset).astype(jnp.float32)
-    return jnp.maximum(jnp.asarray(decay, jnp.float32) ** exponent, jnp.asarray(min_factor, jnp.float32))
+    return jnp.maximum(
+        jnp.asarray(decay, jnp.float32) ** exponent, jnp.asarray(min_factor, jnp.float32)
+    )
 
 
 def scale_by_lr_factor() -> optax.GradientTransformationExtraArgs:
@@ -64,7 +67,11 @@ def decayed_cross_entropy(model, params, state, batch, rng, decay, offset: int, 
     and MC-SGD's loss)."""
     _, model_state, ce = forward_cross_entropy(model, params, state, batch["x"], batch["y"], rng)
     factor = task_lr_factor(state.task, decay, offset, min_factor)
-    aux = {"model_state": model_state, "metrics": {"ce": ce, "lr_factor": factor}, "tx_args": {"lr_factor": factor}}
+    aux = {
+        "model_state": model_state,
+        "metrics": {"ce": ce, "lr_factor": factor},
+        "tx_args": {"lr_factor": factor},
+    }
     return ce, aux
 
 
@@ -98,7 +105,9 @@ class StableSGD:
         return {}
 
     def loss(self, params, state, batch, rng, model):
-        return decayed_cross_entropy(model, params, state, batch, rng, self.decay, self.offset, self.min_factor)
+        return decayed_cross_entropy(
+            model, params, state, batch, rng, self.decay, self.offset, self.min_factor
+        )
 
     def gradient_transform(self):
         return scale_by_lr_factor()

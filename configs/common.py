@@ -16,13 +16,17 @@ import ml_collections
 
 # ../shared/data beside the repository (where CI and the benchmarks keep MNIST), unless
 # SEQUAX_DATA names another root. Override per run with --config.data.root=PATH.
-DATA_ROOT = os.environ.get("SEQUAX_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA_ROOT = os.environ.get(
+    "SEQUAX_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 # Scenario options of the DER protocol (Buzzega et al. 2020, ../shared/PROTOCOLS.md §A).
 DER_SCENARIOS = {
     "split": dict(num_tasks=5, options=dict(classes_per_task=2), batch_size=10),
     "permuted": dict(num_tasks=20, options=dict(first_task_identity=False), batch_size=128),
-    "rotated": dict(num_tasks=20, options=dict(protocol="uniform", max_angle=180.0), batch_size=128),
+    "rotated": dict(
+        num_tasks=20, options=dict(protocol="uniform", max_angle=180.0), batch_size=128
+    ),
 }
 
 
@@ -63,13 +67,20 @@ def base_config() -> ml_collections.ConfigDict:
             stream=ml_collections.ConfigDict(dict(order="device", workers=0, prefetch=2)),
         )
     )
-    config.model = ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier"))
+    config.model = ml_collections.ConfigDict(
+        dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier")
+    )
     config.algorithm = ml_collections.ConfigDict(dict(name="naive"))
     # clip_norm > 0 scales each step's gradient to global L2 norm <= clip_norm first, as
     # torch.nn.utils.clip_grad_norm_ before optimizer.step() (sequax.engine.clipping); 0: off.
     config.optimizer = ml_collections.ConfigDict(
-        dict(name="sgd", lr=0.03, momentum=0.0, weight_decay=0.0, clip_norm=0.0, reset_each_task=True))
-    config.training = ml_collections.ConfigDict(dict(batch_size=10, epochs=1, steps_per_dispatch=250))
+        dict(
+            name="sgd", lr=0.03, momentum=0.0, weight_decay=0.0, clip_norm=0.0, reset_each_task=True
+        )
+    )
+    config.training = ml_collections.ConfigDict(
+        dict(batch_size=10, epochs=1, steps_per_dispatch=250)
+    )
     config.eval = ml_collections.ConfigDict(dict(batch_size=1000))
     # Devices: vmapped runs are split over `runs` devices (each group trains its own runs),
     # the batch over data x fsdp (data=-1: every device runs and fsdp leave); with fsdp > 1,
@@ -84,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     # same --workdir resumes from the newest good one. Intervals, 0 = never: every_steps is
     # checked at chunk boundaries (training.steps_per_dispatch), every_epochs within a task,
     # every_tasks after a task's evaluation (and after the last); `keep` complete ones kept.
-    config.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=0, every_epochs=0, every_tasks=1, keep=2))
+    config.checkpoint = ml_collections.ConfigDict(
+        dict(enabled=True, every_steps=0, every_epochs=0, every_tasks=1, keep=2)
+    )
     # Sinks besides metrics.jsonl and the console (sequax.engine.writers): TensorBoard event
     # files in WORKDIR/tensorboard; W&B (pip install 'sequax[wandb]'), "offline" writes
     # WORKDIR/wandb for a later `wandb sync`, "online" needs a login.
@@ -94,7 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def der_config(scenario: str, algorithm: str, lr: float, **algorithm_kwargs) -> ml_collections.ConfigDict:
+def der_config(
+    scenario: str, algorithm: str, lr: float, **algorithm_kwargs
+) -> ml_collections.ConfigDict:
     """The DER protocol: MLP 784-100-100-10 (Xavier), plain SGD, one epoch per task."""
     protocol = DER_SCENARIOS[scenario]
     config = base_config()
@@ -112,16 +127,30 @@ def der_config(scenario: str, algorithm: str, lr: float, **algorithm_kwargs) -> 
 # "reduced" one), batch 32, random crop (padding 4) and horizontal flip, inputs normalised
 # with the dataset's per-channel mean and std; epochs per task as in mammoth's best-args.
 DER_IMAGE_SCENARIOS = {
-    "cifar10": dict(num_tasks=5, classes_per_task=2, epochs=50,
-                    normalize=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615))),
-    "cifar100": dict(num_tasks=10, classes_per_task=10, epochs=50,
-                     normalize=((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))),
-    "tiny_imagenet": dict(num_tasks=10, classes_per_task=20, epochs=100,
-                          normalize=((0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821))),
+    "cifar10": dict(
+        num_tasks=5,
+        classes_per_task=2,
+        epochs=50,
+        normalize=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
+    ),
+    "cifar100": dict(
+        num_tasks=10,
+        classes_per_task=10,
+        epochs=50,
+        normalize=((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    ),
+    "tiny_imagenet": dict(
+        num_tasks=10,
+        classes_per_task=20,
+        epochs=100,
+        normalize=((0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821)),
+    ),
 }
 
 
-def der_image_config(source: str, algorithm: str, lr: float, **algorithm_kwargs) -> ml_collections.ConfigDict:
+def der_image_config(
+    source: str, algorithm: str, lr: float, **algorithm_kwargs
+) -> ml_collections.ConfigDict:
     """The DER protocol on Split CIFAR-10/100 and Split TinyImageNet: ResNet-18, plain SGD,
     batch 32, augmentation and normalisation (`DER_IMAGE_SCENARIOS`)."""
     protocol = DER_IMAGE_SCENARIOS[source]
@@ -129,7 +158,9 @@ def der_image_config(source: str, algorithm: str, lr: float, **algorithm_kwargs)
     config.data.source = source
     config.data.scenario = "split"
     config.data.num_tasks = protocol["num_tasks"]
-    config.data.options = ml_collections.ConfigDict(dict(classes_per_task=protocol["classes_per_task"]))
+    config.data.options = ml_collections.ConfigDict(
+        dict(classes_per_task=protocol["classes_per_task"])
+    )
     config.data.augment = ("crop", "flip")
     config.data.normalize = protocol["normalize"]
     config.model = ml_collections.ConfigDict(dict(name="resnet18", nf=64))
@@ -148,7 +179,9 @@ def shrink_local(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if "capacity" in config.algorithm:
         config.algorithm.capacity = min(config.algorithm.capacity, 200)
         if "replay_batch" in config.algorithm:
-            config.algorithm.replay_batch = min(config.algorithm.replay_batch, config.algorithm.capacity)
+            config.algorithm.replay_batch = min(
+                config.algorithm.replay_batch, config.algorithm.capacity
+            )
     config.training.batch_size = min(config.training.batch_size, 32)
     if config.model.get("name") == "resnet18":  # the image protocols: 50-100 epochs at nf=64
         config.training.epochs = 1

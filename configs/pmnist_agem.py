@@ -15,5 +15,7 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_config("permuted", "agem", lr=0.1, capacity=500, replay_batch=128, num_tasks=20)
+    config = common.der_config(
+        "permuted", "agem", lr=0.1, capacity=500, replay_batch=128, num_tasks=20
+    )
     return common.finish(config, arg)

@@ -14,4 +14,9 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    return common.finish(common.der_config("permuted", "ewc", lr=0.1, lam=1.4, gamma=1.0, online=True, likelihood_weighted=True), arg)
+    return common.finish(
+        common.der_config(
+            "permuted", "ewc", lr=0.1, lam=1.4, gamma=1.0, online=True, likelihood_weighted=True
+        ),
+        arg,
+    )

@@ -24,6 +24,7 @@ script names main_rbf.py, an exact L1-RBF kernel (`KCL(kernel="rbf")`, the table
 """
 
 import ml_collections
+
 from sequax.configs import common
 
 
@@ -36,9 +37,19 @@ def kcl_config(scenario: str, num_tasks: int, classes_per_task: int, options: di
     config.model.widths = (256, 256)
     config.model.dropout = 0.5
     config.model.init = "torch"
-    config.algorithm = ml_collections.ConfigDict(dict(
-        name="kcl", num_tasks=num_tasks, coreset_size=20 * classes_per_task, classes_per_task=classes_per_task,
-        num_features=1024, kl_weight=1e-4, ridge_init=0.1, lr_decay=0.5, lr_min_factor=5e-4))
+    config.algorithm = ml_collections.ConfigDict(
+        dict(
+            name="kcl",
+            num_tasks=num_tasks,
+            coreset_size=20 * classes_per_task,
+            classes_per_task=classes_per_task,
+            num_features=1024,
+            kl_weight=1e-4,
+            ridge_init=0.1,
+            lr_decay=0.5,
+            lr_min_factor=5e-4,
+        )
+    )
     config.optimizer.lr = 0.1
     config.optimizer.momentum = 0.8
     config.optimizer.reset_each_task = True

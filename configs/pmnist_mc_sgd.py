@@ -34,9 +34,20 @@ Published: average accuracy 85.3 %, forgetting 0.06. The reproduction table
 from sequax.configs import common
 from sequax.configs.pmnist_stable_sgd import mirzadeh_config
 
-MC_SGD = dict(num_tasks=20, per_class=10, num_classes=10, decay=0.8, line_samples=10, line_lr=0.003,
-              line_momentum=0.8, line_batch=64, init_position=0.3)
+MC_SGD = dict(
+    num_tasks=20,
+    per_class=10,
+    num_classes=10,
+    decay=0.8,
+    line_samples=10,
+    line_lr=0.003,
+    line_momentum=0.8,
+    line_batch=64,
+    init_position=0.3,
+)
 
 
 def get_config(arg: str | None = None):
-    return common.finish(mirzadeh_config("permuted", "mc_sgd", dropout=0.2, batch_size=64, **MC_SGD), arg)
+    return common.finish(
+        mirzadeh_config("permuted", "mc_sgd", dropout=0.2, batch_size=64, **MC_SGD), arg
+    )

@@ -16,17 +16,26 @@ functional dropout stays on at test time); the table's note has the commands.
 """
 
 import ml_collections
+
 from sequax.configs import common
 
 
-def mirzadeh_config(scenario: str, algorithm: str, dropout: float, batch_size: int, **algorithm_kwargs):
+def mirzadeh_config(
+    scenario: str, algorithm: str, dropout: float, batch_size: int, **algorithm_kwargs
+):
     """The Mirzadeh protocol's stream and MLP, SGD lr 0.1 with momentum 0.8 reset per task."""
     config = common.base_config()
     config.data.scenario = scenario
     config.data.num_tasks = 20
-    options = dict(first_task_identity=True) if scenario == "permuted" else dict(protocol="step", step=10.0, jitter=10.0)
+    options = (
+        dict(first_task_identity=True)
+        if scenario == "permuted"
+        else dict(protocol="step", step=10.0, jitter=10.0)
+    )
     config.data.options = ml_collections.ConfigDict(options)
-    config.model = ml_collections.ConfigDict(dict(name="mlp", widths=(256, 256), dropout=dropout, init="torch"))
+    config.model = ml_collections.ConfigDict(
+        dict(name="mlp", widths=(256, 256), dropout=dropout, init="torch")
+    )
     config.algorithm = ml_collections.ConfigDict(dict(name=algorithm, **algorithm_kwargs))
     config.optimizer.lr = 0.1
     config.optimizer.momentum = 0.8
@@ -36,4 +45,6 @@ def mirzadeh_config(scenario: str, algorithm: str, dropout: float, batch_size: i
 
 
 def get_config(arg: str | None = None):
-    return common.finish(mirzadeh_config("permuted", "stable_sgd", dropout=0.25, batch_size=64, decay=0.8), arg)
+    return common.finish(
+        mirzadeh_config("permuted", "stable_sgd", dropout=0.25, batch_size=64, decay=0.8), arg
+    )

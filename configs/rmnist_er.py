@@ -14,4 +14,6 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    return common.finish(common.der_config("rotated", "er", lr=0.2, capacity=500, replay_batch=128), arg)
+    return common.finish(
+        common.der_config("rotated", "er", lr=0.2, capacity=500, replay_batch=128), arg
+    )

@@ -49,6 +49,7 @@ behind the paper's table.
 """
 
 import ml_collections
+
 from sequax.configs import common
 
 
@@ -59,9 +60,20 @@ def get_config(arg: str | None = None):
     config.data.options = ml_collections.ConfigDict(dict(protocol="stratified", max_angle=180.0))
     config.data.train_per_task = 1000
     config.model.widths = (100, 100)
-    config.algorithm = ml_collections.ConfigDict(dict(
-        name="lamaml", alpha_init=0.15, meta_lr=0.3, glances=5, capacity=200, replay_batch=10,
-        inner_batch=1, grad_clip=2.0, second_order=False, clamp_inner=False))
+    config.algorithm = ml_collections.ConfigDict(
+        dict(
+            name="lamaml",
+            alpha_init=0.15,
+            meta_lr=0.3,
+            glances=5,
+            capacity=200,
+            replay_batch=10,
+            inner_batch=1,
+            grad_clip=2.0,
+            second_order=False,
+            clamp_inner=False,
+        )
+    )
     config.optimizer.lr = 1.0  # the step size is max(0, α) (the asynchronous update)
     config.training.batch_size = 10
     config.training.epochs = 1

@@ -24,4 +24,6 @@ RMNIST_MC_SGD = {**MC_SGD, "init_position": 0.1}
 
 
 def get_config(arg: str | None = None):
-    return common.finish(mirzadeh_config("rotated", "mc_sgd", dropout=0.2, batch_size=64, **RMNIST_MC_SGD), arg)
+    return common.finish(
+        mirzadeh_config("rotated", "mc_sgd", dropout=0.2, batch_size=64, **RMNIST_MC_SGD), arg
+    )

@@ -21,4 +21,6 @@ from sequax.configs.pmnist_stable_sgd import mirzadeh_config
 
 
 def get_config(arg: str | None = None):
-    return common.finish(mirzadeh_config("rotated", "stable_sgd", dropout=0.25, batch_size=64, decay=0.55), arg)
+    return common.finish(
+        mirzadeh_config("rotated", "stable_sgd", dropout=0.25, batch_size=64, decay=0.55), arg
+    )

@@ -26,6 +26,7 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_image_config("cifar100", "der", lr=0.03, capacity=500, replay_batch=32, alpha=0.3,
-                                     num_classes=100)
+    config = common.der_image_config(
+        "cifar100", "der", lr=0.03, capacity=500, replay_batch=32, alpha=0.3, num_classes=100
+    )
     return common.finish(config, arg)

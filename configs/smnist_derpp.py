@@ -15,5 +15,7 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_config("split", "derpp", lr=0.03, capacity=500, replay_batch=10, alpha=1.0, beta=0.5)
+    config = common.der_config(
+        "split", "derpp", lr=0.03, capacity=500, replay_batch=10, alpha=1.0, beta=0.5
+    )
     return common.finish(config, arg)

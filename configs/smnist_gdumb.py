@@ -18,6 +18,14 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_config("split", "gdumb", lr=0.03, capacity=500, num_classes=10, epochs=128, fit_lr=0.05,
-                               batch_size=16)
+    config = common.der_config(
+        "split",
+        "gdumb",
+        lr=0.03,
+        capacity=500,
+        num_classes=10,
+        epochs=128,
+        fit_lr=0.05,
+        batch_size=16,
+    )
     return common.finish(config, arg)

@@ -24,8 +24,17 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_config("split", "hat", lr=0.05, num_tasks=5, s_max=400.0, c=0.75, thres_cosh=50.0,
-                               thres_emb=6.0, clipgrad=10000.0)
+    config = common.der_config(
+        "split",
+        "hat",
+        lr=0.05,
+        num_tasks=5,
+        s_max=400.0,
+        c=0.75,
+        thres_cosh=50.0,
+        thres_emb=6.0,
+        clipgrad=10000.0,
+    )
     config.model.init = "torch"
     config.training.batch_size = 64
     config.training.epochs = 10

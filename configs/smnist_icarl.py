@@ -18,5 +18,7 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_config("split", "icarl", lr=0.1, capacity=500, replay_batch=10, num_classes=10, feature_dim=100)
+    config = common.der_config(
+        "split", "icarl", lr=0.1, capacity=500, replay_batch=10, num_classes=10, feature_dim=100
+    )
     return common.finish(config, arg)

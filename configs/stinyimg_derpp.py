@@ -22,6 +22,14 @@ from sequax.configs import common
 
 
 def get_config(arg: str | None = None):
-    config = common.der_image_config("tiny_imagenet", "derpp", lr=0.03, capacity=500, replay_batch=32, alpha=0.2,
-                                     beta=0.5, num_classes=200)
+    config = common.der_image_config(
+        "tiny_imagenet",
+        "derpp",
+        lr=0.03,
+        capacity=500,
+        replay_batch=32,
+        alpha=0.2,
+        beta=0.5,
+        num_classes=200,
+    )
     return common.finish(config, arg)

@@ -23,7 +23,6 @@ from sequax.data.scenarios import (
     split,
     subsample,
 )
-from sequax.data.tiny_imagenet import load_tiny_imagenet
 from sequax.data.sources import (
     ImageSource,
     load_fashion_mnist,
@@ -31,6 +30,7 @@ from sequax.data.sources import (
     load_packaged_mnist,
     load_source,
 )
+from sequax.data.tiny_imagenet import load_tiny_imagenet
 
 __all__ = [
     "DataError",

@@ -75,8 +75,10 @@ def make_augment(names: Sequence[str]) -> Augment | None:
     names = tuple(names)
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown or len(set(names)) != len(names):
-        raise ValueError(f"augment={names!r}: use distinct names among {', '.join(map(repr, AUGMENTATIONS))}, "
-                         f"e.g. ('crop', 'flip')")
+        raise ValueError(
+            f"augment={names!r}: use distinct names among {', '.join(map(repr, AUGMENTATIONS))}, "
+            f"e.g. ('crop', 'flip')"
+        )
     if not names:
         return None
     functions = [AUGMENTATIONS[n] for n in names]
@@ -108,18 +110,24 @@ def with_augmentation(model, augment: Augment | None, normalize=None):
     mean = std = None
     if normalize is not None and len(normalize):
         if len(normalize) != 2 or len(normalize[0]) != len(normalize[1]) or min(normalize[1]) <= 0:
-            raise ValueError(f"normalize={normalize!r}: give ((mean per channel), (std > 0 per channel))")
+            raise ValueError(
+                f"normalize={normalize!r}: give ((mean per channel), (std > 0 per channel))"
+            )
         mean, std = (jnp.asarray(v, jnp.float32) for v in normalize)
 
     def apply(params, model_state, x, *, train: bool, rng: jax.Array | None = None):
         if train and augment is not None:
             if rng is None:
-                raise ValueError("an augmented model's apply(train=True) needs rng: the augmentations draw from it")
+                raise ValueError(
+                    "an augmented model's apply(train=True) needs rng: the augmentations draw from it"
+                )
             x = augment(x, jax.random.fold_in(rng, AUGMENT_STREAM))
         if mean is not None:
             if x.shape[-1] != mean.shape[0]:
-                raise ValueError(f"normalize has {mean.shape[0]} channels but the inputs have {x.shape[-1]}; "
-                                 f"set config.data.normalize to one (mean, std) entry per channel")
+                raise ValueError(
+                    f"normalize has {mean.shape[0]} channels but the inputs have {x.shape[-1]}; "
+                    f"set config.data.normalize to one (mean, std) entry per channel"
+                )
             x = (x - mean) / std
         return model.apply(params, model_state, x, train=train, rng=rng)
 

@@ -35,28 +35,46 @@ IMAGE_SHAPE = (32, 32, 3)
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR100_FOLDER = "cifar-100-python"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_FIX = ("download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it "
-               "under the data root (giving <root>/cifar-10-batches-py/data_batch_1..5, test_batch, "
-               "batches.meta); set config.data.root")
+CIFAR10_FIX = (
+    "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it "
+    "under the data root (giving <root>/cifar-10-batches-py/data_batch_1..5, test_batch, "
+    "batches.meta); set config.data.root"
+)
 # md5 of each official file (the values torchvision checks) and the images it holds; a file
 # holding exactly that many images is the official one and must match (`read_batch`).
 OFFICIAL_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
-    "train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
 }
-OFFICIAL_IMAGES = {**dict.fromkeys((*CIFAR10_TRAIN_FILES, "test_batch"), 10000), "train": 50000, "test": 10000}
-CIFAR100_FIX = ("download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
-                "under the data root (giving <root>/cifar-100-python/train, test, meta); set "
-                "config.data.root")
+OFFICIAL_IMAGES = {
+    **dict.fromkeys((*CIFAR10_TRAIN_FILES, "test_batch"), 10000),
+    "train": 50000,
+    "test": 10000,
+}
+CIFAR100_FIX = (
+    "download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
+    "under the data root (giving <root>/cifar-100-python/train, test, meta); set "
+    "config.data.root"
+)
 
 # The only globals a CIFAR pickle refers to: numpy's array reconstruction under its numpy 1 and
 # numpy 2 names (protocols 2 and 5), and the bytes constructor of Python 3's protocol 2.
 _ALLOWED_GLOBALS = {
-    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *(
+        (f"numpy.{core}.multiarray", name)
+        for core in ("core", "_core")
+        for name in ("_reconstruct", "scalar")
+    ),
     *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
@@ -78,13 +96,25 @@ def read_pickle(path: Path, fix: str) -> dict:
     try:
         with path.open("rb") as file:
             content = _ArrayUnpickler(file, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, ImportError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ImportError,
+    ) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         raise DataError(f"corrupt CIFAR file: {path} ({message}); {fix}") from None
     if not isinstance(content, dict):
-        raise DataError(f"corrupt CIFAR file: {path} holds a {type(content).__name__}, not a dict; {fix}")
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()}
+        raise DataError(
+            f"corrupt CIFAR file: {path} holds a {type(content).__name__}, not a dict; {fix}"
+        )
+    return {
+        key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()
+    }
 
 
 def read_batch(path: Path, label_key: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,21 +126,29 @@ def read_batch(path: Path, label_key: str, fix: str) -> tuple[np.ndarray, np.nda
     """
     content = read_pickle(path, fix)
     if "data" not in content or label_key not in content:
-        raise DataError(f"corrupt CIFAR file: {path} lacks the key {'data' if 'data' not in content else label_key!r}"
-                        f"; {fix}")
+        raise DataError(
+            f"corrupt CIFAR file: {path} lacks the key {'data' if 'data' not in content else label_key!r}"
+            f"; {fix}"
+        )
     data, labels = np.asarray(content["data"]), np.asarray(content[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"corrupt CIFAR file: {path}: data is {data.dtype} {data.shape}, expected uint8 "
-                        f"[N, 3072]; {fix}")
+        raise DataError(
+            f"corrupt CIFAR file: {path}: data is {data.dtype} {data.shape}, expected uint8 "
+            f"[N, 3072]; {fix}"
+        )
     if labels.shape != (len(data),):
-        raise DataError(f"corrupt CIFAR file: {path}: {len(data)} images but labels of shape "
-                        f"{labels.shape}; {fix}")
+        raise DataError(
+            f"corrupt CIFAR file: {path}: {len(data)} images but labels of shape "
+            f"{labels.shape}; {fix}"
+        )
     if len(data) == OFFICIAL_IMAGES.get(path.name) and path.name in OFFICIAL_MD5:
         with path.open("rb") as file:
             digest = hashlib.file_digest(file, "md5").hexdigest()
         if digest != OFFICIAL_MD5[path.name]:
-            raise DataError(f"corrupt CIFAR file: {path} holds the official {len(data):,} images but has md5 "
-                            f"{digest}, not the official {OFFICIAL_MD5[path.name]}; {fix}")
+            raise DataError(
+                f"corrupt CIFAR file: {path} holds the official {len(data):,} images but has md5 "
+                f"{digest}, not the official {OFFICIAL_MD5[path.name]}; {fix}"
+            )
     # Rows are [3 planes, 32 rows, 32 columns]; NHWC puts the channel last.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int32)
@@ -135,8 +173,16 @@ def load_cifar10(root: str | os.PathLike) -> ImageSource:
     folder = Path(root).expanduser() / CIFAR10_FOLDER
     train = [read_batch(folder / name, "labels", CIFAR10_FIX) for name in CIFAR10_TRAIN_FILES]
     test_x, test_y = read_batch(folder / "test_batch", "labels", CIFAR10_FIX)
-    return _source(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                   test_x, test_y, 10, "cifar10", folder, CIFAR10_FIX)
+    return _source(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        test_x,
+        test_y,
+        10,
+        "cifar10",
+        folder,
+        CIFAR10_FIX,
+    )
 
 
 def load_cifar100(root: str | os.PathLike, labels: str = "fine") -> ImageSource:
@@ -151,19 +197,37 @@ def load_cifar100(root: str | os.PathLike, labels: str = "fine") -> ImageSource:
       DataError: a missing, truncated or malformed file, or an unknown `labels`.
     """
     if labels not in ("fine", "coarse"):
-        raise DataError(f"load_cifar100: labels={labels!r}; use 'fine' (100 classes) or 'coarse' (20)")
+        raise DataError(
+            f"load_cifar100: labels={labels!r}; use 'fine' (100 classes) or 'coarse' (20)"
+        )
     folder = Path(root).expanduser() / CIFAR100_FOLDER
     key = f"{labels}_labels"
     train_x, train_y = read_batch(folder / "train", key, CIFAR100_FIX)
     test_x, test_y = read_batch(folder / "test", key, CIFAR100_FIX)
     name = "cifar100" if labels == "fine" else "cifar100_coarse"
-    return _source(train_x, train_y, test_x, test_y, 100 if labels == "fine" else 20, name, folder,
-                   CIFAR100_FIX)
+    return _source(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        100 if labels == "fine" else 20,
+        name,
+        folder,
+        CIFAR100_FIX,
+    )
 
 
 def _source(train_x, train_y, test_x, test_y, num_classes, name, folder, fix) -> ImageSource:
     for split, y in (("train", train_y), ("test", test_y)):
         if y.size and not 0 <= y.min() <= y.max() < num_classes:
-            raise DataError(f"corrupt CIFAR file under {folder}: {split} labels outside [0, {num_classes}); {fix}")
-    return ImageSource(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                       num_classes=num_classes, name=name)
+            raise DataError(
+                f"corrupt CIFAR file under {folder}: {split} labels outside [0, {num_classes}); {fix}"
+            )
+    return ImageSource(
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=num_classes,
+        name=name,
+    )

@@ -57,21 +57,22 @@ def read_idx(path: str | os.PathLike, official: tuple[int, str, str] | None = No
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as error:
             # BadGzipFile is an OSError; a cut-off stream is an EOFError.
-            raise DataError(
-                f"corrupt gzip file: {path} ({_one_line(error)}); {_FIX}"
-            ) from None
+            raise DataError(f"corrupt gzip file: {path} ({_one_line(error)}); {_FIX}") from None
     elif path.suffix == ".gz":
         raise DataError(f"not a gzip file: {path} (no gzip header); {_FIX}")
     if official is not None and len(raw) == official[0]:
         digest = hashlib.md5(raw).hexdigest()
         if digest != official[1]:
-            raise DataError(f"corrupt IDX file: {path} has the official size ({official[0]:,} bytes uncompressed) "
-                            f"but md5 {digest}, not the official {official[1]}; re-download it from {official[2]}")
+            raise DataError(
+                f"corrupt IDX file: {path} has the official size ({official[0]:,} bytes uncompressed) "
+                f"but md5 {digest}, not the official {official[1]}; re-download it from {official[2]}"
+            )
     return _parse_idx(raw, path)
 
 
-def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike,
-                  official: tuple = (None, None)) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    images_path: str | os.PathLike, labels_path: str | os.PathLike, official: tuple = (None, None)
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads an (images, labels) file pair and checks that they are what they claim to be.
 
     Returns (uint8 [N, rows, cols], uint8 [N]). `official`: each file's `read_idx` checksum.
@@ -83,17 +84,18 @@ def read_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike
     images, labels = read_idx(images_path, official[0]), read_idx(labels_path, official[1])
     if images.ndim != 3:
         raise DataError(
-            f"not an IDX image file: {images_path} (magic says {images.ndim} dims, want 3); "
-            f"{_FIX}")
+            f"not an IDX image file: {images_path} (magic says {images.ndim} dims, want 3); {_FIX}"
+        )
     if labels.ndim != 1:
         raise DataError(
-            f"not an IDX label file: {labels_path} (magic says {labels.ndim} dims, want 1); "
-            f"{_FIX}")
+            f"not an IDX label file: {labels_path} (magic says {labels.ndim} dims, want 1); {_FIX}"
+        )
     if len(images) != len(labels):
         raise DataError(
             f"image/label count mismatch: {images_path} has {len(images)} images but "
             f"{labels_path} has {len(labels)} labels; the files come from different releases "
-            f"or splits, {_FIX}")
+            f"or splits, {_FIX}"
+        )
     return images, labels
 
 
@@ -105,18 +107,20 @@ def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
     if zeros != b"\x00\x00" or type_code != _UBYTE_TYPE_CODE or not 1 <= ndim <= 4:
         raise DataError(
             f"bad IDX magic in {path}: {magic} (want {IMAGES_MAGIC} for images or "
-            f"{LABELS_MAGIC} for labels); the file is not an unsigned-byte IDX file, {_FIX}")
+            f"{LABELS_MAGIC} for labels); the file is not an unsigned-byte IDX file, {_FIX}"
+        )
     header_bytes = 4 + 4 * ndim
     if len(raw) < header_bytes:
         raise DataError(f"truncated IDX header in {path}: {len(raw)} bytes; {_FIX}")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header_bytes + int(np.prod(shape, dtype=np.int64))
     if len(raw) != expected:
         # Too long is as suspicious as too short: two files concatenated, or a wrong header.
         problem = "truncated" if len(raw) < expected else "oversized"
         raise DataError(
             f"{problem} IDX payload in {path}: header says shape {shape} = {expected} bytes, "
-            f"file has {len(raw)}; {_FIX}")
+            f"file has {len(raw)}; {_FIX}"
+        )
     return np.frombuffer(raw, np.uint8, offset=header_bytes).reshape(shape)
 
 

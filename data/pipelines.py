@@ -68,13 +68,17 @@ class ArraySource:
         object.__setattr__(self, "x", np.asarray(self.x))
         n = len(self.x)
         if self.x.dtype not in (np.uint8, np.float32) or self.x.ndim < 2:
-            raise DataError(f"ArraySource: x must be uint8 or float32 [N, ...], got {self.x.dtype} "
-                            f"{self.x.shape}; convert the images first")
+            raise DataError(
+                f"ArraySource: x must be uint8 or float32 [N, ...], got {self.x.dtype} "
+                f"{self.x.shape}; convert the images first"
+            )
         for name in ("y", "task"):
             value = np.asarray(getattr(self, name))
             if value.shape != (n,) or not np.issubdtype(value.dtype, np.integer):
-                raise DataError(f"ArraySource: {name} must be integers [{n}] (one per image), got "
-                                f"{value.dtype} {value.shape}")
+                raise DataError(
+                    f"ArraySource: {name} must be integers [{n}] (one per image), got "
+                    f"{value.dtype} {value.shape}"
+                )
             object.__setattr__(self, name, value.astype(np.int32, copy=False))
 
     def __len__(self) -> int:
@@ -90,7 +94,9 @@ class ArraySource:
         return {"x": self.x[indices], "y": self.y[indices], "task": self.task[indices]}
 
     @classmethod
-    def from_image_source(cls, source: ImageSource, split: str = "train", task: int = 0) -> ArraySource:
+    def from_image_source(
+        cls, source: ImageSource, split: str = "train", task: int = 0
+    ) -> ArraySource:
         """A split ("train" or "test") of an `ImageSource`, every example in task `task`."""
         x, y = getattr(source, f"{split}_x"), getattr(source, f"{split}_y")
         return cls(x, y, np.full(len(y), task, np.int32))
@@ -115,20 +121,28 @@ class RecordSource:
 
     def __init__(self, dataset: Any, task: int | np.ndarray = 0, channels: str = "auto"):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise DataError(f"RecordSource: {type(dataset).__name__} has no __len__/__getitem__; give a "
-                            "map-style dataset (torch.utils.data.Dataset), not an iterable one")
+            raise DataError(
+                f"RecordSource: {type(dataset).__name__} has no __len__/__getitem__; give a "
+                "map-style dataset (torch.utils.data.Dataset), not an iterable one"
+            )
         if channels not in CHANNEL_LAYOUTS:
-            raise DataError(f"RecordSource: channels={channels!r}; use one of {', '.join(CHANNEL_LAYOUTS)}")
+            raise DataError(
+                f"RecordSource: channels={channels!r}; use one of {', '.join(CHANNEL_LAYOUTS)}"
+            )
         self.dataset = dataset
         self.channels = channels
         n = len(dataset)
         if n == 0:
-            raise DataError(f"RecordSource: {type(dataset).__name__} is empty; give a dataset with examples")
+            raise DataError(
+                f"RecordSource: {type(dataset).__name__} is empty; give a dataset with examples"
+            )
         task = np.asarray(task)
         if task.ndim == 0:
             task = np.full(n, int(task), np.int32)
         if task.shape != (n,):
-            raise DataError(f"RecordSource: task must be an int or [{n}] ints, got shape {task.shape}")
+            raise DataError(
+                f"RecordSource: task must be an int or [{n}] ints, got shape {task.shape}"
+            )
         self.task = task.astype(np.int32)
         # Record 0 is read with every check; its layout then serves every record (the hot path
         # below does no per-record inspection: ~3 µs per MNIST record instead of ~25 µs).
@@ -149,7 +163,9 @@ class RecordSource:
         item = self.dataset[int(index)]
         where = f"{type(self.dataset).__name__}[{index}]"
         if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise DataError(f"RecordSource: {where} returned {type(item).__name__}; it must return (image, label)")
+            raise DataError(
+                f"RecordSource: {where} returned {type(item).__name__}; it must return (image, label)"
+            )
         return to_image(item[0], self.channels, where=where), to_label(item[1], where=where)
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -166,23 +182,42 @@ class RecordSource:
             else:
                 batch = np.stack([np.asarray(image) for image in images])
             labels = np.fromiter((operator.index(item[1]) for item in items), np.int64, len(items))
-        except (RuntimeError, ValueError, TypeError) as error:  # shapes differ, a label is not an int
-            raise DataError(f"RecordSource: {name}'s records cannot be batched ({error}); every record "
-                            f"must be (image, int label) with images of one shape, like {name}[0]") from None
-        batch = batch[..., None] if batch.ndim == 3 else batch.transpose(0, 2, 3, 1) if self._channels_first else batch
+        except (
+            RuntimeError,
+            ValueError,
+            TypeError,
+        ) as error:  # shapes differ, a label is not an int
+            raise DataError(
+                f"RecordSource: {name}'s records cannot be batched ({error}); every record "
+                f"must be (image, int label) with images of one shape, like {name}[0]"
+            ) from None
+        batch = (
+            batch[..., None]
+            if batch.ndim == 3
+            else batch.transpose(0, 2, 3, 1)
+            if self._channels_first
+            else batch
+        )
         if batch.shape[1:] != shape or (batch.dtype == np.uint8) != (dtype == np.uint8):
-            raise DataError(f"RecordSource: {name} has images {batch.dtype} {batch.shape[1:]} in this batch, the "
-                            f"first record had {dtype} {shape}; every image must have one shape and kind")
+            raise DataError(
+                f"RecordSource: {name} has images {batch.dtype} {batch.shape[1:]} in this batch, the "
+                f"first record had {dtype} {shape}; every image must have one shape and kind"
+            )
         lead = np.shape(indices)
-        return {"x": batch.astype(dtype, copy=False).reshape(*lead, *shape),
-                "y": labels.astype(np.int32).reshape(lead), "task": self.task[flat].reshape(lead)}
+        return {
+            "x": batch.astype(dtype, copy=False).reshape(*lead, *shape),
+            "y": labels.astype(np.int32).reshape(lead),
+            "task": self.task[flat].reshape(lead),
+        }
 
 
 def _channels_first(shape: tuple[int, ...], channels: str) -> bool:
     """Whether a 3-D image of `shape` is [C, H, W] under the layout rule `channels`."""
     if len(shape) != 3:
         return False
-    return channels == "first" or (channels == "auto" and shape[0] in (1, 3) and shape[-1] not in (1, 3))
+    return channels == "first" or (
+        channels == "auto" and shape[0] in (1, 3) and shape[-1] not in (1, 3)
+    )
 
 
 def _to_numpy(image: Any) -> Any:
@@ -197,7 +232,9 @@ def to_image(image: Any, channels: str = "auto", where: str = "image") -> np.nda
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3:
-        raise DataError(f"{where}: image of shape {image.shape}; images must be [H, W], [H, W, C] or [C, H, W]")
+        raise DataError(
+            f"{where}: image of shape {image.shape}; images must be [H, W], [H, W, C] or [C, H, W]"
+        )
     if _channels_first(image.shape, channels):
         image = np.moveaxis(image, 0, -1)
     if image.dtype == np.uint8:
@@ -211,11 +248,15 @@ def to_label(label: Any, where: str = "label") -> int:
     """A record's label as a Python int (ints, numpy integers, 0-d integer tensors)."""
     value = np.asarray(label.item() if hasattr(label, "item") else label)
     if value.ndim != 0 or not np.issubdtype(value.dtype, np.integer):
-        raise DataError(f"{where}: label {label!r} is not one integer; return the class id as an int")
+        raise DataError(
+            f"{where}: label {label!r} is not one integer; return the class id as an int"
+        )
     return int(value)
 
 
-def as_source(dataset: Any, task: int | np.ndarray = 0, channels: str = "auto") -> ArraySource | RecordSource:
+def as_source(
+    dataset: Any, task: int | np.ndarray = 0, channels: str = "auto"
+) -> ArraySource | RecordSource:
     """The right reader for `dataset`: array-backed sources are gathered a batch at a time.
 
     `ArraySource` is returned as is; an `ImageSource` gives its training split; a torch
@@ -228,8 +269,12 @@ def as_source(dataset: Any, task: int | np.ndarray = 0, channels: str = "auto") 
         return ArraySource.from_image_source(dataset, "train", int(task))
     tensors = getattr(dataset, "tensors", None)
     if isinstance(tensors, (tuple, list)) and len(tensors) >= 2:
-        x = np.asarray(tensors[0].detach().cpu().numpy() if hasattr(tensors[0], "detach") else tensors[0])
-        y = np.asarray(tensors[1].detach().cpu().numpy() if hasattr(tensors[1], "detach") else tensors[1])
+        x = np.asarray(
+            tensors[0].detach().cpu().numpy() if hasattr(tensors[0], "detach") else tensors[0]
+        )
+        y = np.asarray(
+            tensors[1].detach().cpu().numpy() if hasattr(tensors[1], "detach") else tensors[1]
+        )
         x = x[..., None] if x.ndim == 3 else x
         if x.ndim == 4 and _channels_first(x.shape[1:], channels):
             x = np.moveaxis(x, 1, -1)  # torch's [N, C, H, W] -> [N, H, W, C]
@@ -239,7 +284,9 @@ def as_source(dataset: Any, task: int | np.ndarray = 0, channels: str = "auto") 
     return RecordSource(dataset, task, channels)
 
 
-def as_map_dataset(dataset: Any, task: int | np.ndarray = 0, channels: str = "auto") -> grain.MapDataset:
+def as_map_dataset(
+    dataset: Any, task: int | np.ndarray = 0, channels: str = "auto"
+) -> grain.MapDataset:
     """A torch-style dataset as a per-record grain `MapDataset` of numpy records
     {"x": [H, W, C], "y", "task"}, for users composing their own grain pipelines
     (`.shuffle(seed).map(...).batch(b)`); the engine reads through `chunk_dataset`."""
@@ -296,20 +343,40 @@ class ChunkPlan(Sequence):
         keeps the global batches the same for any number of processes.
     """
 
-    def __init__(self, order, *, batch_size: int, steps: int, epochs: int, chunk: int,
-                 shard: grain.sharding.ShardOptions | None = None):
+    def __init__(
+        self,
+        order,
+        *,
+        batch_size: int,
+        steps: int,
+        epochs: int,
+        chunk: int,
+        shard: grain.sharding.ShardOptions | None = None,
+    ):
         shard = shard or grain.sharding.NoSharding()
         if batch_size % shard.shard_count:
-            raise DataError(f"batch size {batch_size} does not split over {shard.shard_count} processes; "
-                            f"use a multiple of {shard.shard_count}")
+            raise DataError(
+                f"batch size {batch_size} does not split over {shard.shard_count} processes; "
+                f"use a multiple of {shard.shard_count}"
+            )
         if min(steps, epochs, chunk, batch_size) < 1:
-            raise DataError(f"ChunkPlan: steps={steps}, epochs={epochs}, chunk={chunk}, "
-                            f"batch_size={batch_size} must all be >= 1")
-        self.order, self.batch_size, self.steps, self.epochs, self.chunk = order, batch_size, steps, epochs, chunk
+            raise DataError(
+                f"ChunkPlan: steps={steps}, epochs={epochs}, chunk={chunk}, "
+                f"batch_size={batch_size} must all be >= 1"
+            )
+        self.order, self.batch_size, self.steps, self.epochs, self.chunk = (
+            order,
+            batch_size,
+            steps,
+            epochs,
+            chunk,
+        )
         self.local_batch = batch_size // shard.shard_count
         self.first_row = shard.shard_index * self.local_batch
         self.per_epoch = math.ceil(steps / chunk)
-        self._cache: tuple[int, np.ndarray] | None = None  # (epoch, its order): chunks come in order
+        self._cache: tuple[int, np.ndarray] | None = (
+            None  # (epoch, its order): chunks come in order
+        )
 
     def __len__(self) -> int:
         return self.epochs * self.per_epoch
@@ -327,15 +394,19 @@ class ChunkPlan(Sequence):
         if cached is None or cached[0] != epoch:
             cached = (epoch, np.asarray(self.order.epoch(epoch)))
             if len(cached[1]) < self.steps * self.batch_size:
-                raise DataError(f"the order of epoch {epoch} has {len(cached[1])} indices, fewer than "
-                                f"{self.steps} batches of {self.batch_size}")
+                raise DataError(
+                    f"the order of epoch {epoch} has {len(cached[1])} indices, fewer than "
+                    f"{self.steps} batches of {self.batch_size}"
+                )
             self._cache = cached
         order = cached[1]
         count = self.count(c)
         start = j * self.chunk
-        batches = order[start * self.batch_size:(start + count) * self.batch_size].reshape(count, self.batch_size)
+        batches = order[start * self.batch_size : (start + count) * self.batch_size].reshape(
+            count, self.batch_size
+        )
         indices = np.zeros((self.chunk, self.local_batch), np.int64)
-        indices[:count] = batches[:, self.first_row:self.first_row + self.local_batch]
+        indices[:count] = batches[:, self.first_row : self.first_row + self.local_batch]
         return {"indices": indices, "count": count}
 
 
@@ -357,8 +428,15 @@ class ReadChunk(grain.transforms.Map):
         return {**out, "count": count}
 
 
-def chunk_dataset(source, plan: ChunkPlan, *, workers: int = 0, worker_buffer: int = 2, read_threads: int = 1,
-                  read_ahead: int = 2) -> grain.IterDataset:
+def chunk_dataset(
+    source,
+    plan: ChunkPlan,
+    *,
+    workers: int = 0,
+    worker_buffer: int = 2,
+    read_threads: int = 1,
+    read_ahead: int = 2,
+) -> grain.IterDataset:
     """The grain pipeline: `plan`'s chunks read from `source`, in `workers` processes.
 
     grain's `mp_prefetch` gives worker i the chunks i, i + workers, ... and interleaves them
@@ -375,7 +453,9 @@ def chunk_dataset(source, plan: ChunkPlan, *, workers: int = 0, worker_buffer: i
     ds = grain.MapDataset.source(plan).map(ReadChunk(source)).to_iter_dataset(read)
     if workers > 0:
         mark_flags_parsed()
-        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=worker_buffer)
+        options = grain.MultiprocessingOptions(
+            num_workers=workers, per_worker_buffer_size=worker_buffer
+        )
         ds = ds.mp_prefetch(options, worker_init_fn=_init_worker)
     return ds
 

@@ -133,8 +133,14 @@ class RotateTransform:
             return apply_pixel_map(images, rotation_map(images.shape[1:], float(self.angles[t])))
         # One call over the whole [n, H, W] batch: about 1 s for 60k MNIST images on one core.
         rotated = scipy.ndimage.rotate(
-            images[..., 0], float(self.angles[t]), axes=(1, 2), reshape=False,
-            order=self.order, mode="constant", cval=0)
+            images[..., 0],
+            float(self.angles[t]),
+            axes=(1, 2),
+            reshape=False,
+            order=self.order,
+            mode="constant",
+            cval=0,
+        )
         return rotated[..., None]
 
 
@@ -148,8 +154,9 @@ def rotation_map(shape: Sequence[int], angle: float) -> np.ndarray:
     h, w, c = shape
     size = h * w * c
     index = np.arange(1, size + 1, dtype=np.float64).reshape(h, w, c)
-    moved = scipy.ndimage.rotate(index, angle, axes=(0, 1), reshape=False, order=0,
-                                 mode="constant", cval=0)
+    moved = scipy.ndimage.rotate(
+        index, angle, axes=(0, 1), reshape=False, order=0, mode="constant", cval=0
+    )
     moved = np.rint(moved).astype(np.int64).reshape(-1) - 1
     return np.where(moved < 0, size, moved).astype(np.int32)
 
@@ -161,8 +168,13 @@ def apply_pixel_map(images: np.ndarray, pixel_map: np.ndarray) -> np.ndarray:
     return flat[:, pixel_map].reshape(images.shape)
 
 
-def split(source: ImageSource, num_tasks: int = 5, classes_per_task: int = 2,
-          class_order: None | str | Sequence[int] = None, seed: int = 0) -> Scenario:
+def split(
+    source: ImageSource,
+    num_tasks: int = 5,
+    classes_per_task: int = 2,
+    class_order: None | str | Sequence[int] = None,
+    seed: int = 0,
+) -> Scenario:
     """Split scenario (class-IL): task t holds classes class_order[t*k:(t+1)*k], k=classes_per_task.
 
     Args:
@@ -179,19 +191,28 @@ def split(source: ImageSource, num_tasks: int = 5, classes_per_task: int = 2,
         raise DataError(
             f"split: {num_tasks} tasks x {classes_per_task} classes = {needed} classes, but "
             f"{source.name} has {num_classes}; use num_tasks * classes_per_task <= "
-            f"{num_classes} (both >= 1)")
+            f"{num_classes} (both >= 1)"
+        )
     order = _class_order(class_order, num_classes, needed, seed)
     task_classes = np.zeros((num_tasks, num_classes), bool)
     for t in range(num_tasks):
-        task_classes[t, order[t * classes_per_task:(t + 1) * classes_per_task]] = True
+        task_classes[t, order[t * classes_per_task : (t + 1) * classes_per_task]] = True
     train_indices = tuple(np.flatnonzero(row[source.train_y]) for row in task_classes)
     test_indices = tuple(np.flatnonzero(row[source.test_y]) for row in task_classes)
-    return _scenario(f"split_{source.name}", "class", source, task_classes, IdentityTransform(),
-                     train_indices, test_indices)
+    return _scenario(
+        f"split_{source.name}",
+        "class",
+        source,
+        task_classes,
+        IdentityTransform(),
+        train_indices,
+        test_indices,
+    )
 
 
-def permuted(source: ImageSource, num_tasks: int, seed: int = 0,
-             first_task_identity: bool = False) -> Scenario:
+def permuted(
+    source: ImageSource, num_tasks: int, seed: int = 0, first_task_identity: bool = False
+) -> Scenario:
     """Permuted scenario (domain-IL): each task applies its own fixed random pixel permutation.
 
     Args:
@@ -208,14 +229,26 @@ def permuted(source: ImageSource, num_tasks: int, seed: int = 0,
     if first_task_identity:
         # Overwrite rather than skip the draw, so tasks 1.. are the same with or without it.
         permutations[0] = np.arange(num_pixels)
-    return _domain_scenario(f"permuted_{source.name}", source, num_tasks,
-                            PermuteTransform(permutations), permutations=permutations,
-                            pixel_maps=permutations.astype(np.int32))
+    return _domain_scenario(
+        f"permuted_{source.name}",
+        source,
+        num_tasks,
+        PermuteTransform(permutations),
+        permutations=permutations,
+        pixel_maps=permutations.astype(np.int32),
+    )
 
 
-def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = "uniform",
-            max_angle: float = 180.0, step: float = 10.0, jitter: float = 10.0,
-            interpolation: str = "nearest") -> Scenario:
+def rotated(
+    source: ImageSource,
+    num_tasks: int,
+    seed: int = 0,
+    protocol: str = "uniform",
+    max_angle: float = 180.0,
+    step: float = 10.0,
+    jitter: float = 10.0,
+    interpolation: str = "nearest",
+) -> Scenario:
     """Rotated scenario (domain-IL): each task rotates all its images by one fixed angle.
 
     Args:
@@ -238,16 +271,21 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
     """
     _check_num_tasks(num_tasks, "rotated")
     if protocol not in ROTATION_PROTOCOLS:
-        raise DataError(f"rotated: unknown protocol {protocol!r}; use one of "
-                        f"{', '.join(ROTATION_PROTOCOLS)}")
+        raise DataError(
+            f"rotated: unknown protocol {protocol!r}; use one of {', '.join(ROTATION_PROTOCOLS)}"
+        )
     if interpolation not in INTERPOLATION_ORDERS:
-        raise DataError(f"rotated: unknown interpolation {interpolation!r}; use one of "
-                        f"{', '.join(INTERPOLATION_ORDERS)}")
+        raise DataError(
+            f"rotated: unknown interpolation {interpolation!r}; use one of "
+            f"{', '.join(INTERPOLATION_ORDERS)}"
+        )
     rng = np.random.default_rng(seed)
     if protocol == "uniform":
         angles = rng.uniform(0.0, max_angle, size=num_tasks)
     elif protocol == "stratified":
-        angles = (np.arange(num_tasks) + rng.uniform(0.0, 1.0, size=num_tasks)) * max_angle / num_tasks
+        angles = (
+            (np.arange(num_tasks) + rng.uniform(0.0, 1.0, size=num_tasks)) * max_angle / num_tasks
+        )
     else:
         angles = np.arange(num_tasks) * step - rng.uniform(0.0, jitter, size=num_tasks)
     transform = RotateTransform(angles, INTERPOLATION_ORDERS[interpolation])
@@ -255,12 +293,17 @@ def rotated(source: ImageSource, num_tasks: int, seed: int = 0, protocol: str = 
     if interpolation == "nearest":
         shape = source.train_x.shape[1:]
         maps = np.stack([rotation_map(shape, float(a)) for a in angles])
-    return _domain_scenario(f"rotated_{source.name}", source, num_tasks, transform,
-                            angles=angles, pixel_maps=maps)
+    return _domain_scenario(
+        f"rotated_{source.name}", source, num_tasks, transform, angles=angles, pixel_maps=maps
+    )
 
 
-def subsample(scenario: Scenario, train_per_task: int | None = None,
-              test_per_task: int | None = None, seed: int = 0) -> Scenario:
+def subsample(
+    scenario: Scenario,
+    train_per_task: int | None = None,
+    test_per_task: int | None = None,
+    seed: int = 0,
+) -> Scenario:
     """Keeps a random `train_per_task` / `test_per_task` examples of each task (None: all).
 
     Used by `:local` configs to shrink runs. Deterministic: task t's train subset is drawn
@@ -274,13 +317,19 @@ def subsample(scenario: Scenario, train_per_task: int | None = None,
     train_indices = _subsample_indices(scenario.train_indices, train_per_task, seed, 0)
     test_indices = _subsample_indices(scenario.test_indices, test_per_task, seed, 1)
     return dataclasses.replace(
-        scenario, train_indices=train_indices, test_indices=test_indices,
+        scenario,
+        train_indices=train_indices,
+        test_indices=test_indices,
         train_sizes=tuple(len(i) for i in train_indices),
-        test_sizes=tuple(len(i) for i in test_indices))
+        test_sizes=tuple(len(i) for i in test_indices),
+    )
 
 
 SCENARIO_BUILDERS: dict[str, Callable[..., Scenario]] = {
-    "split": split, "permuted": permuted, "rotated": rotated}
+    "split": split,
+    "permuted": permuted,
+    "rotated": rotated,
+}
 
 
 def make_scenario(name: str, source: ImageSource, **kwargs: Any) -> Scenario:
@@ -291,29 +340,40 @@ def make_scenario(name: str, source: ImageSource, **kwargs: Any) -> Scenario:
     accepted = [p for p in inspect.signature(builder).parameters if p != "source"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise DataError(f"scenario {name!r} got unknown arguments {', '.join(unknown)}; "
-                        f"accepted: {', '.join(accepted)}")
+        raise DataError(
+            f"scenario {name!r} got unknown arguments {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted)}"
+        )
     try:
         return builder(source, **kwargs)
     except TypeError as error:  # a required argument (e.g. num_tasks) is missing
         raise DataError(f"scenario {name!r}: {error}; accepted: {', '.join(accepted)}") from None
 
 
-def _class_order(class_order: None | str | Sequence[int], num_classes: int, needed: int,
-                 seed: int) -> np.ndarray:
+def _class_order(
+    class_order: None | str | Sequence[int], num_classes: int, needed: int, seed: int
+) -> np.ndarray:
     if class_order is None:
         return np.arange(num_classes)
     if isinstance(class_order, str):
         if class_order != "shuffle":
-            raise DataError(f"split: class_order={class_order!r}; use None, 'shuffle' or a "
-                            f"sequence of class ids")
+            raise DataError(
+                f"split: class_order={class_order!r}; use None, 'shuffle' or a "
+                f"sequence of class ids"
+            )
         return np.random.default_rng(seed).permutation(num_classes)
     order = np.asarray(class_order)
-    if (order.ndim != 1 or len(order) < needed or len(set(order.tolist())) != len(order)
-            or not np.issubdtype(order.dtype, np.integer)
-            or not np.all((0 <= order) & (order < num_classes))):
-        raise DataError(f"split: class_order={list(class_order)} is invalid; give at least "
-                        f"{needed} distinct class ids in [0, {num_classes})")
+    if (
+        order.ndim != 1
+        or len(order) < needed
+        or len(set(order.tolist())) != len(order)
+        or not np.issubdtype(order.dtype, np.integer)
+        or not np.all((0 <= order) & (order < num_classes))
+    ):
+        raise DataError(
+            f"split: class_order={list(class_order)} is invalid; give at least "
+            f"{needed} distinct class ids in [0, {num_classes})"
+        )
     return order
 
 
@@ -322,31 +382,56 @@ def _check_num_tasks(num_tasks: int, builder: str) -> None:
         raise DataError(f"{builder}: num_tasks={num_tasks}; use num_tasks >= 1")
 
 
-def _domain_scenario(name: str, source: ImageSource, num_tasks: int, transform: Transform,
-                     **extras: np.ndarray) -> Scenario:
+def _domain_scenario(
+    name: str, source: ImageSource, num_tasks: int, transform: Transform, **extras: np.ndarray
+) -> Scenario:
     task_classes = np.ones((num_tasks, source.num_classes), bool)
     # Every task shares the same index arrays: they are read-only, so sharing is safe.
     train_all, test_all = np.arange(len(source.train_y)), np.arange(len(source.test_y))
-    return _scenario(name, "domain", source, task_classes, transform,
-                     (train_all,) * num_tasks, (test_all,) * num_tasks, **extras)
+    return _scenario(
+        name,
+        "domain",
+        source,
+        task_classes,
+        transform,
+        (train_all,) * num_tasks,
+        (test_all,) * num_tasks,
+        **extras,
+    )
 
 
-def _scenario(name: str, setting: str, source: ImageSource, task_classes: np.ndarray,
-              transform: Transform, train_indices: tuple[np.ndarray, ...],
-              test_indices: tuple[np.ndarray, ...], **extras: np.ndarray) -> Scenario:
+def _scenario(
+    name: str,
+    setting: str,
+    source: ImageSource,
+    task_classes: np.ndarray,
+    transform: Transform,
+    train_indices: tuple[np.ndarray, ...],
+    test_indices: tuple[np.ndarray, ...],
+    **extras: np.ndarray,
+) -> Scenario:
     extras = {k: v for k, v in extras.items() if v is not None}
     for array in (task_classes, *train_indices, *test_indices, *extras.values()):
         array.setflags(write=False)  # a frozen scenario must not change under its users
     return Scenario(
-        name=name, setting=setting, num_tasks=len(task_classes),
-        num_classes=source.num_classes, task_classes=task_classes,
+        name=name,
+        setting=setting,
+        num_tasks=len(task_classes),
+        num_classes=source.num_classes,
+        task_classes=task_classes,
         train_sizes=tuple(len(i) for i in train_indices),
-        test_sizes=tuple(len(i) for i in test_indices), source=source, transform=transform,
-        train_indices=train_indices, test_indices=test_indices, **extras)
+        test_sizes=tuple(len(i) for i in test_indices),
+        source=source,
+        transform=transform,
+        train_indices=train_indices,
+        test_indices=test_indices,
+        **extras,
+    )
 
 
-def _subsample_indices(indices: tuple[np.ndarray, ...], count: int | None, seed: int,
-                       stream: int) -> tuple[np.ndarray, ...]:
+def _subsample_indices(
+    indices: tuple[np.ndarray, ...], count: int | None, seed: int, stream: int
+) -> tuple[np.ndarray, ...]:
     if count is None:
         return indices
     kept = []

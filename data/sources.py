@@ -32,18 +32,31 @@ FILE_NAMES = (
 )
 SOURCE_NAMES = ("mnist", "fashion_mnist", "mnist_packaged", "cifar10", "cifar100", "tiny_imagenet")
 # name -> (module, loader) of the RGB sources; imported on demand, since they import ImageSource.
-RGB_SOURCES = {"cifar10": ("cifar", "load_cifar10"), "cifar100": ("cifar", "load_cifar100"),
-               "tiny_imagenet": ("tiny_imagenet", "load_tiny_imagenet")}
+RGB_SOURCES = {
+    "cifar10": ("cifar", "load_cifar10"),
+    "cifar100": ("cifar", "load_cifar100"),
+    "tiny_imagenet": ("tiny_imagenet", "load_tiny_imagenet"),
+}
 NUM_CLASSES = 10
 # Where the official files are (torchvision's mirrors), and (uncompressed bytes, md5 of the
 # uncompressed content) of each: `read_idx` refuses a file of the official size with another md5.
-DOWNLOADS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-             "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
+DOWNLOADS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
 OFFICIAL_CONTENT = {
-    "mnist": ((47040016, "6bbc9ace898e44ae57da46a324031adb"), (60008, "a25bea736e30d166cdddb491f175f624"),
-              (7840016, "2646ac647ad5339dbf082846283269ea"), (10008, "27ae3e4e09519cfbb04c329615203637")),
-    "fashion_mnist": ((47040016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"), (60008, "9018921c3c673c538a1fc5bad174d6f9"),
-                      (7840016, "8181f5470baa50b63fa0f6fddb340f0a"), (10008, "15d484375f8d13e6eb1aabb0c3f46965")),
+    "mnist": (
+        (47040016, "6bbc9ace898e44ae57da46a324031adb"),
+        (60008, "a25bea736e30d166cdddb491f175f624"),
+        (7840016, "2646ac647ad5339dbf082846283269ea"),
+        (10008, "27ae3e4e09519cfbb04c329615203637"),
+    ),
+    "fashion_mnist": (
+        (47040016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+        (60008, "9018921c3c673c538a1fc5bad174d6f9"),
+        (7840016, "8181f5470baa50b63fa0f6fddb340f0a"),
+        (10008, "15d484375f8d13e6eb1aabb0c3f46965"),
+    ),
 }
 
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -80,15 +93,18 @@ class ImageSource:
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
                 raise DataError(
                     f"ImageSource {self.name!r}: {split}_x must be uint8 [N, H, W, 1 or 3], got "
-                    f"{images.dtype} {images.shape}; build sources with load_source")
+                    f"{images.dtype} {images.shape}; build sources with load_source"
+                )
             if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
                 raise DataError(
                     f"ImageSource {self.name!r}: {split}_y must be int32 [{len(images)}], got "
-                    f"{labels.dtype} {labels.shape}; build sources with load_source")
+                    f"{labels.dtype} {labels.shape}; build sources with load_source"
+                )
             if labels.size and not 0 <= labels.min() <= labels.max() < self.num_classes:
                 raise DataError(
                     f"ImageSource {self.name!r}: {split}_y has labels outside "
-                    f"[0, {self.num_classes}); the label file is corrupt, re-copy it")
+                    f"[0, {self.num_classes}); the label file is corrupt, re-copy it"
+                )
             images.setflags(write=False)
             labels.setflags(write=False)
 
@@ -103,12 +119,13 @@ def load_mnist(root: str | os.PathLike, dataset: str = "mnist") -> ImageSource:
       DataError: unknown dataset, a missing file, or a malformed file.
     """
     if dataset not in DATASET_FOLDERS:
-        raise DataError(
-            f"unknown IDX dataset {dataset!r}; known: {', '.join(DATASET_FOLDERS)}")
+        raise DataError(f"unknown IDX dataset {dataset!r}; known: {', '.join(DATASET_FOLDERS)}")
     raw_dir = Path(root).expanduser() / DATASET_FOLDERS[dataset] / "raw"
     paths = [_find_file(raw_dir, name, dataset) for name in FILE_NAMES]
-    official = [(*content, DOWNLOADS[dataset] + name + ".gz")
-                for content, name in zip(OFFICIAL_CONTENT[dataset], FILE_NAMES)]
+    official = [
+        (*content, DOWNLOADS[dataset] + name + ".gz")
+        for content, name in zip(OFFICIAL_CONTENT[dataset], FILE_NAMES)
+    ]
     train_x, train_y = read_idx_pair(paths[0], paths[1], official[0:2])
     test_x, test_y = read_idx_pair(paths[2], paths[3], official[2:4])
     return _make_source(train_x, train_y, test_x, test_y, dataset)
@@ -128,12 +145,17 @@ def load_packaged_mnist() -> ImageSource:
     """
     # The assets are the official t10k files: a damaged installation is refused by checksum.
     official = [(*content, "a reinstall of sequax") for content in OFFICIAL_CONTENT["mnist"][2:4]]
-    images, labels = read_idx_pair(ASSETS_DIR / "t10k-images-idx3-ubyte.gz",
-                                   ASSETS_DIR / "t10k-labels-idx1-ubyte.gz", official)
-    train_index, test_index = stratified_split(labels, PACKAGED_TEST_FRACTION,
-                                               PACKAGED_SPLIT_SEED)
-    return _make_source(images[train_index], labels[train_index], images[test_index],
-                        labels[test_index], "mnist_packaged")
+    images, labels = read_idx_pair(
+        ASSETS_DIR / "t10k-images-idx3-ubyte.gz", ASSETS_DIR / "t10k-labels-idx1-ubyte.gz", official
+    )
+    train_index, test_index = stratified_split(labels, PACKAGED_TEST_FRACTION, PACKAGED_SPLIT_SEED)
+    return _make_source(
+        images[train_index],
+        labels[train_index],
+        images[test_index],
+        labels[test_index],
+        "mnist_packaged",
+    )
 
 
 def load_source(name: str, root: str | os.PathLike | None = None) -> ImageSource:
@@ -143,7 +165,9 @@ def load_source(name: str, root: str | os.PathLike | None = None) -> ImageSource
         return load_packaged_mnist()
     if name in RGB_SOURCES:
         if root is None:
-            raise DataError(f"data source {name!r} needs a data root, got None; set config.data.root")
+            raise DataError(
+                f"data source {name!r} needs a data root, got None; set config.data.root"
+            )
         module, loader = RGB_SOURCES[name]
         return getattr(importlib.import_module(f"sequax.data.{module}"), loader)(root)
     if name not in DATASET_FOLDERS:
@@ -151,12 +175,14 @@ def load_source(name: str, root: str | os.PathLike | None = None) -> ImageSource
     if root is None:
         raise DataError(
             f"data source {name!r} needs a data root, got None; set config.data.root to the "
-            f"folder holding {DATASET_FOLDERS[name]}/raw/ (or use 'mnist_packaged')")
+            f"folder holding {DATASET_FOLDERS[name]}/raw/ (or use 'mnist_packaged')"
+        )
     return load_mnist(root, name)
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns sorted (train, test) index arrays with `test_fraction` of each class in test.
 
     Per-class test counts are rounded by largest remainder (ties to the lower class id), so
@@ -168,7 +194,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int
     missing = int(round(test_fraction * len(labels))) - int(test_counts.sum())
     # Stable sort on the negated remainders: the largest remainders get the missing examples.
     order = np.argsort(-(quotas - test_counts), kind="stable")
-    test_counts[order[:max(missing, 0)]] += 1
+    test_counts[order[: max(missing, 0)]] += 1
     rng = np.random.default_rng(seed)
     test_parts = []
     for label, test_count in zip(classes, test_counts):
@@ -192,13 +218,19 @@ def _find_file(raw_dir: Path, name: str, dataset: str) -> Path:
     raise DataError(
         f"{label} file missing: {raw_dir / name}.gz{where}; expected {expected} "
         f"(.gz or uncompressed) under <root>/{folder}/raw/ with root={root}; download them from "
-        f"{DOWNLOADS[dataset]} into {raw_dir}, or set config.data.root")
+        f"{DOWNLOADS[dataset]} into {raw_dir}, or set config.data.root"
+    )
 
 
-def _make_source(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                 test_y: np.ndarray, name: str) -> ImageSource:
+def _make_source(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, name: str
+) -> ImageSource:
     # A trailing channel axis so that MNIST and later RGB sources share the NHWC layout.
     return ImageSource(
-        train_x=train_x[..., None], train_y=train_y.astype(np.int32),
-        test_x=test_x[..., None], test_y=test_y.astype(np.int32),
-        num_classes=NUM_CLASSES, name=name)
+        train_x=train_x[..., None],
+        train_y=train_y.astype(np.int32),
+        test_x=test_x[..., None],
+        test_y=test_y.astype(np.int32),
+        num_classes=NUM_CLASSES,
+        name=name,
+    )

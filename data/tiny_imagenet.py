@@ -40,12 +40,16 @@ FOLDER = "tiny-imagenet-200"
 CACHE_NAME = "sequax_decoded.npz"
 IMAGE_SHAPE = (64, 64, 3)
 CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "wnids")
-FIX = ("download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it under the data root "
-       "(giving <root>/tiny-imagenet-200/wnids.txt, train/<wnid>/images/<wnid>_<i>.JPEG, "
-       "val/images/val_<i>.JPEG and val/val_annotations.txt); set config.data.root")
+FIX = (
+    "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it under the data root "
+    "(giving <root>/tiny-imagenet-200/wnids.txt, train/<wnid>/images/<wnid>_<i>.JPEG, "
+    "val/images/val_<i>.JPEG and val/val_annotations.txt); set config.data.root"
+)
 
 
-def load_tiny_imagenet(root: str | os.PathLike, cache: bool = True, workers: int | None = None) -> ImageSource:
+def load_tiny_imagenet(
+    root: str | os.PathLike, cache: bool = True, workers: int | None = None
+) -> ImageSource:
     """TinyImageNet from `<root>/tiny-imagenet-200/`: 100,000 train and 10,000 test images.
 
     Args:
@@ -70,8 +74,14 @@ def load_tiny_imagenet(root: str | os.PathLike, cache: bool = True, workers: int
     train_x = decode_jpegs(train_paths, workers)
     test_x = decode_jpegs(test_paths, workers)
     if cache:
-        _write_cache(cache_path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                     wnids=np.array(wnids))
+        _write_cache(
+            cache_path,
+            train_x=train_x,
+            train_y=train_y,
+            test_x=test_x,
+            test_y=test_y,
+            wnids=np.array(wnids),
+        )
     return _source(train_x, train_y, test_x, test_y, num_classes=len(wnids))
 
 
@@ -81,8 +91,10 @@ def read_wnids(path: Path) -> list[str]:
         raise DataError(f"TinyImageNet file missing: {path}; {FIX}")
     wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
-        raise DataError(f"corrupt TinyImageNet file: {path} must list distinct wnids, one a line "
-                        f"(found {len(wnids)}, {len(set(wnids))} distinct); {FIX}")
+        raise DataError(
+            f"corrupt TinyImageNet file: {path} must list distinct wnids, one a line "
+            f"(found {len(wnids)}, {len(set(wnids))} distinct); {FIX}"
+        )
     return wnids
 
 
@@ -101,10 +113,14 @@ def decode_jpegs(paths: list[Path], workers: int | None = None) -> np.ndarray:
             raise DataError(f"TinyImageNet file missing: {path}; {FIX}") from None
         except (OSError, SyntaxError, ValueError) as error:  # truncated or not a JPEG
             message = " ".join(str(error).split()) or type(error).__name__
-            raise DataError(f"corrupt TinyImageNet image: {path} ({message}); re-extract it, or {FIX}") from None
+            raise DataError(
+                f"corrupt TinyImageNet image: {path} ({message}); re-extract it, or {FIX}"
+            ) from None
         if array.shape != IMAGE_SHAPE:
-            raise DataError(f"corrupt TinyImageNet image: {path} is {array.shape[1]}x{array.shape[0]}, "
-                            f"expected 64x64; re-extract it, or {FIX}")
+            raise DataError(
+                f"corrupt TinyImageNet image: {path} is {array.shape[1]}x{array.shape[0]}, "
+                f"expected 64x64; re-extract it, or {FIX}"
+            )
         return array
 
     images = np.empty((len(paths), *IMAGE_SHAPE), np.uint8)
@@ -126,7 +142,9 @@ def _train_files(folder: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray
         images = folder / "train" / wnid / "images"
         files = sorted(images.glob("*.JPEG"), key=_natural_key) if images.is_dir() else []
         if not files:
-            raise DataError(f"TinyImageNet images missing: no {wnid}_<i>.JPEG under {images}; {FIX}")
+            raise DataError(
+                f"TinyImageNet images missing: no {wnid}_<i>.JPEG under {images}; {FIX}"
+            )
         paths += files
         labels += [label] * len(files)
     return paths, np.array(labels, np.int32)
@@ -143,8 +161,10 @@ def _val_files(folder: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray]:
             continue
         fields = line.split()
         if len(fields) < 2 or fields[1] not in index:
-            raise DataError(f"corrupt TinyImageNet file: {annotations} line {number} ({line.strip()[:60]!r}) "
-                            f"must be '<file>\\t<wnid listed in wnids.txt>\\t<box>'; {FIX}")
+            raise DataError(
+                f"corrupt TinyImageNet file: {annotations} line {number} ({line.strip()[:60]!r}) "
+                f"must be '<file>\\t<wnid listed in wnids.txt>\\t<box>'; {FIX}"
+            )
         paths.append(folder / "val" / "images" / fields[0])
         labels.append(index[fields[1]])
     if not paths:
@@ -157,7 +177,9 @@ def _read_cache(path: Path, wnids: list[str]):
     try:
         with np.load(path, allow_pickle=False) as cached:
             if set(CACHE_KEYS) - set(cached.files) or cached["wnids"].tolist() != wnids:
-                warnings.warn(f"{path} does not match wnids.txt; decoding the JPEGs again", stacklevel=3)
+                warnings.warn(
+                    f"{path} does not match wnids.txt; decoding the JPEGs again", stacklevel=3
+                )
                 return None
             return tuple(cached[key] for key in CACHE_KEYS[:4])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -174,10 +196,19 @@ def _write_cache(path: Path, **arrays: np.ndarray) -> None:
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        warnings.warn(f"could not write the TinyImageNet cache {path} ({error}); the next load decodes "
-                      f"the JPEGs again", stacklevel=3)
+        warnings.warn(
+            f"could not write the TinyImageNet cache {path} ({error}); the next load decodes "
+            f"the JPEGs again",
+            stacklevel=3,
+        )
 
 
 def _source(train_x, train_y, test_x, test_y, num_classes: int) -> ImageSource:
-    return ImageSource(train_x=train_x, train_y=train_y.astype(np.int32), test_x=test_x,
-                       test_y=test_y.astype(np.int32), num_classes=num_classes, name="tiny_imagenet")
+    return ImageSource(
+        train_x=train_x,
+        train_y=train_y.astype(np.int32),
+        test_x=test_x,
+        test_y=test_y.astype(np.int32),
+        num_classes=num_classes,
+        name="tiny_imagenet",
+    )

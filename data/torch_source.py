@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from sequax.data.errors import DataError
 from sequax.data.factories import load_callable
 from sequax.data.pipelines import RecordSource
@@ -129,8 +130,12 @@ def to_pixels(x: np.ndarray, where: str = "images") -> np.ndarray:
 
 
 def _load_callable(spec: str) -> Callable[[], Any]:
-    return load_callable(spec, "data.factory", DataError,
-                         "a function as 'package.module:function' returning (train_dataset, test_dataset)")
+    return load_callable(
+        spec,
+        "data.factory",
+        DataError,
+        "a function as 'package.module:function' returning (train_dataset, test_dataset)",
+    )
 
 
 def _call(function: Any, what: str) -> Any:

@@ -49,7 +49,10 @@ def build_scenario(data_config):
         raise ConfigError(f"config.data.options: {error}; see sequax.data.scenarios") from None
     if cfg.get("train_per_task") or cfg.get("test_per_task"):
         scenario = sequax_data.subsample(  # 0 means "keep every example"
-            scenario, cfg.get("train_per_task") or None, cfg.get("test_per_task") or None, seed=cfg.get("seed", 0)
+            scenario,
+            cfg.get("train_per_task") or None,
+            cfg.get("test_per_task") or None,
+            seed=cfg.get("seed", 0),
         )
     return scenario
 
@@ -84,11 +87,16 @@ def run_scenarios(data_config, scenario, run_seeds) -> list:
     return [
         dataclasses.replace(
             sequax_data.make_scenario(
-                cfg["scenario"], scenario.source, num_tasks=cfg["num_tasks"], seed=draw_seed(cfg.get("seed", 0), s),
+                cfg["scenario"],
+                scenario.source,
+                num_tasks=cfg["num_tasks"],
+                seed=draw_seed(cfg.get("seed", 0), s),
                 **options,
             ),
-            train_indices=scenario.train_indices, test_indices=scenario.test_indices,
-            train_sizes=scenario.train_sizes, test_sizes=scenario.test_sizes,
+            train_indices=scenario.train_indices,
+            test_indices=scenario.test_indices,
+            train_sizes=scenario.train_sizes,
+            test_sizes=scenario.test_sizes,
         )
         for s in run_seeds
     ]
@@ -115,10 +123,14 @@ def build_model(model_config, num_classes: int, data_config=None) -> Model:
     cfg = _as_dict(model_config)
     name = cfg.pop("name", "mlp")
     if name not in MODELS and name != "torch":
-        raise ConfigError(f"config.model.name={name!r} is unknown; known: {', '.join(map(repr, [*MODELS, 'torch']))}")
+        raise ConfigError(
+            f"config.model.name={name!r} is unknown; known: {', '.join(map(repr, [*MODELS, 'torch']))}"
+        )
     data = _as_dict(data_config or {})
     try:
-        model = _torch_model(cfg, num_classes) if name == "torch" else MODELS[name](num_classes, **cfg)
+        model = (
+            _torch_model(cfg, num_classes) if name == "torch" else MODELS[name](num_classes, **cfg)
+        )
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
@@ -126,7 +138,9 @@ def build_model(model_config, num_classes: int, data_config=None) -> Model:
     if not data.get("augment") and not data.get("normalize"):
         return model
     try:
-        return with_augmentation(model, make_augment(data.get("augment") or ()), data.get("normalize") or None)
+        return with_augmentation(
+            model, make_augment(data.get("augment") or ()), data.get("normalize") or None
+        )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config.data: {error}") from None
 
@@ -155,13 +169,19 @@ def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.Gradien
     if validate and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ConfigError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
     clip_norm = cfg.get("clip_norm", 0.0)
-    if validate and not (isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and clip_norm >= 0):
-        raise ConfigError(f"config.optimizer.clip_norm={clip_norm!r} must be a number >= 0 (0 = no clipping)")
+    if validate and not (
+        isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and clip_norm >= 0
+    ):
+        raise ConfigError(
+            f"config.optimizer.clip_norm={clip_norm!r} must be a number >= 0 (0 = no clipping)"
+        )
     parts = [optax.sgd(cfg["lr"], momentum=momentum)]
     if not (isinstance(weight_decay, (int, float)) and not weight_decay):
         parts.insert(0, optax.add_decayed_weights(weight_decay))
     if not (isinstance(clip_norm, (int, float)) and not clip_norm):
-        parts.insert(0, clip_grad_norm_transform(clip_norm))  # torch: clip, then step (decay inside)
+        parts.insert(
+            0, clip_grad_norm_transform(clip_norm)
+        )  # torch: clip, then step (decay inside)
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from sequax.engine.build import ConfigError
 from sequax.engine.distributed import barrier
 
@@ -49,10 +50,27 @@ FORMAT = 1  # of progress.json and manifest.json; a change refuses old checkpoin
 # config that agrees on all of them (a prefix covers its whole section). Evaluation batch size,
 # checkpoint and writer settings, the data root and the mesh may change between runs.
 DEFINING_KEYS = (
-    "seed", "runs", "sweep", "model", "algorithm", "optimizer",
-    "data.source", "data.factory", "data.num_classes", "data.scenario", "data.num_tasks", "data.seed",
-    "data.options", "data.train_per_task", "data.test_per_task", "data.draws_per_run", "data.augment", "data.normalize", "data.pipeline",
-    "training.batch_size", "training.epochs",
+    "seed",
+    "runs",
+    "sweep",
+    "model",
+    "algorithm",
+    "optimizer",
+    "data.source",
+    "data.factory",
+    "data.num_classes",
+    "data.scenario",
+    "data.num_tasks",
+    "data.seed",
+    "data.options",
+    "data.train_per_task",
+    "data.test_per_task",
+    "data.draws_per_run",
+    "data.augment",
+    "data.normalize",
+    "data.pipeline",
+    "training.batch_size",
+    "training.epochs",
 )
 # The grain iterator's state is counted in chunks and tied to the number of workers.
 STREAM_KEYS = ("data.stream.order", "data.stream.workers", "training.steps_per_dispatch")
@@ -121,21 +139,34 @@ class Restored:
     def results_so_far(self) -> tuple:
         """(class_il, task_il, random_init, timings, train_samples, train_steps)."""
         r = self.results
-        return (r["class_il"], r["task_il"], r["random_init"], dict(r["timings"]), int(r["train_samples"]),
-                int(r["train_steps"]))
+        return (
+            r["class_il"],
+            r["task_il"],
+            r["random_init"],
+            dict(r["timings"]),
+            int(r["train_samples"]),
+            int(r["train_steps"]),
+        )
 
     def describe(self, phases, num_tasks: int) -> str:
         """E.g. "task 3/5, epoch 1, step 1200" or "task 2/5 done, step 600" (1-based)."""
         tasks = phases[self.position.phase]
-        where = (f"task {tasks[0] + 1}/{num_tasks}" if len(tasks) == 1
-                 else f"phase {self.position.phase + 1}/{len(phases)}")
+        where = (
+            f"task {tasks[0] + 1}/{num_tasks}"
+            if len(tasks) == 1
+            else f"phase {self.position.phase + 1}/{len(phases)}"
+        )
         if self.position.phase_done:
             return f"{where} done, step {self.step}"
         return f"{where}, epoch {self.position.epoch + 1}, step {self.step}"
 
     def position_record(self) -> dict:
-        return {"phase": self.position.phase, "epoch": self.position.epoch, "start": self.position.start,
-                "phase_done": self.position.phase_done}
+        return {
+            "phase": self.position.phase,
+            "epoch": self.position.epoch,
+            "start": self.position.start,
+            "phase_done": self.position.phase_done,
+        }
 
 
 class Checkpoints:
@@ -164,10 +195,18 @@ class Checkpoints:
         options = dict(config.get("checkpoint") or {})
         self.enabled = bool(options.get("enabled", True))
         self.every_steps, self.every_epochs, self.every_tasks, self.keep = (
-            _interval(options, key, default) for key, default in
-            (("every_steps", 0), ("every_epochs", 0), ("every_tasks", 1), ("keep", 2)))
+            _interval(options, key, default)
+            for key, default in (
+                ("every_steps", 0),
+                ("every_epochs", 0),
+                ("every_tasks", 1),
+                ("keep", 2),
+            )
+        )
         if self.keep < 1:
-            raise ConfigError(f"config.checkpoint.keep={self.keep} must be >= 1: the last good checkpoint is always kept")
+            raise ConfigError(
+                f"config.checkpoint.keep={self.keep} must be >= 1: the last good checkpoint is always kept"
+            )
         self.config = json.loads(config.to_json_best_effort())
         self.last_good: Path | None = None
         self._checkpointer = None
@@ -179,7 +218,10 @@ class Checkpoints:
         """Checkpoint folders, newest first (orbax's own temporary folders excluded)."""
         if not self.folder.is_dir():
             return []
-        return sorted((p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("step_")), reverse=True)
+        return sorted(
+            (p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("step_")),
+            reverse=True,
+        )
 
     def _check_config(self) -> None:
         """Refuses, in one line, a folder whose newest complete checkpoint is of another config."""
@@ -192,7 +234,11 @@ class Checkpoints:
                 differences = config_differences(saved, self.config)
                 if differences:
                     key, was, now = differences[0]
-                    more = f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})" if len(differences) > 1 else ""
+                    more = (
+                        f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})"
+                        if len(differences) > 1
+                        else ""
+                    )
                     raise ConfigError(
                         f"{self.folder} holds a run of {key}={_show(was)}, this config has {_show(now)}{more}; "
                         "use a fresh --workdir or the original config"
@@ -204,7 +250,9 @@ class Checkpoints:
         state's `jax.eval_shape`); None when there is none (or checkpoints are disabled)."""
         if not self.enabled:
             return None
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        abstract = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+        )
         problems = []
         for folder in self.candidates():
             try:
@@ -213,12 +261,19 @@ class Checkpoints:
                 problems.append(f"{folder} {problem}")
                 continue
             for problem in problems if self.main else ():
-                warnings.warn(f"checkpoint {problem}; resuming from {folder} instead", CheckpointWarning, stacklevel=2)
+                warnings.warn(
+                    f"checkpoint {problem}; resuming from {folder} instead",
+                    CheckpointWarning,
+                    stacklevel=2,
+                )
             self.last_good = folder
             return restored
         for problem in problems if self.main else ():
-            warnings.warn(f"checkpoint {problem}; no good checkpoint left, starting from the beginning",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {problem}; no good checkpoint left, starting from the beginning",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         return None
 
     def _read(self, folder: Path, abstract) -> Restored:
@@ -236,17 +291,27 @@ class Checkpoints:
         try:
             state = self._orbax().restore((folder / STATE).absolute(), abstract)
         except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
-            raise _Unusable(f"is corrupt (orbax cannot read it: {type(error).__name__}: {str(error)[:200]})") from None
+            raise _Unusable(
+                f"is corrupt (orbax cannot read it: {type(error).__name__}: {str(error)[:200]})"
+            ) from None
         bad = _first_mismatch(array_checksums(state), manifest.get("arrays", {}))
         if bad:
             raise _Unusable(f"is corrupt (array {bad} does not match its checksum)")
         progress = json.loads(progress_bytes)
         results = {k: _arrays(v) for k, v in progress["results"].items()}
-        return Restored(folder, state, Position(**progress["position"]), int(progress["step"]), results,
-                        progress.get("stream"))
+        return Restored(
+            folder,
+            state,
+            Position(**progress["position"]),
+            int(progress["step"]),
+            results,
+            progress.get("stream"),
+        )
 
     # ------------------------------------------------------------------ save -------
-    def due_after_chunk(self, phase: int, epoch: int, start: int, stop: int, steps: int, step: int) -> bool:
+    def due_after_chunk(
+        self, phase: int, epoch: int, start: int, stop: int, steps: int, step: int
+    ) -> bool:
         """A save after the chunk `[start, stop)` of epoch `epoch` (of `steps` steps) of phase
         `phase`, which brought the global step to `step`. The phase's last chunk is not saved
         when the phase's own save follows (after end_task and evaluation)."""
@@ -256,17 +321,33 @@ class Checkpoints:
         if epoch_end == self.epochs and self.due_after_phase(phase):
             return False
         step_before = step - (stop - start)
-        by_steps = self.every_steps > 0 and step // self.every_steps > step_before // self.every_steps
-        by_epochs = self.every_epochs > 0 and epoch_end is not None and epoch_end % self.every_epochs == 0
+        by_steps = (
+            self.every_steps > 0 and step // self.every_steps > step_before // self.every_steps
+        )
+        by_epochs = (
+            self.every_epochs > 0 and epoch_end is not None and epoch_end % self.every_epochs == 0
+        )
         return by_steps or by_epochs
 
     def due_after_phase(self, phase: int) -> bool:
         """Every `every_tasks`-th phase is saved after its evaluation, and the last one."""
-        return self.enabled and self.every_tasks > 0 and (
-            (phase + 1) % self.every_tasks == 0 or phase + 1 == self.num_phases)
+        return (
+            self.enabled
+            and self.every_tasks > 0
+            and ((phase + 1) % self.every_tasks == 0 or phase + 1 == self.num_phases)
+        )
 
-    def save_chunk(self, state, step: int, phase: int, epoch: int, stop: int, steps: int, results: dict,
-                   stream: dict | None) -> Path:
+    def save_chunk(
+        self,
+        state,
+        step: int,
+        phase: int,
+        epoch: int,
+        stop: int,
+        steps: int,
+        results: dict,
+        stream: dict | None,
+    ) -> Path:
         """Saves after a chunk: the position is the next chunk's start."""
         position = Position(phase, epoch + 1, 0) if stop == steps else Position(phase, epoch, stop)
         return self.save(state, step, position, results, stream)
@@ -281,45 +362,70 @@ class Checkpoints:
         for name in ["loss", *sorted(k for k in means if k != "loss")]:
             value = np.asarray(means.get(name, 0.0))
             if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                kept = (f"the last good checkpoint is {self.last_good}" if self.last_good
-                        else "no checkpoint was written before")
+                kept = (
+                    f"the last good checkpoint is {self.last_good}"
+                    if self.last_good
+                    else "no checkpoint was written before"
+                )
                 raise TrainingDiverged(
                     f"training diverged: the mean {name} of the chunk ending at step {step} ({label}, epoch "
                     f"{epoch + 1}) is {_show(value.tolist())}; the diverged state was not saved ({kept}); "
                     "lower config.optimizer.lr or check the data"
                 )
 
-    def save(self, state, step: int, position: Position, results: dict, stream: dict | None = None) -> Path:
+    def save(
+        self, state, step: int, position: Position, results: dict, stream: dict | None = None
+    ) -> Path:
         """Writes a checkpoint, reads it back verified, then prunes old ones (`keep`).
 
         A full disk raises `NoSpaceLeft` after removing the partial checkpoint; the previous
         ones are untouched."""
         folder = self.folder / position.name(step)
-        assert folder != self.last_good, f"{folder} is the last good checkpoint; it is never overwritten"
+        assert folder != self.last_good, (
+            f"{folder} is the last good checkpoint; it is never overwritten"
+        )
         try:
             if self.main and folder.exists():  # a half-written or corrupt one of the same name
                 shutil.rmtree(folder)
             if self.main:
                 folder.mkdir(parents=True)
-            barrier("sequax_checkpoint_folder")  # the folder exists before any process writes into it
+            barrier(
+                "sequax_checkpoint_folder"
+            )  # the folder exists before any process writes into it
             checksums = array_checksums(state)
             checkpointer = self._orbax()
             checkpointer.save((folder / STATE).absolute(), state)
             checkpointer.wait_until_finished()
             if self.main:
-                progress = {"format": FORMAT, "step": step, "position": dataclasses.asdict(position),
-                            "results": _jsonable(results), "stream": stream, "config": self.config}
+                progress = {
+                    "format": FORMAT,
+                    "step": step,
+                    "position": dataclasses.asdict(position),
+                    "results": _jsonable(results),
+                    "stream": stream,
+                    "config": self.config,
+                }
                 progress_bytes = json.dumps(progress, indent=1).encode()
                 write_atomic(folder / PROGRESS, progress_bytes)
-                kill_point("checkpoint_written", folder.name)  # arrays and progress on disk, no manifest
-                manifest = {"format": FORMAT, "progress": _digest(progress_bytes), "arrays": checksums}
+                kill_point(
+                    "checkpoint_written", folder.name
+                )  # arrays and progress on disk, no manifest
+                manifest = {
+                    "format": FORMAT,
+                    "progress": _digest(progress_bytes),
+                    "arrays": checksums,
+                }
                 write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
             barrier("sequax_checkpoint_manifest")  # every process reads it back next
         except BaseException as error:
             if self.main:
                 shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint is worth nothing
             if _is_no_space(error):
-                raise NoSpaceLeft(no_space_message(self.folder.parent, f"checkpoint {folder.name}", self.last_good)) from None
+                raise NoSpaceLeft(
+                    no_space_message(
+                        self.folder.parent, f"checkpoint {folder.name}", self.last_good
+                    )
+                ) from None
             raise
         self._verify_and_prune(folder, _abstract(state))
         return folder
@@ -329,8 +435,11 @@ class Checkpoints:
             self._read(folder, abstract)
         except _Unusable as problem:  # written but not readable back: keep the older ones
             if self.main:
-                warnings.warn(f"checkpoint {folder} {problem} right after saving; older checkpoints are kept",
-                              CheckpointWarning, stacklevel=3)
+                warnings.warn(
+                    f"checkpoint {folder} {problem} right after saving; older checkpoints are kept",
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
             return
         self.last_good = folder
         barrier("sequax_checkpoint_verified")  # no process still reads what process 0 prunes
@@ -377,7 +486,9 @@ def _from_process_0(text: str) -> str:
 
 
 def _abstract(state):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
+    )
 
 
 def array_checksums(state) -> dict[str, str]:
@@ -446,9 +557,15 @@ def _is_no_space(error: BaseException | None) -> bool:
 
 
 def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
-    kept = f"the last good checkpoint {last_good} is intact" if last_good else "no checkpoint was complete yet"
-    return (f"no space left on the disk of {workdir} while writing {what}; free space or use another --workdir "
-            f"(rerunning with this --workdir resumes: {kept})")
+    kept = (
+        f"the last good checkpoint {last_good} is intact"
+        if last_good
+        else "no checkpoint was complete yet"
+    )
+    return (
+        f"no space left on the disk of {workdir} while writing {what}; free space or use another --workdir "
+        f"(rerunning with this --workdir resumes: {kept})"
+    )
 
 
 def checkpoint_folder(workdir) -> Path:
@@ -461,7 +578,9 @@ def last_good(folder: Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    return next((p for p in sorted(folder.iterdir(), reverse=True) if (p / MANIFEST).is_file()), None)
+    return next(
+        (p for p in sorted(folder.iterdir(), reverse=True) if (p / MANIFEST).is_file()), None
+    )
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:

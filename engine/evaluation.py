@@ -51,11 +51,20 @@ def stack_run_test_sets(scenarios, put=jax.device_put, put_x=None) -> TestSets:
     """Per-run test sets of runs that draw their own transforms: `x` is [runs, T, M, ...]
     (placed with `put_x`), labels and sizes are shared (only the transform differs)."""
     host = [stack_test_sets(s, put=np.asarray) for s in scenarios]
-    return TestSets((put_x or put)(np.stack([h.x for h in host])), put(host[0].y), put(host[0].size))
+    return TestSets(
+        (put_x or put)(np.stack([h.x for h in host])), put(host[0].y), put(host[0].size)
+    )
 
 
-def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, runs: bool = False, predict=None,
-                  test_per_run: bool = False):
+def make_evaluate(
+    model,
+    task_classes: np.ndarray,
+    batch_size: int = 1000,
+    *,
+    runs: bool = False,
+    predict=None,
+    test_per_run: bool = False,
+):
     """`evaluate(params, model_state, task, test, algo={}) -> (class_il [T], task_il [T])`, jitted.
 
     `task` is the index of the last task trained; class-IL counts as candidates the classes
@@ -75,7 +84,9 @@ def make_evaluate(model, task_classes: np.ndarray, batch_size: int = 1000, *, ru
 
     def logits_of(params, model_state, algo, x, task):
         if predict is not None:
-            return predict(params, model_state, algo, x, model, **({"task": task} if takes_task else {}))
+            return predict(
+                params, model_state, algo, x, model, **({"task": task} if takes_task else {})
+            )
         return model.apply(params, model_state, x, train=False)[0]["logits"]
 
     def evaluate(params, model_state, task, test: TestSets, algo=None):

@@ -167,8 +167,12 @@ class TorchBatchNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
-        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        running_mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
+        )
+        running_var = self.variable(
+            "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32)
+        )
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = x.mean(axes)
@@ -177,7 +181,9 @@ class TorchBatchNorm(nn.Module):
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
                 running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+                running_var.value = (
+                    1 - self.momentum
+                ) * running_var.value + self.momentum * unbiased
         else:
             mean, var = running_mean.value, running_var.value
         return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
@@ -187,8 +193,15 @@ def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     # torch's padding=1 pads one pixel on each side; flax's "SAME" would pad (0, 1) at stride 2
     # and shift every strided output by one pixel.
     pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=_torch_conv_init(), name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=_torch_conv_init(),
+        name=name,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -205,7 +218,9 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        out = nn.relu(TorchBatchNorm(name="bn1")(_conv(self.planes, 3, self.stride, "conv1")(x), train))
+        out = nn.relu(
+            TorchBatchNorm(name="bn1")(_conv(self.planes, 3, self.stride, "conv1")(x), train)
+        )
         out = TorchBatchNorm(name="bn2")(_conv(self.planes, 3, 1, "conv2")(out), train)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes:
@@ -240,10 +255,14 @@ class ResNet(nn.Module):
         for stage, blocks in enumerate(self.num_blocks):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(self.nf * 2**stage, stride, name=f"layer{stage + 1}_{block}")(x, train)
+                x = BasicBlock(self.nf * 2**stage, stride, name=f"layer{stage + 1}_{block}")(
+                    x, train
+                )
         features = x.mean(axis=(1, 2))  # mammoth's avg_pool2d over the whole (square) map
         kernel_init, bias_init = dense_initializers("torch", features.shape[-1])
-        logits = nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, name="linear")(features)
+        logits = nn.Dense(
+            self.num_classes, kernel_init=kernel_init, bias_init=bias_init, name="linear"
+        )(features)
         return {"logits": logits, "features": features}
 
 

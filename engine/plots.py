@@ -44,7 +44,9 @@ def to_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def matrix_figure(matrices: dict[str, np.ndarray], row_labels: Sequence[str], title: str = "") -> Figure:
+def matrix_figure(
+    matrices: dict[str, np.ndarray], row_labels: Sequence[str], title: str = ""
+) -> Figure:
     """Heat maps of accuracy matrices R[i, j] (row i: after training phase i; column j: task j),
     one panel per view ("class-IL", "task-IL", ...), each cell annotated in percent.
 
@@ -53,17 +55,28 @@ def matrix_figure(matrices: dict[str, np.ndarray], row_labels: Sequence[str], ti
     """
     num_rows, num_tasks = next(iter(matrices.values())).shape
     width = _PANEL_INCHES * len(matrices) * max(1.0, num_tasks / 8)
-    fig = _new_figure(width, 1.0 + 0.9 * _PANEL_INCHES * max(1.0, num_rows / 8) * max(num_rows / num_tasks, 0.3))
+    fig = _new_figure(
+        width, 1.0 + 0.9 * _PANEL_INCHES * max(1.0, num_rows / 8) * max(num_rows / num_tasks, 0.3)
+    )
     axes = fig.subplots(1, len(matrices), squeeze=False)[0]
     annotate = num_tasks <= 12  # past that the numbers no longer fit their cells
     for ax, (view, matrix) in zip(axes, matrices.items()):
         percent = 100.0 * np.asarray(matrix, np.float64)
-        image = ax.imshow(np.ma.masked_invalid(percent), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto")
+        image = ax.imshow(
+            np.ma.masked_invalid(percent), cmap="viridis", vmin=0.0, vmax=100.0, aspect="auto"
+        )
         if annotate:
             for (i, j), value in np.ndenumerate(percent):
                 if np.isfinite(value):  # dark text on the bright (high) end of viridis
-                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8,
-                            color="black" if value > 60 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="black" if value > 60 else "white",
+                    )
         ax.set_xticks(range(num_tasks), [f"{j}" for j in range(num_tasks)])
         ax.set_yticks(range(num_rows), list(row_labels))
         ax.set_xlabel("task evaluated")
@@ -96,11 +109,19 @@ def task_curves_figure(
         phases = np.arange(mean.shape[0])
         for j in range(mean.shape[1]):
             shown = phases >= first_phase[j]
-            (line,) = ax.plot(phases[shown], mean[shown, j], marker="o", markersize=3, label=f"task {j}")
+            (line,) = ax.plot(
+                phases[shown], mean[shown, j], marker="o", markersize=3, label=f"task {j}"
+            )
             if std is not None:
                 spread = 100.0 * np.asarray(std, np.float64)[shown, j]
-                ax.fill_between(phases[shown], mean[shown, j] - spread, mean[shown, j] + spread,
-                                color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    phases[shown],
+                    mean[shown, j] - spread,
+                    mean[shown, j] + spread,
+                    color=line.get_color(),
+                    alpha=0.2,
+                    linewidth=0,
+                )
         ax.set_xticks(phases, list(phase_labels), rotation=30, ha="right")
         ax.set_ylim(-2, 102)
         ax.set_ylabel("accuracy (%)")
@@ -113,8 +134,12 @@ def task_curves_figure(
     return fig
 
 
-def loss_figure(steps: np.ndarray, losses: dict[str, np.ndarray], phase_starts: Sequence[int] = (),
-                title: str = "") -> Figure:
+def loss_figure(
+    steps: np.ndarray,
+    losses: dict[str, np.ndarray],
+    phase_starts: Sequence[int] = (),
+    title: str = "",
+) -> Figure:
     """Training metrics (one line each, e.g. "loss", "ce") against the global step, with a
     dotted vertical line where each training phase begins."""
     fig = _new_figure(_PANEL_INCHES * 1.5, _PANEL_INCHES * 0.75)
@@ -134,11 +159,18 @@ def loss_figure(steps: np.ndarray, losses: dict[str, np.ndarray], phase_starts: 
 def table_figure(header: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> Figure:
     """A table of strings as a figure (the comparison table as a PNG)."""
     widths = [max(len(str(h)), *(len(str(r[c])) for r in rows)) for c, h in enumerate(header)]
-    fig = _new_figure(max(4.0, 0.085 * sum(widths) + 0.3 * len(header)), 0.6 + 0.3 * (len(rows) + 1))
+    fig = _new_figure(
+        max(4.0, 0.085 * sum(widths) + 0.3 * len(header)), 0.6 + 0.3 * (len(rows) + 1)
+    )
     ax = fig.subplots()
     ax.axis("off")
-    table = ax.table(cellText=[list(map(str, r)) for r in rows], colLabels=list(header), loc="center",
-                     cellLoc="center", colWidths=[w / sum(widths) for w in widths])
+    table = ax.table(
+        cellText=[list(map(str, r)) for r in rows],
+        colLabels=list(header),
+        loc="center",
+        cellLoc="center",
+        colWidths=[w / sum(widths) for w in widths],
+    )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1.0, 1.3)

@@ -80,7 +80,9 @@ def make_grid(config) -> RunGrid:
     for key, values in items:
         if key not in OPTIMIZER_KEYS and key not in algorithm_fields:
             known = ", ".join([*OPTIMIZER_KEYS, *sorted(algorithm_fields)])
-            raise ConfigError(f"config.sweep.{key} is not a hyper-parameter of this run; known: {known}")
+            raise ConfigError(
+                f"config.sweep.{key} is not a hyper-parameter of this run; known: {known}"
+            )
         if key in algorithm_fields and not isinstance(getattr(config.algorithm, key, 0.0), float):
             raise ConfigError(
                 f"config.sweep.{key}: only float hyper-parameters can share one program (this one "
@@ -118,7 +120,9 @@ def bind(algorithm, optimizer_config, hparams: dict[str, Any]):
     if not hparams:
         return algorithm, build_optimizer(optimizer_config)
     algorithm = copy.copy(algorithm)
-    optimizer = dict(optimizer_config.to_dict() if hasattr(optimizer_config, "to_dict") else optimizer_config)
+    optimizer = dict(
+        optimizer_config.to_dict() if hasattr(optimizer_config, "to_dict") else optimizer_config
+    )
     for key, value in hparams.items():
         if key in OPTIMIZER_KEYS:
             optimizer[key] = value

@@ -37,7 +37,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 MESH_AXES = ("runs", "data", "fsdp")
@@ -55,7 +56,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None, runs: int = 1) -> Mes
     n = len(devices)
     for name, ways in (("fsdp", fsdp), ("runs", runs)):
         if ways < 1 or n % ways:
-            raise ValueError(f"config.mesh.{name}={ways} must divide the {n} device(s); use a divisor of {n}")
+            raise ValueError(
+                f"config.mesh.{name}={ways} must divide the {n} device(s); use a divisor of {n}"
+            )
     if data == -1:
         data = n // (fsdp * runs)
     if data < 1 or runs * data * fsdp != n:
@@ -90,7 +93,9 @@ def _leading_spec(shape: tuple[int, ...], mesh: Mesh) -> P:
     return P()
 
 
-def state_specs(state: PyTree, params: PyTree, mesh: Mesh, *, fsdp_min_size: int = 2**18, runs: bool = False):
+def state_specs(
+    state: PyTree, params: PyTree, mesh: Mesh, *, fsdp_min_size: int = 2**18, runs: bool = False
+):
     """A PartitionSpec for every leaf of `state` (arrays or ShapeDtypeStructs), by the rules.
 
     `params` is the parameter subtree (its shapes decide what "parameter-shaped" means).
@@ -137,7 +142,9 @@ def named(mesh: Mesh, specs: PyTree) -> PyTree:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P))
 
 
-def examples_sharding(mesh: Mesh, shape: tuple[int, ...], *, run_axis: bool = False) -> NamedSharding:
+def examples_sharding(
+    mesh: Mesh, shape: tuple[int, ...], *, run_axis: bool = False
+) -> NamedSharding:
     """Host data with a leading examples axis: split across the batch axes when it divides.
     `run_axis=True`: the examples axis comes second, after a run axis that is kept whole."""
     if run_axis:

@@ -61,7 +61,9 @@ def step_key(state: CLState, stream: int = STREAM_TRAIN) -> jax.Array:
     return stream_key(state.key, stream, state.step)
 
 
-def create_state(model, algorithm, tx: optax.GradientTransformation, example_batch, seed, hparams=None):
+def create_state(
+    model, algorithm, tx: optax.GradientTransformation, example_batch, seed, hparams=None
+):
     """Initialises every part of the state at its final shape (called once, under jit).
 
     `seed` may be traced (a vmap over seeds); `hparams` are this run's swept values.

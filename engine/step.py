@@ -57,7 +57,9 @@ def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=Non
         # (int32, 0 first). state.step counts the batch once: epoch orders and resume
         # positions count batches. Metrics are means over the glances.
         def glance(state_, g):
-            glanced, metrics = _step(algorithm_, tx_, state_, {**batch, "glance": g}, jax.random.fold_in(key, g))
+            glanced, metrics = _step(
+                algorithm_, tx_, state_, {**batch, "glance": g}, jax.random.fold_in(key, g)
+            )
             return glanced._replace(step=state_.step), metrics
 
         glanced, metrics = lax.scan(glance, state, jnp.arange(glances, dtype=jnp.int32))
@@ -70,7 +72,9 @@ def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=Non
         # Gradient surgery (A-GEM, GEM) is chained in front of the optimizer and gets the
         # loss's extra arguments (a reference gradient) through aux["tx_args"].
         tx = optimizer_for(algorithm, tx)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, **aux.pop("tx_args", {}))
+        updates, opt_state = tx.update(
+            grads, state.opt_state, state.params, **aux.pop("tx_args", {})
+        )
         params = optax.apply_updates(state.params, updates)
         new_state = state._replace(
             step=state.step + 1,
@@ -101,8 +105,15 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
     return size // batch_size
 
 
-def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False, shardings=None, data_axes=None,
-                   host_loop: bool | None = None):
+def make_run_steps(
+    train_step: TrainStep,
+    batch_size: int,
+    *,
+    runs: bool = False,
+    shardings=None,
+    data_axes=None,
+    host_loop: bool | None = None,
+):
     """`run_steps(state, data, order, start, stop) -> (state, mean metrics)`, jitted once.
 
     Runs steps `start..stop-1` of an epoch whose example order is `order`; the state is
@@ -118,11 +129,15 @@ def make_run_steps(train_step: TrainStep, batch_size: int, *, runs: bool = False
     """
 
     def run_steps(state: CLState, data: TaskData, order: jax.Array, start, stop):
-        batch_at = lambda i: gather_batch(data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,)))  # noqa: E731
+        batch_at = lambda i: gather_batch(
+            data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
+        )  # noqa: E731
         return _mean_over_steps(train_step, state, batch_at, start, stop)
 
     def step_at(state: CLState, data: TaskData, order: jax.Array, i):
-        return train_step(state, gather_batch(data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,))))
+        return train_step(
+            state, gather_batch(data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,)))
+        )
 
     if runs:
         run_steps = jax.vmap(run_steps, in_axes=(0, data_axes, 0, None, None))
@@ -167,7 +182,9 @@ class HostLoopSteps:
     def __call__(self, state, data, order, start, stop):
         """Calls without compiling ahead of time (tests): the `fori_loop` unless `host_loop=True`."""
         if self.host_loop:
-            return self.lower(state, data, order, start, stop).compile()(state, data, order, start, stop)
+            return self.lower(state, data, order, start, stop).compile()(
+                state, data, order, start, stop
+            )
         return self.in_loop(state, data, order, start, stop)
 
     def lower(self, state, data, order, start, stop):
@@ -199,7 +216,10 @@ class _LoweredHostLoop:
             return state, jax.tree.map(lambda s: s / count, sums)
 
         # XLA's account of one step, as the compiled `fori_loop` gives (its body counted once).
-        run_steps.cost_analysis, run_steps.memory_analysis = step.cost_analysis, step.memory_analysis
+        run_steps.cost_analysis, run_steps.memory_analysis = (
+            step.cost_analysis,
+            step.memory_analysis,
+        )
         return run_steps
 
 
@@ -255,7 +275,9 @@ def make_run_stream(train_step: TrainStep, *, shardings=None):
     """
 
     def run_stream(state: CLState, chunk: dict, count):
-        batch_at = lambda i: stream_batch(jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), chunk))  # noqa: E731
+        batch_at = lambda i: stream_batch(
+            jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), chunk)
+        )  # noqa: E731
         return _mean_over_steps(train_step, state, batch_at, 0, count)
 
     return _jit_donating_state(run_stream, shardings, extra_args=2)

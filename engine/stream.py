@@ -38,7 +38,8 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sequax.data.pipelines import ArraySource, ChunkPlan, FixedOrder, ShuffledOrder, chunk_dataset
 from sequax.engine.build import ConfigError
@@ -51,7 +52,9 @@ ORDERS = ("device", "shuffle")  # the on-device path's permutations | a seeded n
 BATCH_KEYS = ("x", "y", "task")
 
 
-def make_feed(config, mesh: jax.sharding.Mesh, batch_size: int, capacity: int, *, runs: bool = False):
+def make_feed(
+    config, mesh: jax.sharding.Mesh, batch_size: int, capacity: int, *, runs: bool = False
+):
     """The run's `Feed` for `config.data.pipeline == "stream"`, None for "device".
 
     Validates the streaming options before anything compiles. `capacity` is the on-device
@@ -61,7 +64,9 @@ def make_feed(config, mesh: jax.sharding.Mesh, batch_size: int, capacity: int, *
     data = config.data
     pipeline = data.get("pipeline", "device")
     if pipeline not in PIPELINES:
-        raise ConfigError(f"config.data.pipeline={pipeline!r} is unknown; use one of {', '.join(map(repr, PIPELINES))}")
+        raise ConfigError(
+            f"config.data.pipeline={pipeline!r} is unknown; use one of {', '.join(map(repr, PIPELINES))}"
+        )
     if pipeline == "device":
         return None
     if runs:
@@ -70,13 +75,30 @@ def make_feed(config, mesh: jax.sharding.Mesh, batch_size: int, capacity: int, *
             "config.data.draws_per_run=False, or use config.data.pipeline='device'"
         )
     options = dict(data.get("stream") or {})
-    order, workers, prefetch = options.get("order", "device"), int(options.get("workers", 0)), int(options.get("prefetch", 2))
+    order, workers, prefetch = (
+        options.get("order", "device"),
+        int(options.get("workers", 0)),
+        int(options.get("prefetch", 2)),
+    )
     if order not in ORDERS:
-        raise ConfigError(f"config.data.stream.order={order!r} is unknown; use one of {', '.join(map(repr, ORDERS))}")
+        raise ConfigError(
+            f"config.data.stream.order={order!r} is unknown; use one of {', '.join(map(repr, ORDERS))}"
+        )
     if workers < 0 or prefetch < 0:
-        raise ConfigError(f"config.data.stream: workers={workers} and prefetch={prefetch} must be >= 0")
-    return Feed(mesh, batch_size, int(config.training.steps_per_dispatch), capacity, int(config.training.epochs),
-                order=order, workers=workers, prefetch=prefetch, seed=int(config.seed))
+        raise ConfigError(
+            f"config.data.stream: workers={workers} and prefetch={prefetch} must be >= 0"
+        )
+    return Feed(
+        mesh,
+        batch_size,
+        int(config.training.steps_per_dispatch),
+        capacity,
+        int(config.training.epochs),
+        order=order,
+        workers=workers,
+        prefetch=prefetch,
+        seed=int(config.seed),
+    )
 
 
 @dataclasses.dataclass(eq=False)
@@ -121,37 +143,61 @@ class Feed:
         start_step = int(resume["start_step"]) if resume else int(to_numpy(state.step))
         if self.order == "device":  # epoch e starts at step start_step + e * steps, as on device
             key = state.key
-            orders = [to_numpy(self._epoch_order(key, np.int32(start_step + e * steps), np.int32(len(source)),
-                                                 self.capacity))[: steps * self.batch_size] for e in range(self.epochs)]
+            orders = [
+                to_numpy(
+                    self._epoch_order(
+                        key, np.int32(start_step + e * steps), np.int32(len(source)), self.capacity
+                    )
+                )[: steps * self.batch_size]
+                for e in range(self.epochs)
+            ]
             order = FixedOrder(np.stack(orders))
         else:
             order = ShuffledOrder(len(source), seed=(self.seed, phase))
         return self.stream(source, order, phase, start_step, resume)
 
-    def stream(self, source, order, phase: int = 0, start_step: int = 0, resume: dict | None = None) -> PhaseStream:
+    def stream(
+        self, source, order, phase: int = 0, start_step: int = 0, resume: dict | None = None
+    ) -> PhaseStream:
         """Streams any source (`ArraySource`, `RecordSource`: a torch Dataset through
         `sequax.data.pipelines.as_source`) in `order`, `self.epochs` epochs of full batches."""
         self.element_spec = self.element_spec or source.element_spec
-        if tuple(source.element_spec) != tuple(self.element_spec):  # the program is compiled for one shape
-            raise ValueError(f"this source's images are {source.element_spec}, the run's are {self.element_spec}; "
-                             "every phase of a run must have images of one shape and dtype")
-        plan = ChunkPlan(order, batch_size=self.batch_size, steps=steps_per_epoch(len(source), self.batch_size),
-                         epochs=self.epochs, chunk=self.chunk, shard=self.shard)
+        if tuple(source.element_spec) != tuple(
+            self.element_spec
+        ):  # the program is compiled for one shape
+            raise ValueError(
+                f"this source's images are {source.element_spec}, the run's are {self.element_spec}; "
+                "every phase of a run must have images of one shape and dtype"
+            )
+        plan = ChunkPlan(
+            order,
+            batch_size=self.batch_size,
+            steps=steps_per_epoch(len(source), self.batch_size),
+            epochs=self.epochs,
+            chunk=self.chunk,
+            shard=self.shard,
+        )
         return PhaseStream(self, source, plan, phase, start_step, resume)
 
 
 class PhaseStream:
     """One phase's chunks, read by grain and prefetched to the devices (see the module doc)."""
 
-    def __init__(self, feed: Feed, source, plan: ChunkPlan, phase: int, start_step: int, resume: dict | None):
+    def __init__(
+        self, feed: Feed, source, plan: ChunkPlan, phase: int, start_step: int, resume: dict | None
+    ):
         self.feed, self.phase, self.start_step = feed, phase, start_step
         self.num_chunks = len(plan)
         if resume is not None and int(resume["phase"]) != phase:
-            raise ValueError(f"a stream state of phase {resume['phase']} cannot resume phase {phase}")
+            raise ValueError(
+                f"a stream state of phase {resume['phase']} cannot resume phase {phase}"
+            )
         ds = chunk_dataset(source, plan, workers=feed.workers)
         ds = ds.map(GlobalChunk(feed.sharding, feed.batch_size))
         if feed.prefetch:
-            ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=feed.prefetch)
+            ds = grain.experimental.ThreadPrefetchIterDataset(
+                ds, prefetch_buffer_size=feed.prefetch
+            )
         self._iterator = iter(ds)
         if resume is not None:
             self._iterator.set_state(resume["iterator"])
@@ -162,10 +208,14 @@ class PhaseStream:
         if feed.compiled is None:
             shape, dtype = feed.element_spec
             lead = (feed.chunk, feed.batch_size)
-            chunk = {"x": jax.ShapeDtypeStruct((*lead, *shape), dtype, sharding=feed.sharding),
-                     "y": jax.ShapeDtypeStruct(lead, np.int32, sharding=feed.sharding),
-                     "task": jax.ShapeDtypeStruct(lead, np.int32, sharding=feed.sharding)}
-            run = make_run_stream(train_step, shardings=(state_sharding, {k: feed.sharding for k in BATCH_KEYS}))
+            chunk = {
+                "x": jax.ShapeDtypeStruct((*lead, *shape), dtype, sharding=feed.sharding),
+                "y": jax.ShapeDtypeStruct(lead, np.int32, sharding=feed.sharding),
+                "task": jax.ShapeDtypeStruct(lead, np.int32, sharding=feed.sharding),
+            }
+            run = make_run_stream(
+                train_step, shardings=(state_sharding, {k: feed.sharding for k in BATCH_KEYS})
+            )
             feed.compiled = run.lower(state, chunk, np.int32(0)).compile()
         return feed.compiled
 
@@ -177,8 +227,10 @@ class PhaseStream:
         """Trains on the next chunk, which must hold `count` batches: (state, mean metrics)."""
         element = self.next_chunk()
         if element["count"] != count:
-            raise RuntimeError(f"the stream's next chunk holds {element['count']} batches, the loop expected "
-                               f"{count}: the stream and the loop disagree on the phase's schedule")
+            raise RuntimeError(
+                f"the stream's next chunk holds {element['count']} batches, the loop expected "
+                f"{count}: the stream and the loop disagree on the phase's schedule"
+            )
         return self.feed.compiled(state, element["batches"], np.int32(count))
 
     def get_state(self) -> dict:
@@ -186,7 +238,11 @@ class PhaseStream:
         the phase, the step the phase started at (it fixes `order="device"`) and grain's
         iterator state. Resume with `feed.start_phase(..., phase, resume=this)` and the same
         `config.data.stream.workers` (grain's state is tied to the number of workers)."""
-        return {"phase": self.phase, "start_step": self.start_step, "iterator": self._iterator.get_state()}
+        return {
+            "phase": self.phase,
+            "start_step": self.start_step,
+            "iterator": self._iterator.get_state(),
+        }
 
     def close(self) -> None:
         """Stops the prefetch thread and the worker processes."""

@@ -32,8 +32,9 @@ class TaskData(NamedTuple):
     size: jax.Array  # int32 scalar: examples actually present (the rest is padding)
 
 
-def task_arrays(x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int, put=jax.device_put,
-                put_x=None) -> TaskData:
+def task_arrays(
+    x: np.ndarray, y: np.ndarray, task: np.ndarray, capacity: int, put=jax.device_put, put_x=None
+) -> TaskData:
     """Pads host arrays to `capacity` examples and places them with `put` (the default
     device, or split across a mesh's batch axes: `sequax.engine.sharding`).
 

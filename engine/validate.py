@@ -30,8 +30,14 @@ from sequax.engine.build import MODELS, ConfigError
 # Sections whose keys depend on a choice (method, backbone, scenario) or are checked elsewhere.
 FREE_FORM = ("algorithm", "model", "data.options", "sweep")
 # Classes per source, known before the files are read (to check a Split stream early).
-SOURCE_CLASSES = {"mnist": 10, "fashion_mnist": 10, "mnist_packaged": 10, "cifar10": 10, "cifar100": 100,
-                  "tiny_imagenet": 200}
+SOURCE_CLASSES = {
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "mnist_packaged": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "tiny_imagenet": 200,
+}
 CHOICES = {
     "data.source": (*SOURCE_NAMES, "torch"),  # "torch": the user's Datasets (data.factory)
     "data.scenario": tuple(scenario_lib.SCENARIO_BUILDERS),
@@ -53,8 +59,16 @@ MINIMUMS = (
     ("eval.batch_size", 1, "test examples per evaluation batch"),
 )
 # Algorithm fields: counts that must be >= 1, and loss or penalty weights that must be >= 0.
-POSITIVE_FIELDS = ("capacity", "replay_batch", "num_classes", "num_tasks", "batch_size", "feature_dim",
-                   "fisher_batch", "importance_batch")
+POSITIVE_FIELDS = (
+    "capacity",
+    "replay_batch",
+    "num_classes",
+    "num_tasks",
+    "batch_size",
+    "feature_dim",
+    "fisher_batch",
+    "importance_batch",
+)
 NONNEGATIVE_FIELDS = ("lam", "alpha", "beta", "c", "gamma", "epochs")
 # Methods for class-incremental streams only: iCaRL's memory holds m = capacity / classes exemplars
 # per class, herded when a class first appears, and its distillation targets replace the labels of
@@ -71,20 +85,28 @@ def check_config(config) -> None:
     for key, choices in CHOICES.items():
         value = _get(config, key)
         if value is not _MISSING and value not in choices:
-            raise ConfigError(f"config.{key}={value!r} is unknown{_did_you_mean(value, choices)}; "
-                              f"known: {', '.join(map(repr, choices))}")
+            raise ConfigError(
+                f"config.{key}={value!r} is unknown{_did_you_mean(value, choices)}; "
+                f"known: {', '.join(map(repr, choices))}"
+            )
     for key, least, meaning in MINIMUMS:
         value = _get(config, key)
         if value is not _MISSING and value < least:
-            raise ConfigError(f"config.{key}={value!r} must be at least {least} ({meaning}); "
-                              f"set --config.{key}={max(least, 1)} or more")
+            raise ConfigError(
+                f"config.{key}={value!r} must be at least {least} ({meaning}); "
+                f"set --config.{key}={max(least, 1)} or more"
+            )
     optimizer = _section(config, "optimizer")
     if "lr" in optimizer and not optimizer["lr"] > 0:
-        raise ConfigError(f"config.optimizer.lr={optimizer['lr']!r} must be > 0; set a positive learning rate, "
-                          f"e.g. --config.optimizer.lr=0.03")
+        raise ConfigError(
+            f"config.optimizer.lr={optimizer['lr']!r} must be > 0; set a positive learning rate, "
+            f"e.g. --config.optimizer.lr=0.03"
+        )
     for key in ("momentum", "weight_decay"):
         if key in optimizer and optimizer[key] < 0:
-            raise ConfigError(f"config.optimizer.{key}={optimizer[key]!r} must be >= 0; use 0 to switch it off")
+            raise ConfigError(
+                f"config.optimizer.{key}={optimizer[key]!r} must be >= 0; use 0 to switch it off"
+            )
     _check_model(_section(config, "model"))
     _check_options(config)
     _check_algorithm(_section(config, "algorithm"))
@@ -100,27 +122,33 @@ def check_combination(config, scenario, algorithm) -> None:
             raise ConfigError(
                 f"config.algorithm.name: {method} is for class-incremental streams only (its per-class exemplar "
                 f"memory and distillation stop it from learning once every class recurs, as in "
-                f"{scenario.name}); use config.data.scenario='split', or a domain-IL method such as er, derpp or agem")
+                f"{scenario.name}); use config.data.scenario='split', or a domain-IL method such as er, derpp or agem"
+            )
         fields = {f.name for f in dataclasses.fields(part)}
         if "num_classes" in fields and part.num_classes != scenario.num_classes:
             raise ConfigError(
                 f"{prefix}num_classes={part.num_classes} but {scenario.name} has {scenario.num_classes} classes (the "
-                f"head's width); set {prefix}num_classes={scenario.num_classes}")
+                f"head's width); set {prefix}num_classes={scenario.num_classes}"
+            )
         if "num_tasks" in fields and part.num_tasks != scenario.num_tasks:
             raise ConfigError(
                 f"{prefix}num_tasks={part.num_tasks} but the stream has {scenario.num_tasks} tasks "
                 f"(config.data.num_tasks); {method} keeps capacity // num_tasks examples per task, so set "
-                f"{prefix}num_tasks={scenario.num_tasks}")
+                f"{prefix}num_tasks={scenario.num_tasks}"
+            )
         if "capacity" in fields and part.capacity > stream:
             raise ConfigError(
                 f"{prefix}capacity={part.capacity} is larger than the whole stream ({stream} training examples "
                 f"over {scenario.num_tasks} tasks), so the buffer can never fill; set {prefix}capacity <= {stream} "
-                f"(or train on more examples: config.data.train_per_task)")
+                f"(or train on more examples: config.data.train_per_task)"
+            )
         if isinstance(part, algorithms.ICaRL):
             width = _feature_width(_section(config, "model"))
             if width is not None and part.feature_dim != width:
-                raise ConfigError(f"{prefix}feature_dim={part.feature_dim} but the model's features have {width} "
-                                  f"entries; set {prefix}feature_dim={width}")
+                raise ConfigError(
+                    f"{prefix}feature_dim={part.feature_dim} but the model's features have {width} "
+                    f"entries; set {prefix}feature_dim={width}"
+                )
 
 
 # ---------------------------------------------------------------- helpers ----------------
@@ -169,12 +197,16 @@ def _kind(default) -> tuple[tuple[type, ...], str]:
 
 
 def _check_value(path: str, value, default) -> None:
-    if default is None or value is None and path == "config.data.root":  # root may be None (packaged data)
+    if (
+        default is None or value is None and path == "config.data.root"
+    ):  # root may be None (packaged data)
         return
     types, name = _kind(default)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         example = f" (e.g. {default!r})" if default != () else ""
-        raise ConfigError(f"{path}={value!r} must be {name}{example}; fix the override or the config file")
+        raise ConfigError(
+            f"{path}={value!r} must be {name}{example}; fix the override or the config file"
+        )
 
 
 def _check_section(section, reference, path: str) -> None:
@@ -183,16 +215,22 @@ def _check_section(section, reference, path: str) -> None:
         value = section[key]
         if dotted.removeprefix("config.") in FREE_FORM:
             if value is not None and not hasattr(value, "keys"):
-                raise ConfigError(f"{dotted}={value!r} must be a section of keys (a ConfigDict); fix the config file")
+                raise ConfigError(
+                    f"{dotted}={value!r} must be a section of keys (a ConfigDict); fix the config file"
+                )
             continue
         if key not in reference:
-            raise ConfigError(f"{dotted} is not a key of the config{_did_you_mean(key, reference.keys(), dotted)}; "
-                              f"remove it, or name a key of configs/common.py base_config()")
+            raise ConfigError(
+                f"{dotted} is not a key of the config{_did_you_mean(key, reference.keys(), dotted)}; "
+                f"remove it, or name a key of configs/common.py base_config()"
+            )
         default = reference[key]
         if hasattr(default, "keys"):
             if not hasattr(value, "keys"):
-                raise ConfigError(f"{dotted}={value!r} must be a section of keys; set its keys, e.g. "
-                                  f"{dotted}.{next(iter(default.keys()), 'key')}")
+                raise ConfigError(
+                    f"{dotted}={value!r} must be a section of keys; set its keys, e.g. "
+                    f"{dotted}.{next(iter(default.keys()), 'key')}"
+                )
             _check_section(value, default, dotted)
         else:
             _check_value(dotted, value, default)
@@ -201,14 +239,19 @@ def _check_section(section, reference, path: str) -> None:
 def _check_keywords(path: str, given: dict[str, Any], defaults: dict[str, Any], owner: str) -> None:
     for key, value in given.items():
         if key not in defaults:
-            raise ConfigError(f"{path}.{key} is not an argument of {owner}{_did_you_mean(key, defaults, f'{path}.{key}')}; "
-                              f"known: {', '.join(sorted(defaults)) or '(none)'}")
+            raise ConfigError(
+                f"{path}.{key} is not an argument of {owner}{_did_you_mean(key, defaults, f'{path}.{key}')}; "
+                f"known: {', '.join(sorted(defaults)) or '(none)'}"
+            )
         _check_value(f"{path}.{key}", value, defaults[key])
 
 
 def _keyword_defaults(function, leave_out=()) -> dict[str, Any]:
-    return {name: (None if p.default is inspect.Parameter.empty else p.default)
-            for name, p in inspect.signature(function).parameters.items() if name not in leave_out}
+    return {
+        name: (None if p.default is inspect.Parameter.empty else p.default)
+        for name, p in inspect.signature(function).parameters.items()
+        if name not in leave_out
+    }
 
 
 def _check_model(model: dict[str, Any]) -> None:
@@ -217,9 +260,13 @@ def _check_model(model: dict[str, Any]) -> None:
         return
     if name not in MODELS:
         known = [*MODELS, "torch"]
-        raise ConfigError(f"config.model.name={name!r} is unknown{_did_you_mean(name, known)}; "
-                          f"known: {', '.join(map(repr, known))}")
-    _check_keywords("config.model", model, _keyword_defaults(MODELS[name], ("num_classes",)), f"model {name!r}")
+        raise ConfigError(
+            f"config.model.name={name!r} is unknown{_did_you_mean(name, known)}; "
+            f"known: {', '.join(map(repr, known))}"
+        )
+    _check_keywords(
+        "config.model", model, _keyword_defaults(MODELS[name], ("num_classes",)), f"model {name!r}"
+    )
 
 
 def _check_options(config) -> None:
@@ -228,8 +275,12 @@ def _check_options(config) -> None:
         return  # reported with the choices above
     builder = scenario_lib.SCENARIO_BUILDERS[name]
     options = _section(config, "data.options")
-    _check_keywords("config.data.options", options, _keyword_defaults(builder, ("source", "num_tasks", "seed")),
-                    f"the {name!r} scenario")
+    _check_keywords(
+        "config.data.options",
+        options,
+        _keyword_defaults(builder, ("source", "num_tasks", "seed")),
+        f"the {name!r} scenario",
+    )
     source, tasks = _get(config, "data.source"), _get(config, "data.num_tasks")
     if name == "split" and source in SOURCE_CLASSES and isinstance(tasks, int):
         per_task = options.get("classes_per_task", _keyword_defaults(builder)["classes_per_task"])
@@ -239,7 +290,8 @@ def _check_options(config) -> None:
             raise ConfigError(
                 f"config.data.num_tasks={tasks} x config.data.options.classes_per_task={per_task} = "
                 f"{tasks * per_task} classes, but {source} has {classes}; set num_tasks x classes_per_task <= "
-                f"{classes} (e.g. classes_per_task={fit})")
+                f"{classes} (e.g. classes_per_task={fit})"
+            )
 
 
 def _check_algorithm(section: dict[str, Any]) -> None:
@@ -249,8 +301,10 @@ def _check_algorithm(section: dict[str, Any]) -> None:
         for part in parts:
             _check_method(part, dict(section.pop(part, None) or {}), f"config.algorithm.{part}")
         if section:
-            raise ConfigError(f"config.algorithm.{sorted(section)[0]}: {name!r} takes each part's hyper-parameters "
-                              f"under its name ({', '.join(f'config.algorithm.{p}.*' for p in parts)})")
+            raise ConfigError(
+                f"config.algorithm.{sorted(section)[0]}: {name!r} takes each part's hyper-parameters "
+                f"under its name ({', '.join(f'config.algorithm.{p}.*' for p in parts)})"
+            )
         return
     _check_method(name, section, "config.algorithm")
 
@@ -258,23 +312,37 @@ def _check_algorithm(section: dict[str, Any]) -> None:
 def _check_method(name, given: dict[str, Any], path: str) -> None:
     if name not in algorithms.REGISTRY:
         known = sorted(algorithms.REGISTRY)
-        raise ConfigError(f"config.algorithm.name: {name!r} is not a method"
-                          f"{_did_you_mean(name, known)}; known: {', '.join(known)}")
-    defaults = {f.name: f.default for f in dataclasses.fields(algorithms.REGISTRY[name])
-                if f.default is not dataclasses.MISSING}
+        raise ConfigError(
+            f"config.algorithm.name: {name!r} is not a method"
+            f"{_did_you_mean(name, known)}; known: {', '.join(known)}"
+        )
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(algorithms.REGISTRY[name])
+        if f.default is not dataclasses.MISSING
+    }
     _check_keywords(path, given, defaults, f"algorithm {name!r}")
     values = {**defaults, **given}
     for key in POSITIVE_FIELDS:
         if key in given and given[key] < 1:
-            raise ConfigError(f"{path}.{key}={given[key]!r} must be at least 1; set a positive count")
+            raise ConfigError(
+                f"{path}.{key}={given[key]!r} must be at least 1; set a positive count"
+            )
     for key in NONNEGATIVE_FIELDS:
         if key in given and given[key] < 0:
-            raise ConfigError(f"{path}.{key}={given[key]!r} must be >= 0 (a weight or count); use 0 to switch "
-                              f"the term off")
-    if "replay_batch" in values and "capacity" in values and values["replay_batch"] > values["capacity"]:
+            raise ConfigError(
+                f"{path}.{key}={given[key]!r} must be >= 0 (a weight or count); use 0 to switch "
+                f"the term off"
+            )
+    if (
+        "replay_batch" in values
+        and "capacity" in values
+        and values["replay_batch"] > values["capacity"]
+    ):
         raise ConfigError(
             f"{path}.replay_batch={values['replay_batch']} is larger than {path}.capacity={values['capacity']} "
-            f"(replay draws distinct examples from the buffer); set replay_batch <= capacity")
+            f"(replay draws distinct examples from the buffer); set replay_batch <= capacity"
+        )
 
 
 def _parts(algorithm) -> list[tuple[str, Any]]:

@@ -65,7 +65,11 @@ class JsonlWriter:
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(max(seconds, 0)))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+    return (
+        f"{seconds // 60}:{seconds % 60:02d}"
+        if seconds < 3600
+        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+    )
 
 
 class ProgressBar:
@@ -136,7 +140,9 @@ class RecordedResults:
         self.runs = 1
         self.phases: list[list[int]] = []  # every phase's tasks, from the "start" record
         self.random_init: dict[str, np.ndarray] = {}
-        self.rows: dict[int, dict[str, np.ndarray]] = {}  # phase -> {"class_il": row, "task_il": row}
+        self.rows: dict[
+            int, dict[str, np.ndarray]
+        ] = {}  # phase -> {"class_il": row, "task_il": row}
 
     def add(self, record: dict[str, Any]) -> None:
         kind = record.get("kind")
@@ -145,7 +151,9 @@ class RecordedResults:
             self.runs = int(record.get("runs", 1))
             self.phases = [list(tasks) for tasks in record.get("phases", [])]
         elif kind == "eval" and record["phase"] < 0:
-            self.random_init = {k: np.asarray(record[k], np.float64) for k in ("class_il", "task_il")}
+            self.random_init = {
+                k: np.asarray(record[k], np.float64) for k in ("class_il", "task_il")
+            }
         elif kind == "eval":
             p = int(record["phase"])
             self.rows[p] = {k: np.asarray(record[k], np.float64) for k in ("class_il", "task_il")}
@@ -158,12 +166,18 @@ class RecordedResults:
                 if np.isfinite(matrices["class_il"][..., p, :]).all():
                     self.rows[p] = {k: m[..., p, :] for k, m in matrices.items()}
             if record.get("random_init"):
-                self.random_init = {k: np.asarray(v, np.float64) for k, v in record["random_init"].items()}
+                self.random_init = {
+                    k: np.asarray(v, np.float64) for k, v in record["random_init"].items()
+                }
 
     def views(self) -> dict[str, str]:
         """Record key -> name: {"class_il": "class-IL", "task_il": "task-IL"}, or for a
         domain-IL stream {"class_il": "domain-IL"} (its summary calls it "domain_il")."""
-        return {"class_il": "domain-IL"} if self.setting == "domain" else {"class_il": "class-IL", "task_il": "task-IL"}
+        return (
+            {"class_il": "domain-IL"}
+            if self.setting == "domain"
+            else {"class_il": "class-IL", "task_il": "task-IL"}
+        )
 
     def _stacked(self, key: str) -> np.ndarray:
         """[runs, phases so far, tasks] (runs = 1 for one run), NaN for rows not recorded."""
@@ -195,8 +209,10 @@ class RecordedResults:
         init = None if init is None else np.atleast_2d(init)[:, : p + 1]
         if [self.tasks_of(q) for q in range(p + 1)] == [[q] for q in range(p + 1)]:
             try:
-                per_run = [cl_metrics.summary(run[: p + 1, : p + 1], None if init is None else init[r])
-                           for r, run in enumerate(runs)]
+                per_run = [
+                    cl_metrics.summary(run[: p + 1, : p + 1], None if init is None else init[r])
+                    for r, run in enumerate(runs)
+                ]
                 return {name: float(np.mean([m[name] for m in per_run])) for name in per_run[0]}
             except ValueError:  # NaN in the corner: rows from before a restart
                 return {"acc": float(runs[:, p, : p + 1].mean())}
@@ -249,8 +265,11 @@ class ConsoleSink:
             return
         of_runs = f", mean of {self.results.runs} runs" if self.results.runs > 1 else ""
         for key, view in self.results.views().items():
-            table = cl_metrics.format_matrix(self.results.matrix(key), title=f"accuracy (%), {view}{of_runs}",
-                                             row_labels=self.results.row_labels())
+            table = cl_metrics.format_matrix(
+                self.results.matrix(key),
+                title=f"accuracy (%), {view}{of_runs}",
+                row_labels=self.results.row_labels(),
+            )
             print(table, file=self.stream or sys.stdout)
 
     def close(self) -> None:
@@ -287,9 +306,15 @@ class TensorBoardSink:
                     add(f"accuracy/{view}/task_{j}", float(value), phase)
                 for name, value in self.results.metrics_so_far(key).items():
                     add(f"metrics/{view}/{name}", value, phase)
-                table = cl_metrics.format_matrix(self.results.matrix(key), row_labels=self.results.row_labels())
+                table = cl_metrics.format_matrix(
+                    self.results.matrix(key), row_labels=self.results.row_labels()
+                )
                 # Indented four spaces: TensorBoard renders text as markdown, this as a code block.
-                self.writer.add_text(f"accuracy_matrix/{view}", "\n".join("    " + line for line in table.splitlines()), phase)
+                self.writer.add_text(
+                    f"accuracy_matrix/{view}",
+                    "\n".join("    " + line for line in table.splitlines()),
+                    phase,
+                )
         elif kind == "summary":
             phase = max(self.results.rows, default=0)
             for name, value in _final_metrics(record).items():
@@ -299,9 +324,13 @@ class TensorBoardSink:
             if self.results.rows:
                 from sequax.engine import plots
 
-                figure = plots.matrix_figure({view: self.results.matrix(key) for key, view in self.results.views().items()},
-                                             self.results.row_labels())
-                self.writer.add_image("accuracy_matrix", plots.to_rgb(figure), phase, dataformats="HWC")
+                figure = plots.matrix_figure(
+                    {view: self.results.matrix(key) for key, view in self.results.views().items()},
+                    self.results.row_labels(),
+                )
+                self.writer.add_image(
+                    "accuracy_matrix", plots.to_rgb(figure), phase, dataformats="HWC"
+                )
         self.writer.flush() if kind in ("eval", "summary") else None
 
     def close(self) -> None:
@@ -328,8 +357,16 @@ class WandbSink:
         id_file = workdir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
-        self.run = wandb.init(project=project, mode=mode, dir=str(workdir), name=workdir.name, id=run_id,
-                              resume="allow", config=config, settings=wandb.Settings(console="off"))
+        self.run = wandb.init(
+            project=project,
+            mode=mode,
+            dir=str(workdir),
+            name=workdir.name,
+            id=run_id,
+            resume="allow",
+            config=config,
+            settings=wandb.Settings(console="off"),
+        )
         self.results = RecordedResults()
         self.step = 0
 
@@ -339,23 +376,36 @@ class WandbSink:
         if kind == "train":
             self.step = max(self.step, int(record["step"]))  # W&B steps only move forward
             scalars = {f"train/{k}": v for k, v in _train_scalars(record).items()}
-            self.run.log({**scalars, "phase": record["phase"], "epoch": record["epoch"]}, step=self.step)
+            self.run.log(
+                {**scalars, "phase": record["phase"], "epoch": record["epoch"]}, step=self.step
+            )
         elif kind == "eval" and record["phase"] >= 0:
             values: dict[str, float] = {"phase": int(record["phase"])}
             for key in self.results.views():
                 view = "domain_il" if self.results.setting == "domain" else key
-                values.update({f"accuracy/{view}/task_{j}": float(v) for j, v in enumerate(self.results.matrix(key)[record["phase"]])})
-                values.update({f"metrics/{view}/{k}": v for k, v in self.results.metrics_so_far(key).items()})
+                values.update(
+                    {
+                        f"accuracy/{view}/task_{j}": float(v)
+                        for j, v in enumerate(self.results.matrix(key)[record["phase"]])
+                    }
+                )
+                values.update(
+                    {f"metrics/{view}/{k}": v for k, v in self.results.metrics_so_far(key).items()}
+                )
             self.run.log(values, step=self.step)
         elif kind == "summary":
             self.run.summary.update({f"summary/{k}": v for k, v in _final_metrics(record).items()})
-            self.run.summary.update({f"timings/{k}": float(v) for k, v in record.get("timings", {}).items()})
+            self.run.summary.update(
+                {f"timings/{k}": float(v) for k, v in record.get("timings", {}).items()}
+            )
             tables = {}
             for key, view in self.results.views().items():
                 matrix, labels = self.results.matrix(key), self.results.row_labels()
                 columns = ["phase", *(f"task {j}" for j in range(matrix.shape[1]))]
                 tables[f"accuracy_matrix/{view}"] = self.wandb.Table(
-                    columns=columns, data=[[label, *map(float, row)] for label, row in zip(labels, matrix)])
+                    columns=columns,
+                    data=[[label, *map(float, row)] for label, row in zip(labels, matrix)],
+                )
             if tables:
                 self.run.log(tables, step=self.step)
 
@@ -381,9 +431,11 @@ class Writers:
             getattr(sink, method)(*args)
         except Exception as error:  # noqa: BLE001 - any observer failure must spare the run
             self.sinks = [s for s in self.sinks if s is not sink]
-            print(f"sequax: warning: the {getattr(sink, 'name', type(sink).__name__)} writer failed "
-                  f"({type(error).__name__}: {error}); it writes nothing more in this run, training goes on",
-                  file=sys.stderr)
+            print(
+                f"sequax: warning: the {getattr(sink, 'name', type(sink).__name__)} writer failed "
+                f"({type(error).__name__}: {error}); it writes nothing more in this run, training goes on",
+                file=sys.stderr,
+            )
             if method != "close":
                 try:
                     sink.close()
@@ -403,8 +455,14 @@ class Writers:
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def make_writers(config, workdir: str | Path, main: bool | None = None, *, verbose: bool = True,
-                 stream: TextIO | None = None) -> Writers:
+def make_writers(
+    config,
+    workdir: str | Path,
+    main: bool | None = None,
+    *,
+    verbose: bool = True,
+    stream: TextIO | None = None,
+) -> Writers:
     """The run's writers from `config.writers` (see configs/common.py base_config).
 
     config: the run's config; reads `writers.tensorboard`, `writers.wandb`,
@@ -436,7 +494,9 @@ def make_writers(config, workdir: str | Path, main: bool | None = None, *, verbo
     if options.get("wandb", False):
         mode = options.get("wandb_mode", "offline")
         if mode not in WANDB_MODES:
-            raise ConfigError(f"config.writers.wandb_mode={mode!r} is unknown; use one of {', '.join(map(repr, WANDB_MODES))}")
+            raise ConfigError(
+                f"config.writers.wandb_mode={mode!r} is unknown; use one of {', '.join(map(repr, WANDB_MODES))}"
+            )
         try:
             import wandb  # noqa: F401 - optional: only a run that asks for W&B needs it
         except ImportError:
@@ -456,6 +516,9 @@ def _opened(name: str, open_sink):
     try:
         return open_sink()
     except Exception as error:  # noqa: BLE001 - any observer failure must spare the run
-        print(f"sequax: warning: the {name} writer could not start ({type(error).__name__}: {error}); "
-              "the run goes on without it", file=sys.stderr)
+        print(
+            f"sequax: warning: the {name} writer could not start ({type(error).__name__}: {error}); "
+            "the run goes on without it",
+            file=sys.stderr,
+        )
         return None

@@ -54,14 +54,23 @@ def record(out: Path, only: list[str]) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "sequax.launch.train", f"--config={config}", f"--workdir={tmp}",
-                   f"--config.runs={runs}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "sequax.launch.train",
+                f"--config={config}",
+                f"--workdir={tmp}",
+                f"--config.runs={runs}",
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"{name}: FAILED\n{done.stderr[-3000:]}", flush=True)
                 continue
-            results[name] = {"command": " ".join(cmd[1:]), "wall_s": time.perf_counter() - t0,
-                             "runs": matrices(Path(tmp), runs)}
+            results[name] = {
+                "command": " ".join(cmd[1:]),
+                "wall_s": time.perf_counter() - t0,
+                "runs": matrices(Path(tmp), runs),
+            }
         print(f"{name}: {results[name]['wall_s']:.0f} s", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
@@ -80,12 +89,18 @@ def compare(before: Path, after: Path) -> int:
             for key in ("class_il", "task_il"):
                 diffs.append(np.nanmax(np.abs(np.array(ra[key], float) - np.array(rb[key], float))))
             for key in ra["random_init"]:
-                diffs.append(np.max(np.abs(np.array(ra["random_init"][key]) - np.array(rb["random_init"][key]))))
+                diffs.append(
+                    np.max(
+                        np.abs(np.array(ra["random_init"][key]) - np.array(rb["random_init"][key]))
+                    )
+                )
         worst = float(max(diffs))
         changed += worst > 0
         final = [np.nanmean(np.array(r["class_il"], float)[-1]) for r in b[name]["runs"]]
-        print(f"| {name} | {'identical' if worst == 0 else f'max |diff| {100 * worst:.2f} points'} | "
-              f"{100 * np.mean(final):.2f} |")
+        print(
+            f"| {name} | {'identical' if worst == 0 else f'max |diff| {100 * worst:.2f} points'} | "
+            f"{100 * np.mean(final):.2f} |"
+        )
     return changed
 
 

@@ -40,25 +40,57 @@ from sequax.launch.common import machine
 
 _WORKLOADS = flags.DEFINE_string("workloads", "pmnist10,smnist5", "Comma-separated workloads.")
 _METHODS = flags.DEFINE_string("methods", "naive,er,ewc", "Comma-separated methods.")
-_TASKS = flags.DEFINE_integer("tasks", 0, "Override the number of tasks (quick runs); 0 = protocol.")
-_TRAIN_PER_TASK = flags.DEFINE_integer("train_per_task", 0, "Subsample each task's training set; 0 = all.")
-_OUTPUT = flags.DEFINE_string("output", "docs/benchmarks.md", "Markdown report; empty = print only.")
-_SINGLE = flags.DEFINE_string("single", "", "Internal: run one 'workload,method,framework' and exit.")
+_TASKS = flags.DEFINE_integer(
+    "tasks", 0, "Override the number of tasks (quick runs); 0 = protocol."
+)
+_TRAIN_PER_TASK = flags.DEFINE_integer(
+    "train_per_task", 0, "Subsample each task's training set; 0 = all."
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", "docs/benchmarks.md", "Markdown report; empty = print only."
+)
+_SINGLE = flags.DEFINE_string(
+    "single", "", "Internal: run one 'workload,method,framework' and exit."
+)
 _SEQUAX_CORES = flags.DEFINE_integer(
-    "sequax_cores", 0, "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
-    "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.")
+    "sequax_cores",
+    0,
+    "Pin the sequax runs to this many cores (sched_setaffinity, the way JAX's "
+    "thread pool is sized); 0 = all cores. 1 compares core for core with the 1-thread torch loop.",
+)
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Internal: where --single writes its result.")
 _TORCH_DEVICE = flags.DEFINE_string(
-    "torch_device", "cpu", "Where the PyTorch loop runs: cpu (one thread) or cuda (the GPU section, "
-    "`launch/bench_gpu.py`).")
-_SUITE = flags.DEFINE_enum("suite", "all", ["all", "compare", "scale", "stream"], "Which suite(s) to run.")
-_SCALE_METHODS = flags.DEFINE_string("scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table.")
+    "torch_device",
+    "cpu",
+    "Where the PyTorch loop runs: cpu (one thread) or cuda (the GPU section, "
+    "`launch/bench_gpu.py`).",
+)
+_SUITE = flags.DEFINE_enum(
+    "suite", "all", ["all", "compare", "scale", "stream"], "Which suite(s) to run."
+)
+_SCALE_METHODS = flags.DEFINE_string(
+    "scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table."
+)
 
 WORKLOADS = {
-    "pmnist10": dict(title="PMNIST-10", scenario="permuted", num_tasks=10, widths=(256, 256),
-                     lr=0.1, batch=128, ewc_lam=1.4),  # lam 1.4 = DER's e_lambda 0.7
-    "smnist5": dict(title="SMNIST-5", scenario="split", num_tasks=5, widths=(100, 100),
-                    lr=0.03, batch=10, ewc_lam=180.0),  # lam 180 = DER's e_lambda 90
+    "pmnist10": dict(
+        title="PMNIST-10",
+        scenario="permuted",
+        num_tasks=10,
+        widths=(256, 256),
+        lr=0.1,
+        batch=128,
+        ewc_lam=1.4,
+    ),  # lam 1.4 = DER's e_lambda 0.7
+    "smnist5": dict(
+        title="SMNIST-5",
+        scenario="split",
+        num_tasks=5,
+        widths=(100, 100),
+        lr=0.03,
+        batch=10,
+        ewc_lam=180.0,
+    ),  # lam 180 = DER's e_lambda 90
 }
 METHODS = ("naive", "er", "ewc")  # the compare suite (the torch loop implements these)
 FRAMEWORKS = ("sequax", "torch")
@@ -72,9 +104,16 @@ def make_config(workload: str, method: str, tasks: int, train_per_task: int):
     hyper = {
         "naive": {},
         "er": dict(capacity=CAPACITY, replay_batch=w["batch"]),
-        "ewc": dict(lam=w["ewc_lam"], gamma=1.0, online=True, fisher_labels="empirical",
-                    likelihood_weighted=False),
-        "derpp": dict(capacity=CAPACITY, replay_batch=w["batch"], alpha=0.2, beta=0.5),  # PROTOCOLS §E
+        "ewc": dict(
+            lam=w["ewc_lam"],
+            gamma=1.0,
+            online=True,
+            fisher_labels="empirical",
+            likelihood_weighted=False,
+        ),
+        "derpp": dict(
+            capacity=CAPACITY, replay_batch=w["batch"], alpha=0.2, beta=0.5
+        ),  # PROTOCOLS §E
     }[method]
     config = common.der_config(w["scenario"], method, lr=w["lr"], **hyper)
     config.seed = SEED
@@ -94,13 +133,26 @@ def run_sequax(config) -> dict:
         result = loop.run(config, workdir, verbose=False)
     t = result.timings
     matrices = result.class_il if result.class_il.ndim == 3 else result.class_il[None]
-    return dict(samples_per_s=t["train_samples_per_s"], train=t["train"], compile=t["compile"],
-                end_task=t["end_task"], eval=t["eval"], wall=t["wall"],
-                train_samples=int(t["train_samples"]), matrix=matrices[0].tolist(),
-                accs=[100.0 * float(np.mean(m[-1])) for m in matrices], train_steps=int(t["train_steps"]),
-                devices=int(t["devices"]), runs=len(matrices), step_flops=t.get("step_flops", 0.0),
-                program_bytes=t.get("program_bytes", 0.0), device_peak_bytes=t.get("device_peak_bytes"),
-                eval_flops=2.0 * mlp_macs(config) * t["eval_examples"] if "widths" in config.model else None)
+    return dict(
+        samples_per_s=t["train_samples_per_s"],
+        train=t["train"],
+        compile=t["compile"],
+        end_task=t["end_task"],
+        eval=t["eval"],
+        wall=t["wall"],
+        train_samples=int(t["train_samples"]),
+        matrix=matrices[0].tolist(),
+        accs=[100.0 * float(np.mean(m[-1])) for m in matrices],
+        train_steps=int(t["train_steps"]),
+        devices=int(t["devices"]),
+        runs=len(matrices),
+        step_flops=t.get("step_flops", 0.0),
+        program_bytes=t.get("program_bytes", 0.0),
+        device_peak_bytes=t.get("device_peak_bytes"),
+        eval_flops=2.0 * mlp_macs(config) * t["eval_examples"]
+        if "widths" in config.model
+        else None,
+    )
 
 
 def mlp_macs(config) -> int:
@@ -118,7 +170,9 @@ def reservoir(num_seen: int, buffer_size: int) -> int:
     return rand if rand < buffer_size else -1
 
 
-def torch_accuracy_row(model, tests, task_classes, phase: int, batch_size: int, prepare=None) -> list[float]:
+def torch_accuracy_row(
+    model, tests, task_classes, phase: int, batch_size: int, prepare=None
+) -> list[float]:
     """Row `phase` of a torch model's class-IL accuracy matrix: every task's test accuracy,
     logits masked to the classes seen so far (`task_classes[: phase + 1]`). `prepare` maps a
     test batch to the model's input (e.g. normalisation); the model is left in train mode."""
@@ -157,10 +211,17 @@ def run_torch(config) -> dict:
 
     # Same task stream as sequax's build_scenario: same source, scenario seed and subsets.
     d = config.data
-    scenario = make_scenario(d.scenario, load_source(d.source, d.root), num_tasks=d.num_tasks,
-                             seed=d.seed, **d.options.to_dict())
+    scenario = make_scenario(
+        d.scenario,
+        load_source(d.source, d.root),
+        num_tasks=d.num_tasks,
+        seed=d.seed,
+        **d.options.to_dict(),
+    )
     if d.train_per_task or d.test_per_task:
-        scenario = subsample(scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed)
+        scenario = subsample(
+            scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed
+        )
 
     def tensors(x, y):
         x = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
@@ -221,9 +282,14 @@ def run_torch(config) -> dict:
                 inputs, labels = x, y
                 if algo.name == "er" and num_seen > 0:  # mammoth er.py: replay, then one forward
                     filled = min(num_seen, CAPACITY)
-                    choice = np.random.choice(filled, size=min(algo.replay_batch, filled), replace=False)
+                    choice = np.random.choice(
+                        filled, size=min(algo.replay_batch, filled), replace=False
+                    )
                     choice = torch.from_numpy(choice).to(device)
-                    inputs, labels = torch.cat([x, buffer_x[choice]]), torch.cat([y, buffer_y[choice]])
+                    inputs, labels = (
+                        torch.cat([x, buffer_x[choice]]),
+                        torch.cat([y, buffer_y[choice]]),
+                    )
                 optimizer.zero_grad()
                 loss = F.cross_entropy(model(inputs), labels)
                 if algo.name == "ewc" and importance is not None:
@@ -248,7 +314,9 @@ def run_torch(config) -> dict:
         if algo.name == "ewc":
             new = fisher(x_task, y_task)
             gamma = float(algo.gamma)
-            importance = new if importance is None else {k: gamma * importance[k] + new[k] for k in new}
+            importance = (
+                new if importance is None else {k: gamma * importance[k] + new[k] for k in new}
+            )
             anchor = {k: v.detach().clone() for k, v in params.items()}
             if device.type == "cuda":  # kernels run asynchronously: time them done
                 torch.cuda.synchronize()
@@ -258,8 +326,13 @@ def run_torch(config) -> dict:
         matrix.append(evaluate(task))
         timings["eval"] += time.perf_counter() - t0
     timings["wall"] = time.perf_counter() - wall_start
-    return dict(samples_per_s=train_samples / max(timings["train"], 1e-9), compile=0.0,
-                train_samples=train_samples, matrix=matrix, **timings)
+    return dict(
+        samples_per_s=train_samples / max(timings["train"], 1e-9),
+        compile=0.0,
+        train_samples=train_samples,
+        matrix=matrix,
+        **timings,
+    )
 
 
 # ---------------- One cell in a subprocess ---------------------------------------------------
@@ -289,9 +362,17 @@ def run_single(spec: str, json_out: str) -> None:
 
 def run_child(workload: str, method: str, framework: str, folder: str) -> dict | None:
     out = os.path.join(folder, f"{workload}_{method}_{framework}.json")
-    command = [sys.executable, "-m", "sequax.launch.bench", f"--single={workload},{method},{framework}",
-               f"--json_out={out}", f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}",
-               f"--sequax_cores={_SEQUAX_CORES.value}", f"--torch_device={_TORCH_DEVICE.value}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sequax.launch.bench",
+        f"--single={workload},{method},{framework}",
+        f"--json_out={out}",
+        f"--tasks={_TASKS.value}",
+        f"--train_per_task={_TRAIN_PER_TASK.value}",
+        f"--sequax_cores={_SEQUAX_CORES.value}",
+        f"--torch_device={_TORCH_DEVICE.value}",
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -308,12 +389,18 @@ def ratios(results, workload, method):
     s, t = cell(results, workload, method, "sequax"), cell(results, workload, method, "torch")
     if s is None or t is None:
         return None
-    return dict(speed=s["samples_per_s"] / t["samples_per_s"], wall=t["wall"] / s["wall"], acc=s["acc"] - t["acc"])
+    return dict(
+        speed=s["samples_per_s"] / t["samples_per_s"],
+        wall=t["wall"] / s["wall"],
+        acc=s["acc"] - t["acc"],
+    )
 
 
 def tables(results, workloads, methods) -> str:
-    lines = ["| workload | method | framework | samples/s | ratio | wall s | compile s | end_task s | eval s | acc % | peak RSS MiB |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | method | framework | samples/s | ratio | wall s | compile s | end_task s | eval s | acc % | peak RSS MiB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for w in workloads:
         for m in methods:
             r = ratios(results, w, m)
@@ -325,15 +412,22 @@ def tables(results, workloads, methods) -> str:
                     continue
                 ratio = f"{r['speed']:.2f}×" if (r and f == "sequax") else ""
                 compile_s = f"{c['compile']:.1f}" if f == "sequax" else "–"
-                lines.append(f"| {' | '.join(name)} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | {compile_s} | "
-                             f"{c['end_task']:.2f} | {c['eval']:.2f} | {c['acc']:.2f} | {c['rss_mib']:.0f} |")
-    lines += ["", "| workload | method | samples/s: sequax / torch | wall: torch / sequax | acc: sequax − torch (points) |",
-              "| --- | --- | ---: | ---: | ---: |"]
+                lines.append(
+                    f"| {' | '.join(name)} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | {compile_s} | "
+                    f"{c['end_task']:.2f} | {c['eval']:.2f} | {c['acc']:.2f} | {c['rss_mib']:.0f} |"
+                )
+    lines += [
+        "",
+        "| workload | method | samples/s: sequax / torch | wall: torch / sequax | acc: sequax − torch (points) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for w in workloads:
         for m in methods:
             r = ratios(results, w, m)
             if r:
-                lines.append(f"| {WORKLOADS[w]['title']} | {m} | {r['speed']:.2f}× | {r['wall']:.2f}× | {r['acc']:+.2f} |")
+                lines.append(
+                    f"| {WORKLOADS[w]['title']} | {m} | {r['speed']:.2f}× | {r['wall']:.2f}× | {r['acc']:+.2f} |"
+                )
     return "\n".join(lines)
 
 
@@ -347,18 +441,37 @@ def targets(results, workloads, methods) -> list[tuple[str, str, str]]:
     for m in methods:
         r = ratios(results, "smnist5", m) if "smnist5" in workloads else None
         if r:
-            add(f"SMNIST-5 {m}: sequax ≥ 3× torch samples/s", f"{r['speed']:.2f}×", r["speed"] >= 3.0)
+            add(
+                f"SMNIST-5 {m}: sequax ≥ 3× torch samples/s",
+                f"{r['speed']:.2f}×",
+                r["speed"] >= 3.0,
+            )
     for m, floor in (("naive", 0.9), ("ewc", 1.5)):
         r = ratios(results, "pmnist10", m) if ("pmnist10" in workloads and m in methods) else None
         if r:
-            add(f"PMNIST-10 {m}: sequax ≥ {floor}× torch samples/s", f"{r['speed']:.2f}×", r["speed"] >= floor)
+            add(
+                f"PMNIST-10 {m}: sequax ≥ {floor}× torch samples/s",
+                f"{r['speed']:.2f}×",
+                r["speed"] >= floor,
+            )
     for m in methods:
         r = ratios(results, "pmnist10", m) if "pmnist10" in workloads else None
         if r:
-            add(f"PMNIST-10 {m}: accuracy within 2 points of torch", f"{r['acc']:+.2f}", abs(r["acc"]) <= 2.0)
-    naive, er = cell(results, "smnist5", "naive", "sequax"), cell(results, "smnist5", "er", "sequax")
+            add(
+                f"PMNIST-10 {m}: accuracy within 2 points of torch",
+                f"{r['acc']:+.2f}",
+                abs(r["acc"]) <= 2.0,
+            )
+    naive, er = (
+        cell(results, "smnist5", "naive", "sequax"),
+        cell(results, "smnist5", "er", "sequax"),
+    )
     if naive:
-        add("SMNIST-5 naive (sequax) ≈ 20% (18–22)", f"{naive['acc']:.2f}%", 18.0 <= naive["acc"] <= 22.0)
+        add(
+            "SMNIST-5 naive (sequax) ≈ 20% (18–22)",
+            f"{naive['acc']:.2f}%",
+            18.0 <= naive["acc"] <= 22.0,
+        )
     if er:
         add("SMNIST-5 ER-500 (sequax) > 80%", f"{er['acc']:.2f}%", er["acc"] > 80.0)
     return rows
@@ -401,27 +514,36 @@ HOW_TO_READ = """\
 def header(info, seconds: float, suite: str) -> list[str]:
     command = " ".join(["python -m sequax.launch.bench", *sys.argv[1:]])
     lines = [
-        "Command:", "", f"    {command}", "",
+        "Command:",
+        "",
+        f"    {command}",
+        "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {suite} suite time {seconds / 60:.1f} min.",
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; "
         f"load average at start {info['load'][0]:.2f}.",
         f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}.",
     ]
     if _TASKS.value or _TRAIN_PER_TASK.value:
-        lines.append(f"- **Quick run** (tasks={_TASKS.value or 'protocol'}, train_per_task="
-                     f"{_TRAIN_PER_TASK.value or 'all'}): not the protocol; the targets are indicative only.")
+        lines.append(
+            f"- **Quick run** (tasks={_TASKS.value or 'protocol'}, train_per_task="
+            f"{_TRAIN_PER_TASK.value or 'all'}): not the protocol; the targets are indicative only."
+        )
     return lines
 
 
 def report(results, workloads, methods, info, seconds) -> str:
     target_rows = targets(results, workloads, methods)
     lines = [
-        "## sequax against a plain PyTorch loop", "",
+        "## sequax against a plain PyTorch loop",
+        "",
         "Workloads of `../shared/PROTOCOLS.md` §E, each cell in its own process.",
         *header(info, seconds, "compare"),
         "- Threads: torch `set_num_threads(1)`; sequax "
-        + (f"pinned to {_SEQUAX_CORES.value} core(s) with `sched_setaffinity`" if _SEQUAX_CORES.value
-           else f"on all {info['cores']} cores, XLA's default threading")
+        + (
+            f"pinned to {_SEQUAX_CORES.value} core(s) with `sched_setaffinity`"
+            if _SEQUAX_CORES.value
+            else f"on all {info['cores']} cores, XLA's default threading"
+        )
         + f" (XLA_FLAGS: {info['xla_flags']}).",
         "- Workloads: PMNIST-10 = Permuted MNIST, 10 tasks × 60,000, MLP 784-256-256-10, SGD lr 0.1, "
         "batch 128; SMNIST-5 = Split MNIST class-IL, 5 tasks × 2 classes, MLP 784-100-100-10, SGD lr 0.03, "
@@ -429,8 +551,17 @@ def report(results, workloads, methods, info, seconds) -> str:
         "γ 1, λ 1.4 (PMNIST) / 180 (SMNIST) with our ½ (DER's e_lambda 0.7 / 90), empirical Fisher "
         "over the whole task.",
     ]
-    lines += ["", "### Results", "", tables(results, workloads, methods), "", "### Targets", "",
-              "| target | measured | result |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "### Results",
+        "",
+        tables(results, workloads, methods),
+        "",
+        "### Targets",
+        "",
+        "| target | measured | result |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {name} | {measured} | {verdict} |" for name, measured, verdict in target_rows]
     lines += ["", HOW_TO_READ]
     return "\n".join(lines)
@@ -443,7 +574,7 @@ def write_section(path: str, name: str, text: str) -> None:
     file = Path(path)
     old = file.read_text() if file.exists() else "# Benchmarks\n"
     if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -459,7 +590,10 @@ def timed(label: str, fn):
     if out and "samples_per_s" in out:
         acc = f", acc {out['acc']:.2f}%" if "acc" in out else ""
         wall = f", wall {out['wall']:.1f}s" if "wall" in out else ""
-        print(f"{out['samples_per_s']:,.0f} samples/s{acc}{wall} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"{out['samples_per_s']:,.0f} samples/s{acc}{wall} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
     else:
         print("failed", flush=True)
     return out
@@ -472,7 +606,9 @@ def compare_suite(workloads, methods, info) -> str:
         for w in workloads:
             for m in methods:
                 for f in FRAMEWORKS:
-                    result = timed(f"{WORKLOADS[w]['title']} {m} {f}", lambda: run_child(w, m, f, folder))
+                    result = timed(
+                        f"{WORKLOADS[w]['title']} {m} {f}", lambda: run_child(w, m, f, folder)
+                    )
                     if result is not None:
                         results[(w, m, f)] = result
     return report(results, workloads, methods, info, time.perf_counter() - start)
@@ -486,7 +622,10 @@ def scale_suite(workloads, info) -> str:
     titles = {w: WORKLOADS[w]["title"] for w in WORKLOADS}
 
     def cell(spec, devices=1):
-        return timed(f"scale {spec} on {devices} device(s)", lambda: scale.child(spec, folder, extra, devices))
+        return timed(
+            f"scale {spec} on {devices} device(s)",
+            lambda: scale.child(spec, folder, extra, devices),
+        )
 
     with tempfile.TemporaryDirectory() as folder:
         peak = scale.child("peak", folder, extra)
@@ -498,34 +637,74 @@ def scale_suite(workloads, info) -> str:
         # The same runs split over one CPU device per core (mesh runs axis): each core trains
         # its own runs with no communication, instead of splitting every small matmul in two.
         cores = len(os.sched_getaffinity(0))
-        split = {w: {n: cell(f"{w},naive,sequax,r{n},m{cores}", cores) for n in scale.RUN_COUNTS if n % cores == 0}
-                 for w in workloads} if cores > 1 else {}
+        split = (
+            {
+                w: {
+                    n: cell(f"{w},naive,sequax,r{n},m{cores}", cores)
+                    for n in scale.RUN_COUNTS
+                    if n % cores == 0
+                }
+                for w in workloads
+            }
+            if cores > 1
+            else {}
+        )
     docs = Path(_OUTPUT.value or "docs/benchmarks.md").parent
-    images = scale.plot(devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10"))
+    images = scale.plot(
+        devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10")
+    )
     if _OUTPUT.value:  # the raw cells, so tables and plots can be checked or redrawn later
-        raw = dict(peak=peak, per_method={f"{w},{m}": c for (w, m), c in per_method.items()}, devices=devices,
-                   runs=runs, split=split)
-        (docs / "img" / "scale_cells.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+        raw = dict(
+            peak=peak,
+            per_method={f"{w},{m}": c for (w, m), c in per_method.items()},
+            devices=devices,
+            runs=runs,
+            split=split,
+        )
+        (docs / "img" / "scale_cells.json").write_text(
+            json.dumps(raw, indent=1, default=str) + "\n"
+        )
     g = peak["gflops"]
-    lines = ["## At scale: MFU, devices, vmapped runs", "",
-             "sequax alone (`launch/bench_scale.py`), each cell in its own process.",
-             *header(info, time.perf_counter() - start, "scale"),
-             f"- Measured fp32 matmul peak (best of {', '.join(f'{n}²' for n in scale.PEAK_SIZES)} in JAX, all cores): "
-             f"**{g:.1f} GFLOP/s** (" + ", ".join(f"{n}²: {v:.0f}" for n, v in peak["by_size"].items()) + ").",
-             "", "### Per workload and method (1 device, 1 run)", "",
-             scale.method_table(per_method, g, titles), "",
-             "### PMNIST-10 naive over 1/2/4/8 devices", "",
-             "The batch (128) is split over the `data` axis; the task's examples and the reservoir over the "
-             "devices. On a CPU machine the devices are fake (`--xla_force_host_platform_device_count`) and "
-             "share the same cores, so this measures what partitioning costs, not a speed-up.", "",
-             scale.devices_table(devices, g), ""]
+    lines = [
+        "## At scale: MFU, devices, vmapped runs",
+        "",
+        "sequax alone (`launch/bench_scale.py`), each cell in its own process.",
+        *header(info, time.perf_counter() - start, "scale"),
+        f"- Measured fp32 matmul peak (best of {', '.join(f'{n}²' for n in scale.PEAK_SIZES)} in JAX, all cores): "
+        f"**{g:.1f} GFLOP/s** ("
+        + ", ".join(f"{n}²: {v:.0f}" for n, v in peak["by_size"].items())
+        + ").",
+        "",
+        "### Per workload and method (1 device, 1 run)",
+        "",
+        scale.method_table(per_method, g, titles),
+        "",
+        "### PMNIST-10 naive over 1/2/4/8 devices",
+        "",
+        "The batch (128) is split over the `data` axis; the task's examples and the reservoir over the "
+        "devices. On a CPU machine the devices are fake (`--xla_force_host_platform_device_count`) and "
+        "share the same cores, so this measures what partitioning costs, not a speed-up.",
+        "",
+        scale.devices_table(devices, g),
+        "",
+    ]
     for w, cells in runs.items():
-        lines += [f"### {titles[w]} naive: N seeds vmapped in one program", "",
-                  "One device (XLA's default: every op may use every core):", "", scale.runs_table(cells, g), ""]
+        lines += [
+            f"### {titles[w]} naive: N seeds vmapped in one program",
+            "",
+            "One device (XLA's default: every op may use every core):",
+            "",
+            scale.runs_table(cells, g),
+            "",
+        ]
         if split.get(w):
-            lines += [f"The same runs split over {cores} CPU devices, one per core (`config.mesh.runs={cores}`, "
-                      f"`--xla_force_host_platform_device_count={cores}`; × is against one run on one device):", "",
-                      scale.runs_table({1: cells.get(1), **split[w]}, g), ""]
+            lines += [
+                f"The same runs split over {cores} CPU devices, one per core (`config.mesh.runs={cores}`, "
+                f"`--xla_force_host_platform_device_count={cores}`; × is against one run on one device):",
+                "",
+                scale.runs_table({1: cells.get(1), **split[w]}, g),
+                "",
+            ]
     lines += [f"![{Path(p).stem}](img/{Path(p).name})" for p in images]
     base = runs.get("pmnist10", {}).get(1)
     eights = [c for c in (runs.get("pmnist10", {}).get(8), split.get("pmnist10", {}).get(8)) if c]
@@ -533,20 +712,29 @@ def scale_suite(workloads, info) -> str:
         best = min(eights, key=lambda c: c["wall"])
         ratio = best["wall"] / base["wall"]
         bound = scale.lower_bound(base, 8, g)
-        lines += ["", "### Target", "", "| target | measured | result |", "| --- | --- | --- |",
-                  f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× "
-                  f"(best of the two layouts) | {'PASS' if ratio <= 3.0 else 'FAIL'} |", "",
-                  f"Physical floor on this machine: {bound['ratio']:.2f}×. One run trains at "
-                  f"{bound['train_mfu']:.0f}% MFU and evaluates at about {bound['eval_mfu']:.0f}% "
-                  f"(XLA's FLOPs of the step; the evaluation's FLOPs counted from the MLP), so 8 runs at "
-                  f"100% of the measured peak would still need {bound['compute_s']:.1f} s of compute plus "
-                  f"{bound['fixed_s']:.1f} s of the one run's fixed costs (data, task transforms, "
-                  f"compile), against {base['wall']:.1f} s for one run."]
+        lines += [
+            "",
+            "### Target",
+            "",
+            "| target | measured | result |",
+            "| --- | --- | --- |",
+            f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× "
+            f"(best of the two layouts) | {'PASS' if ratio <= 3.0 else 'FAIL'} |",
+            "",
+            f"Physical floor on this machine: {bound['ratio']:.2f}×. One run trains at "
+            f"{bound['train_mfu']:.0f}% MFU and evaluates at about {bound['eval_mfu']:.0f}% "
+            f"(XLA's FLOPs of the step; the evaluation's FLOPs counted from the MLP), so 8 runs at "
+            f"100% of the measured peak would still need {bound['compute_s']:.1f} s of compute plus "
+            f"{bound['fixed_s']:.1f} s of the one run's fixed costs (data, task transforms, "
+            f"compile), against {base['wall']:.1f} s for one run.",
+        ]
     return "\n".join(lines)
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
+    logging.set_verbosity(
+        logging.WARNING
+    )  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _SINGLE.value:
@@ -556,7 +744,9 @@ def main(argv):
     methods = [m for m in _METHODS.value.split(",") if m]
     unknown = sorted(set(workloads) - set(WORKLOADS)) + sorted(set(methods) - set(METHODS))
     if unknown:
-        raise app.UsageError(f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}")
+        raise app.UsageError(
+            f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}"
+        )
     info = machine()
     sections = {}
     if _SUITE.value in ("all", "compare"):
@@ -567,7 +757,9 @@ def main(argv):
         from sequax.launch import bench_stream
 
         cells, seconds = bench_stream.suite(common.DATA_ROOT, _TASKS.value, _TRAIN_PER_TASK.value)
-        sections["stream"] = bench_stream.section(cells, header(info, seconds, "stream"), info["cores"], info["load"][0])
+        sections["stream"] = bench_stream.section(
+            cells, header(info, seconds, "stream"), info["cores"], info["load"][0]
+        )
     for name, text in sections.items():
         print("\n" + text.split("### How to read this")[0].rstrip())
         if _OUTPUT.value:

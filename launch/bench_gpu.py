@@ -44,14 +44,20 @@ from absl import app, flags, logging
 from sequax.launch import bench  # its flags too: --single, --json_out, --torch_device
 
 _PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
-_OUT = flags.DEFINE_string("results", "", "Where the run writes its JSON results (after every cell).")
+_OUT = flags.DEFINE_string(
+    "results", "", "Where the run writes its JSON results (after every cell)."
+)
 _REPORT = flags.DEFINE_string("report", "", "Read this JSON and write the GPU section of --doc.")
 _DOC = flags.DEFINE_string("doc", "docs/benchmarks.md", "The markdown document of --report.")
 _RUNS = flags.DEFINE_string("run_counts", "1,8,32,128", "Seed counts of the `runs` part.")
-_CIFAR_ROOT = flags.DEFINE_string("cifar_root", "/tmp/sequax_cifar", "Where the synthetic CIFAR-10 goes.")
+_CIFAR_ROOT = flags.DEFINE_string(
+    "cifar_root", "/tmp/sequax_cifar", "Where the synthetic CIFAR-10 goes."
+)
 _CIFAR_EPOCHS = flags.DEFINE_integer("cifar_epochs", 1, "Epochs per task of the `cifar` part.")
 _CIFAR_NF = flags.DEFINE_integer("cifar_nf", 64, "ResNet-18 width of the `cifar` part (64: DER's).")
-_CIFAR_TRAIN = flags.DEFINE_integer("cifar_train_per_task", 0, "Subsample each CIFAR task (quick runs); 0 = all.")
+_CIFAR_TRAIN = flags.DEFINE_integer(
+    "cifar_train_per_task", 0, "Subsample each CIFAR task (quick runs); 0 = all."
+)
 
 CIFAR_METHODS = ("naive", "er")
 CAPACITY, BATCH = 500, 32
@@ -79,16 +85,46 @@ def write_synthetic_cifar10(root: Path, seed: int = 0) -> Path:
 
     for i in range(1, 6):
         rows, y = images(10000, i)
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(
-            {b"batch_label": f"training batch {i} of 5".encode(), b"labels": y, b"data": rows,
-             b"filenames": [b"synthetic.png"] * len(y)}, protocol=2))
+        (folder / f"data_batch_{i}").write_bytes(
+            pickle.dumps(
+                {
+                    b"batch_label": f"training batch {i} of 5".encode(),
+                    b"labels": y,
+                    b"data": rows,
+                    b"filenames": [b"synthetic.png"] * len(y),
+                },
+                protocol=2,
+            )
+        )
     rows, y = images(10000, 0)
-    (folder / "test_batch").write_bytes(pickle.dumps(
-        {b"batch_label": b"testing batch 1 of 1", b"labels": y, b"data": rows,
-         b"filenames": [b"synthetic.png"] * len(y)}, protocol=2))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps(
-        {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072}, protocol=2))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps(
+            {
+                b"batch_label": b"testing batch 1 of 1",
+                b"labels": y,
+                b"data": rows,
+                b"filenames": [b"synthetic.png"] * len(y),
+            },
+            protocol=2,
+        )
+    )
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps(
+            {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072}, protocol=2
+        )
+    )
     return folder
 
 
@@ -129,8 +165,13 @@ def run_torch_cifar(method: str) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     d = config.data
-    scenario = make_scenario(d.scenario, load_source(d.source, d.root), num_tasks=d.num_tasks, seed=d.seed,
-                             **d.options.to_dict())
+    scenario = make_scenario(
+        d.scenario,
+        load_source(d.source, d.root),
+        num_tasks=d.num_tasks,
+        seed=d.seed,
+        **d.options.to_dict(),
+    )
     if d.train_per_task:
         scenario = subsample(scenario, d.train_per_task, None, seed=d.seed)
     mean = torch.tensor(d.normalize[0], device=device)[None, :, None, None]
@@ -146,8 +187,11 @@ def run_torch_cifar(method: str) -> dict:
         b = x.shape[0]
         padded = F.pad(x, (4, 4, 4, 4)).permute(0, 2, 3, 1)
         oy, ox = torch.randint(0, 9, (2, b), device=device)
-        out = padded[torch.arange(b, device=device)[:, None, None], (oy[:, None] + arange)[:, :, None],
-                     (ox[:, None] + arange)[:, None, :]].permute(0, 3, 1, 2)
+        out = padded[
+            torch.arange(b, device=device)[:, None, None],
+            (oy[:, None] + arange)[:, :, None],
+            (ox[:, None] + arange)[:, None, :],
+        ].permute(0, 3, 1, 2)
         flip = torch.rand(b, device=device) < 0.5
         return torch.where(flip[:, None, None, None], out.flip(3), out)
 
@@ -156,7 +200,9 @@ def run_torch_cifar(method: str) -> dict:
     task_classes = torch.tensor(scenario.task_classes, device=device)
 
     def evaluate(p: int) -> list[float]:
-        return bench.torch_accuracy_row(model, tests, task_classes, p, 1000, prepare=lambda x: (x - mean) / std)
+        return bench.torch_accuracy_row(
+            model, tests, task_classes, p, 1000, prepare=lambda x: (x - mean) / std
+        )
 
     # Warm-up on a throw-away copy, outside the timers (as sequax's compile is): cuDNN's
     # autotuning (`cudnn.benchmark`) of every convolution at the two batch shapes (32; 64 with
@@ -164,8 +210,8 @@ def run_torch_cifar(method: str) -> dict:
     t0 = time.perf_counter()
     spare = copy.deepcopy(model)
     spare_optimizer = torch.optim.SGD(spare.parameters(), lr=0.0)
-    x0 = tests[0][0][:2 * BATCH]
-    for size in ((BATCH, 2 * BATCH) if method == "er" else (BATCH,)):
+    x0 = tests[0][0][: 2 * BATCH]
+    for size in (BATCH, 2 * BATCH) if method == "er" else (BATCH,):
         for _ in range(3):
             spare_optimizer.zero_grad()
             F.cross_entropy(spare(augment(x0[:size])), tests[0][1][:size]).backward()
@@ -189,12 +235,14 @@ def run_torch_cifar(method: str) -> dict:
         for _ in range(int(config.training.epochs)):
             order = torch.randperm(len(y_task), device=device)
             for i in range(steps):
-                index = order[i * BATCH:(i + 1) * BATCH]
+                index = order[i * BATCH : (i + 1) * BATCH]
                 x, y = x_task[index], y_task[index]
                 inputs, labels = augment(x), y
                 if method == "er" and num_seen > 0:
                     filled = min(num_seen, CAPACITY)
-                    choice = torch.from_numpy(np.random.choice(filled, size=min(BATCH, filled), replace=False)).to(device)
+                    choice = torch.from_numpy(
+                        np.random.choice(filled, size=min(BATCH, filled), replace=False)
+                    ).to(device)
                     inputs = torch.cat([inputs, augment(buffer_x[choice])])
                     labels = torch.cat([y, buffer_y[choice]])
                 optimizer.zero_grad()
@@ -207,9 +255,13 @@ def run_torch_cifar(method: str) -> dict:
                     for _ in range(len(y)):
                         slots.append(bench.reservoir(num_seen, CAPACITY))
                         num_seen += 1
-                    keep = torch.tensor([j for j, s in enumerate(slots) if s >= 0], dtype=torch.long)
+                    keep = torch.tensor(
+                        [j for j, s in enumerate(slots) if s >= 0], dtype=torch.long
+                    )
                     if len(keep):
-                        where = torch.tensor([s for s in slots if s >= 0], dtype=torch.long, device=device)
+                        where = torch.tensor(
+                            [s for s in slots if s >= 0], dtype=torch.long, device=device
+                        )
                         buffer_x[where] = x[keep.to(device)]
                         buffer_y[where] = y[keep.to(device)]
             train_samples += steps * BATCH
@@ -219,8 +271,14 @@ def run_torch_cifar(method: str) -> dict:
         matrix.append(evaluate(task))
         timings["eval"] += time.perf_counter() - t0
     timings["wall"] = time.perf_counter() - wall_start
-    return dict(samples_per_s=train_samples / max(timings["train"], 1e-9), compile=warmup, train_samples=train_samples,
-                matrix=matrix, device_peak_bytes=torch.cuda.max_memory_allocated(), **timings)
+    return dict(
+        samples_per_s=train_samples / max(timings["train"], 1e-9),
+        compile=warmup,
+        train_samples=train_samples,
+        matrix=matrix,
+        device_peak_bytes=torch.cuda.max_memory_allocated(),
+        **timings,
+    )
 
 
 def run_single(spec: str, json_out: str) -> None:
@@ -233,9 +291,17 @@ def run_single(spec: str, json_out: str) -> None:
 
 def cifar_child(method: str, framework: str, folder: str) -> dict | None:
     out = os.path.join(folder, f"cifar_{method}_{framework}.json")
-    command = [sys.executable, "-m", "sequax.launch.bench_gpu", f"--single=cifar,{method},{framework}",
-               f"--json_out={out}", f"--cifar_root={_CIFAR_ROOT.value}", f"--cifar_epochs={_CIFAR_EPOCHS.value}",
-               f"--cifar_nf={_CIFAR_NF.value}", f"--cifar_train_per_task={_CIFAR_TRAIN.value}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sequax.launch.bench_gpu",
+        f"--single=cifar,{method},{framework}",
+        f"--json_out={out}",
+        f"--cifar_root={_CIFAR_ROOT.value}",
+        f"--cifar_epochs={_CIFAR_EPOCHS.value}",
+        f"--cifar_nf={_CIFAR_NF.value}",
+        f"--cifar_train_per_task={_CIFAR_TRAIN.value}",
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
@@ -265,8 +331,9 @@ def run_all() -> None:
     flags.FLAGS.torch_device = "cuda"  # bench.run_child passes it on to the PyTorch cells
     parts = [p for p in _PARTS.value.split(",") if p]
     results: dict = {"info": gpu_info(), "pmnist": {}, "runs": {}, "cifar": {}, "seconds": {}}
-    results["info"]["cifar"] = dict(nf=_CIFAR_NF.value, epochs=_CIFAR_EPOCHS.value,
-                                    train_per_task=_CIFAR_TRAIN.value)
+    results["info"]["cifar"] = dict(
+        nf=_CIFAR_NF.value, epochs=_CIFAR_EPOCHS.value, train_per_task=_CIFAR_TRAIN.value
+    )
 
     def save():
         if _OUT.value:
@@ -274,21 +341,28 @@ def run_all() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         results["peak"] = bench_scale.child("peak", folder, [])
-        print(f"matmul peak (fp32 storage, default precision): {results['peak']['gflops']:,.0f} GFLOP/s", flush=True)
+        print(
+            f"matmul peak (fp32 storage, default precision): {results['peak']['gflops']:,.0f} GFLOP/s",
+            flush=True,
+        )
         save()
         if "pmnist" in parts:
             t0 = time.perf_counter()
             for method in bench.METHODS:
                 for framework in bench.FRAMEWORKS:
                     results["pmnist"][f"{method},{framework}"] = bench.timed(
-                        f"PMNIST-10 {method} {framework}", lambda: bench.run_child("pmnist10", method, framework, folder))
+                        f"PMNIST-10 {method} {framework}",
+                        lambda: bench.run_child("pmnist10", method, framework, folder),
+                    )
                     save()
             results["seconds"]["pmnist"] = time.perf_counter() - t0
         if "runs" in parts:
             t0 = time.perf_counter()
             for n in [int(v) for v in _RUNS.value.split(",")]:
-                results["runs"][str(n)] = bench.timed(f"PMNIST-10 naive x{n} runs",
-                                                lambda: bench_scale.child(f"pmnist10,naive,sequax,r{n}", folder, []))
+                results["runs"][str(n)] = bench.timed(
+                    f"PMNIST-10 naive x{n} runs",
+                    lambda: bench_scale.child(f"pmnist10,naive,sequax,r{n}", folder, []),
+                )
                 save()
             results["seconds"]["runs"] = time.perf_counter() - t0
         if "cifar" in parts:
@@ -298,7 +372,9 @@ def run_all() -> None:
             for method in CIFAR_METHODS:
                 for framework in ("sequax", "torch"):
                     results["cifar"][f"{method},{framework}"] = bench.timed(
-                        f"S-CIFAR-10 ResNet-18 {method} {framework}", lambda: cifar_child(method, framework, folder))
+                        f"S-CIFAR-10 ResNet-18 {method} {framework}",
+                        lambda: cifar_child(method, framework, folder),
+                    )
                     save()
             results["seconds"]["cifar"] = time.perf_counter() - t0
     results["command"] = " ".join(["python -m sequax.launch.bench_gpu", *sys.argv[1:]])
@@ -314,23 +390,33 @@ def _pair_rows(cells: dict, methods, title: str) -> list[str]:
             if not c:
                 rows.append(f"| {title} | {m} | {name} | failed | | | | | | |")
                 continue
-            ratio = f"{s['samples_per_s'] / t['samples_per_s']:.2f}×" if (name == "sequax" and s and t) else ""
+            ratio = (
+                f"{s['samples_per_s'] / t['samples_per_s']:.2f}×"
+                if (name == "sequax" and s and t)
+                else ""
+            )
             compile_s = f"{c['compile']:.1f}" if (name == "sequax" or c["compile"]) else "–"
             peak = c.get("device_peak_bytes")
             peak = f"{peak / 2**20:,.0f}" if peak else "–"
-            rows.append(f"| {title} | {m} | {name} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | "
-                        f"{compile_s} | {c['train']:.1f} | {c['acc']:.2f} | {peak} |")
+            rows.append(
+                f"| {title} | {m} | {name} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | "
+                f"{compile_s} | {c['train']:.1f} | {c['acc']:.2f} | {peak} |"
+            )
     return rows
 
 
 def report(results: dict) -> str:
     info, peak = results["info"], results.get("peak") or {}
     lines = [
-        "## On one GPU", "",
+        "## On one GPU",
+        "",
         "Absolute times on one accelerator, sequax against a plain PyTorch loop on the same GPU, each "
-        "cell in its own process (`launch/bench_gpu.py`; its docstring describes the loops).", "",
-        "Command (on the GPU machine; `--report=FILE` then wrote this section here):", "",
-        f"    {results.get('command', 'python -m sequax.launch.bench_gpu')}", "",
+        "cell in its own process (`launch/bench_gpu.py`; its docstring describes the loops).",
+        "",
+        "Command (on the GPU machine; `--report=FILE` then wrote this section here):",
+        "",
+        f"    {results.get('command', 'python -m sequax.launch.bench_gpu')}",
+        "",
         f"- GPU: {info.get('gpu')} ({info.get('gpu_memory_gib', 0):.0f} GiB usable by JAX); host {info['cpu']}, "
         f"{info['cores']} cores, {info['ram_gib']:.0f} GiB RAM.",
         f"- Software there: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}. "
@@ -339,48 +425,76 @@ def report(results: dict) -> str:
         "on NVIDIA GPUs; torch set to `allow_tf32`).",
     ]
     if peak:
-        lines.append(f"- Matmul peak measured in the same run (JAX, fp32 storage, default precision): "
-                     f"**{peak['gflops'] / 1000:,.1f} TFLOP/s** ("
-                     + ", ".join(f"{n}²: {v / 1000:.0f}" for n, v in peak["by_size"].items()) + ").")
-    header = ["| workload | method | framework | samples/s | ratio | wall s | compile s | train s | acc % | peak device MiB |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"- Matmul peak measured in the same run (JAX, fp32 storage, default precision): "
+            f"**{peak['gflops'] / 1000:,.1f} TFLOP/s** ("
+            + ", ".join(f"{n}²: {v / 1000:.0f}" for n, v in peak["by_size"].items())
+            + ")."
+        )
+    header = [
+        "| workload | method | framework | samples/s | ratio | wall s | compile s | train s | acc % | peak device MiB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     if results.get("pmnist"):
-        lines += ["", "### PMNIST-10 (MLP 784-256-256-10, batch 128, 10 tasks × 60,000, 1 epoch)", "",
-                  "The same PyTorch loop as the CPU comparison above (`bench.py --torch_device=cuda`): "
-                  "mammoth's ER insertion example by example, `loss.item()` every step, the Fisher by "
-                  "`torch.func.vmap(grad)` in chunks of 128.", "",
-                  *header, *_pair_rows(results["pmnist"], bench.METHODS, "PMNIST-10")]
+        lines += [
+            "",
+            "### PMNIST-10 (MLP 784-256-256-10, batch 128, 10 tasks × 60,000, 1 epoch)",
+            "",
+            "The same PyTorch loop as the CPU comparison above (`bench.py --torch_device=cuda`): "
+            "mammoth's ER insertion example by example, `loss.item()` every step, the Fisher by "
+            "`torch.func.vmap(grad)` in chunks of 128.",
+            "",
+            *header,
+            *_pair_rows(results["pmnist"], bench.METHODS, "PMNIST-10"),
+        ]
     if results.get("runs"):
         base = results["runs"].get("1")
-        lines += ["", "### PMNIST-10 naive: N seeds vmapped in one program", "",
-                  "| seeds | wall s | × one seed's wall | train s | samples/s (all seeds) | compile s | mean acc % |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "### PMNIST-10 naive: N seeds vmapped in one program",
+            "",
+            "| seeds | wall s | × one seed's wall | train s | samples/s (all seeds) | compile s | mean acc % |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for n, c in results["runs"].items():
             if not c:
                 lines.append(f"| {n} | failed | | | | | |")
                 continue
             times = f"{c['wall'] / base['wall']:.2f}×" if base else ""
-            lines.append(f"| {n} | {c['wall']:.1f} | {times} | {c['train']:.1f} | {c['samples_per_s']:,.0f} | "
-                         f"{c['compile']:.1f} | {np.mean(c['accs']):.2f} |")
+            lines.append(
+                f"| {n} | {c['wall']:.1f} | {times} | {c['train']:.1f} | {c['samples_per_s']:,.0f} | "
+                f"{c['compile']:.1f} | {np.mean(c['accs']):.2f} |"
+            )
     if results.get("cifar"):
         cfg = results["info"].get("cifar", {})
-        lines += ["", f"### Split CIFAR-10, ResNet-18 (nf {cfg.get('nf', 64)}), batch 32, crop + flip, "
-                  f"{cfg.get('epochs', 1)} epoch per task", "",
-                  "**Synthetic data of the official size** (50,000 + 10,000 class-tinted noise images written in "
-                  "the official pickle format; CIFAR-10 is not available offline): the steps and times are the "
-                  "protocol's, the accuracies are of that synthetic task, not CIFAR-10's.", "",
-                  *header, *_pair_rows(results["cifar"], CIFAR_METHODS, "S-CIFAR-10")]
-    lines += ["", "- **samples/s**: training examples (not counting replayed ones) per second of training-loop time; "
-              "**wall**: the whole stream in the child process after imports (data, compile, training, "
-              "evaluation after every task); **peak device MiB**: JAX's `peak_bytes_in_use` / torch's "
-              "`max_memory_allocated`."]
+        lines += [
+            "",
+            f"### Split CIFAR-10, ResNet-18 (nf {cfg.get('nf', 64)}), batch 32, crop + flip, "
+            f"{cfg.get('epochs', 1)} epoch per task",
+            "",
+            "**Synthetic data of the official size** (50,000 + 10,000 class-tinted noise images written in "
+            "the official pickle format; CIFAR-10 is not available offline): the steps and times are the "
+            "protocol's, the accuracies are of that synthetic task, not CIFAR-10's.",
+            "",
+            *header,
+            *_pair_rows(results["cifar"], CIFAR_METHODS, "S-CIFAR-10"),
+        ]
+    lines += [
+        "",
+        "- **samples/s**: training examples (not counting replayed ones) per second of training-loop time; "
+        "**wall**: the whole stream in the child process after imports (data, compile, training, "
+        "evaluation after every task); **peak device MiB**: JAX's `peak_bytes_in_use` / torch's "
+        "`max_memory_allocated`.",
+    ]
     seconds = sum(results.get("seconds", {}).values())
     lines.append(f"- Device time of the run: {seconds / 60:.1f} min of cells.")
     return "\n".join(lines)
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
+    logging.set_verbosity(
+        logging.WARNING
+    )  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if bench._SINGLE.value:

@@ -43,7 +43,9 @@ class MnistRecords:
     first use, so grain's worker processes that unpickle this class pay for torch only there."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = np.moveaxis(images, -1, 1).copy()  # [N, 1, 28, 28], writable (torch.from_numpy)
+        self.images = np.moveaxis(
+            images, -1, 1
+        ).copy()  # [N, 1, 28, 28], writable (torch.from_numpy)
         self.labels = labels
 
     def __len__(self) -> int:
@@ -68,9 +70,15 @@ def cell_loader(dataset, batch: int, workers: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                         drop_last=True, persistent_workers=workers > 0,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     t0 = time.perf_counter()
     ends, count = [], 0
     for _ in range(EPOCHS):
@@ -85,8 +93,12 @@ def rates(t0: float, ends: list[float], count: int) -> dict:
     is the first epoch's time, start-up included."""
     per_epoch = count // len(ends)
     steady = ends[-1] - ends[0]
-    return dict(samples=count, first_s=ends[0] - t0, seconds=steady,
-                samples_per_s=per_epoch * (len(ends) - 1) / max(steady, 1e-9))
+    return dict(
+        samples=count,
+        first_s=ends[0] - t0,
+        seconds=steady,
+        samples_per_s=per_epoch * (len(ends) - 1) / max(steady, 1e-9),
+    )
 
 
 def cell_stream(source, batch: int, workers: int) -> dict:
@@ -97,8 +109,16 @@ def cell_stream(source, batch: int, workers: int) -> dict:
     from sequax.engine.stream import Feed
 
     chunk = max(1, CHUNK_SAMPLES // batch)
-    feed = Feed(sharding.make_mesh(), batch, chunk, capacity=len(source), epochs=EPOCHS, order="shuffle",
-                workers=workers, prefetch=2)
+    feed = Feed(
+        sharding.make_mesh(),
+        batch,
+        chunk,
+        capacity=len(source),
+        epochs=EPOCHS,
+        order="shuffle",
+        workers=workers,
+        prefetch=2,
+    )
     t0 = time.perf_counter()
     stream = feed.stream(source, ShuffledOrder(len(source), seed=(0,)))
     per_epoch = stream.num_chunks // EPOCHS
@@ -155,8 +175,13 @@ def cell_gather(images, labels, batch: int) -> dict:
     first = time.perf_counter() - t0
     empty(data, key).block_until_ready()
     seconds, overhead = best(with_gather), best(empty)
-    return dict(samples=steps * batch, seconds=seconds, samples_per_s=steps * batch / seconds, first_s=first,
-                loop_s=overhead)
+    return dict(
+        samples=steps * batch,
+        seconds=seconds,
+        samples_per_s=steps * batch / seconds,
+        first_s=first,
+        loop_s=overhead,
+    )
 
 
 def cell_train(pipeline: str, method: str, tasks: int, train_per_task: int) -> dict:
@@ -170,9 +195,15 @@ def cell_train(pipeline: str, method: str, tasks: int, train_per_task: int) -> d
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
     t = result.timings
-    return dict(samples=int(t["train_samples"]), seconds=t["train"], samples_per_s=t["train_samples_per_s"],
-                wall=t["wall"], compile=t["compile"], acc=100.0 * float(np.nanmean(result.class_il[-1])),
-                matrix=np.asarray(result.class_il).tolist())
+    return dict(
+        samples=int(t["train_samples"]),
+        seconds=t["train"],
+        samples_per_s=t["train_samples_per_s"],
+        wall=t["wall"],
+        compile=t["compile"],
+        acc=100.0 * float(np.nanmean(result.class_il[-1])),
+        matrix=np.asarray(result.class_il).tolist(),
+    )
 
 
 def run_cell(spec: str, root: str, tasks: int, train_per_task: int) -> dict:
@@ -189,14 +220,26 @@ def run_cell(spec: str, root: str, tasks: int, train_per_task: int) -> dict:
         return cell_gather(images, labels, int(args[0]))
     from sequax.data.pipelines import ArraySource, as_source
 
-    data = as_source(MnistRecords(images, labels)) if args[0] == "records" else ArraySource(
-        images, labels, np.zeros(len(labels), np.int32))
+    data = (
+        as_source(MnistRecords(images, labels))
+        if args[0] == "records"
+        else ArraySource(images, labels, np.zeros(len(labels), np.int32))
+    )
     return cell_stream(data, int(args[1]), int(args[2]))
 
 
 def child(spec: str, folder: str, root: str, tasks: int, train_per_task: int) -> dict | None:
     out = os.path.join(folder, spec.replace(",", "_") + ".json")
-    command = [sys.executable, "-m", "sequax.launch.bench_stream", spec, out, root, str(tasks), str(train_per_task)]
+    command = [
+        sys.executable,
+        "-m",
+        "sequax.launch.bench_stream",
+        spec,
+        out,
+        root,
+        str(tasks),
+        str(train_per_task),
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -205,15 +248,25 @@ def child(spec: str, folder: str, root: str, tasks: int, train_per_task: int) ->
 
 
 def table(cells: dict) -> str:
-    lines = ["| batch | workers | path | samples/s | × DataLoader | first epoch s | chunk K |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| batch | workers | path | samples/s | × DataLoader | first epoch s | chunk K |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for batch in BATCHES:
         gather = cells.get(("gather", batch))
         for workers in WORKERS:
             loader = cells.get(("loader", batch, workers))
-            rows = [("torch DataLoader (per record)", loader),
-                    ("stream, per record (torch Dataset)", cells.get(("stream", "records", batch, workers))),
-                    ("stream, index-batch-then-gather (arrays)", cells.get(("stream", "arrays", batch, workers)))]
+            rows = [
+                ("torch DataLoader (per record)", loader),
+                (
+                    "stream, per record (torch Dataset)",
+                    cells.get(("stream", "records", batch, workers)),
+                ),
+                (
+                    "stream, index-batch-then-gather (arrays)",
+                    cells.get(("stream", "arrays", batch, workers)),
+                ),
+            ]
             if workers == 0:
                 rows.append(("on-device gather (in-jit)", gather))
             for name, c in rows:
@@ -221,14 +274,18 @@ def table(cells: dict) -> str:
                     lines.append(f"| {batch} | {workers} | {name} | failed | | | |")
                     continue
                 ratio = f"{c['samples_per_s'] / loader['samples_per_s']:.2f}×" if loader else ""
-                lines.append(f"| {batch} | {workers if 'gather (in-jit)' not in name else '–'} | {name} | "
-                             f"{c['samples_per_s']:,.0f} | {ratio} | {c['first_s']:.2f} | {c.get('chunk', '–')} |")
+                lines.append(
+                    f"| {batch} | {workers if 'gather (in-jit)' not in name else '–'} | {name} | "
+                    f"{c['samples_per_s']:,.0f} | {ratio} | {c['first_s']:.2f} | {c.get('chunk', '–')} |"
+                )
     return "\n".join(lines)
 
 
 def train_table(cells: dict, methods) -> str:
-    lines = ["| method | pipeline | train samples/s | × device | train s | compile s | wall s | acc % | same matrix |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| method | pipeline | train samples/s | × device | train s | compile s | wall s | acc % | same matrix |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for method in methods:
         device = cells.get(("train", "device", method))
         for pipeline in ("device", "stream"):
@@ -237,13 +294,21 @@ def train_table(cells: dict, methods) -> str:
                 lines.append(f"| {method} | {pipeline} | failed | | | | | | |")
                 continue
             ratio = f"{c['samples_per_s'] / device['samples_per_s']:.2f}×" if device else ""
-            same = "" if pipeline == "device" or not device else ("yes" if c["matrix"] == device["matrix"] else "NO")
-            lines.append(f"| {method} | {pipeline} | {c['samples_per_s']:,.0f} | {ratio} | {c['seconds']:.2f} | "
-                         f"{c['compile']:.1f} | {c['wall']:.1f} | {c['acc']:.2f} | {same} |")
+            same = (
+                ""
+                if pipeline == "device" or not device
+                else ("yes" if c["matrix"] == device["matrix"] else "NO")
+            )
+            lines.append(
+                f"| {method} | {pipeline} | {c['samples_per_s']:,.0f} | {ratio} | {c['seconds']:.2f} | "
+                f"{c['compile']:.1f} | {c['wall']:.1f} | {c['acc']:.2f} | {same} |"
+            )
     return "\n".join(lines)
 
 
-def suite(root: str, tasks: int, train_per_task: int, methods=("naive", "er")) -> tuple[dict, float]:
+def suite(
+    root: str, tasks: int, train_per_task: int, methods=("naive", "er")
+) -> tuple[dict, float]:
     """Runs every cell in its own process; returns ({key: result}, seconds)."""
     import tempfile
 
@@ -265,7 +330,10 @@ def suite(root: str, tasks: int, train_per_task: int, methods=("naive", "er")) -
             print(f"stream suite {spec} ...", end=" ", flush=True)
             cells[key] = child(spec, folder, root, tasks, train_per_task)
             if cells[key]:
-                print(f"{cells[key]['samples_per_s']:,.0f} samples/s, {time.perf_counter() - t0:.0f}s", flush=True)
+                print(
+                    f"{cells[key]['samples_per_s']:,.0f} samples/s, {time.perf_counter() - t0:.0f}s",
+                    flush=True,
+                )
     return cells, time.perf_counter() - start
 
 
@@ -297,16 +365,33 @@ HOW_TO_READ = """\
 """
 
 
-def section(cells: dict, header_lines: list[str], cores: int, load: float, methods=("naive", "er")) -> str:
+def section(
+    cells: dict, header_lines: list[str], cores: int, load: float, methods=("naive", "er")
+) -> str:
     """The markdown of the suite (between the `<!-- stream -->` markers of docs/benchmarks.md)."""
-    lines = ["## Streaming path: grain against torch's DataLoader and the on-device path", "",
-             "Each cell in its own process (`launch/bench_stream.py`).", *header_lines]
+    lines = [
+        "## Streaming path: grain against torch's DataLoader and the on-device path",
+        "",
+        "Each cell in its own process (`launch/bench_stream.py`).",
+        *header_lines,
+    ]
     if load > 0.5 * cores:
-        lines.append(f"- **Taken under load** (load average {load:.2f} on {cores} cores at the start: other jobs "
-                     "were running): the numbers are indicative only; re-run the suite on an idle machine.")
-    lines += ["", "### Iterating only (no training)", "", table(cells), "",
-              "### End to end: SMNIST-5 training through each pipeline", "", train_table(cells, methods), "",
-              HOW_TO_READ]
+        lines.append(
+            f"- **Taken under load** (load average {load:.2f} on {cores} cores at the start: other jobs "
+            "were running): the numbers are indicative only; re-run the suite on an idle machine."
+        )
+    lines += [
+        "",
+        "### Iterating only (no training)",
+        "",
+        table(cells),
+        "",
+        "### End to end: SMNIST-5 training through each pipeline",
+        "",
+        train_table(cells, methods),
+        "",
+        HOW_TO_READ,
+    ]
     return "\n".join(lines)
 
 

@@ -39,7 +39,9 @@ def initialize_distributed() -> bool:
     """Joins the other processes from the flags or the platform (one line and exit 2 if the
     flags are inconsistent); call it before anything touches a device."""
     try:
-        return distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        return distributed.initialize(
+            _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
     except distributed.DistributedError as error:
         print(f"sequax: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -57,14 +59,27 @@ def parse_flags(argv):
         key = re.search(r"[^'\\\"]+", message)
         hint = re.search(r'Did you mean "([^"]+)"', message)
         name = key.group() if key else message
-        override = next((a.split("=", 1)[0] for a in argv[1:] if re.match(rf"--config\.(\S+\.)?{re.escape(name)}(=|$)", a)), None)
+        override = next(
+            (
+                a.split("=", 1)[0]
+                for a in argv[1:]
+                if re.match(rf"--config\.(\S+\.)?{re.escape(name)}(=|$)", a)
+            ),
+            None,
+        )
         name = f"{name!r} ({override})" if override else repr(name)
         if hint and override:
-            hint = f"; did you mean --{override.removeprefix('--').rsplit('.', 1)[0]}.{hint.group(1)}?"
+            hint = (
+                f"; did you mean --{override.removeprefix('--').rsplit('.', 1)[0]}.{hint.group(1)}?"
+            )
         else:
             hint = f"; did you mean {hint.group(1)!r}?" if hint else ""
         # A method's hyper-parameter left at its default is not in the config, so not overridable.
-        method = "; a method's hyper-parameter must be set in the config file first" if "algorithm." in name else ""
+        method = (
+            "; a method's hyper-parameter must be set in the config file first"
+            if "algorithm." in name
+            else ""
+        )
         _usage_error(
             f"a --config override names the unknown key {name}{hint}; overrides "
             f"must name keys the config has (see configs/common.py base_config){method}"
@@ -91,9 +106,18 @@ def _usage_error(message: str) -> None:
 
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
+    mem_kib = next(
+        (int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0
+    )
 
     def version(name):
         try:
@@ -101,6 +125,14 @@ def machine() -> dict:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    return dict(cpu=model, cores=os.cpu_count(), ram_gib=mem_kib / 2**20, python=platform.python_version(),
-                jax=version("jax"), jaxlib=version("jaxlib"), torch=version("torch"),
-                xla_flags=os.environ.get("XLA_FLAGS", "") or "default", load=os.getloadavg())
+    return dict(
+        cpu=model,
+        cores=os.cpu_count(),
+        ram_gib=mem_kib / 2**20,
+        python=platform.python_version(),
+        jax=version("jax"),
+        jaxlib=version("jaxlib"),
+        torch=version("torch"),
+        xla_flags=os.environ.get("XLA_FLAGS", "") or "default",
+        load=os.getloadavg(),
+    )

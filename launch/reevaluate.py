@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags, logging
+
 from sequax.algorithms.protocol import model_for
 from sequax.engine import loop
 from sequax.engine.build import (
@@ -46,11 +47,17 @@ def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (so tests
     and other launchers can import it beside their own `--seeds`, `--workdir`)."""
     flags.DEFINE_string("table", "mirzadeh", "The reproduction table holding the cell.")
-    flags.DEFINE_string("cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table).")
-    flags.DEFINE_string("workdir", "runs/reproduce", "The reproduction's --workdir (cells under <table>/).")
+    flags.DEFINE_string(
+        "cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table)."
+    )
+    flags.DEFINE_string(
+        "workdir", "runs/reproduce", "The reproduction's --workdir (cells under <table>/)."
+    )
     flags.DEFINE_integer("seeds", 3, "The reproduction's --seeds (the cell's runs).")
     flags.DEFINE_integer("eval_batch_size", 0, "Evaluation batch size; 0 keeps the run's.")
-    flags.DEFINE_multi_string("set", [], "name=value: an evaluation-only field of the algorithm to change.")
+    flags.DEFINE_multi_string(
+        "set", [], "name=value: an evaluation-only field of the algorithm to change."
+    )
 
 
 def parse_value(text: str):
@@ -65,7 +72,9 @@ def parse_value(text: str):
     return text
 
 
-def reevaluate(config, run_folder: Path, batch_size: int = 0, overrides: dict | None = None) -> dict:
+def reevaluate(
+    config, run_folder: Path, batch_size: int = 0, overrides: dict | None = None
+) -> dict:
     """{view: (reported, again)} for "class_il" and "task_il": the final accuracy row
     [runs, tasks] (fractions) the run reported, and the one `config` with `overrides` and
     `batch_size` gives on the run's restored final state (a domain-IL table reports class_il)."""
@@ -83,15 +92,32 @@ def reevaluate(config, run_folder: Path, batch_size: int = 0, overrides: dict | 
     scenario = build_scenario(config.data)
     model = model_for(changed, build_model(config.model, scenario.num_classes, config.data))
     vmapped = result.grid is not None and result.grid.vmapped
-    scenario, drawn = drawn_scenarios(config.data, scenario, result.grid.seeds if vmapped else [config.seed], vmapped)
+    scenario, drawn = drawn_scenarios(
+        config.data, scenario, result.grid.seeds if vmapped else [config.seed], vmapped
+    )
     test = stack_test_sets(scenario) if drawn is None else stack_run_test_sets(drawn)
-    evaluate = jax.jit(make_evaluate(model, scenario.task_classes, batch_size or int(config.eval.batch_size),
-                                     runs=vmapped, predict=getattr(changed, "predict", None),
-                                     test_per_run=drawn is not None))
+    evaluate = jax.jit(
+        make_evaluate(
+            model,
+            scenario.task_classes,
+            batch_size or int(config.eval.batch_size),
+            runs=vmapped,
+            predict=getattr(changed, "predict", None),
+            test_per_run=drawn is not None,
+        )
+    )
     state = result.state
-    again = dict(zip(("class_il", "task_il"), evaluate(state.params, state.model_state, state.task, test, state.algo)))
+    again = dict(
+        zip(
+            ("class_il", "task_il"),
+            evaluate(state.params, state.model_state, state.task, test, state.algo),
+        )
+    )
     rows = lambda a: np.asarray(a).reshape(-1, np.shape(a)[-1])  # noqa: E731 - [runs, tasks]
-    return {view: (rows(np.asarray(getattr(result, view))[..., -1, :]), rows(again[view])) for view in again}
+    return {
+        view: (rows(np.asarray(getattr(result, view))[..., -1, :]), rows(again[view]))
+        for view in again
+    }
 
 
 def main(argv):
@@ -103,25 +129,31 @@ def main(argv):
         cells = [c for c in table.cells() if table.cell_name(c) == FLAGS.cell]
         if not cells:
             raise ConfigError(f"--cell={FLAGS.cell} is not a cell of --table={FLAGS.table}")
-        (_, config), = reproduce.cell_configs(table, cells, FLAGS.seeds, local=False)
+        ((_, config),) = reproduce.cell_configs(table, cells, FLAGS.seeds, local=False)
         overrides = {}
         for item in FLAGS.set:
             name, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"--set={item!r} must be name=value")
             overrides[name] = parse_value(value)
-        rows = reevaluate(config, Path(FLAGS.workdir) / FLAGS.table / FLAGS.cell, FLAGS.eval_batch_size, overrides)
+        rows = reevaluate(
+            config, Path(FLAGS.workdir) / FLAGS.table / FLAGS.cell, FLAGS.eval_batch_size, overrides
+        )
     except ConfigError as error:
         print(f"sequax: error: {error}", file=sys.stderr)
         sys.exit(2)
     view = next(iter(table.PUBLISHED[cells[0]]))  # the setting the table reports
     reported, again = rows["task_il" if view == "task_il" else "class_il"]
-    settings = ", ".join([f"eval batch {FLAGS.eval_batch_size or config.eval.batch_size}", *FLAGS.set])
+    settings = ", ".join(
+        [f"eval batch {FLAGS.eval_batch_size or config.eval.batch_size}", *FLAGS.set]
+    )
     for name, row in (("reported", reported), (f"again ({settings})", again)):
         means = 100 * row.mean(-1)
         std = means.std(ddof=1) if len(means) > 1 else 0.0  # as the tables' seed std
-        print(f"{name}: {view} average accuracy {means.mean():.2f} ± {std:.2f} "
-              f"(runs: {', '.join(f'{m:.2f}' for m in means)})")
+        print(
+            f"{name}: {view} average accuracy {means.mean():.2f} ± {std:.2f} "
+            f"(runs: {', '.join(f'{m:.2f}' for m in means)})"
+        )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,17 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/report for one workdir, ./report for several).")
+_OUT = flags.DEFINE_string(
+    "out", None, "Output folder (default: WORKDIR/report for one workdir, ./report for several)."
+)
 
 METRICS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forgetting"))
 VIEW_NAMES = {"class_il": "class-IL", "task_il": "task-IL", "domain_il": "domain-IL"}
-MATRIX_KEY = {"class_il": "class_il", "task_il": "task_il", "domain_il": "class_il"}  # view -> accuracy_matrix.json key
+MATRIX_KEY = {
+    "class_il": "class_il",
+    "task_il": "task_il",
+    "domain_il": "class_il",
+}  # view -> accuracy_matrix.json key
 
 
 class ReportError(ValueError):
@@ -53,11 +59,17 @@ class ReportedRun:
     method: str
     stream: str
     phases: list[list[int]]
-    matrices: dict[str, tuple[np.ndarray, np.ndarray | None]]  # view -> (mean, std over seeds or None)
-    metrics: dict[str, dict[str, tuple[float, float | None]]]  # view -> metric -> (value or mean, std or None)
+    matrices: dict[
+        str, tuple[np.ndarray, np.ndarray | None]
+    ]  # view -> (mean, std over seeds or None)
+    metrics: dict[
+        str, dict[str, tuple[float, float | None]]
+    ]  # view -> metric -> (value or mean, std or None)
     wall: float | None
     seeds: int = 1
-    loss: tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None = None  # steps, metrics, phase starts
+    loss: tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None = (
+        None  # steps, metrics, phase starts
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,10 +83,14 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ReportError(f"{path} is not valid JSON ({error}): the file is damaged; rerun the run into a fresh workdir") from None
+        raise ReportError(
+            f"{path} is not valid JSON ({error}): the file is damaged; rerun the run into a fresh workdir"
+        ) from None
 
 
-def _train_curves(path: Path, runs: slice | None) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None:
+def _train_curves(
+    path: Path, runs: slice | None
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None:
     """Train records of metrics.jsonl: steps, each metric (mean over `runs` of a vmapped
     workdir), and the first step of each phase. None when the file has no train records."""
     if not path.is_file():
@@ -91,17 +107,25 @@ def _train_curves(path: Path, runs: slice | None) -> tuple[np.ndarray, dict[str,
         step = int(record["step"])
         values = {}
         for key, value in record.items():
-            if key in ("kind", "phase", "epoch", "step") or not isinstance(value, (int, float, list)):
+            if key in ("kind", "phase", "epoch", "step") or not isinstance(
+                value, (int, float, list)
+            ):
                 continue
             array = np.asarray(value, np.float64)
-            values[key] = float(array[runs].mean() if runs is not None and array.ndim else array.mean())
+            values[key] = float(
+                array[runs].mean() if runs is not None and array.ndim else array.mean()
+            )
         by_step[step] = values  # a resumed run rewrites steps: the last record wins
         starts.setdefault(int(record["phase"]), step)
     if not by_step:
         return None
     steps = np.array(sorted(by_step))
     names = list(by_step[steps[0]])
-    return steps, {n: np.array([by_step[s].get(n, np.nan) for s in steps]) for n in names}, [starts[p] for p in sorted(starts)[1:]]
+    return (
+        steps,
+        {n: np.array([by_step[s].get(n, np.nan) for s in steps]) for n in names},
+        [starts[p] for p in sorted(starts)[1:]],
+    )
 
 
 def _views(summary: dict) -> list[str]:
@@ -120,37 +144,77 @@ def load_workdir(workdir: str | Path) -> list[ReportedRun]:
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise ReportError(f"{workdir} is not a folder: give the --workdir of a finished run")
-    config = _read_json(workdir / "config.json", "not a sequax workdir (the run writes config.json first)")
-    summary = _read_json(workdir / "summary.json",
-                         "the run has not finished (summary.json is written at its end); finish it and report again")
+    config = _read_json(
+        workdir / "config.json", "not a sequax workdir (the run writes config.json first)"
+    )
+    summary = _read_json(
+        workdir / "summary.json",
+        "the run has not finished (summary.json is written at its end); finish it and report again",
+    )
     method, stream = _name(workdir, config)
     wall = summary.get("timings", {}).get("wall")
     if "runs" not in summary:  # one run
-        matrices_file = _read_json(workdir / "accuracy_matrix.json", "written with summary.json; rerun the run")
+        matrices_file = _read_json(
+            workdir / "accuracy_matrix.json", "written with summary.json; rerun the run"
+        )
         views = _views(summary)
         matrices = {v: (np.asarray(matrices_file[MATRIX_KEY[v]], np.float64), None) for v in views}
-        metrics = {v: {m: (float(summary[v][m]), None) for m, _ in METRICS if m in summary[v]} for v in views}
-        return [ReportedRun(workdir.name, workdir, method, stream, matrices_file["phases"], matrices, metrics, wall,
-                            loss=_train_curves(workdir / "metrics.jsonl", None))]
+        metrics = {
+            v: {m: (float(summary[v][m]), None) for m, _ in METRICS if m in summary[v]}
+            for v in views
+        }
+        return [
+            ReportedRun(
+                workdir.name,
+                workdir,
+                method,
+                stream,
+                matrices_file["phases"],
+                matrices,
+                metrics,
+                wall,
+                loss=_train_curves(workdir / "metrics.jsonl", None),
+            )
+        ]
 
     # A vmapped workdir: runs/NNN/ per run, grid points of consecutive runs (seeds vary fastest).
     per_run = summary["runs"]
-    files = [_read_json(workdir / "runs" / f"{r:03d}" / "accuracy_matrix.json", "written with summary.json; rerun the run")
-             for r in range(len(per_run))]
+    files = [
+        _read_json(
+            workdir / "runs" / f"{r:03d}" / "accuracy_matrix.json",
+            "written with summary.json; rerun the run",
+        )
+        for r in range(len(per_run))
+    ]
     out, first = [], 0
     for row in summary["table"]:
         count = len(row["seeds"])
-        group = files[first:first + count]
+        group = files[first : first + count]
         views = _views(row)
         matrices = {}
         for v in views:
             stack = np.stack([np.asarray(f[MATRIX_KEY[v]], np.float64) for f in group])
             matrices[v] = (stack.mean(0), stack.std(0, ddof=1) if count > 1 else None)
-        metrics = {v: {m: (float(row[v][m][0]), float(row[v][m][1])) for m, _ in METRICS if m in row[v]} for v in views}
+        metrics = {
+            v: {m: (float(row[v][m][0]), float(row[v][m][1])) for m, _ in METRICS if m in row[v]}
+            for v in views
+        }
         point = ", ".join(f"{k}={value:g}" for k, value in row["point"].items())
         name = f"{workdir.name} ({point})" if point else workdir.name
-        out.append(ReportedRun(name, workdir, method, stream, group[0]["phases"], matrices, metrics, wall, seeds=count,
-                               loss=_train_curves(workdir / "metrics.jsonl", slice(first, first + count))))
+        out.append(
+            ReportedRun(
+                name,
+                workdir,
+                method,
+                stream,
+                group[0]["phases"],
+                matrices,
+                metrics,
+                wall,
+                seeds=count,
+                loss=_train_curves(workdir / "metrics.jsonl", slice(first, first + count)),
+            )
+        )
         first += count
     return out
 
@@ -176,8 +240,17 @@ def comparison_table(runs: list[ReportedRun]) -> tuple[list[str], list[list[str]
     for run in runs:
         for view, metrics in run.metrics.items():
             wall = "–" if run.wall is None else format_duration(run.wall)
-            rows.append([run.name, run.method, run.stream, str(run.seeds), VIEW_NAMES[view],
-                         *(_percent(metrics.get(m)) for m, _ in METRICS), wall])
+            rows.append(
+                [
+                    run.name,
+                    run.method,
+                    run.stream,
+                    str(run.seeds),
+                    VIEW_NAMES[view],
+                    *(_percent(metrics.get(m)) for m, _ in METRICS),
+                    wall,
+                ]
+            )
     return header, rows
 
 
@@ -212,43 +285,76 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
     written, sections, taken = [], [], set()
     for run in runs:
         slug = _slug(run.name, taken)
-        labels = [f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}" for ts in run.phases]
+        labels = [
+            f"after task {ts[0]}" if len(ts) == 1 else f"after tasks {ts[0]}-{ts[-1]}"
+            for ts in run.phases
+        ]
         of_seeds = f", mean of {run.seeds} seeds" if run.seeds > 1 else ""
         title = f"{run.name}: {run.method} on {run.stream}{of_seeds}"
         views = {VIEW_NAMES[v]: m for v, m in run.matrices.items()}
-        files = [plots.save(plots.matrix_figure({v: mean for v, (mean, _) in views.items()}, labels, title),
-                            out / f"{slug}_accuracy_matrix.png")]
+        files = [
+            plots.save(
+                plots.matrix_figure({v: mean for v, (mean, _) in views.items()}, labels, title),
+                out / f"{slug}_accuracy_matrix.png",
+            )
+        ]
         num_tasks = next(iter(views.values()))[0].shape[1]
-        first_phase = [next(p for p, ts in enumerate(run.phases) if j in ts) for j in range(num_tasks)]
-        files.append(plots.save(plots.task_curves_figure(views, labels, first_phase, title), out / f"{slug}_task_curves.png"))
+        first_phase = [
+            next(p for p, ts in enumerate(run.phases) if j in ts) for j in range(num_tasks)
+        ]
+        files.append(
+            plots.save(
+                plots.task_curves_figure(views, labels, first_phase, title),
+                out / f"{slug}_task_curves.png",
+            )
+        )
         if run.loss is not None:
             steps, values, starts = run.loss
-            files.append(plots.save(plots.loss_figure(steps, values, starts, f"{run.name}: training metrics{of_seeds}"),
-                                    out / f"{slug}_train_loss.png"))
+            files.append(
+                plots.save(
+                    plots.loss_figure(
+                        steps, values, starts, f"{run.name}: training metrics{of_seeds}"
+                    ),
+                    out / f"{slug}_train_loss.png",
+                )
+            )
         written += files
         sections.append(f"## {run.name}\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in files))
 
     header, rows = comparison_table(runs)
-    written.append(plots.save(plots.table_figure(header, rows, "accuracy (%) and wall time"), out / "comparison.png"))
-    note = ("Metrics in percent, read from each workdir's summary.json (definitions: `sequax.engine.metrics`). "
-            "Rows with seeds > 1 are the mean ± std (ddof=1) over the seeds of a vmapped workdir; their wall "
-            "time is the whole workdir's (all its runs trained in one program).")
+    written.append(
+        plots.save(
+            plots.table_figure(header, rows, "accuracy (%) and wall time"), out / "comparison.png"
+        )
+    )
+    note = (
+        "Metrics in percent, read from each workdir's summary.json (definitions: `sequax.engine.metrics`). "
+        "Rows with seeds > 1 are the mean ± std (ddof=1) over the seeds of a vmapped workdir; their wall "
+        "time is the whole workdir's (all its runs trained in one program)."
+    )
     report = out / "report.md"
-    report.write_text(f"# Report\n\n{markdown_table(header, rows)}\n\n{note}\n\n" + "\n\n".join(sections) + "\n")
+    report.write_text(
+        f"# Report\n\n{markdown_table(header, rows)}\n\n{note}\n\n" + "\n\n".join(sections) + "\n"
+    )
     return [report, *written]
 
 
 def main(argv):
     workdirs = argv[1:]
     if not workdirs:
-        raise app.UsageError("give at least one WORKDIR: python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]")
+        raise app.UsageError(
+            "give at least one WORKDIR: python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
+        )
     out = _OUT.value or (Path(workdirs[0]) / "report" if len(workdirs) == 1 else Path("report"))
     try:
         files = render(workdirs, out)
     except ReportError as error:
         print(f"sequax: error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"sequax: report of {len(workdirs)} workdir(s) in {out}: " + ", ".join(f.name for f in files))
+    print(
+        f"sequax: report of {len(workdirs)} workdir(s) in {out}: "
+        + ", ".join(f.name for f in files)
+    )
 
 
 if __name__ == "__main__":

@@ -42,15 +42,35 @@ def define_flags() -> None:
     can import several launchers into one process)."""
     flags.DEFINE_enum("table", "der", ["der", "mirzadeh"], "Which published table.")
     flags.DEFINE_integer("seeds", 3, "Seeds per cell (vmapped in one program).")
-    flags.DEFINE_list("cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er).")
-    flags.DEFINE_string("workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/.")
-    flags.DEFINE_string("output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only.")
-    flags.DEFINE_string("variant", "", "A table's named variant of its cells (table.VARIANTS), e.g. the reference "
-                        "code's own regime as evidence; results go to WORKDIR/<table>-<variant>/.")
-    flags.DEFINE_bool("local", False, "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).")
-    flags.DEFINE_bool("dry_run", False, "Build and check every selected cell's config, list them, train nothing.")
-    flags.DEFINE_bool("report_only", False, "Write the report from the cells already done, train nothing "
-                      "(e.g. while another invocation is still running the table).")
+    flags.DEFINE_list(
+        "cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er)."
+    )
+    flags.DEFINE_string(
+        "workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/."
+    )
+    flags.DEFINE_string(
+        "output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only."
+    )
+    flags.DEFINE_string(
+        "variant",
+        "",
+        "A table's named variant of its cells (table.VARIANTS), e.g. the reference "
+        "code's own regime as evidence; results go to WORKDIR/<table>-<variant>/.",
+    )
+    flags.DEFINE_bool(
+        "local",
+        False,
+        "Shrink every cell to a short CPU run (checks the pipeline, not the numbers).",
+    )
+    flags.DEFINE_bool(
+        "dry_run", False, "Build and check every selected cell's config, list them, train nothing."
+    )
+    flags.DEFINE_bool(
+        "report_only",
+        False,
+        "Write the report from the cells already done, train nothing "
+        "(e.g. while another invocation is still running the table).",
+    )
 
 
 def table_module(name: str):
@@ -74,7 +94,9 @@ def selected_cells(table, prefixes: list[str], local: bool = False) -> list[tupl
     if prefixes:
         cells = [c for c in cells if any(table.cell_name(c).startswith(p) for p in prefixes)]
         if not cells:
-            raise ConfigError(f"--cells={','.join(prefixes)} selects no cell; names look like smnist/er-500")
+            raise ConfigError(
+                f"--cells={','.join(prefixes)} selects no cell; names look like smnist/er-500"
+            )
     return cells
 
 
@@ -83,7 +105,9 @@ def cell_configs(table, cells, seeds: int, local: bool, variant: str = ""):
     out = []
     variants = getattr(table, "VARIANTS", {})
     if variant and variant not in variants:
-        raise ConfigError(f"--variant={variant} is not one of this table's variants: {', '.join(variants) or 'none'}")
+        raise ConfigError(
+            f"--variant={variant} is not one of this table's variants: {', '.join(variants) or 'none'}"
+        )
     for cell in cells:
         try:
             config = table.config(*cell)
@@ -106,32 +130,56 @@ def summary_row(summary: dict) -> dict:
     a one-seed run (`--seeds=1`) has no table, so its metrics stand with std 0."""
     if "table" in summary:
         return summary["table"][0]
-    views = {view: metrics for view, metrics in summary.items() if isinstance(metrics, dict) and "acc" in metrics}
-    return {view: {name: (value, 0.0) for name, value in metrics.items()} for view, metrics in views.items()}
+    views = {
+        view: metrics
+        for view, metrics in summary.items()
+        if isinstance(metrics, dict) and "acc" in metrics
+    }
+    return {
+        view: {name: (value, 0.0) for name, value in metrics.items()}
+        for view, metrics in views.items()
+    }
 
 
 def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
     """view -> (mean, std) of the final average accuracy in %, from a run's summary."""
     row = summary_row(summary)
-    return {view: (100 * row[view]["acc"][0], 100 * row[view]["acc"][1]) for view in row
-            if view not in ("point", "seeds")}
+    return {
+        view: (100 * row[view]["acc"][0], 100 * row[view]["acc"][1])
+        for view in row
+        if view not in ("point", "seeds")
+    }
 
 
 def cell_forgetting(summary: dict) -> dict[str, tuple[float, float]]:
     """view -> (mean, std) of the average forgetting (a fraction, `engine.metrics.average_forgetting`),
     for the views where it is defined (joint training has one row and none)."""
     row = summary_row(summary)
-    return {view: tuple(row[view]["forgetting"]) for view in row
-            if view not in ("point", "seeds") and "forgetting" in row[view]}
+    return {
+        view: tuple(row[view]["forgetting"])
+        for view in row
+        if view not in ("point", "seeds") and "forgetting" in row[view]
+    }
 
 
-def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only: bool = False,
-              train: set[str] | None = None) -> list[dict]:
+def run_table(
+    table,
+    cell_configs_,
+    workdir: Path,
+    *,
+    verbose: bool,
+    report_only: bool = False,
+    train: set[str] | None = None,
+) -> list[dict]:
     """Runs (or reads back) each cell; `report_only` skips the cells not done yet, and so does
     `train` (cell names) for the cells it does not name: `--cells` trains the cells it selects
     while the report keeps every other cell already done."""
     results = []
-    say = (lambda text: print(text, flush=True)) if distributed.is_main_process() else (lambda text: None)
+    say = (
+        (lambda text: print(text, flush=True))
+        if distributed.is_main_process()
+        else (lambda text: None)
+    )
     for i, (cell, config) in enumerate(cell_configs_):
         name = table.cell_name(cell)
         folder = workdir / name
@@ -152,9 +200,22 @@ def run_table(table, cell_configs_, workdir: Path, *, verbose: bool, report_only
                 continue
         wall = summary.get("timings", {}).get("wall", time.perf_counter() - t0)
         ours = cell_result(summary)
-        say(f"    {name}: " + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items()) + f" ({wall:.0f} s)")
-        results.append(dict(cell=cell, name=name, ours=ours, wall=wall, seeds=summary_row(summary).get("seeds", [config.seed]),
-                            read_back=done_before, forgetting=cell_forgetting(summary)))
+        say(
+            f"    {name}: "
+            + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items())
+            + f" ({wall:.0f} s)"
+        )
+        results.append(
+            dict(
+                cell=cell,
+                name=name,
+                ours=ours,
+                wall=wall,
+                seeds=summary_row(summary).get("seeds", [config.seed]),
+                read_back=done_before,
+                forgetting=cell_forgetting(summary),
+            )
+        )
     return results
 
 
@@ -164,7 +225,11 @@ def whole_table_timing(workdir: Path, table, results: list[dict], seconds: float
     path = workdir / "table_timing.json"
     ran_all = len(results) == len(table.cells()) and not any(r["read_back"] for r in results)
     if ran_all and distributed.is_main_process():
-        record = {"seconds": seconds, "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC", **machine()}
+        record = {
+            "seconds": seconds,
+            "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            **machine(),
+        }
         path.write_text(json.dumps(record, indent=2) + "\n")
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -172,14 +237,24 @@ def whole_table_timing(workdir: Path, table, results: list[dict], seconds: float
 def _whole_table(table, results: list[dict], timing: dict | None) -> str:
     cells_sum = sum(r["wall"] for r in results) / 60
     if timing:
-        return (f"**{timing['seconds'] / 60:.1f} min**, measured by one invocation that ran every cell "
-                f"({timing['date']}); the cells' own wall times sum to {cells_sum:.1f} min")
+        return (
+            f"**{timing['seconds'] / 60:.1f} min**, measured by one invocation that ran every cell "
+            f"({timing['date']}); the cells' own wall times sum to {cells_sum:.1f} min"
+        )
     not_run = _not_run(table, results)
     if len(results) + len(not_run) == len(table.cells()):
-        skipped = (f"; the {len(not_run)} {'cell' if len(not_run) == 1 else 'cells'} listed as not run "
-                   f"{'is' if len(not_run) == 1 else 'are'} not in it") if not_run else ""
-        return (f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
-                f"compile, training, evaluation; the cells ran in more than one invocation of this command{skipped})")
+        skipped = (
+            (
+                f"; the {len(not_run)} {'cell' if len(not_run) == 1 else 'cells'} listed as not run "
+                f"{'is' if len(not_run) == 1 else 'are'} not in it"
+            )
+            if not_run
+            else ""
+        )
+        return (
+            f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
+            f"compile, training, evaluation; the cells ran in more than one invocation of this command{skipped})"
+        )
     return f"not measured yet (cells done so far: {cells_sum:.1f} min)"
 
 
@@ -189,18 +264,32 @@ def _not_run(table, results: list[dict]) -> dict[str, str]:
     return {name: why for name, why in getattr(table, "NOT_RUN", {}).items() if name not in done}
 
 
-def report(table, results: list[dict], seconds: float, local: bool, timing: dict | None = None,
-           variant: str = "") -> str:
+def report(
+    table,
+    results: list[dict],
+    seconds: float,
+    local: bool,
+    timing: dict | None = None,
+    variant: str = "",
+) -> str:
     # The command that runs (or resumes) these cells; report-only and output flags left out.
     # `--cells` is left out too: the report covers the whole table (cells of other invocations
     # read back), which the command without it reproduces.
-    kept = [a for a in sys.argv[1:] if not a.startswith(("--report_only", "--output", "--noreport_only", "--cells"))]
+    kept = [
+        a
+        for a in sys.argv[1:]
+        if not a.startswith(("--report_only", "--output", "--noreport_only", "--cells"))
+    ]
     command = " ".join(["python -m sequax.launch.reproduce", *kept])
     info = machine()
     seeds = sorted({s for r in results for s in r["seeds"]})
     lines = [
-        f"# Reproduction: {table.TITLE}", "",
-        "Generated by `launch/reproduce.py`. Command:", "", f"    {command}", "",
+        f"# Reproduction: {table.TITLE}",
+        "",
+        "Generated by `launch/reproduce.py`. Command:",
+        "",
+        f"    {command}",
+        "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {info['cpu']}, {info['cores']} cores, "
         f"{info['ram_gib']:.1f} GiB RAM; Python {info['python']}, jax {info['jax']}.",
         f"- Seeds: {min(len(r['seeds']) for r in results)} per cell or more (the seeds column; seeds "
@@ -211,27 +300,45 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
     ]
     not_run = _not_run(table, results)
     if len(results) + len(not_run) < len(table.cells()):
-        lines.append(f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
-                     f"or not selected); the table's total wall time is not measured yet.")
+        lines.append(
+            f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
+            f"or not selected); the table's total wall time is not measured yet."
+        )
     if variant:
-        lines.append(f"- **Variant {variant}**: {table.VARIANTS[variant][0]} (`{table.__name__}.VARIANTS`); "
-                     f"evidence for the notes of the main table, not the table.")
+        lines.append(
+            f"- **Variant {variant}**: {table.VARIANTS[variant][0]} (`{table.__name__}.VARIANTS`); "
+            f"evidence for the notes of the main table, not the table."
+        )
     if local:
-        lines.append("- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
-                     "a pipeline check, not a reproduction.")
+        lines.append(
+            "- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
+            "a pipeline check, not a reproduction."
+        )
     # Tables that list published forgetting (`table.FORGETTING`) get two more columns; the
     # DER table has none and its report stays as it was.
     forgetting = getattr(table, "FORGETTING", None)
-    lines += ["", "Accuracy in % (final average accuracy, mean ± std over the seeds). Within: |ours − published| ≤ "
-              "max(2, published std); the published std could not be verified per cell, so 2 points is the bound used. "
-              f"Published values: {getattr(table, 'SOURCE', 'the paper')}. Wall: the cell's whole run, all its seeds."]
+    lines += [
+        "",
+        "Accuracy in % (final average accuracy, mean ± std over the seeds). Within: |ours − published| ≤ "
+        "max(2, published std); the published std could not be verified per cell, so 2 points is the bound used. "
+        f"Published values: {getattr(table, 'SOURCE', 'the paper')}. Wall: the cell's whole run, all its seeds.",
+    ]
     if forgetting is not None:
-        lines.append(f"Forgetting: average forgetting as a fraction (mean ± std over the seeds; the bound above is on "
-                     f"accuracy only); {table.FORGETTING_DEFINITION}. A published value of – with `ref` in the within "
-                     f"column: no paper reports this protocol, ours is the reference number.")
-    extra_head, extra_rule = (" forgetting | published forgetting |", " ---: | ---: |") if forgetting is not None else ("", "")
-    lines += ["", f"| benchmark | method | buffer | setting | ours | published | difference | within |{extra_head} seeds | wall (s) |",
-              f"| --- | --- | ---: | --- | ---: | ---: | ---: | :---: |{extra_rule} ---: | ---: |"]
+        lines.append(
+            f"Forgetting: average forgetting as a fraction (mean ± std over the seeds; the bound above is on "
+            f"accuracy only); {table.FORGETTING_DEFINITION}. A published value of – with `ref` in the within "
+            f"column: no paper reports this protocol, ours is the reference number."
+        )
+    extra_head, extra_rule = (
+        (" forgetting | published forgetting |", " ---: | ---: |")
+        if forgetting is not None
+        else ("", "")
+    )
+    lines += [
+        "",
+        f"| benchmark | method | buffer | setting | ours | published | difference | within |{extra_head} seeds | wall (s) |",
+        f"| --- | --- | ---: | --- | ---: | ---: | ---: | :---: |{extra_rule} ---: | ---: |",
+    ]
     misses = []
     for r in results:
         benchmark, method, buffer = r["cell"]
@@ -250,16 +357,25 @@ def report(table, results: list[dict], seconds: float, local: bool, timing: dict
             if forgetting is not None:
                 f_mean, f_std = r.get("forgetting", {}).get(view, (float("nan"), 0.0))
                 f_value = forgetting.get(r["cell"], {}).get(view)
-                f_verified = "" if r["cell"] in getattr(table, "FORGETTING_VERIFIED", ()) else " (recalled)"
-                ours_f = "–" if math.isnan(f_mean) else f"{f_mean:.3f} ± {f_std:.3f}"  # NaN: not defined (joint)
+                f_verified = (
+                    "" if r["cell"] in getattr(table, "FORGETTING_VERIFIED", ()) else " (recalled)"
+                )
+                ours_f = (
+                    "–" if math.isnan(f_mean) else f"{f_mean:.3f} ± {f_std:.3f}"
+                )  # NaN: not defined (joint)
                 extra = f" {ours_f} | {'–' if f_value is None else f'{f_value:.2f}{f_verified}'} |"
-            lines.append(f"| {benchmark} | {method} | {buffer or '–'} | {view.replace('_', '-')} | {mean:.2f} ± {std:.2f} | "
-                         f"{shown} | {diff_text} | {mark} |{extra} {len(r['seeds'])} | {r['wall']:.0f} |")
+            lines.append(
+                f"| {benchmark} | {method} | {buffer or '–'} | {view.replace('_', '-')} | {mean:.2f} ± {std:.2f} | "
+                f"{shown} | {diff_text} | {mark} |{extra} {len(r['seeds'])} | {r['wall']:.0f} |"
+            )
             if not ok:
                 misses.append((r["name"], view))
     lines += [""]
-    lines += ["## Cells outside the bound" + (" (in this variant; the notes are written for the main table)"
-                                              if variant else ""), ""]
+    lines += [
+        "## Cells outside the bound"
+        + (" (in this variant; the notes are written for the main table)" if variant else ""),
+        "",
+    ]
     if not misses:
         lines.append("None.")
     for name, view in misses:
@@ -290,18 +406,31 @@ def main(argv):
             sys.exit(2)
         if FLAGS.dry_run:
             for cell, config in chosen:
-                print(f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}")
+                print(
+                    f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}"
+                )
             return
         start = time.perf_counter()
-        workdir = Path(FLAGS.workdir) / (FLAGS.table + (f"-{FLAGS.variant}" if FLAGS.variant else ""))
-        results = run_table(table, chosen, workdir, verbose=False, report_only=FLAGS.report_only,
-                            train={table.cell_name(c) for c in selected})
+        workdir = Path(FLAGS.workdir) / (
+            FLAGS.table + (f"-{FLAGS.variant}" if FLAGS.variant else "")
+        )
+        results = run_table(
+            table,
+            chosen,
+            workdir,
+            verbose=False,
+            report_only=FLAGS.report_only,
+            train={table.cell_name(c) for c in selected},
+        )
         seconds = time.perf_counter() - start
         timing = None if FLAGS.local else whole_table_timing(workdir, table, results, seconds)
         text = report(table, results, seconds, FLAGS.local, timing, FLAGS.variant)
     if not distributed.is_main_process():
         return
-    output = FLAGS.output or f"docs/reproductions/{FLAGS.table}{f'-{FLAGS.variant}' if FLAGS.variant else ''}.md"
+    output = (
+        FLAGS.output
+        or f"docs/reproductions/{FLAGS.table}{f'-{FLAGS.variant}' if FLAGS.variant else ''}.md"
+    )
     print("\n" + text)
     if output != "-":
         Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sequax.data import DataError
-from sequax.engine import build, loop, runs
+from sequax.engine import build, distributed, loop, runs
 from sequax.engine.build import ConfigError
-from sequax.engine import distributed
 from sequax.launch.common import initialize_distributed, parse_flags
 
 FLAGS = flags.FLAGS
@@ -43,7 +42,9 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
     flags.DEFINE_string("workdir", None, "Output folder: one subfolder per point, and the table.")
     flags.DEFINE_multi_string(
-        "grid", [], "KEY=V1,V2,...: a config key (dotted) and its values; repeat for a product grid."
+        "grid",
+        [],
+        "KEY=V1,V2,...: a config key (dotted) and its values; repeat for a product grid.",
     )
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -54,7 +55,9 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list]]:
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
-            raise ConfigError(f"--grid={spec!r} must read KEY=V1,V2,... (e.g. algorithm.capacity=200,500)")
+            raise ConfigError(
+                f"--grid={spec!r} must read KEY=V1,V2,... (e.g. algorithm.capacity=200,500)"
+            )
         parsed = []
         for text in values.split(","):
             try:
@@ -73,7 +76,9 @@ def point_configs(config, axes: list[tuple[str, list]]):
         for part in filter(None, parent.split(".")):
             node = node.get(part) if hasattr(node, "get") else None
         if node is None or leaf not in node:
-            raise ConfigError(f"--grid key {key!r} is not in the config; grid keys must name existing keys")
+            raise ConfigError(
+                f"--grid key {key!r} is not in the config; grid keys must name existing keys"
+            )
     points = []
     for values in itertools.product(*(v for _, v in axes)):
         point = dict(zip((k for k, _ in axes), values))
@@ -103,13 +108,21 @@ def table_rows(point: dict, summary: dict, seed: int) -> list[dict]:
     short = {k.rpartition(".")[2]: v for k, v in point.items()}
     if "table" in summary:
         return [{**row, "point": {**short, **row["point"]}} for row in summary["table"]]
-    views = {v: {m: [x, 0.0] for m, x in metrics.items()} for v, metrics in summary.items() if v != "timings"}
+    views = {
+        v: {m: [x, 0.0] for m, x in metrics.items()}
+        for v, metrics in summary.items()
+        if v != "timings"
+    }
     return [{"point": short, "seeds": [seed], **views}]
 
 
 def sweep(config, workdir: Path, axes, *, verbose: bool = True) -> list[dict]:
     points = point_configs(config, axes)
-    say = (lambda text: print(text, flush=True)) if distributed.is_main_process() else (lambda text: None)
+    say = (
+        (lambda text: print(text, flush=True))
+        if distributed.is_main_process()
+        else (lambda text: None)
+    )
     rows = []
     for i, (name, point, point_config) in enumerate(points):
         folder = workdir / name

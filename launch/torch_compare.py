@@ -49,23 +49,37 @@ import time
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+
 from sequax.configs import common
 from sequax.launch.common import machine
 
 _NETWORKS = flags.DEFINE_string(
-    "networks", "flax_mlp,torch_cnn,flax_resnet18,torch_resnet18", "Comma-separated networks (see the module docstring).")
+    "networks",
+    "flax_mlp,torch_cnn,flax_resnet18,torch_resnet18",
+    "Comma-separated networks (see the module docstring).",
+)
 # Flag names differ from `launch.bench`'s (imported for `write_section`): absl flags are global.
 _METHODS = flags.DEFINE_string("algorithms", "derpp,ewc", "Comma-separated methods: ewc, derpp.")
-_SOURCE = flags.DEFINE_string("source", "mnist", "Data source: mnist, fashion_mnist (../shared/data) or mnist_packaged.")
+_SOURCE = flags.DEFINE_string(
+    "source", "mnist", "Data source: mnist, fashion_mnist (../shared/data) or mnist_packaged."
+)
 _TASKS = flags.DEFINE_integer("num_tasks", 5, "Split tasks (2 classes each).")
 _TRAIN_PER_TASK = flags.DEFINE_integer("train_examples", 1000, "Training examples per task.")
 _TEST_PER_TASK = flags.DEFINE_integer("test_examples", 300, "Test examples per task.")
 _SEEDS = flags.DEFINE_integer("num_seeds", 2, "Seeds per cell, vmapped into one program.")
-_NF = flags.DEFINE_integer("nf", 8, "Width of both ResNet-18s' first stage (20: the reduced ResNet-18 of GEM).")
+_NF = flags.DEFINE_integer(
+    "nf", 8, "Width of both ResNet-18s' first stage (20: the reduced ResNet-18 of GEM)."
+)
 _CAPACITY = flags.DEFINE_integer("capacity", 200, "DER++ buffer size.")
-_LAM = flags.DEFINE_float("ewc_lam", 1.0, "Online EWC's λ (see the module docstring for why not 180).")
-_LR = flags.DEFINE_float("lr", 0.01, "SGD learning rate of every cell (see the module docstring for why not 0.03).")
-_OUTPUT = flags.DEFINE_string("markdown", "docs/torch_bridge.md", "Markdown file for the table; empty = print only.")
+_LAM = flags.DEFINE_float(
+    "ewc_lam", 1.0, "Online EWC's λ (see the module docstring for why not 180)."
+)
+_LR = flags.DEFINE_float(
+    "lr", 0.01, "SGD learning rate of every cell (see the module docstring for why not 0.03)."
+)
+_OUTPUT = flags.DEFINE_string(
+    "markdown", "docs/torch_bridge.md", "Markdown file for the table; empty = print only."
+)
 
 NETWORKS = ("flax_resnet18", "torch_resnet18", "torch_cnn", "flax_mlp", "flax_resnet18_from_torch")
 METHODS = {
@@ -78,12 +92,22 @@ TITLES = {"ewc": "online EWC", "derpp": "DER++"}
 
 def model_config(network: str, nf: int, num_classes: int = 10) -> ml_collections.ConfigDict:
     """`config.model` of one network; both ResNets at width `nf`, one input channel."""
+
     def torch_model(factory, **kwargs):
-        return ml_collections.ConfigDict(dict(
-            name="torch", factory=f"sequax.engine.torch_bridge.zoo:{factory}",
-            kwargs=ml_collections.ConfigDict(dict(num_classes=num_classes, in_channels=1, **kwargs)),
-            classifier="", reinit=True,  # each seed its own initial weights, as the flax networks
-            input_layout="NHWC", input_shape=(28, 28, 1), seed=0))
+        return ml_collections.ConfigDict(
+            dict(
+                name="torch",
+                factory=f"sequax.engine.torch_bridge.zoo:{factory}",
+                kwargs=ml_collections.ConfigDict(
+                    dict(num_classes=num_classes, in_channels=1, **kwargs)
+                ),
+                classifier="",
+                reinit=True,  # each seed its own initial weights, as the flax networks
+                input_layout="NHWC",
+                input_shape=(28, 28, 1),
+                seed=0,
+            )
+        )
 
     if network == "flax_resnet18":
         return ml_collections.ConfigDict(dict(name="resnet18", nf=nf))
@@ -94,12 +118,26 @@ def model_config(network: str, nf: int, num_classes: int = 10) -> ml_collections
     if network == "torch_cnn":
         return torch_model("small_cnn")
     if network == "flax_mlp":
-        return ml_collections.ConfigDict(dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier"))
+        return ml_collections.ConfigDict(
+            dict(name="mlp", widths=(100, 100), dropout=0.0, init="xavier")
+        )
     raise ValueError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
 
 
-def cell_config(network: str, method: str, *, source: str, tasks: int, train_per_task: int, test_per_task: int,
-                seeds: int, nf: int, capacity: int, lr: float = 0.01, ewc_lam: float = 1.0) -> ml_collections.ConfigDict:
+def cell_config(
+    network: str,
+    method: str,
+    *,
+    source: str,
+    tasks: int,
+    train_per_task: int,
+    test_per_task: int,
+    seeds: int,
+    nf: int,
+    capacity: int,
+    lr: float = 0.01,
+    ewc_lam: float = 1.0,
+) -> ml_collections.ConfigDict:
     """The run of one cell: the same budget and hyper-parameters for every network."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -128,8 +166,12 @@ def run_cell(config, workdir: str) -> dict:
     class_il, task_il = np.asarray(result.class_il), np.asarray(result.task_il)
     if class_il.ndim == 2:  # one run: add the run axis
         class_il, task_il = class_il[None], task_il[None]
-    return dict(class_il=100 * class_il[:, -1].mean(-1), task_il=100 * task_il[:, -1].mean(-1), wall_s=wall,
-                train_samples_per_s=float(result.timings["train_samples_per_s"]))
+    return dict(
+        class_il=100 * class_il[:, -1].mean(-1),
+        task_il=100 * task_il[:, -1].mean(-1),
+        wall_s=wall,
+        train_samples_per_s=float(result.timings["train_samples_per_s"]),
+    )
 
 
 def compare(networks, methods, *, say=print, on_cell=None, **budget) -> dict[tuple[str, str], dict]:
@@ -140,10 +182,15 @@ def compare(networks, methods, *, say=print, on_cell=None, **budget) -> dict[tup
         for method in methods:
             for network in networks:
                 say(f"{TITLES[method]} {network} ...", end=" ", flush=True)
-                cell = run_cell(cell_config(network, method, **budget), f"{folder}/{method}_{network}")
+                cell = run_cell(
+                    cell_config(network, method, **budget), f"{folder}/{method}_{network}"
+                )
                 results[(method, network)] = cell
-                say(f"class-IL {cell['class_il'].mean():.2f}%, task-IL {cell['task_il'].mean():.2f}%, "
-                    f"{cell['wall_s']:.0f}s", flush=True)
+                say(
+                    f"class-IL {cell['class_il'].mean():.2f}%, task-IL {cell['task_il'].mean():.2f}%, "
+                    f"{cell['wall_s']:.0f}s",
+                    flush=True,
+                )
                 if on_cell:
                     on_cell(results)
     return results
@@ -158,16 +205,20 @@ def format_table(results: dict, budget: dict, *, command: str, info: dict, total
     """The markdown section: what ran, on what, and one row per (method, network)."""
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        (f"Generated by `{command}` on {date}; {info['cpu']}, {info['cores']} cores, jax {info['jax']}, "
-         f"torch {info['torch']}; load average {info['load'][0]:.1f} at the end (a shared machine: wall "
-         f"times are rough); {total_s / 60:.1f} min in all."),
+        (
+            f"Generated by `{command}` on {date}; {info['cpu']}, {info['cores']} cores, jax {info['jax']}, "
+            f"torch {info['torch']}; load average {info['load'][0]:.1f} at the end (a shared machine: wall "
+            f"times are rough); {total_s / 60:.1f} min in all."
+        ),
         "",
-        (f"Split {budget['source']} (class-IL, {budget['tasks']} tasks of 2 classes), {budget['train_per_task']} "
-         f"training and {budget['test_per_task']} test examples per task, 1 epoch, batch 10, SGD lr {budget['lr']}, "
-         f"{budget['seeds']} seeds vmapped in one program per cell; ResNet-18 width nf={budget['nf']}; "
-         f"online EWC λ {budget['ewc_lam']}, γ 1; DER++ buffer {budget['capacity']}, α 1, β 0.5. ACC: final "
-         f"average accuracy (%), mean ± std over the seeds. Wall: the whole cell (data, compile, training, "
-         f"end of task, evaluation) for all its seeds."),
+        (
+            f"Split {budget['source']} (class-IL, {budget['tasks']} tasks of 2 classes), {budget['train_per_task']} "
+            f"training and {budget['test_per_task']} test examples per task, 1 epoch, batch 10, SGD lr {budget['lr']}, "
+            f"{budget['seeds']} seeds vmapped in one program per cell; ResNet-18 width nf={budget['nf']}; "
+            f"online EWC λ {budget['ewc_lam']}, γ 1; DER++ buffer {budget['capacity']}, α 1, β 0.5. ACC: final "
+            f"average accuracy (%), mean ± std over the seeds. Wall: the whole cell (data, compile, training, "
+            f"end of task, evaluation) for all its seeds."
+        ),
         "",
         "| method | network | framework | class-IL ACC | task-IL ACC | train samples/s | wall (s) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -184,23 +235,41 @@ def format_table(results: dict, budget: dict, *, command: str, info: dict, total
 def main(argv):
     from sequax.launch.bench import write_section
 
-    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines would drown the output
+    logging.set_verbosity(
+        logging.WARNING
+    )  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     networks = [n for n in _NETWORKS.value.split(",") if n]
     methods = [m for m in _METHODS.value.split(",") if m]
-    for name, values, known in (("networks", networks, NETWORKS), ("algorithms", methods, tuple(METHODS))):
+    for name, values, known in (
+        ("networks", networks, NETWORKS),
+        ("algorithms", methods, tuple(METHODS)),
+    ):
         unknown = sorted(set(values) - set(known))
         if unknown or not values:
-            raise app.UsageError(f"--{name}: unknown {unknown or 'none given'}; known: {', '.join(known)}")
-    budget = dict(source=_SOURCE.value, tasks=_TASKS.value, train_per_task=_TRAIN_PER_TASK.value,
-                  test_per_task=_TEST_PER_TASK.value, seeds=_SEEDS.value, nf=_NF.value, capacity=_CAPACITY.value, lr=_LR.value, ewc_lam=_LAM.value)
+            raise app.UsageError(
+                f"--{name}: unknown {unknown or 'none given'}; known: {', '.join(known)}"
+            )
+    budget = dict(
+        source=_SOURCE.value,
+        tasks=_TASKS.value,
+        train_per_task=_TRAIN_PER_TASK.value,
+        test_per_task=_TEST_PER_TASK.value,
+        seeds=_SEEDS.value,
+        nf=_NF.value,
+        capacity=_CAPACITY.value,
+        lr=_LR.value,
+        ewc_lam=_LAM.value,
+    )
     start = time.perf_counter()
     command = ("python -m sequax.launch.torch_compare " + " ".join(sys.argv[1:])).strip()
     total = len(networks) * len(methods)
 
     def report(results):  # after every cell, so a run cut short still leaves its cells
-        text = format_table(results, budget, command=command, info=machine(), total_s=time.perf_counter() - start)
+        text = format_table(
+            results, budget, command=command, info=machine(), total_s=time.perf_counter() - start
+        )
         if len(results) < total:
             text += f"\n{len(results)} of {total} cells so far (the run was still going or was cut short).\n"
         if _OUTPUT.value:

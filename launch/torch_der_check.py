@@ -53,12 +53,17 @@ from sequax.engine.build import build_scenario, run_scenarios
 
 # mammoth utils/best_args.py @ 7ab9db97: 'perm-mnist' / 'rot-mnist', batch_size 128, n_epochs 1 (er:
 # every buffer size); 'seq-mnist' lwf: softmax_temp 2 (unused), n_epochs 1.
-BEST_ARGS = {("pmnist", "sgd"): dict(lr=0.2), ("rmnist", "sgd"): dict(lr=0.2),
-             ("pmnist", "oewc"): dict(lr=0.1, e_lambda=0.7, gamma=1.0),
-             ("rmnist", "oewc"): dict(lr=0.1, e_lambda=0.7, gamma=1.0),
-             ("pmnist", "si"): dict(lr=0.1, c=0.5, xi=1.0), ("rmnist", "si"): dict(lr=0.1, c=1.0, xi=1.0),
-             ("pmnist", "er"): dict(lr=0.2, minibatch_size=128), ("rmnist", "er"): dict(lr=0.2, minibatch_size=128),
-             ("smnist", "lwf"): dict(lr=0.03, alpha=1.0, wd_reg=0.0005, batch_size=10)}
+BEST_ARGS = {
+    ("pmnist", "sgd"): dict(lr=0.2),
+    ("rmnist", "sgd"): dict(lr=0.2),
+    ("pmnist", "oewc"): dict(lr=0.1, e_lambda=0.7, gamma=1.0),
+    ("rmnist", "oewc"): dict(lr=0.1, e_lambda=0.7, gamma=1.0),
+    ("pmnist", "si"): dict(lr=0.1, c=0.5, xi=1.0),
+    ("rmnist", "si"): dict(lr=0.1, c=1.0, xi=1.0),
+    ("pmnist", "er"): dict(lr=0.2, minibatch_size=128),
+    ("rmnist", "er"): dict(lr=0.2, minibatch_size=128),
+    ("smnist", "lwf"): dict(lr=0.03, alpha=1.0, wd_reg=0.0005, batch_size=10),
+}
 BATCH_SIZE = 128  # perm-/rot-mnist
 CLASSES_PER_TASK = 2  # seq_mnist.py N_CLASSES_PER_TASK
 
@@ -66,15 +71,23 @@ CLASSES_PER_TASK = 2  # seq_mnist.py N_CLASSES_PER_TASK
 def mnist_mlp() -> nn.Module:
     """MNISTMLP(784, 10): fc1, ReLU, fc2, ReLU, classifier; mammoth's `xavier`: weights
     U(-a, a), a = sqrt(3) * sqrt(2 / (fan_in + fan_out)), biases 0."""
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-                        nn.Linear(100, 10))
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 100),
+        nn.ReLU(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
     for m in (m for m in net if isinstance(m, nn.Linear)):
         m.weight.data.uniform_(-(a := math.sqrt(3.0) * math.sqrt(2.0 / sum(m.weight.shape))), a)
         m.bias.data.fill_(0.0)
     return net
 
 
-def fisher(net: nn.Module, x: torch.Tensor, y: torch.Tensor, denominator: int, chunk: int = 256) -> list:
+def fisher(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, denominator: int, chunk: int = 256
+) -> list:
     """ewc_on.py `end_task`: sum over examples of p(y|x) * (d log p(y|x) / dθ)², / `denominator`
     (mammoth: len(train_loader) * batch_size). Per-example gradients by vmap(grad)."""
     params = {k: v.detach() for k, v in net.named_parameters()}
@@ -85,7 +98,7 @@ def fisher(net: nn.Module, x: torch.Tensor, y: torch.Tensor, denominator: int, c
     per_example = vmap(grad_and_value(log_likelihood), in_dims=(None, 0, 0))
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     for s in range(0, len(y), chunk):
-        grads, log_p = per_example(params, x[s:s + chunk], y[s:s + chunk])
+        grads, log_p = per_example(params, x[s : s + chunk], y[s : s + chunk])
         weight = log_p.exp()  # exp_cond_prob, a constant weight
         for k in total:
             total[k] += torch.einsum("b,b...->...", weight, grads[k] ** 2)
@@ -129,7 +142,9 @@ def smooth(logits: torch.Tensor, temp: float, dim: int) -> torch.Tensor:
     return log / torch.sum(log, dim).unsqueeze(1)
 
 
-def modified_kl_div(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:  # -mean_b Σ_c old log new
+def modified_kl_div(
+    old: torch.Tensor, new: torch.Tensor
+) -> torch.Tensor:  # -mean_b Σ_c old log new
     return -torch.mean(torch.sum(old * torch.log(new), 1))
 
 
@@ -144,25 +159,37 @@ class Learner:
         # ewc_on: checkpoint None until end_task; si: checkpoint = the initial parameters.
         self.checkpoint = [p.detach().clone() for p in self.params] if method == "si" else None
         self.small_omega = [torch.zeros_like(p) for p in self.params]
-        self.buffer = Buffer(hp["buffer_size"], np.random.RandomState(seed)) if method == "er" else None
+        self.buffer = (
+            Buffer(hp["buffer_size"], np.random.RandomState(seed)) if method == "er" else None
+        )
         nc = net[-1].out_features  # lwf: N_TASKS * cpt
-        self.eye, self.current_task, self.old_logits = torch.tril(torch.ones((nc, nc))).bool(), 0, None
+        self.eye, self.current_task, self.old_logits = (
+            torch.tril(torch.ones((nc, nc))).bool(),
+            0,
+            None,
+        )
 
     def penalty(self) -> torch.Tensor:
         if self.weights is None:
             return torch.tensor(0.0)
-        return sum((w * (p - c) ** 2).sum() for w, p, c in zip(self.weights, self.params, self.checkpoint))
+        return sum(
+            (w * (p - c) ** 2).sum() for w, p, c in zip(self.weights, self.params, self.checkpoint)
+        )
 
-    def lwf_loss(self, outputs: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+    def lwf_loss(
+        self, outputs: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None
+    ) -> torch.Tensor:
         """lwf.py `observe`: CE over the classes seen so far, the old classes' distillation (T = 2
         hard-coded there), `wd_reg * Σθ²` (the 2020 code's weight decay, a loss term)."""
         cpt = CLASSES_PER_TASK
         loss = F.cross_entropy(outputs[:, self.eye[self.current_task * cpt - 1]], y)
         if logits is not None:
             mask = self.eye[(self.current_task - 1) * cpt - 1]
-            loss = loss + self.hp["alpha"] * modified_kl_div(smooth(F.softmax(logits[:, mask], 1), 2, 1),
-                                                             smooth(F.softmax(outputs[:, mask], 1), 2, 1))
-        return loss + self.hp["wd_reg"] * sum((p ** 2).sum() for p in self.params)
+            loss = loss + self.hp["alpha"] * modified_kl_div(
+                smooth(F.softmax(logits[:, mask], 1), 2, 1),
+                smooth(F.softmax(outputs[:, mask], 1), 2, 1),
+            )
+        return loss + self.hp["wd_reg"] * sum((p**2).sum() for p in self.params)
 
     def begin_task(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
         """lwf.py `begin_task`: from the second task, one epoch (n_epochs) of SGD on the
@@ -172,12 +199,16 @@ class Learner:
         if self.current_task > 0:
             features, classifier, cpt = self.net[:-1], self.net[-1], CLASSES_PER_TASK
             opt = torch.optim.SGD(classifier.parameters(), lr=self.hp["lr"])
-            mask = self.eye[(self.current_task + 1) * cpt - 1] ^ self.eye[self.current_task * cpt - 1]
+            mask = (
+                self.eye[(self.current_task + 1) * cpt - 1] ^ self.eye[self.current_task * cpt - 1]
+            )
             for index in torch.randperm(len(y)).split(batch_size):  # dataset.train_loader
                 opt.zero_grad()
                 with torch.no_grad():
                     feats = features(x[index])
-                F.cross_entropy(classifier(feats)[:, mask], y[index] - self.current_task * cpt).backward()
+                F.cross_entropy(
+                    classifier(feats)[:, mask], y[index] - self.current_task * cpt
+                ).backward()
                 opt.step()
             with torch.no_grad():
                 self.old_logits = self.net(x)
@@ -192,7 +223,9 @@ class Learner:
             x, y = torch.cat((x, buf_x)), torch.cat((y, buf_y))
         self.opt.zero_grad()
         if self.method == "lwf":
-            loss = self.lwf_loss(self.net(x), y, None if self.old_logits is None else self.old_logits[index])
+            loss = self.lwf_loss(
+                self.net(x), y, None if self.old_logits is None else self.old_logits[index]
+            )
         else:
             loss = F.cross_entropy(self.net(x), y)
         if self.method in ("oewc", "si"):  # ewc_on: + e_lambda * penalty; si: + c * penalty
@@ -211,12 +244,17 @@ class Learner:
         now = [p.detach().clone() for p in self.params]
         if self.method == "oewc":
             fish = fisher(self.net, x, y, math.ceil(len(y) / BATCH_SIZE) * BATCH_SIZE)
-            self.weights = fish if self.weights is None else [
-                self.hp["gamma"] * f + g for f, g in zip(self.weights, fish)]
+            self.weights = (
+                fish
+                if self.weights is None
+                else [self.hp["gamma"] * f + g for f, g in zip(self.weights, fish)]
+            )
         elif self.method == "si":
             old = self.weights or [torch.zeros_like(p) for p in now]
-            self.weights = [o + w / ((p - c) ** 2 + self.hp["xi"])
-                            for o, w, p, c in zip(old, self.small_omega, now, self.checkpoint)]
+            self.weights = [
+                o + w / ((p - c) ** 2 + self.hp["xi"])
+                for o, w, p, c in zip(old, self.small_omega, now, self.checkpoint)
+            ]
             self.small_omega = [torch.zeros_like(p) for p in now]
         else:
             return
@@ -230,14 +268,16 @@ def as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, tests: list, task_classes: np.ndarray | None = None) -> tuple[list, list]:
+def evaluate(
+    net: nn.Module, tests: list, task_classes: np.ndarray | None = None
+) -> tuple[list, list]:
     """training.py `evaluate`: accuracy in % on each stored task's test set; with `task_classes`,
     task-IL too: other tasks' logits at -inf (`mask_classes`' [k·cpt, (k+1)·cpt) = task_classes[k])."""
     accs, masked = [], []
     for k, (images, labels) in enumerate(tests):
         correct = correct_masked = 0
         for s in range(0, len(labels), 10_000):
-            x, y = as_tensors(images[s:s + 10_000], labels[s:s + 10_000])
+            x, y = as_tensors(images[s : s + 10_000], labels[s : s + 10_000])
             outputs = net(x)
             correct += int((outputs.argmax(1) == y).sum())
             if task_classes is not None:
@@ -248,8 +288,14 @@ def evaluate(net: nn.Module, tests: list, task_classes: np.ndarray | None = None
     return accs, masked
 
 
-def run(method: str, scenario, seed: int, hp: dict, batch_size: int = BATCH_SIZE,
-        begin_task: bool = True) -> dict:
+def run(
+    method: str,
+    scenario,
+    seed: int,
+    hp: dict,
+    batch_size: int = BATCH_SIZE,
+    begin_task: bool = True,
+) -> dict:
     """training.py `train` over all tasks: begin_task, 1 epoch of shuffled batches, end_task,
     evaluate (task-IL too on class-IL scenarios)."""
     torch.manual_seed(seed)
@@ -270,7 +316,9 @@ def run(method: str, scenario, seed: int, hp: dict, batch_size: int = BATCH_SIZE
         matrix_task_il.append(masked)
     result = dict(final=float(np.mean(matrix[-1])), matrix=matrix)
     if class_il:
-        result.update(final_task_il=float(np.mean(matrix_task_il[-1])), matrix_task_il=matrix_task_il)
+        result.update(
+            final_task_il=float(np.mean(matrix_task_il[-1])), matrix_task_il=matrix_task_il
+        )
     return result
 
 
@@ -280,16 +328,27 @@ def cell_scenarios(benchmark: str, seeds: list[int], config=None):
     config = config or table.config(benchmark, "sgd")
     scenario = build_scenario(config.data)
     if not config.data.draws_per_run:  # Seq-MNIST: the same tasks for every seed
-        assert scenario.setting == "class" and (scenario.task_classes.argmax(1) == np.arange(0, 10, 2)).all()
+        assert (
+            scenario.setting == "class"
+            and (scenario.task_classes.argmax(1) == np.arange(0, 10, 2)).all()
+        )
         return [scenario] * len(seeds)
     return run_scenarios(config.data, scenario, seeds)
 
 
-_CELLS = flags.DEFINE_list("cells", ["rmnist/sgd"], "Cells: {p,r}mnist/{sgd,oewc,si,er-200,...}, smnist/lwf.")
+_CELLS = flags.DEFINE_list(
+    "cells", ["rmnist/sgd"], "Cells: {p,r}mnist/{sgd,oewc,si,er-200,...}, smnist/lwf."
+)
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Run seeds (same draws as our runs' seeds).")
-_OUT = flags.DEFINE_string("out_dir", "runs/torch_check", "Writes OUT_DIR/<benchmark>/<method>[-<buffer>].json.")
-_BEGIN_TASK = flags.DEFINE_bool("begin_task", True, "False: 7ab9db97's train(), which never calls "
-                                "begin_task (LwF: no warm-up, no distillation); writes <method>-no_begin_task.json.")
+_OUT = flags.DEFINE_string(
+    "out_dir", "runs/torch_check", "Writes OUT_DIR/<benchmark>/<method>[-<buffer>].json."
+)
+_BEGIN_TASK = flags.DEFINE_bool(
+    "begin_task",
+    True,
+    "False: 7ab9db97's train(), which never calls "
+    "begin_task (LwF: no warm-up, no distillation); writes <method>-no_begin_task.json.",
+)
 
 
 def main(argv):
@@ -299,7 +358,9 @@ def main(argv):
     for cell in _CELLS.value:
         benchmark, name = cell.split("/")
         method, _, buffer = name.partition("-")  # "er-200" -> er, buffer_size 200
-        hp = dict(BEST_ARGS[(benchmark, method)], **(dict(buffer_size=int(buffer)) if buffer else {}))
+        hp = dict(
+            BEST_ARGS[(benchmark, method)], **(dict(buffer_size=int(buffer)) if buffer else {})
+        )
         batch_size = hp.get("batch_size", BATCH_SIZE)
         runs = []
         for seed, scenario in zip(seeds, cell_scenarios(benchmark, seeds)):
@@ -307,10 +368,15 @@ def main(argv):
             result = run(method, scenario, seed, hp, batch_size, _BEGIN_TASK.value)
             result.update(seed=seed, wall_s=time.perf_counter() - start)
             runs.append(result)
-            task_il = f" / task-IL {result['final_task_il']:.2f}" if "final_task_il" in result else ""
-            print(f"{cell} seed {seed}: {result['final']:.2f}{task_il}  ({result['wall_s']:.0f} s)", flush=True)
+            task_il = (
+                f" / task-IL {result['final_task_il']:.2f}" if "final_task_il" in result else ""
+            )
+            print(
+                f"{cell} seed {seed}: {result['final']:.2f}{task_il}  ({result['wall_s']:.0f} s)",
+                flush=True,
+            )
         summary = {}
-        for key in ("final", "final_task_il")[:1 + ("final_task_il" in runs[0])]:
+        for key in ("final", "final_task_il")[: 1 + ("final_task_il" in runs[0])]:
             values, stat = [r[key] for r in runs], key.replace("final", "")
             summary[f"mean{stat}"] = float(np.mean(values))
             summary[f"std{stat}_ddof1"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -318,8 +384,18 @@ def main(argv):
         suffix = "" if _BEGIN_TASK.value else "-no_begin_task"
         path = Path(_OUT.value) / benchmark / f"{name}{suffix}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(cell=cell, hyper=hp, batch_size=batch_size, begin_task=_BEGIN_TASK.value,
-                                        **summary, runs=runs)))
+        path.write_text(
+            json.dumps(
+                dict(
+                    cell=cell,
+                    hyper=hp,
+                    batch_size=batch_size,
+                    begin_task=_BEGIN_TASK.value,
+                    **summary,
+                    runs=runs,
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

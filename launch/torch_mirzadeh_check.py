@@ -61,10 +61,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from absl import app, flags
+from torch import nn
+
 from sequax.configs.reproduce.mirzadeh import table
 from sequax.engine.metrics import average_forgetting
 from sequax.launch.torch_der_check import as_tensors, cell_scenarios, evaluate
-from torch import nn
 
 LR_FLOOR = 0.00005  # main.py: lr = max(args.lr * args.gamma ** task_id, 0.00005)
 MOMENTUM = 0.8  # main.py: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.8)
@@ -75,7 +76,7 @@ def task_lr(lr: float, gamma: float, task_id: int) -> float:
     """main.py: task `task_id`'s learning rate, task ids from 1 (the first task trains at lr·γ)."""
     if task_id < 1:
         raise ValueError(f"task ids are 1-based, got {task_id}")
-    return max(lr * gamma ** task_id, LR_FLOOR)
+    return max(lr * gamma**task_id, LR_FLOOR)
 
 
 def cell_hyper(benchmark: str, method: str) -> dict:
@@ -86,12 +87,26 @@ def cell_hyper(benchmark: str, method: str) -> dict:
     algorithm, model, optimizer = config.algorithm, config.model, config.optimizer
     # What main.py fixes and the check assumes: a new SGD (momentum 0.8) per task, no weight
     # decay, the MLP with torch's init, no algorithm but the decay, its exponent from 1.
-    assert algorithm.name == method and model.name == "mlp" and model.init == "torch", (algorithm, model)
-    assert optimizer.name == "sgd" and optimizer.momentum == MOMENTUM and optimizer.reset_each_task, optimizer
-    assert not optimizer.get("weight_decay", 0.0) and algorithm.get("offset", 1) == 1, (optimizer, algorithm)
-    return dict(lr=float(optimizer.lr), gamma=float(algorithm.get("decay", 1.0)), momentum=float(optimizer.momentum),
-                batch_size=int(config.training.batch_size), dropout=float(model.dropout),
-                widths=tuple(int(w) for w in model.widths), epochs=int(config.training.epochs))
+    assert algorithm.name == method and model.name == "mlp" and model.init == "torch", (
+        algorithm,
+        model,
+    )
+    assert (
+        optimizer.name == "sgd" and optimizer.momentum == MOMENTUM and optimizer.reset_each_task
+    ), optimizer
+    assert not optimizer.get("weight_decay", 0.0) and algorithm.get("offset", 1) == 1, (
+        optimizer,
+        algorithm,
+    )
+    return dict(
+        lr=float(optimizer.lr),
+        gamma=float(algorithm.get("decay", 1.0)),
+        momentum=float(optimizer.momentum),
+        batch_size=int(config.training.batch_size),
+        dropout=float(model.dropout),
+        widths=tuple(int(w) for w in model.widths),
+        epochs=int(config.training.epochs),
+    )
 
 
 class MLP(nn.Module):
@@ -102,7 +117,11 @@ class MLP(nn.Module):
     def __init__(self, widths: tuple = (256, 256), dropout: float = 0.0, eval_dropout: bool = True):
         super().__init__()
         assert len(widths) == 2 and widths[0] == widths[1], widths  # main.py: one `hiddens`
-        self.W1, self.W2, self.W3 = nn.Linear(784, widths[0]), nn.Linear(widths[0], widths[1]), nn.Linear(widths[1], 10)
+        self.W1, self.W2, self.W3 = (
+            nn.Linear(784, widths[0]),
+            nn.Linear(widths[0], widths[1]),
+            nn.Linear(widths[1], 10),
+        )
         self.dropout_p, self.eval_dropout = dropout, eval_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +131,15 @@ class MLP(nn.Module):
         return self.W3(out)
 
 
-def train_task(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, hp: dict, shuffle: bool = False,
-               drop_last: bool = False) -> torch.optim.SGD:
+def train_task(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    hp: dict,
+    shuffle: bool = False,
+    drop_last: bool = False,
+) -> torch.optim.SGD:
     """main.py's epochs of one task: per epoch a new SGD(lr, momentum 0.8) (the momentum starts
     from zero every task), then `train_single_epoch` over the loader's batches. Returns the last
     optimizer."""
@@ -121,7 +147,9 @@ def train_task(net: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, hp: 
     for _ in range(hp["epochs"]):
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=hp["momentum"])
         net.train()
-        order = torch.randperm(len(y)) if shuffle else torch.arange(len(y))  # shuffle=False: file order
+        order = (
+            torch.randperm(len(y)) if shuffle else torch.arange(len(y))
+        )  # shuffle=False: file order
         batches = order.split(batch_size)
         if drop_last and len(batches[-1]) < batch_size:
             batches = batches[:-1]
@@ -137,11 +165,21 @@ def mirzadeh_forgetting(matrix) -> float:
     its own training on, the final one included) - final accuracy, / 100 (a fraction)."""
     R = np.asarray(matrix, np.float64)
     T = len(R)
-    return float(np.mean([R[j:, j].max() - R[-1, j] for j in range(T - 1)]) / 100.0) if T > 1 else 0.0
+    return (
+        float(np.mean([R[j:, j].max() - R[-1, j] for j in range(T - 1)]) / 100.0) if T > 1 else 0.0
+    )
 
 
-def run(scenario, seed: int, hp: dict, shuffle: bool = False, drop_last: bool = False, eval_dropout: bool = True,
-        full_matrix: bool = True, verbose: bool = False) -> dict:
+def run(
+    scenario,
+    seed: int,
+    hp: dict,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    eval_dropout: bool = True,
+    full_matrix: bool = True,
+    verbose: bool = False,
+) -> dict:
     """main.py `run` over every task of `scenario`: lr, a new optimizer, one epoch, evaluation
     on the tasks so far (`full_matrix`: on every task). Accuracies in %."""
     torch.manual_seed(seed)  # utils.py init_experiment, before the model is built
@@ -164,26 +202,51 @@ def run(scenario, seed: int, hp: dict, shuffle: bool = False, drop_last: bool = 
         eval_s += time.perf_counter() - mid
         matrix.append(accs)
         if verbose:
-            print(f"  task {task_id}/{T} lr {lr:.3g}: acc on task {task_id} {accs[task_id - 1]:.2f}, mean so far "
-                  f"{np.mean(accs[:task_id]):.2f}", flush=True)
-    seen = [row[:i + 1] for i, row in enumerate(matrix)]
-    result = dict(final=float(np.mean(matrix[-1])), matrix=matrix, lrs=lrs,
-                  forgetting_mirzadeh=mirzadeh_forgetting([r + [0.0] * (T - len(r)) for r in seen]))
+            print(
+                f"  task {task_id}/{T} lr {lr:.3g}: acc on task {task_id} {accs[task_id - 1]:.2f}, mean so far "
+                f"{np.mean(accs[:task_id]):.2f}",
+                flush=True,
+            )
+    seen = [row[: i + 1] for i, row in enumerate(matrix)]
+    result = dict(
+        final=float(np.mean(matrix[-1])),
+        matrix=matrix,
+        lrs=lrs,
+        forgetting_mirzadeh=mirzadeh_forgetting([r + [0.0] * (T - len(r)) for r in seen]),
+    )
     if full_matrix:
         result["forgetting_ours"] = average_forgetting(np.asarray(matrix) / 100.0)
     result.update(train_s=train_s, eval_s=eval_s)
     return result
 
 
-_CELLS = flags.DEFINE_list("mz_cells", ["pmnist/stable_sgd"], "Cells: {p,r}mnist/{naive,stable_sgd}.")
-_SEEDS = flags.DEFINE_list("mz_seeds", ["0", "1", "2"], "Run seeds (the draws of our runs with these seeds).")
-_OUT = flags.DEFINE_string("mz_out_dir", "runs/torch_mirzadeh_check", "Writes MZ_OUT_DIR/<benchmark>/<method>.json.")
-_SHUFFLE = flags.DEFINE_bool("mz_shuffle", False, "Shuffle each epoch (ours); the reference: shuffle=False.")
-_DROP_LAST = flags.DEFINE_bool("mz_drop_last", False, "Drop the last partial batch (ours); the reference keeps it.")
-_EVAL_DROPOUT = flags.DEFINE_bool("mz_eval_dropout", True, "Dropout on at evaluation too, as the reference's "
-                                  "F.dropout(training=True default) does; False: eval mode is deterministic (ours).")
-_FULL_MATRIX = flags.DEFINE_bool("mz_full_matrix", True, "Evaluate every task after every task (needed for our "
-                                 "forgetting); False: the tasks seen so far, as the reference.")
+_CELLS = flags.DEFINE_list(
+    "mz_cells", ["pmnist/stable_sgd"], "Cells: {p,r}mnist/{naive,stable_sgd}."
+)
+_SEEDS = flags.DEFINE_list(
+    "mz_seeds", ["0", "1", "2"], "Run seeds (the draws of our runs with these seeds)."
+)
+_OUT = flags.DEFINE_string(
+    "mz_out_dir", "runs/torch_mirzadeh_check", "Writes MZ_OUT_DIR/<benchmark>/<method>.json."
+)
+_SHUFFLE = flags.DEFINE_bool(
+    "mz_shuffle", False, "Shuffle each epoch (ours); the reference: shuffle=False."
+)
+_DROP_LAST = flags.DEFINE_bool(
+    "mz_drop_last", False, "Drop the last partial batch (ours); the reference keeps it."
+)
+_EVAL_DROPOUT = flags.DEFINE_bool(
+    "mz_eval_dropout",
+    True,
+    "Dropout on at evaluation too, as the reference's "
+    "F.dropout(training=True default) does; False: eval mode is deterministic (ours).",
+)
+_FULL_MATRIX = flags.DEFINE_bool(
+    "mz_full_matrix",
+    True,
+    "Evaluate every task after every task (needed for our "
+    "forgetting); False: the tasks seen so far, as the reference.",
+)
 _VERBOSE = flags.DEFINE_bool("mz_verbose", False, "Print every task's accuracy.")
 
 
@@ -208,28 +271,60 @@ def main(argv):
         runs = []
         for seed, scenario in zip(seeds, scenarios):
             start = time.perf_counter()
-            result = run(scenario, seed, hp, _SHUFFLE.value, _DROP_LAST.value, _EVAL_DROPOUT.value,
-                         _FULL_MATRIX.value, _VERBOSE.value)
+            result = run(
+                scenario,
+                seed,
+                hp,
+                _SHUFFLE.value,
+                _DROP_LAST.value,
+                _EVAL_DROPOUT.value,
+                _FULL_MATRIX.value,
+                _VERBOSE.value,
+            )
             result.update(seed=seed, wall_s=time.perf_counter() - start)
             runs.append(result)
-            ours = f", forgetting ours {result['forgetting_ours']:.3f}" if "forgetting_ours" in result else ""
-            print(f"{cell} seed {seed}: {result['final']:.2f}, forgetting (Mirzadeh) "
-                  f"{result['forgetting_mirzadeh']:.3f}{ours}  ({result['wall_s']:.0f} s, eval "
-                  f"{result['eval_s']:.0f} s)", flush=True)
+            ours = (
+                f", forgetting ours {result['forgetting_ours']:.3f}"
+                if "forgetting_ours" in result
+                else ""
+            )
+            print(
+                f"{cell} seed {seed}: {result['final']:.2f}, forgetting (Mirzadeh) "
+                f"{result['forgetting_mirzadeh']:.3f}{ours}  ({result['wall_s']:.0f} s, eval "
+                f"{result['eval_s']:.0f} s)",
+                flush=True,
+            )
             summary = {}
             for key in ("final", "forgetting_mirzadeh", "forgetting_ours"):
                 if key in runs[0]:
                     values = [r[key] for r in runs]
-                    summary[key] = dict(mean=float(np.mean(values)),
-                                        std_ddof1=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
-            path.write_text(json.dumps(dict(  # rewritten after every seed: a cut run keeps its seeds
-                cell=cell, hyper=hp, lr_floor=LR_FLOOR, shuffle=_SHUFFLE.value, drop_last=_DROP_LAST.value,
-                eval_dropout=_EVAL_DROPOUT.value, full_matrix=_FULL_MATRIX.value,
-                published=table.PUBLISHED[(benchmark, method, None)], published_forgetting=table.FORGETTING.get(
-                    (benchmark, method, None)), forgetting_definition=table.FORGETTING_DEFINITION,
-                summary=summary, runs=runs)))
-        print(f"{cell}: " + ", ".join(f"{k} {v['mean']:.3f} ± {v['std_ddof1']:.3f}" for k, v in summary.items()),
-              flush=True)
+                    summary[key] = dict(
+                        mean=float(np.mean(values)),
+                        std_ddof1=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                    )
+            path.write_text(
+                json.dumps(
+                    dict(  # rewritten after every seed: a cut run keeps its seeds
+                        cell=cell,
+                        hyper=hp,
+                        lr_floor=LR_FLOOR,
+                        shuffle=_SHUFFLE.value,
+                        drop_last=_DROP_LAST.value,
+                        eval_dropout=_EVAL_DROPOUT.value,
+                        full_matrix=_FULL_MATRIX.value,
+                        published=table.PUBLISHED[(benchmark, method, None)],
+                        published_forgetting=table.FORGETTING.get((benchmark, method, None)),
+                        forgetting_definition=table.FORGETTING_DEFINITION,
+                        summary=summary,
+                        runs=runs,
+                    )
+                )
+            )
+        print(
+            f"{cell}: "
+            + ", ".join(f"{k} {v['mean']:.3f} ± {v['std_ddof1']:.3f}" for k, v in summary.items()),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

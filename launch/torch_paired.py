@@ -27,6 +27,7 @@ import numpy as np
 import optax
 import torch
 from absl import app, flags
+
 from sequax import algorithms
 from sequax.engine.build import build_scenario
 from sequax.engine.models import resnet18
@@ -41,19 +42,37 @@ _SEEDS = flags.DEFINE_list("paired_seeds", ["0", "1"], "Seeds, one paired run ea
 def main(argv):
     del argv
     torch.set_num_threads(1)
-    cfg = tc.cell_config("flax_resnet18", "ewc", source="mnist", tasks=5, train_per_task=1000, test_per_task=300,
-                         seeds=1, nf=8, capacity=200, lr=0.01, ewc_lam=0.0)
+    cfg = tc.cell_config(
+        "flax_resnet18",
+        "ewc",
+        source="mnist",
+        tasks=5,
+        train_per_task=1000,
+        test_per_task=300,
+        seeds=1,
+        nf=8,
+        capacity=200,
+        lr=0.01,
+        ewc_lam=0.0,
+    )
     sc = build_scenario(cfg.data)
     train = [sc.train(t) for t in range(5)]
     test = [sc.test(t) for t in range(5)]
     classes = np.asarray(sc.task_classes)
     naive, tx = algorithms.make("naive"), optax.sgd(0.01)
     x0 = train[0][0][:10].astype(np.float32) / 255
-    models = {"from_torch": resnet18(10, nf=8, init_from="torch"),
-              "torch": from_torch(zoo.resnet18_reduced(num_classes=10, nf=8, in_channels=1), x0, reinit=True),
-              "flax": resnet18(10, nf=8)}
+    models = {
+        "from_torch": resnet18(10, nf=8, init_from="torch"),
+        "torch": from_torch(
+            zoo.resnet18_reduced(num_classes=10, nf=8, in_channels=1), x0, reinit=True
+        ),
+        "flax": resnet18(10, nf=8),
+    }
     steps = {k: jax.jit(make_train_step(m, naive, tx)) for k, m in models.items()}
-    evals = {k: jax.jit(lambda p, s, x, m=m: m.apply(p, s, x, train=False)[0]["logits"]) for k, m in models.items()}
+    evals = {
+        k: jax.jit(lambda p, s, x, m=m: m.apply(p, s, x, train=False)[0]["logits"])
+        for k, m in models.items()
+    }
     for seed in map(int, _SEEDS.value):
         t0 = time.time()
         ex = {"x": x0, "y": train[0][1][:10].astype(np.int32), "task": np.zeros(10, np.int32)}
@@ -61,15 +80,22 @@ def main(argv):
         p = states["from_torch"].params
         leaves, tree = jax.tree.flatten(p)
         keys = jax.random.split(jax.random.PRNGKey(1000 + seed), len(leaves))
-        states["from_torch'"] = states["from_torch"]._replace(params=jax.tree.unflatten(
-            tree, [v * (1 + 1e-6 * jax.random.normal(k, v.shape)) for v, k in zip(leaves, keys)]))
+        states["from_torch'"] = states["from_torch"]._replace(
+            params=jax.tree.unflatten(
+                tree, [v * (1 + 1e-6 * jax.random.normal(k, v.shape)) for v, k in zip(leaves, keys)]
+            )
+        )
         rng = np.random.default_rng(seed)
         for t in range(5):
             x, y = train[t]
             order = rng.permutation(len(y))
             for b in range(len(y) // 10):
-                i = order[10 * b:10 * (b + 1)]
-                batch = {"x": x[i].astype(np.float32) / 255, "y": y[i].astype(np.int32), "task": np.full(10, t, np.int32)}
+                i = order[10 * b : 10 * (b + 1)]
+                batch = {
+                    "x": x[i].astype(np.float32) / 255,
+                    "y": y[i].astype(np.int32),
+                    "task": np.full(10, t, np.int32),
+                }
                 for k in states:
                     states[k] = steps[k.rstrip("'")](states[k], batch)[0]
         out = []
@@ -77,7 +103,9 @@ def main(argv):
             acc = []
             for t in range(5):
                 x, y = test[t]
-                logits = np.asarray(evals[k.rstrip("'")](s.params, s.model_state, x.astype(np.float32) / 255))
+                logits = np.asarray(
+                    evals[k.rstrip("'")](s.params, s.model_state, x.astype(np.float32) / 255)
+                )
                 logits = np.where(classes[t], logits, -np.inf)
                 acc.append((logits.argmax(-1) == y).mean())
             out.append(f"{k} {100 * np.mean(acc):.2f} [{' '.join(f'{100 * a:.0f}' for a in acc)}]")

@@ -56,11 +56,16 @@ def main(argv):
         except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
-        except OSError as error:  # a full disk while writing metrics or results: finished work is kept
+        except (
+            OSError
+        ) as error:  # a full disk while writing metrics or results: finished work is kept
             if error.errno != errno.ENOSPC:
                 raise
             where = last_good(checkpoint_folder(_WORKDIR.value))
-            print(f"sequax: error: {no_space_message(_WORKDIR.value, 'the results', where)}", file=sys.stderr)
+            print(
+                f"sequax: error: {no_space_message(_WORKDIR.value, 'the results', where)}",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
 

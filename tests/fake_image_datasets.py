@@ -36,16 +36,43 @@ def write_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0
     for i in range(1, 6):
         x = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
         y = [(j + i) % 10 for j in range(per_batch)]
-        write_pickle(folder / f"data_batch_{i}", {
-            b"batch_label": f"training batch {i} of 5".encode(), b"labels": y,
-            b"data": cifar_rows(x), b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)]})
+        write_pickle(
+            folder / f"data_batch_{i}",
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": y,
+                b"data": cifar_rows(x),
+                b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
+            },
+        )
         train.append((x, y))
     test_x = rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8)
     test_y = [j % 10 for j in range(test)]
-    write_pickle(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": test_y,
-                                         b"data": cifar_rows(test_x), b"filenames": [b"t.png"] * test})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    write_pickle(folder / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072})
+    write_pickle(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": test_y,
+            b"data": cifar_rows(test_x),
+            b"filenames": [b"t.png"] * test,
+        },
+    )
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    write_pickle(
+        folder / "batches.meta",
+        {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072},
+    )
     train_x = np.concatenate([x for x, _ in train])
     train_y = np.concatenate([y for _, y in train]).astype(np.int32)
     return train_x, train_y, test_x, np.array(test_y, np.int32)
@@ -61,12 +88,24 @@ def write_cifar100(root: Path, train: int = 200, test: int = 100, seed: int = 0)
     for split, n in (("train", train), ("test", test)):
         x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         fine = [(7 * j) % 100 for j in range(n)]
-        write_pickle(folder / split, {
-            b"filenames": [b"f.png"] * n, b"batch_label": split.encode(), b"fine_labels": fine,
-            b"coarse_labels": [f // 5 for f in fine], b"data": cifar_rows(x)})
+        write_pickle(
+            folder / split,
+            {
+                b"filenames": [b"f.png"] * n,
+                b"batch_label": split.encode(),
+                b"fine_labels": fine,
+                b"coarse_labels": [f // 5 for f in fine],
+                b"data": cifar_rows(x),
+            },
+        )
         out += [x, np.array(fine, np.int32)]
-    write_pickle(folder / "meta", {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                                   b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})
+    write_pickle(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        },
+    )
     return tuple(out)
 
 
@@ -83,12 +122,17 @@ def quadrant_image(colours) -> np.ndarray:
     """64x64x3 with four solid 32x32 quadrants: top-left, top-right, bottom-left, bottom-right."""
     image = np.zeros((64, 64, 3), np.uint8)
     for (r, c), colour in zip([(0, 0), (0, 1), (1, 0), (1, 1)], colours):
-        image[32 * r:32 * (r + 1), 32 * c:32 * (c + 1)] = colour
+        image[32 * r : 32 * (r + 1), 32 * c : 32 * (c + 1)] = colour
     return image
 
 
-def write_tiny_imagenet(root: Path, num_classes: int = 3, train_per_class: int = 2, val_per_class: int = 1,
-                        seed: int = 0):
+def write_tiny_imagenet(
+    root: Path,
+    num_classes: int = 3,
+    train_per_class: int = 2,
+    val_per_class: int = 1,
+    seed: int = 0,
+):
     """<root>/tiny-imagenet-200 with `num_classes` wnids (in a non-sorted order).
 
     Image k of a class is a quadrant image whose colours encode (class, k), so a test can tell
@@ -96,7 +140,9 @@ def write_tiny_imagenet(root: Path, num_classes: int = 3, train_per_class: int =
     Returns (wnids, train_x, train_y, val_x, val_y) as written (before JPEG rounding)."""
     rng = np.random.default_rng(seed)
     folder = root / "tiny-imagenet-200"
-    wnids = [f"n{(10_000_000 - 7919 * i) % 10_000_000:08d}" for i in range(num_classes)]  # not sorted
+    wnids = [
+        f"n{(10_000_000 - 7919 * i) % 10_000_000:08d}" for i in range(num_classes)
+    ]  # not sorted
     folder.mkdir(parents=True)
     (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
     train_x, train_y = [], []
@@ -117,4 +163,10 @@ def write_tiny_imagenet(root: Path, num_classes: int = 3, train_per_class: int =
         val_x.append(image)
         val_y.append(label)
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return wnids, np.stack(train_x), np.array(train_y, np.int32), np.stack(val_x), np.array(val_y, np.int32)
+    return (
+        wnids,
+        np.stack(train_x),
+        np.array(train_y, np.int32),
+        np.stack(val_x),
+        np.array(val_y, np.int32),
+    )

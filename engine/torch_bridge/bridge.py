@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+
 from sequax.engine.models import Model
 from sequax.engine.torch_bridge.environment import bridge_environment
 from sequax.engine.torch_bridge.tracing import (
@@ -77,7 +78,11 @@ def _check_module(module) -> None:
     if not isinstance(module, torch.nn.Module):
         raise TorchBridgeError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
     for name, sub in module.named_modules():
-        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.momentum is None and sub.track_running_stats:
+        if (
+            isinstance(sub, torch.nn.modules.batchnorm._BatchNorm)
+            and sub.momentum is None
+            and sub.track_running_stats
+        ):
             raise TorchBridgeError(
                 f"{module_label(module, name)} has momentum=None (a cumulative average, which reads "
                 f"num_batches_tracked on the host); set momentum to a number such as 0.1"
@@ -92,7 +97,9 @@ def _as_example(example_input) -> jax.ShapeDtypeStruct:
         raise TorchBridgeError(
             f"example_input must be a batch [B, ...] in sequax's layout ([B, H, W, C] images), got shape {shape}"
         )
-    return jax.ShapeDtypeStruct((2, *shape[1:]), jnp.float32)  # 2 rows: train-mode BatchNorm needs > 1
+    return jax.ShapeDtypeStruct(
+        (2, *shape[1:]), jnp.float32
+    )  # 2 rows: train-mode BatchNorm needs > 1
 
 
 class _Forward:
@@ -185,7 +192,10 @@ def from_torch(
         with module_calls(module) as calls:
             try:
                 shapes = jax.eval_shape(
-                    lambda p, s, x, key, train=train: forward(p, s, x, train, key)[:3], params0, state0, example,
+                    lambda p, s, x, key, train=train: forward(p, s, x, train, key)[:3],
+                    params0,
+                    state0,
+                    example,
                     jax.random.PRNGKey(0),
                 )
             except TorchBridgeError:
@@ -222,8 +232,10 @@ def from_torch(
                 f"known: {', '.join(n for n in names if n)}"
             )
         if classifier not in called:
-            raise TorchBridgeError(f"classifier={classifier!r} is never called by the forward; name the layer "
-                                   f"that produces the logits")
+            raise TorchBridgeError(
+                f"classifier={classifier!r} is never called by the forward; name the layer "
+                f"that produces the logits"
+            )
     forward.classifier = classifier
 
     def init(key: jax.Array, x: jax.Array):
@@ -283,7 +295,7 @@ def _reinitialised(module, env, key, params0, state0, reinit):
         tensors = env.j2t_iso({f"inner.{k}": v for k, v in {**params0, **state0}.items()})
         with env:
             torch.func.functional_call(wrapper, tensors, ())
-    values = {k[len("inner."):]: env.t2j_iso(t) for k, t in tensors.items()}
+    values = {k[len("inner.") :]: env.t2j_iso(t) for k, t in tensors.items()}
     params = {k: values[k].astype(v.dtype) for k, v in params0.items()}
     return params, {k: values[k].astype(v.dtype) for k, v in state0.items()}
 
@@ -293,7 +305,9 @@ def _host_values(params, model_state, run: int | None) -> dict[str, np.ndarray]:
     return {k: np.asarray(v if run is None else v[run]) for k, v in values.items()}
 
 
-def write_back(module: torch.nn.Module, params: PyTree, model_state: PyTree, *, run: int | None = None):
+def write_back(
+    module: torch.nn.Module, params: PyTree, model_state: PyTree, *, run: int | None = None
+):
     """Copies trained `params` and `model_state` into `module`'s own tensors (in place).
 
     `run` picks one run of a vmapped state (arrays with a leading run axis). Each tensor
@@ -321,6 +335,8 @@ def write_back(module: torch.nn.Module, params: PyTree, model_state: PyTree, *, 
     return module
 
 
-def to_state_dict(module: torch.nn.Module, params: PyTree, model_state: PyTree, *, run: int | None = None):
+def to_state_dict(
+    module: torch.nn.Module, params: PyTree, model_state: PyTree, *, run: int | None = None
+):
     """`module.state_dict()` with the trained values, leaving `module` itself unchanged."""
     return write_back(copy.deepcopy(module), params, model_state, run=run).state_dict()

@@ -28,9 +28,13 @@ KEYS = ("factory", "kwargs", "classifier", "reinit", "input_layout", "input_shap
 
 def load_factory(spec: Any):
     """The callable named by "package.module:function"."""
-    return load_callable(spec, "model.factory", ConfigError,
-                         "an importable callable as 'package.module:function', e.g. "
-                         "'sequax.engine.torch_bridge.zoo:small_cnn'")
+    return load_callable(
+        spec,
+        "model.factory",
+        ConfigError,
+        "an importable callable as 'package.module:function', e.g. "
+        "'sequax.engine.torch_bridge.zoo:small_cnn'",
+    )
 
 
 def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -> Model:
@@ -41,9 +45,12 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
     """
     unknown = sorted(set(cfg) - set(KEYS))
     if unknown:
-        raise ConfigError(f"config.model has unknown key(s) {unknown} for name='torch'; known: {', '.join(KEYS)}")
+        raise ConfigError(
+            f"config.model has unknown key(s) {unknown} for name='torch'; known: {', '.join(KEYS)}"
+        )
     try:
         import torch
+
         from sequax.engine.torch_bridge.bridge import from_torch
         from sequax.engine.torch_bridge.tracing import TorchBridgeError
     except ImportError as error:
@@ -53,7 +60,9 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
     factory = load_factory(cfg.get("factory"))
     shape = tuple(input_shape if input_shape is not None else cfg.get("input_shape") or ())
     if not shape:
-        raise ConfigError("config.model.input_shape is missing: give one example's shape, e.g. (28, 28, 1)")
+        raise ConfigError(
+            "config.model.input_shape is missing: give one example's shape, e.g. (28, 28, 1)"
+        )
     kwargs = dict(cfg.get("kwargs") or {})
     try:
         # The module's initial weights come from this seed; the caller's torch RNG is left as it was.
@@ -61,7 +70,9 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
             torch.manual_seed(int(cfg.get("seed", 0)))
             module = factory(**kwargs)
     except TypeError as error:
-        raise ConfigError(f"config.model.kwargs={kwargs}: {cfg['factory']} rejects them ({error})") from None
+        raise ConfigError(
+            f"config.model.kwargs={kwargs}: {cfg['factory']} rejects them ({error})"
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(
             f"config.model.factory={cfg['factory']!r} returned {type(module).__name__}, not a torch.nn.Module"
@@ -69,8 +80,12 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
     example = torch.zeros((2, *shape))
     try:
         return from_torch(
-            module, example, num_classes=num_classes, classifier=cfg.get("classifier") or None,
-            input_layout=cfg.get("input_layout", "NHWC"), reinit=bool(cfg.get("reinit", False)),
+            module,
+            example,
+            num_classes=num_classes,
+            classifier=cfg.get("classifier") or None,
+            input_layout=cfg.get("input_layout", "NHWC"),
+            reinit=bool(cfg.get("reinit", False)),
         )
     except TorchBridgeError as error:
         raise ConfigError(f"config.model ({cfg['factory']}): {error}") from None

@@ -36,7 +36,9 @@ from torchax import tensor as torchax_tensor
 aten = torch.ops.aten
 
 
-def batch_norm_jax(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float):
+def batch_norm_jax(
+    x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float
+):
     """Batch normalisation over axis 1 of `x` (NC, NCL, NCHW, ...), as torch computes it.
 
     Returns (output, batch mean, 1/sqrt(batch variance + eps), new running mean, new running
@@ -77,7 +79,14 @@ def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, m
     training = bool(training) or running_mean is None  # torch: no running stats, batch stats
     momentum = 0.1 if momentum is None else float(momentum)
     out, mean, invstd, new_mean, new_var = batch_norm_jax(
-        x.jax(), _jax(weight), _jax(bias), _jax(running_mean), _jax(running_var), training, momentum, float(eps)
+        x.jax(),
+        _jax(weight),
+        _jax(bias),
+        _jax(running_mean),
+        _jax(running_var),
+        training,
+        momentum,
+        float(eps),
     )
     # The buffers are the torchax tensors the bridge passed in; assigning their element is
     # the in-place update torch's kernel makes (and what torchax's own in-place ops do).
@@ -89,15 +98,20 @@ def _batch_norm_in_place(x, weight, bias, running_mean, running_var, training, m
     return env.j2t_iso(out), env.j2t_iso(mean), env.j2t_iso(invstd)
 
 
-def _functional_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-                           momentum=0.1, eps=1e-5):
+def _functional_batch_norm(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
     """`torch.nn.functional.batch_norm`, the call every `nn.BatchNorm*d` makes."""
-    return _batch_norm_in_place(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+    return _batch_norm_in_place(
+        input, weight, bias, running_mean, running_var, training, momentum, eps
+    )[0]
 
 
 def _native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """aten::native_batch_norm and aten::_native_batch_norm_legit (same argument order)."""
-    return _batch_norm_in_place(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    return _batch_norm_in_place(
+        input, weight, bias, running_mean, running_var, training, momentum, eps
+    )
 
 
 def _native_batch_norm_no_stats(input, weight, bias, training, momentum, eps):
@@ -107,7 +121,9 @@ def _native_batch_norm_no_stats(input, weight, bias, training, momentum, eps):
 
 def _native_batch_norm_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
     """aten::_native_batch_norm_legit_no_training: evaluation with the running statistics."""
-    return _batch_norm_in_place(input, weight, bias, running_mean, running_var, False, momentum, eps)
+    return _batch_norm_in_place(
+        input, weight, bias, running_mean, running_var, False, momentum, eps
+    )
 
 
 @functools.cache
@@ -115,9 +131,16 @@ def bridge_environment() -> torchax_tensor.Environment:
     """The bridge's torchax environment (created once), BatchNorm replaced as described above."""
     env = torchax_tensor.Environment()
     env.override_op_definition(F.batch_norm, _functional_batch_norm)
-    for op in (aten.native_batch_norm, aten.native_batch_norm.default, aten._native_batch_norm_legit.default):
+    for op in (
+        aten.native_batch_norm,
+        aten.native_batch_norm.default,
+        aten._native_batch_norm_legit.default,
+    ):
         env.override_op_definition(op, _native_batch_norm)
     env.override_op_definition(aten._native_batch_norm_legit.no_stats, _native_batch_norm_no_stats)
-    for op in (aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_no_training.default):
+    for op in (
+        aten._native_batch_norm_legit_no_training,
+        aten._native_batch_norm_legit_no_training.default,
+    ):
         env.override_op_definition(op, _native_batch_norm_no_training)
     return env

@@ -31,8 +31,12 @@ import numpy as np
 
 PyTree = Any
 
-_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_LEAVES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
 _BLOCK = re.compile(r"layer(\d+)\.(\d+)\.(.+)")
 
 
@@ -62,7 +66,9 @@ def _flax_path(name: str) -> tuple[str, tuple[str, ...]] | None:
         return collection, (*modules, flax_leaf)
     if modules == ["linear"]:
         return "params", ("linear", {"weight": "kernel", "bias": "bias"}[leaf])
-    raise ValueError(f"{name!r} is not a tensor of the reduced ResNet-18 (engine.torch_bridge.zoo.ResNet)")
+    raise ValueError(
+        f"{name!r} is not a tensor of the reduced ResNet-18 (engine.torch_bridge.zoo.ResNet)"
+    )
 
 
 def resnet18_variables(tensors: dict[str, Any]) -> tuple[PyTree, PyTree]:
@@ -98,6 +104,7 @@ def torch_initialised(model, num_classes: int, nf: int):
     `config.model.name="torch"` draws them), converted. Same key, same weights: a vmapped run
     of seed k starts where launch/torch_compare's torch ResNet-18 of seed k starts."""
     import torch
+
     from sequax.engine.torch_bridge.bridge import from_torch
     from sequax.engine.torch_bridge.zoo import resnet18_reduced
 
@@ -109,8 +116,9 @@ def torch_initialised(model, num_classes: int, nf: int):
             with torch.random.fork_rng(devices=[]):  # every weight is re-drawn from `key` below
                 torch.manual_seed(0)
                 net = resnet18_reduced(num_classes=num_classes, nf=nf, in_channels=shape[-1])
-            bridged[shape] = from_torch(net, np.zeros((2, *shape), np.float32), num_classes=num_classes,
-                                        reinit=True)
+            bridged[shape] = from_torch(
+                net, np.zeros((2, *shape), np.float32), num_classes=num_classes, reinit=True
+            )
         params, model_state = bridged[shape].init(key, x)
         return resnet18_variables({**params, **model_state})
 

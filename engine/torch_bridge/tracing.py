@@ -25,8 +25,11 @@ from torchax import tensor as torchax_tensor
 TORCHAX_VERSION = "0.0.14.dev20261026"
 _MISSING_OP = re.compile(r"Operator with name (\S+) has no lowering")
 # A traced value read on the host (float(t), t.item(), `if t:`) inside the forward.
-_HOST_READS = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-               jax.errors.TracerIntegerConversionError)
+_HOST_READS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 
 class TorchBridgeError(ValueError):
@@ -76,10 +79,16 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
 
-def describe_failure(error: BaseException, running: list[str], module: torch.nn.Module) -> TorchBridgeError:
+def describe_failure(
+    error: BaseException, running: list[str], module: torch.nn.Module
+) -> TorchBridgeError:
     """The one-line `TorchBridgeError` for an exception raised while tracing `module`."""
     where = module_label(module, running[-1] if running else "")
-    missing = _MISSING_OP.search(str(error)) if isinstance(error, torchax_tensor.OperatorNotFound) else None
+    missing = (
+        _MISSING_OP.search(str(error))
+        if isinstance(error, torchax_tensor.OperatorNotFound)
+        else None
+    )
     if missing:
         return TorchBridgeError(
             f"torch op {missing.group(1)} used by {where} is not supported by the JAX bridge "
@@ -89,10 +98,16 @@ def describe_failure(error: BaseException, running: list[str], module: torch.nn.
         )
     hint = ""
     if "mixed math between XLATensor and torch.Tensor" in str(error):
-        hint = ("; it computes with a CPU tensor created inside forward (torch.tensor(...) without a "
-                "device, or a plain attribute tensor): create it from the input (x.new_tensor) or "
-                "register it as a buffer")
+        hint = (
+            "; it computes with a CPU tensor created inside forward (torch.tensor(...) without a "
+            "device, or a plain attribute tensor): create it from the input (x.new_tensor) or "
+            "register it as a buffer"
+        )
     elif isinstance(error, _HOST_READS):
-        hint = ("; it reads a traced value on the host (float(t), t.item(), if t: ...), which a "
-                "compiled program cannot do: keep the computation in tensor ops")
-    return TorchBridgeError(f"the forward of {where} could not be traced into JAX: {first_line(error)}{hint}")
+        hint = (
+            "; it reads a traced value on the host (float(t), t.item(), if t: ...), which a "
+            "compiled program cannot do: keep the computation in tensor ops"
+        )
+    return TorchBridgeError(
+        f"the forward of {where} could not be traced into JAX: {first_line(error)}{hint}"
+    )

@@ -24,8 +24,13 @@ class SmallCNN(nn.Module):
       image_size: input height (= width), which fixes the classifier's input size.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (16, 32),
-                 image_size: int = 28):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        widths: tuple[int, int] = (16, 32),
+        image_size: int = 28,
+    ):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1),
@@ -45,7 +50,9 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def small_cnn(num_classes: int = 10, in_channels: int = 1, widths=(16, 32), image_size: int = 28) -> SmallCNN:
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, widths=(16, 32), image_size: int = 28
+) -> SmallCNN:
     """`SmallCNN` (a config factory: `config.model.kwargs` are its arguments)."""
     return SmallCNN(num_classes, in_channels, tuple(widths), image_size)
 
@@ -69,7 +76,9 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != self.expansion * planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
+                nn.Conv2d(
+                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                ),
                 nn.BatchNorm2d(self.expansion * planes),
             )
 
@@ -98,7 +107,9 @@ class ResNet(nn.Module):
       in_channels: image channels (3).
     """
 
-    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes: int = 10, nf: int = 20, in_channels: int = 3):
+    def __init__(
+        self, num_blocks=(2, 2, 2, 2), num_classes: int = 10, nf: int = 20, in_channels: int = 3
+    ):
         super().__init__()
         self.in_planes = nf
         self.conv1 = _conv3x3(in_channels, nf)

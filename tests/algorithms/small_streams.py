@@ -1,7 +1,7 @@
 """The short streams of the methods' end-to-end tests, and naive's result on each (run once).
 
-    config = small_split_config("gem", capacity=100, num_tasks=5)   # Split MNIST, 300 images/task
-    naive = naive_result("split")                                      # cached per test session
+config = small_split_config("gem", capacity=100, num_tasks=5)   # Split MNIST, 300 images/task
+naive = naive_result("split")                                      # cached per test session
 """
 
 from __future__ import annotations

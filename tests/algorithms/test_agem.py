@@ -16,6 +16,9 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
+from small_streams import naive_result, small_split_config
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import AGEM, EWC, combine
@@ -26,9 +29,6 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
-from small_streams import naive_result, small_split_config
-from torch_reference import torch_mlp
-from batches import random_batch
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
 
@@ -53,7 +53,6 @@ def state_with_memory(algorithm, model, memory=None):
 
 
 # ---------------- The PyTorch reference ------------------------------------------------------
-
 
 
 def flat_grad(net, x, y):
@@ -283,8 +282,6 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 
 
 # ---------------- End to end -------------------------------------------------------------------
-
-
 
 
 def test_agem_keeps_task_zero_alive_on_split_mnist(tmp_path):

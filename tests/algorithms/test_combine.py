@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from batches import random_batch
 
 from sequax import algorithms
 from sequax.algorithms import ER, EWC, Naive, combine
@@ -16,7 +17,6 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
-from batches import random_batch
 
 
 def batch_of(seed: int, size: int = 6):
@@ -44,7 +44,9 @@ def setup():
 def test_state_keeps_each_part_under_its_name(setup):
     _, er, ewc, both, state = setup
     assert set(state.algo) == {"er", "ewc"}
-    chex.assert_trees_all_equal_structs(state.algo["er"], er.init(state.params, {}, batch_of(0), jax.random.PRNGKey(0)))
+    chex.assert_trees_all_equal_structs(
+        state.algo["er"], er.init(state.params, {}, batch_of(0), jax.random.PRNGKey(0))
+    )
 
 
 def test_loss_and_gradient_equal_er_loss_plus_ewc_penalty(setup):
@@ -52,14 +54,20 @@ def test_loss_and_gradient_equal_er_loss_plus_ewc_penalty(setup):
     batch, rng = batch_of(2), jax.random.PRNGKey(3)
 
     def by_hand(params):
-        er_loss, _ = er.loss(params, state._replace(algo=state.algo["er"]), batch, jax.random.fold_in(rng, 0), model)
+        er_loss, _ = er.loss(
+            params, state._replace(algo=state.algo["er"]), batch, jax.random.fold_in(rng, 0), model
+        )
         return er_loss + quadratic_penalty(params, state.algo["ewc"], 3.0)
 
     def combined(params):
         return both.loss(params, state, batch, rng, model)[0]
 
-    np.testing.assert_allclose(float(combined(state.params)), float(by_hand(state.params)), rtol=1e-6)
-    chex.assert_trees_all_close(jax.grad(combined)(state.params), jax.grad(by_hand)(state.params), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(combined(state.params)), float(by_hand(state.params)), rtol=1e-6
+    )
+    chex.assert_trees_all_close(
+        jax.grad(combined)(state.params), jax.grad(by_hand)(state.params), rtol=1e-5
+    )
     metrics = both.loss(state.params, state, batch, rng, model)[1]["metrics"]
     assert set(metrics) == {"er/ce", "ewc/penalty"}
 
@@ -69,10 +77,14 @@ def test_train_step_updates_each_part_like_the_part_alone(setup):
     step = jax.jit(make_train_step(model, both, optax.sgd(0.1)))
     new_state, _ = step(state, batch_of(4))
     assert int(new_state.algo["er"].buffer.num_seen) == int(state.algo["er"].buffer.num_seen) + 6
-    chex.assert_trees_all_equal(new_state.algo["ewc"], state.algo["ewc"])  # EWC changes only at end_task
+    chex.assert_trees_all_equal(
+        new_state.algo["ewc"], state.algo["ewc"]
+    )  # EWC changes only at end_task
     data = task_arrays(np.zeros((12, 4, 4, 1), np.uint8), np.arange(12) % 10, np.zeros(12), 12)
     after = jax.jit(lambda s: both.end_task(s, data, jax.random.PRNGKey(0), model))(new_state)
-    alone = jax.jit(lambda s: ewc.end_task(s._replace(algo=s.algo["ewc"]), data, jax.random.PRNGKey(0), model))(new_state)
+    alone = jax.jit(
+        lambda s: ewc.end_task(s._replace(algo=s.algo["ewc"]), data, jax.random.PRNGKey(0), model)
+    )(new_state)
     chex.assert_trees_all_close(after["ewc"], alone)
 
 
@@ -106,19 +118,29 @@ def test_hat_as_base_takes_its_hooks_and_gives_ewc_its_gated_network():
     gradient compensation and clamp, the task-IL predict) with EWC's penalty added, and EWC's
     Fisher is taken through the task's gates (`task_model`), so the gated-off units of a
     task get no importance from it."""
+    import tempfile
+
     from sequax.algorithms import HAT
     from sequax.algorithms.hat import EMBEDDINGS
-    from tests.algorithms.small_streams import small_split_config
     from sequax.engine import loop
-    import tempfile
+    from tests.algorithms.small_streams import small_split_config
 
     both = algorithms.make("hat+ewc", hat=dict(num_tasks=3, s_max=400.0), ewc=dict(lam=1.0))
     hat = both.parts[0][1]
     assert isinstance(hat, HAT)
-    for hook in ("wrap_model", "start_task", "gradient_transform", "projection_transform", "predict"):
+    for hook in (
+        "wrap_model",
+        "start_task",
+        "gradient_transform",
+        "projection_transform",
+        "predict",
+    ):
         assert hasattr(both, hook), hook
     config = small_split_config(
-        "hat+ewc", hat=dict(num_tasks=3, s_max=400.0, c=0.75), ewc=dict(lam=1.0, online=True, gamma=0.0))
+        "hat+ewc",
+        hat=dict(num_tasks=3, s_max=400.0, c=0.75),
+        ewc=dict(lam=1.0, online=True, gamma=0.0),
+    )
     config.data.num_tasks = 3
     config.model.widths = (64,)
     config.training.epochs = 2
@@ -128,8 +150,14 @@ def test_hat_as_base_takes_its_hooks_and_gives_ewc_its_gated_network():
     assert np.diag(task_il).min() > 0.8, task_il  # every task learned through the gates
     assert np.max(task_il[0, 0] - task_il[-1, 0]) < 0.02, task_il  # HAT's masks still hold task 0
     algo = result.state.algo
-    assert np.asarray(algo["hat"].classes).sum(1).tolist() == [2, 2, 2]  # start_task ran on HAT's entry
-    importance = np.asarray(algo["ewc"].importance["Dense_0"]["kernel"])  # the last task's alone (gamma 0)
+    assert np.asarray(algo["hat"].classes).sum(1).tolist() == [
+        2,
+        2,
+        2,
+    ]  # start_task ran on HAT's entry
+    importance = np.asarray(
+        algo["ewc"].importance["Dense_0"]["kernel"]
+    )  # the last task's alone (gamma 0)
     gates = np.asarray(jax.nn.sigmoid(400.0 * result.state.params[EMBEDDINGS]["layer_0"][2]))
     assert importance.max() > 0
     # Units the last task's gates close get (numerically) no Fisher through the gated network.

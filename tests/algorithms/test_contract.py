@@ -37,7 +37,13 @@ SMALL = {
     "gdumb": {"capacity": 16, "epochs": 2, "batch_size": 4},
     "er_ace": {"capacity": 16, "replay_batch": 4},
     "lamaml": {"capacity": 16, "replay_batch": 4, "glances": 2},
-    "mc_sgd": {"num_tasks": 2, "per_class": 2, "num_classes": 4, "line_samples": 2, "line_batch": 4},
+    "mc_sgd": {
+        "num_tasks": 2,
+        "per_class": 2,
+        "num_classes": 4,
+        "line_samples": 2,
+        "line_batch": 4,
+    },
     "hat": {"num_tasks": 2},
     "kcl": {"num_tasks": 2, "coreset_size": 4, "classes_per_task": 2, "num_features": 16},
 }

@@ -19,7 +19,10 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
 from scipy import stats
+from small_streams import naive_result, small_split_config
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import DER, DERPP, Naive
@@ -27,9 +30,6 @@ from sequax.engine import loop
 from sequax.engine.models import from_linen, mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
-from small_streams import naive_result, small_split_config
-from torch_reference import torch_mlp
-from batches import random_batch
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -59,7 +59,6 @@ def state_with_buffer(algorithm, model, filled: int, seed: int = 0):
 
 
 # ---------------- The PyTorch reference ------------------------------------------------------
-
 
 
 def as_torch(a, dtype=torch.float64):
@@ -308,8 +307,6 @@ def test_num_classes_must_match_the_model(model):
 
 
 # ---------------- End to end -------------------------------------------------------------------
-
-
 
 
 def test_derpp_beats_naive_on_split_mnist(tmp_path):

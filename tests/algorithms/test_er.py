@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from batches import random_batch
 
 from sequax import algorithms
 from sequax.algorithms import ER, Naive
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
-from batches import random_batch
 
 BATCH, REPLAY, CAPACITY = 6, 5, 8
 

@@ -16,6 +16,9 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
+from small_streams import small_split_config
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import ERACE, Naive
@@ -23,9 +26,6 @@ from sequax.algorithms.er_ace import ERACEState, incoming_classes
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
-from small_streams import small_split_config
-from torch_reference import torch_mlp
-from batches import random_batch
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 
@@ -54,7 +54,6 @@ def state_with(algorithm, model, *, seen, task, filled):
 
 
 # ---------------- The PyTorch reference ------------------------------------------------------
-
 
 
 def as_torch(a, dtype=torch.float64):
@@ -184,8 +183,6 @@ def test_hyperparameters_are_checked_and_registered(model):
 
 
 # ---------------- End to end -------------------------------------------------------------------
-
-
 
 
 def test_er_ace_beats_er_and_keeps_old_classes_on_split_mnist(tmp_path):

@@ -291,7 +291,9 @@ def test_online_consolidation(model, params, task_data):
     chex.assert_trees_all_close(direct.importance, algo.importance)
 
 
-def test_normalized_fisher_is_rescaled_to_unit_range_over_all_tensors_and_replaces_the_old(model, params, task_data):
+def test_normalized_fisher_is_rescaled_to_unit_range_over_all_tensors_and_replaces_the_old(
+    model, params, task_data
+):
     """The A-GEM codebase's EWC: (F − min) / (max − min) over every tensor, kept alone (gamma 0)."""
     ewc = EWC(lam=1.0, online=True, gamma=0.0, normalize=True)
     old = QuadraticState(random_like(params, 6, positive=True), random_like(params, 7))
@@ -302,7 +304,9 @@ def test_normalized_fisher_is_rescaled_to_unit_range_over_all_tensors_and_replac
     low = min(float(f.min()) for f in jax.tree.leaves(raw))
     high = max(float(f.max()) for f in jax.tree.leaves(raw))
     assert high > 10 * max(low, 1e-12)  # a real range to rescale
-    chex.assert_trees_all_close(algo.importance, jax.tree.map(lambda f: (f - low) / (high - low), raw), rtol=1e-5)
+    chex.assert_trees_all_close(
+        algo.importance, jax.tree.map(lambda f: (f - low) / (high - low), raw), rtol=1e-5
+    )
     values = np.concatenate([np.ravel(f) for f in jax.tree.leaves(algo.importance)])
     assert values.min() == 0.0 and abs(values.max() - 1.0) < 1e-6
 

@@ -198,7 +198,12 @@ def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
 
     model = from_linen(ConvNet(), CLASSES)
     ewc = EWC(likelihood_weighted=True, fisher_batch=8)
-    example = {"x": jnp.zeros((8, 4, 4, 1)), "y": jnp.zeros(8, jnp.int32), "task": jnp.zeros(8, jnp.int32)}
+    example = {
+        "x": jnp.zeros((8, 4, 4, 1)),
+        "y": jnp.zeros(8, jnp.int32),
+        "task": jnp.zeros(8, jnp.int32),
+    }
+
     def init(seed):
         return create_state(model, ewc, optax.sgd(0.1), example, seed, {})
 
@@ -212,9 +217,13 @@ def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
         shapes = jax.eval_shape(jax.vmap(init), seeds)
         specs = sharding.state_specs(shapes, shapes.params, mesh, runs=True)
         states = jax.jit(jax.vmap(init))(seeds)
-        vmapped = jax.jit(jax.vmap(end_task, (0, None, 0)), out_shardings=sharding.named(mesh, specs).algo)
+        vmapped = jax.jit(
+            jax.vmap(end_task, (0, None, 0)), out_shardings=sharding.named(mesh, specs).algo
+        )
         together = vmapped(states, task_data, keys)
     for r in range(len(seeds)):
         alone = jax.jit(end_task)(jax.jit(init)(seeds[r]), task_data, keys[r])
         assert float(jnp.max(alone.importance["Conv_0"]["kernel"])) > 0  # a Fisher, not zeros
-        chex.assert_trees_all_close(jax.tree.map(lambda a, r=r: a[r], together), alone, rtol=1e-5, atol=1e-8)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, r=r: a[r], together), alone, rtol=1e-5, atol=1e-8
+        )

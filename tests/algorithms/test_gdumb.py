@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import stats
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import GDumb
@@ -26,7 +27,6 @@ from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
-from torch_reference import torch_mlp
 
 CLASSES, HIDDEN = 10, 16
 
@@ -39,8 +39,11 @@ def model():
 def batch_of(ids, labels):
     """Examples whose every pixel is their id (so a stored image names its example)."""
     ids = np.asarray(ids, np.float32)
-    return {"x": jnp.asarray(np.broadcast_to(ids[:, None, None, None], (len(ids), 4, 4, 1))),
-            "y": jnp.asarray(labels, jnp.int32), "task": jnp.zeros(len(ids), jnp.int32)}
+    return {
+        "x": jnp.asarray(np.broadcast_to(ids[:, None, None, None], (len(ids), 4, 4, 1))),
+        "y": jnp.asarray(labels, jnp.int32),
+        "task": jnp.zeros(len(ids), jnp.int32),
+    }
 
 
 def fresh_state(model, algorithm, seed=0):
@@ -72,8 +75,13 @@ def test_memory_follows_the_greedy_balanced_rule(model):
     algo = fresh_state(model, algorithm).algo
     rng = np.random.default_rng(0)
     # Class-incremental arrivals (classes 0-1, then 2-3, then 4-6), unbalanced within each task.
-    labels = np.concatenate([rng.choice([0, 1], 30, p=[0.8, 0.2]), rng.choice([2, 3], 24, p=[0.3, 0.7]),
-                             rng.choice([4, 5, 6], 30, p=[0.6, 0.3, 0.1])])
+    labels = np.concatenate(
+        [
+            rng.choice([0, 1], 30, p=[0.8, 0.2]),
+            rng.choice([2, 3], 24, p=[0.3, 0.7]),
+            rng.choice([4, 5, 6], 30, p=[0.6, 0.3, 0.1]),
+        ]
+    )
     expected = reference_counts(labels, capacity)
     for step in range(len(labels) // batch):
         ids = np.arange(step * batch, (step + 1) * batch)
@@ -83,12 +91,18 @@ def test_memory_follows_the_greedy_balanced_rule(model):
         filled = counts.sum()
         stored_ids = np.asarray(algo.items["x"])[:filled, 0, 0, 0].astype(int) - 1
         stored_y = np.asarray(algo.items["y"])[:filled]
-        assert len(set(stored_ids)) == filled and (stored_ids >= 0).all() and stored_ids.max() <= ids[-1]
+        assert (
+            len(set(stored_ids)) == filled
+            and (stored_ids >= 0).all()
+            and stored_ids.max() <= ids[-1]
+        )
         np.testing.assert_array_equal(stored_y, labels[stored_ids])  # each image with its own label
         np.testing.assert_array_equal(np.bincount(stored_y, minlength=CLASSES), counts)
         if filled < capacity:  # filling: every example offered so far, in order
             np.testing.assert_array_equal(stored_ids, np.arange(filled))
-    assert counts[:7].max() - counts[:7].min() <= 1 and counts[7:].sum() == 0  # balanced over the 7 seen
+    assert (
+        counts[:7].max() - counts[:7].min() <= 1 and counts[7:].sum() == 0
+    )  # balanced over the 7 seen
 
 
 def test_a_slot_written_twice_in_a_batch_keeps_the_later_example(model):
@@ -104,7 +118,9 @@ def test_a_slot_written_twice_in_a_batch_keeps_the_later_example(model):
         assert sorted(np.asarray(after.items["x"])[:, 0, 0, 0].tolist()) in ([1, 4], [2, 4])
         assert np.asarray(after.counts)[[0, 1, 2]].tolist() == [0, 1, 1]
         # The scatter's order among duplicate indices is unspecified: the earlier write is dropped.
-        slots, _ = jax.jit(balanced_slots)(algo.items["y"], algo.counts, jnp.array([0, 2]), jax.random.PRNGKey(seed))
+        slots, _ = jax.jit(balanced_slots)(
+            algo.items["y"], algo.counts, jnp.array([0, 2]), jax.random.PRNGKey(seed)
+        )
         assert int(slots[0]) == 2 and 0 <= int(slots[1]) < 2
 
 
@@ -112,7 +128,8 @@ def test_the_evicted_example_is_uniform_over_the_largest_class():
     stored_y = jnp.array([0, 3, 0, 0, 3, 0, 0, 0])  # class 0: slots 0, 2, 3, 5, 6, 7
     counts = jnp.zeros(CLASSES, jnp.int32).at[0].set(6).at[3].set(2)
     slots = jax.jit(jax.vmap(lambda k: balanced_slots(stored_y, counts, jnp.array([3]), k)[0][0]))(
-        jax.random.split(jax.random.PRNGKey(0), 6000))
+        jax.random.split(jax.random.PRNGKey(0), 6000)
+    )
     observed = np.bincount(np.asarray(slots), minlength=8)
     assert observed[[1, 4]].sum() == 0 and observed.sum() == 6000
     assert stats.chisquare(observed[[0, 2, 3, 5, 6, 7]]).pvalue > 1e-4, observed
@@ -121,42 +138,62 @@ def test_the_evicted_example_is_uniform_over_the_largest_class():
 # ---------------- The retraining: SGD on the memory alone, against torch --------------------------
 
 
-
 def test_fit_matches_a_torch_sgd_loop(model):
     capacity, filled, size, lr = 16, 11, 4, 0.3  # 3 batches per epoch, the last of 3 examples
     algorithm = GDumb(capacity=capacity, num_classes=CLASSES, epochs=3, fit_lr=lr, batch_size=size)
     rng = np.random.default_rng(0)
-    items = {"x": jnp.asarray(rng.random((capacity, 4, 4, 1)), jnp.float32),
-             "y": jnp.asarray(rng.integers(0, CLASSES, capacity), jnp.int32)}
+    items = {
+        "x": jnp.asarray(rng.random((capacity, 4, 4, 1)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, CLASSES, capacity), jnp.int32),
+    }
     params, _ = model.init(jax.random.PRNGKey(1), items["x"][:1])
     key = jax.random.PRNGKey(2)
-    fitted, _ = jax.jit(lambda p: algorithm.fit(p, {}, items, jnp.int32(filled), key, model))(params)
+    fitted, _ = jax.jit(lambda p: algorithm.fit(p, {}, items, jnp.int32(filled), key, model))(
+        params
+    )
 
     orders = np.asarray(algorithm.memory_orders(jax.random.split(key)[0], filled))
-    assert orders.shape == (3, 16) and all(sorted(o[:filled]) == list(range(filled)) for o in orders)
+    assert orders.shape == (3, 16) and all(
+        sorted(o[:filled]) == list(range(filled)) for o in orders
+    )
     net = torch_mlp(params)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
-    x, y = torch.from_numpy(np.array(items["x"], np.float64)), torch.from_numpy(np.array(items["y"], np.int64))
+    x, y = (
+        torch.from_numpy(np.array(items["x"], np.float64)),
+        torch.from_numpy(np.array(items["y"], np.int64)),
+    )
     for order in orders:  # mammoth's fit_buffer loop: consecutive batches, the last one partial
         order = torch.from_numpy(order[:filled].astype(np.int64))
         for start in range(0, filled, size):
-            index = order[start:start + size]
+            index = order[start : start + size]
             opt.zero_grad()
             F.cross_entropy(net(x[index]), y[index]).backward()
             opt.step()
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     for i, linear in enumerate(linears):
-        np.testing.assert_allclose(fitted[f"Dense_{i}"]["kernel"], linear.weight.detach().numpy().T, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(fitted[f"Dense_{i}"]["bias"], linear.bias.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            fitted[f"Dense_{i}"]["kernel"], linear.weight.detach().numpy().T, rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            fitted[f"Dense_{i}"]["bias"], linear.bias.detach().numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_end_task_retrains_from_scratch_and_predict_uses_it(model):
     algorithm = GDumb(capacity=20, num_classes=CLASSES, epochs=30, fit_lr=0.5, batch_size=5)
     state = fresh_state(model, algorithm)
     labels = np.arange(20) % 4
-    pixels = np.eye(4, 16)[labels].reshape(20, 4, 4, 1) + 0.1 * np.random.default_rng(0).random((20, 4, 4, 1))
-    batch = {"x": jnp.asarray(pixels, jnp.float32), "y": jnp.asarray(labels), "task": jnp.zeros(20, jnp.int32)}
-    state = state._replace(algo=algorithm.update(state.algo, state, batch, {}, jax.random.PRNGKey(0)))
+    pixels = np.eye(4, 16)[labels].reshape(20, 4, 4, 1) + 0.1 * np.random.default_rng(0).random(
+        (20, 4, 4, 1)
+    )
+    batch = {
+        "x": jnp.asarray(pixels, jnp.float32),
+        "y": jnp.asarray(labels),
+        "task": jnp.zeros(20, jnp.int32),
+    }
+    state = state._replace(
+        algo=algorithm.update(state.algo, state, batch, {}, jax.random.PRNGKey(0))
+    )
     end_task = jax.jit(lambda s: algorithm.end_task(s, None, jax.random.PRNGKey(3), model))
     algo = end_task(state)
     # From scratch: the online parameters do not enter; the memory is untouched.
@@ -166,43 +203,61 @@ def test_end_task_retrains_from_scratch_and_predict_uses_it(model):
     assert not np.allclose(algo.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
     # predict classifies with the retrained model, which has learned the memory.
     logits = algorithm.predict(state.params, {}, algo, batch["x"], model)
-    chex.assert_trees_all_close(logits, model.apply(algo.params, {}, batch["x"], train=False)[0]["logits"])
+    chex.assert_trees_all_close(
+        logits, model.apply(algo.params, {}, batch["x"], train=False)[0]["logits"]
+    )
     assert (np.asarray(logits).argmax(1) == labels).all()
-    before = algorithm.predict(state.params, {}, state.algo, batch["x"], model)  # the initial network
+    before = algorithm.predict(
+        state.params, {}, state.algo, batch["x"], model
+    )  # the initial network
     assert (np.asarray(before).argmax(1) == labels).mean() < 0.9
 
 
 def test_fit_lr_may_be_traced(model):
     algorithm = GDumb(capacity=8, num_classes=CLASSES, epochs=2, batch_size=4)
     state = fresh_state(model, algorithm)
-    state = state._replace(algo=algorithm.update(state.algo, state, batch_of(np.arange(8), np.arange(8) % 3), {},
-                                                 jax.random.PRNGKey(0)))
+    state = state._replace(
+        algo=algorithm.update(
+            state.algo, state, batch_of(np.arange(8), np.arange(8) % 3), {}, jax.random.PRNGKey(0)
+        )
+    )
     key = jax.random.PRNGKey(1)
 
     def retrained(fit_lr):
-        return dataclasses.replace(algorithm, fit_lr=fit_lr).end_task(state, None, key, model).params
+        return (
+            dataclasses.replace(algorithm, fit_lr=fit_lr).end_task(state, None, key, model).params
+        )
 
     swept = jax.jit(jax.vmap(retrained))(jnp.array([0.01, 0.2]))
     for i, lr in enumerate((0.01, 0.2)):
-        concrete = dataclasses.replace(algorithm, fit_lr=lr).end_task(state, None, key, model).params
-        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], swept), concrete, rtol=1e-5, atol=1e-6)
+        concrete = (
+            dataclasses.replace(algorithm, fit_lr=lr).end_task(state, None, key, model).params
+        )
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], swept), concrete, rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"batch_size": 0}, {"batch_size": 9}, {"num_classes": 0}, {"epochs": -1}, {"fit_lr": 0.0}]
+    "kwargs",
+    [{"batch_size": 0}, {"batch_size": 9}, {"num_classes": 0}, {"epochs": -1}, {"fit_lr": 0.0}],
 )
 def test_invalid_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError, match="GDumb"):
         GDumb(**{"capacity": 8, "batch_size": 4, **kwargs})
     with pytest.raises(ValueError, match="unknown hyper-parameter.*lr"):
-        algorithms.make("gdumb", lr=0.1)  # the retraining's rate is fit_lr (config.sweep.lr is the optimizer's)
+        algorithms.make(
+            "gdumb", lr=0.1
+        )  # the retraining's rate is fit_lr (config.sweep.lr is the optimizer's)
 
 
 # ---------------- End to end -------------------------------------------------------------------
 
 
 def test_gdumb_keeps_every_task_on_split_mnist(tmp_path):
-    config = common.der_config("split", "gdumb", 0.03, capacity=100, epochs=20, fit_lr=0.05, batch_size=16)
+    config = common.der_config(
+        "split", "gdumb", 0.03, capacity=100, epochs=20, fit_lr=0.05, batch_size=16
+    )
     config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere
     config.data.train_per_task, config.data.test_per_task = 300, 100
     config.model.widths = (32,)

@@ -20,7 +20,10 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
 from scipy import optimize
+from small_streams import naive_result, small_split_config
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import GEM
@@ -32,9 +35,6 @@ from sequax.engine.models import from_linen, mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import task_arrays
-from small_streams import naive_result, small_split_config
-from torch_reference import torch_mlp
-from batches import random_batch
 
 CLASSES, LR, PER_TASK = 10, 0.1, 6
 
@@ -246,7 +246,6 @@ def state_with_tasks(algorithm, model, tasks):
         memory = jax.tree.map(lambda m, new, t=t: m.at[t].set(new), memory, task)
         valid = valid.at[t].set(True)
     return state._replace(algo=GEMState(memory, valid, jnp.asarray(len(tasks), jnp.int32)))
-
 
 
 def torch_order(tree, leading: int = 0):
@@ -561,8 +560,6 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 
 
 # ---------------- End to end -------------------------------------------------------------------
-
-
 
 
 def test_gem_beats_naive_on_split_mnist(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+
 from sequax.algorithms import HAT
 from sequax.algorithms.hat import EMBEDDINGS, annealed_s, attention_sparsity
 from sequax.engine import loop
@@ -18,7 +19,6 @@ from sequax.engine.build import ConfigError
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
-
 from tests.algorithms.small_streams import naive_result, small_split_config
 
 # Small values that switch every branch on: cosh's clamp (s e beyond ±2), the embedding clamp
@@ -33,23 +33,40 @@ def hat_state(hat, step: int, task_size: int):
     model = hat.wrap_model(mlp(4, widths=WIDTHS, init="torch"))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 1, (BATCH, 4, 4, 1)), jnp.float32)
-    batch = {"x": x, "y": jnp.asarray(rng.integers(2, 4, BATCH), jnp.int32), "task": jnp.ones(BATCH, jnp.int32)}
+    batch = {
+        "x": x,
+        "y": jnp.asarray(rng.integers(2, 4, BATCH), jnp.int32),
+        "task": jnp.ones(BATCH, jnp.int32),
+    }
     state = create_state(model, hat, optax.sgd(LR), batch, seed=0)
     # Embeddings spread over [-1.5, 1.5] so that gates, clamps and compensation all vary.
-    emb = {k: jnp.asarray(rng.uniform(-1.5, 1.5, e.shape), jnp.float32) for k, e in state.params[EMBEDDINGS].items()}
+    emb = {
+        k: jnp.asarray(rng.uniform(-1.5, 1.5, e.shape), jnp.float32)
+        for k, e in state.params[EMBEDDINGS].items()
+    }
     state = state._replace(params={**state.params, EMBEDDINGS: emb})
     state = state._replace(algo=hat.end_task(state, None, None, model))  # task 0 ends: its gates
     classes = jnp.zeros((2, 4), bool).at[1, 2:].set(True)
-    algo = state.algo._replace(classes=classes, task_start=jnp.int32(0), task_size=jnp.int32(task_size))
+    algo = state.algo._replace(
+        classes=classes, task_start=jnp.int32(0), task_size=jnp.int32(task_size)
+    )
     return model, batch, state._replace(task=jnp.int32(1), step=jnp.int32(step), algo=algo)
 
 
 def torch_hat_step(params, cumulative, batch, s, t=1):
     """One batch of joansj/hat `approaches/hat.py::train_epoch` on `networks/mlp_hat.py`
     (2 layers, no dropout), transcribed; the per-task head is the task's columns of one head."""
-    smax, lamb, thres_cosh, thres_emb, clipgrad = HP["s_max"], HP["c"], HP["thres_cosh"], HP["thres_emb"], HP["clipgrad"]
+    smax, lamb, thres_cosh, thres_emb, clipgrad = (
+        HP["s_max"],
+        HP["c"],
+        HP["thres_cosh"],
+        HP["thres_emb"],
+        HP["clipgrad"],
+    )
     f64 = lambda a: torch.tensor(np.asarray(a, np.float64))
-    fc1, fc2, last = (torch.nn.Linear(*np.shape(params[f"Dense_{i}"]["kernel"])).double() for i in range(3))
+    fc1, fc2, last = (
+        torch.nn.Linear(*np.shape(params[f"Dense_{i}"]["kernel"])).double() for i in range(3)
+    )
     efc1, efc2 = (torch.nn.Embedding(2, w).double() for w in WIDTHS)
     with torch.no_grad():
         for i, layer in enumerate((fc1, fc2, last)):
@@ -57,13 +74,27 @@ def torch_hat_step(params, cumulative, batch, s, t=1):
             layer.bias.copy_(f64(params[f"Dense_{i}"]["bias"]))
         efc1.weight.copy_(f64(params[EMBEDDINGS]["layer_0"]))
         efc2.weight.copy_(f64(params[EMBEDDINGS]["layer_1"]))
-    named = {"fc1.weight": fc1.weight, "fc1.bias": fc1.bias, "fc2.weight": fc2.weight, "fc2.bias": fc2.bias,
-             "efc1.weight": efc1.weight, "efc2.weight": efc2.weight, "last.weight": last.weight, "last.bias": last.bias}
+    named = {
+        "fc1.weight": fc1.weight,
+        "fc1.bias": fc1.bias,
+        "fc2.weight": fc2.weight,
+        "fc2.bias": fc2.bias,
+        "efc1.weight": efc1.weight,
+        "efc2.weight": efc2.weight,
+        "last.weight": last.weight,
+        "last.bias": last.bias,
+    }
     mask_pre = [f64(cumulative["layer_0"]).view(1, -1), f64(cumulative["layer_1"]).view(1, -1)]
-    mask_back = {"fc1.weight": 1 - mask_pre[0].view(-1, 1).expand_as(fc1.weight), "fc1.bias": 1 - mask_pre[0].view(-1),
-                 "fc2.weight": 1 - torch.min(mask_pre[1].view(-1, 1).expand_as(fc2.weight),
-                                             mask_pre[0].view(1, -1).expand_as(fc2.weight)),
-                 "fc2.bias": 1 - mask_pre[1].view(-1)}
+    mask_back = {
+        "fc1.weight": 1 - mask_pre[0].view(-1, 1).expand_as(fc1.weight),
+        "fc1.bias": 1 - mask_pre[0].view(-1),
+        "fc2.weight": 1
+        - torch.min(
+            mask_pre[1].view(-1, 1).expand_as(fc2.weight),
+            mask_pre[0].view(1, -1).expand_as(fc2.weight),
+        ),
+        "fc2.bias": 1 - mask_pre[1].view(-1),
+    }
     optimizer = torch.optim.SGD(list(named.values()), lr=LR)
     task = torch.LongTensor([t])
     images = f64(batch["x"]).reshape(BATCH, -1)
@@ -103,18 +134,28 @@ def test_step_matches_the_official_pytorch_code(step):
     hat = HAT(**HP)
     model, batch, state = hat_state(hat, step, task_size=5 * BATCH + 3)  # 5 full batches
     s = float(annealed_s(hat.s_max, state.step, state.algo.task_start, state.algo.task_size, BATCH))
-    expected, expected_loss = torch_hat_step(jax.tree.map(np.asarray, state.params), state.algo.cumulative, batch, s)
+    expected, expected_loss = torch_hat_step(
+        jax.tree.map(np.asarray, state.params), state.algo.cumulative, batch, s
+    )
     new, metrics = jax.jit(make_train_step(model, hat, optax.sgd(LR)))(state, batch)
     assert np.isclose(float(metrics["loss"]), expected_loss, atol=1e-5)
-    ours = {"fc1.weight": new.params["Dense_0"]["kernel"].T, "fc1.bias": new.params["Dense_0"]["bias"],
-            "fc2.weight": new.params["Dense_1"]["kernel"].T, "fc2.bias": new.params["Dense_1"]["bias"],
-            "efc1.weight": new.params[EMBEDDINGS]["layer_0"], "efc2.weight": new.params[EMBEDDINGS]["layer_1"],
-            "last.weight": new.params["Dense_2"]["kernel"].T, "last.bias": new.params["Dense_2"]["bias"]}
+    ours = {
+        "fc1.weight": new.params["Dense_0"]["kernel"].T,
+        "fc1.bias": new.params["Dense_0"]["bias"],
+        "fc2.weight": new.params["Dense_1"]["kernel"].T,
+        "fc2.bias": new.params["Dense_1"]["bias"],
+        "efc1.weight": new.params[EMBEDDINGS]["layer_0"],
+        "efc2.weight": new.params[EMBEDDINGS]["layer_1"],
+        "last.weight": new.params["Dense_2"]["kernel"].T,
+        "last.bias": new.params["Dense_2"]["bias"],
+    }
     for name, value in expected.items():
         np.testing.assert_allclose(np.asarray(ours[name]), value, atol=1e-5, err_msg=name)
     # The branches the small hyper-parameters were chosen to reach were reached.
     if step == 4:  # s = s_max: cosh's clamp is active for some units
-        assert np.any(np.abs(s * np.asarray(state.params[EMBEDDINGS]["layer_0"])) > HP["thres_cosh"])
+        assert np.any(
+            np.abs(s * np.asarray(state.params[EMBEDDINGS]["layer_0"])) > HP["thres_cosh"]
+        )
     assert np.any(np.abs(expected["efc1.weight"]) == HP["thres_emb"])
     # Units task 0 holds (cumulative gate near 1) barely move: conditioning is active.
     moved = np.abs(expected["fc1.bias"] - np.asarray(state.params["Dense_0"]["bias"]))
@@ -123,7 +164,10 @@ def test_step_matches_the_official_pytorch_code(step):
 
 
 def test_s_anneals_from_one_over_s_max_to_s_max_within_each_epoch():
-    s = [float(annealed_s(400.0, jnp.int32(10 + b), jnp.int32(10), jnp.int32(5 * 64 + 7), 64)) for b in range(11)]
+    s = [
+        float(annealed_s(400.0, jnp.int32(10 + b), jnp.int32(10), jnp.int32(5 * 64 + 7), 64))
+        for b in range(11)
+    ]
     np.testing.assert_allclose(s[0], 1 / 400, rtol=1e-6)  # batch 1 of every epoch
     np.testing.assert_allclose(s[4], 400.0, rtol=1e-6)  # batch B = 5
     np.testing.assert_allclose(s[2], 1 / 400 + (400 - 1 / 400) * 2 / 4, rtol=1e-6)
@@ -164,5 +208,8 @@ def test_near_zero_task_il_forgetting_on_split_mnist():
 def test_a_model_without_hidden_units_to_gate_is_refused_before_compiling():
     config = small_split_config("hat", num_tasks=5)
     config.model = config.model.__class__({"name": "resnet18", "nf": 4})
-    with tempfile.TemporaryDirectory() as workdir, pytest.raises(ConfigError, match="HAT gates the hidden units"):
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        pytest.raises(ConfigError, match="HAT gates the hidden units"),
+    ):
         loop.run(config, workdir, verbose=False)

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+
 from sequax.algorithms.kcl import (
     KCL,
     gaussian_kl,
@@ -28,7 +29,6 @@ from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.task_data import gather_batch, task_arrays
-
 from tests.algorithms.small_streams import small_split_config
 
 
@@ -38,10 +38,19 @@ def test_kernel_ridge_matches_a_float64_torch_solve_on_the_valid_rows():
     targets = np.eye(5)[rng.integers(0, 5, 12)]
     valid = np.arange(12) < 9  # three empty slots: masked out of the solve exactly
     ridge, gamma, beta = 0.3, 1.7, -0.2
-    ours = kernel_ridge_logits(jnp.asarray(phi_q, jnp.float32), jnp.asarray(phi_s, jnp.float32),
-                               jnp.asarray(targets, jnp.float32), jnp.asarray(valid), ridge, gamma, beta)
+    ours = kernel_ridge_logits(
+        jnp.asarray(phi_q, jnp.float32),
+        jnp.asarray(phi_s, jnp.float32),
+        jnp.asarray(targets, jnp.float32),
+        jnp.asarray(valid),
+        ridge,
+        gamma,
+        beta,
+    )
     s, q = torch.from_numpy(phi_s[valid]), torch.from_numpy(phi_q)
-    alpha = torch.linalg.solve(s @ s.T + ridge * torch.eye(9, dtype=torch.float64), torch.from_numpy(targets[valid]))
+    alpha = torch.linalg.solve(
+        s @ s.T + ridge * torch.eye(9, dtype=torch.float64), torch.from_numpy(targets[valid])
+    )
     reference = gamma * (q @ s.T) @ alpha + beta
     np.testing.assert_allclose(np.asarray(ours), reference.numpy(), atol=1e-5, rtol=1e-5)
 
@@ -52,13 +61,20 @@ def test_kl_and_features_match_torch():
     q = torch.distributions.Normal(torch.from_numpy(mu_q), torch.from_numpy(np.exp(0.5 * lv_q)))
     p = torch.distributions.Normal(torch.from_numpy(mu_p), torch.from_numpy(np.exp(0.5 * lv_p)))
     ours = gaussian_kl(*(jnp.asarray(a, jnp.float32) for a in (mu_q, lv_q, mu_p, lv_p)))
-    np.testing.assert_allclose(float(ours), torch.distributions.kl_divergence(q, p).sum().item(), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(ours), torch.distributions.kl_divergence(q, p).sum().item(), rtol=1e-5
+    )
     h, omega, b = rng.normal(size=(3, 4)), rng.normal(size=(16, 4)), rng.uniform(0, 2 * np.pi, 16)
     expected = np.sqrt(2 / 16) * np.cos(h @ omega.T + b)
-    np.testing.assert_allclose(np.asarray(random_features(*(jnp.asarray(a, jnp.float32) for a in (h, omega, b)))),
-                               expected, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(random_features(*(jnp.asarray(a, jnp.float32) for a in (h, omega, b)))),
+        expected,
+        atol=1e-5,
+    )
     # min-max over the valid rows only (the reference's `normalize` of the whole tensor)
-    scaled = minmax(jnp.asarray([[1.0, 3.0], [2.0, 5.0], [100.0, -100.0]]), jnp.asarray([True, True, False]))
+    scaled = minmax(
+        jnp.asarray([[1.0, 3.0], [2.0, 5.0], [100.0, -100.0]]), jnp.asarray([True, True, False])
+    )
     np.testing.assert_allclose(np.asarray(scaled), [[0, 0.5], [0.25, 1], [0, 0]])
 
 
@@ -67,32 +83,52 @@ def test_rbf_kernel_logits_match_the_reference_main_rbf_in_float64():
     valid coreset rows, against a float64 transcription; the loss has no KL term."""
     rng = np.random.default_rng(2)
     support, query = rng.uniform(size=(12, 6)), rng.uniform(size=(5, 6))
-    valid, targets, lam, gamma, beta = np.arange(12) < 10, np.eye(4)[rng.integers(0, 4, 12)], 0.2, 1.3, 0.1
+    valid, targets, lam, gamma, beta = (
+        np.arange(12) < 10,
+        np.eye(4)[rng.integers(0, 4, 12)],
+        0.2,
+        1.3,
+        0.1,
+    )
 
     def rbf_kernel(feature1, feature2):  # stable_sgd/utils.py, verbatim
         return torch.exp(-0.25 * torch.norm(feature1.unsqueeze(1) - feature2, dim=2, p=1))
 
     s, q = torch.from_numpy(support[valid]), torch.from_numpy(query)
-    alpha = torch.inverse(rbf_kernel(s, s) + lam * torch.eye(10, dtype=torch.float64)) @ torch.from_numpy(targets[valid])
+    alpha = torch.inverse(
+        rbf_kernel(s, s) + lam * torch.eye(10, dtype=torch.float64)
+    ) @ torch.from_numpy(targets[valid])
     reference = gamma * rbf_kernel(s, q).T @ alpha + beta
     mask = jnp.asarray(valid, jnp.float32)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     gram = l1_rbf_kernel(f32(support), f32(support)) * mask[:, None] * mask[None, :]
-    ours = gram_ridge_logits(gram, l1_rbf_kernel(f32(query), f32(support)) * mask[None, :], f32(targets) * mask[:, None],
-                             lam, gamma, beta)
+    ours = gram_ridge_logits(
+        gram,
+        l1_rbf_kernel(f32(query), f32(support)) * mask[None, :],
+        f32(targets) * mask[:, None],
+        lam,
+        gamma,
+        beta,
+    )
     np.testing.assert_allclose(np.asarray(ours), reference.numpy(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="kernel='linear' must be 'rff' or 'rbf'"):
         KCL(kernel="linear")
     # A compiled step with it trains the extractor (no KL: the bases are not drawn).
     algorithm = KCL(num_tasks=1, coreset_size=4, classes_per_task=2, num_features=8, kernel="rbf")
     model = model_for(algorithm, mlp(10, widths=(8,)))
-    data = task_arrays(rng.integers(0, 256, (16, 4, 4, 1), dtype=np.uint8), np.arange(16) % 2, np.zeros(16), 16)
+    data = task_arrays(
+        rng.integers(0, 256, (16, 4, 4, 1), dtype=np.uint8), np.arange(16) % 2, np.zeros(16), 16
+    )
     tx = optax.sgd(0.1)
     state = create_state(model, algorithm, tx, gather_batch(data, jnp.arange(4)), 0)
     state = state._replace(algo=algorithm.start_task(state, data, jax.random.PRNGKey(1), model))
-    new, metrics = jax.jit(make_train_step(model, algorithm, tx))(state, gather_batch(data, jnp.arange(4, 8)))
+    new, metrics = jax.jit(make_train_step(model, algorithm, tx))(
+        state, gather_batch(data, jnp.arange(4, 8))
+    )
     assert np.isfinite(float(metrics["loss"])) and float(metrics["kl"]) == 0.0
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params["backbone"], state.params["backbone"])
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.abs(a - b).max()), new.params["backbone"], state.params["backbone"]
+    )
     assert max(jax.tree.leaves(moved)) > 0
 
 
@@ -117,12 +153,18 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
 
     def task(t, n):  # classes {2t, 2t+1}, unbalanced: 3 examples of the rarer class at least
         y = np.where(np.arange(n) < 4, 2 * t, 2 * t + 1)
-        return task_arrays(rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8), rng.permutation(y),
-                           np.full(n, t), capacity=40)
+        return task_arrays(
+            rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8),
+            rng.permutation(y),
+            np.full(n, t),
+            capacity=40,
+        )
 
     tasks = [task(0, 40), task(1, 31)]
     tx = optax.sgd(0.1)
-    state = jax.jit(lambda b: create_state(model, algorithm, tx, b, 0))(gather_batch(tasks[0], jnp.arange(8)))
+    state = jax.jit(lambda b: create_state(model, algorithm, tx, b, 0))(
+        gather_batch(tasks[0], jnp.arange(8))
+    )
     start = jax.jit(lambda s, d, k: algorithm.start_task(s, d, k, model))
     step = jax.jit(make_train_step(model, algorithm, tx))
     state = state._replace(algo=start(state, tasks[0], jax.random.PRNGKey(1)))
@@ -143,11 +185,19 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
         state, _ = step(state, gather_batch(tasks[1], jnp.arange(i, i + 8)))
     after = jax.tree.map(np.array, state.algo)
     for field in ("x", "y", "valid"):
-        np.testing.assert_array_equal(getattr(after, field)[0], getattr(first, field)[0])  # task 0 untouched
+        np.testing.assert_array_equal(
+            getattr(after, field)[0], getattr(first, field)[0]
+        )  # task 0 untouched
     assert after.valid[1].all() and sorted(after.y[1]) == [2, 2, 2, 3, 3, 3]
     # Task-aware prediction: task 0's test images are classified among task 0's coreset labels.
-    logits = algorithm.predict(state.params, state.model_state, state.algo, gather_batch(tasks[0], jnp.arange(8))["x"],
-                               model, task=jnp.zeros((8,), jnp.int32))
+    logits = algorithm.predict(
+        state.params,
+        state.model_state,
+        state.algo,
+        gather_batch(tasks[0], jnp.arange(8))["x"],
+        model,
+        task=jnp.zeros((8,), jnp.int32),
+    )
     assert set(np.asarray(logits).argmax(-1).tolist()) <= {0, 1}
     # eval_ridge="latest" (the reference code's evaluation) classifies task 0's test set with
     # task 1's lambda, gamma, beta: equal to "own" once task 0's are set to task 1's.
@@ -157,10 +207,15 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
     latest = dataclasses.replace(algorithm, eval_ridge="latest")
     copied = {k: v.at[0].set(v[1]) for k, v in ridge.items()}
     as_latest = {**params, "kcl": {**params["kcl"], "ridge": copied}}
-    np.testing.assert_allclose(latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
-                               algorithm.predict(as_latest, state.model_state, state.algo, x0, model, task=t0), rtol=1e-6)
-    assert not np.allclose(algorithm.predict(params, state.model_state, state.algo, x0, model, task=t0),
-                           latest.predict(params, state.model_state, state.algo, x0, model, task=t0))
+    np.testing.assert_allclose(
+        latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
+        algorithm.predict(as_latest, state.model_state, state.algo, x0, model, task=t0),
+        rtol=1e-6,
+    )
+    assert not np.allclose(
+        algorithm.predict(params, state.model_state, state.algo, x0, model, task=t0),
+        latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
+    )
 
 
 def test_rejects_a_coreset_not_divisible_by_the_classes():
@@ -174,8 +229,13 @@ def test_split_mnist_task_il_beats_naive():
     """Split MNIST, 1,000 images per task: naive task-IL is near its ceiling here (96.5 %),
     KCL's per-task kernel classifiers reach 97.5 % with less forgetting (seed 0, CPU)."""
     results = {}
-    for name, kwargs in (("naive", {}), ("kcl", dict(num_tasks=5, coreset_size=40, classes_per_task=2,
-                                                      num_features=256, lr_decay=1.0))):
+    for name, kwargs in (
+        ("naive", {}),
+        (
+            "kcl",
+            dict(num_tasks=5, coreset_size=40, classes_per_task=2, num_features=256, lr_decay=1.0),
+        ),
+    ):
         config = small_split_config(name, **kwargs)
         config.data.train_per_task, config.data.test_per_task = 1000, 300
         if name == "kcl":  # the reference's SGD: lr 0.1, momentum 0.8

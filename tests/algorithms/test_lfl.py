@@ -17,6 +17,7 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
 
 from sequax import algorithms
 from sequax.algorithms import ER, LFL, Naive, combine
@@ -25,7 +26,6 @@ from sequax.engine import loop
 from sequax.engine.build import build_model, build_scenario
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
-from batches import random_batch
 
 BATCH, CLASSES = 6, 10
 

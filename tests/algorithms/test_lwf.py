@@ -18,6 +18,8 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
+from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import ER, LwF, combine
@@ -25,8 +27,6 @@ from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
-from torch_reference import torch_mlp
-from batches import random_batch
 
 BATCH, CLASSES = 6, 10
 
@@ -60,7 +60,6 @@ def state_in_task_one(algorithm, model):
 
 
 # ---------------- The PyTorch reference ------------------------------------------------------
-
 
 
 def smooth(probs, temp, dim):  # mammoth's

@@ -11,19 +11,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from small_streams import naive_result, small_permuted_config
+from torch_reference import torch_mlp
+
 from sequax.algorithms import MCSGD
 from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.task_data import task_arrays
-from small_streams import naive_result, small_permuted_config
-from torch_reference import torch_mlp
 
 ROWS = 8  # per_class 2 x num_classes 4 = line_batch: one batch per task's memory
 
 
 def algorithm(**kwargs):
-    return MCSGD(**{"num_tasks": 3, "per_class": 2, "num_classes": 4, "line_samples": 4, "line_batch": ROWS,
-                    "line_lr": 0.3, "line_momentum": 0.8, "init_position": 0.25, **kwargs})
+    return MCSGD(
+        **{
+            "num_tasks": 3,
+            "per_class": 2,
+            "num_classes": 4,
+            "line_samples": 4,
+            "line_batch": ROWS,
+            "line_lr": 0.3,
+            "line_momentum": 0.8,
+            "init_position": 0.25,
+            **kwargs,
+        }
+    )
 
 
 def problem():
@@ -31,8 +43,12 @@ def problem():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(4, ROWS, 5)), jnp.float32)
     params, _ = model.init(jax.random.PRNGKey(0), x[0])
-    previous = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    current = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    previous = jax.tree.map(
+        lambda p: p + 0.3 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
+    )
+    current = jax.tree.map(
+        lambda p: p + 0.3 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
+    )
     y = jnp.asarray(rng.integers(0, 4, (4, ROWS)), jnp.int32)
     return model, previous, current, x, y
 
@@ -47,7 +63,10 @@ def torch_line_grads(template, start, w, x, y, points):
             for p, s, v in zip(m.parameters(), start, w):
                 p.copy_(s + (v - s) * t)
         out = m(torch.tensor(np.asarray(x), dtype=torch.float64))
-        (torch.nn.functional.cross_entropy(out, torch.tensor(np.asarray(y), dtype=torch.long)) / len(y)).backward()
+        (
+            torch.nn.functional.cross_entropy(out, torch.tensor(np.asarray(y), dtype=torch.long))
+            / len(y)
+        ).backward()
         g = torch.cat([p.grad.reshape(-1) for p in m.parameters()])  # a copy
         grads = g if grads is None else grads + g
     return grads
@@ -55,7 +74,9 @@ def torch_line_grads(template, start, w, x, y, points):
 
 def torch_search(previous, current, batches, a):
     """`train_task_LMC_offline` on explicit batches: [(prev batch, curr batch or None), ...]."""
-    flat = lambda params: [p.detach().clone() for p in torch_mlp(jax.device_get(params)).parameters()]
+    flat = lambda params: [
+        p.detach().clone() for p in torch_mlp(jax.device_get(params)).parameters()
+    ]
     w_prev, w_curr = flat(previous), flat(current)
     net = torch_mlp(jax.device_get(previous))
     with torch.no_grad():
@@ -71,7 +92,7 @@ def torch_search(previous, current, batches, a):
             grads = grads + torch_line_grads(previous, w_curr, w, *curr, a.line_samples)
         offset = 0
         for p in net.parameters():
-            p.grad = grads[offset:offset + p.numel()].reshape(p.shape).clone()
+            p.grad = grads[offset : offset + p.numel()].reshape(p.shape).clone()
             offset += p.numel()
         optimizer.step()
     return [p.detach().numpy() for p in net.parameters()]
@@ -85,8 +106,11 @@ def search(a, model, previous, current, x, y, tasks, drawn=None):
     memory = {"x": x[:3], "y": y[:3]}
     valid = jnp.ones((3, ROWS), bool)
     drawn = {"x": x[3], "y": y[3]} if drawn is None else drawn
-    return jax.jit(lambda key: a.line_search(previous, current, {}, memory, valid, jnp.int32(tasks), drawn, key,
-                                             model))(jax.random.PRNGKey(1))
+    return jax.jit(
+        lambda key: a.line_search(
+            previous, current, {}, memory, valid, jnp.int32(tasks), drawn, key, model
+        )
+    )(jax.random.PRNGKey(1))
 
 
 def test_one_line_search_step_matches_the_reference_code():
@@ -94,7 +118,9 @@ def test_one_line_search_step_matches_the_reference_code():
     model, previous, current, x, y = problem()
     ours = ours_as_list(search(a, model, previous, current, x, y, tasks=1))
     reference = torch_search(previous, current, [((x[0], y[0]), (x[3], y[3]))], a)
-    start = ours_as_list(jax.tree.map(lambda p, c: p + a.init_position * (c - p), previous, current))
+    start = ours_as_list(
+        jax.tree.map(lambda p, c: p + a.init_position * (c - p), previous, current)
+    )
     assert max(np.abs(o - s).max() for o, s in zip(ours, start)) > 1e-2  # the step moved w
     for o, r in zip(ours, reference):
         np.testing.assert_allclose(o, r, atol=1e-5)
@@ -103,7 +129,9 @@ def test_one_line_search_step_matches_the_reference_code():
 def test_plain_sum_of_points_without_cumulative_gradients_differs():
     model, previous, current, x, y = problem()
     cumulative = ours_as_list(search(algorithm(), model, previous, current, x, y, tasks=1))
-    plain = ours_as_list(search(algorithm(cumulative_grads=False), model, previous, current, x, y, tasks=1))
+    plain = ours_as_list(
+        search(algorithm(cumulative_grads=False), model, previous, current, x, y, tasks=1)
+    )
     assert max(np.abs(c - p).max() for c, p in zip(cumulative, plain)) > 1e-3
 
 
@@ -115,8 +143,12 @@ def test_two_steps_with_momentum_match_the_reference_in_the_drawn_order():
     ours = ours_as_list(search(a, model, previous, current, x, y, tasks=2))
     errors = []
     for first, second in ((0, 1), (1, 0)):
-        reference = torch_search(previous, current, [((x[first], y[first]), (x[3], y[3])),
-                                                     ((x[second], y[second]), None)], a)
+        reference = torch_search(
+            previous,
+            current,
+            [((x[first], y[first]), (x[3], y[3])), ((x[second], y[second]), None)],
+            a,
+        )
         errors.append(max(np.abs(o - r).max() for o, r in zip(ours, reference)))
     assert min(errors) < 1e-5 and max(errors) > 1e-4, errors
 
@@ -128,7 +160,9 @@ def test_a_longer_current_task_sample_goes_on_alone_after_the_memory_batches():
     model, previous, current, x, y = problem()
     drawn = {"x": jnp.concatenate([x[3], x[2]]), "y": jnp.concatenate([y[3], y[2]])}
     ours = ours_as_list(search(a, model, previous, current, x, y, tasks=1, drawn=drawn))
-    reference = torch_search(previous, current, [((x[0], y[0]), (x[3], y[3])), (None, (x[2], y[2]))], a)
+    reference = torch_search(
+        previous, current, [((x[0], y[0]), (x[3], y[3])), (None, (x[2], y[2]))], a
+    )
     for o, r in zip(ours, reference):
         np.testing.assert_allclose(o, r, atol=1e-5)
 
@@ -154,13 +188,17 @@ def test_end_task_stores_a_class_balanced_memory_and_starts_from_the_task_soluti
     assert int(new.stored) == 1 and not np.asarray(new.valid[1:]).any()
     jax.tree.map(np.testing.assert_array_equal, new.solution, state.params)  # w̄_0 = ŵ_0
     logits = a.predict(params, {}, new, jnp.ones((2, 4)), model)  # classifies with w̄, not params
-    np.testing.assert_allclose(logits, model.apply(state.params, {}, jnp.ones((2, 4)), train=False)[0]["logits"])
+    np.testing.assert_allclose(
+        logits, model.apply(state.params, {}, jnp.ones((2, 4)), train=False)[0]["logits"]
+    )
 
 
 def test_continual_solution_learns_the_new_task_and_keeps_the_old_one_better_than_naive():
     """Two permuted tasks: w̄_1 learns task 1 (from 12 % before it) and keeps task 0 better
     than naive's sequential solution (87.7 % against 80.1 % when written)."""
-    config = small_permuted_config("mc_sgd", num_tasks=2, decay=1.0, line_lr=0.003, init_position=0.5)
+    config = small_permuted_config(
+        "mc_sgd", num_tasks=2, decay=1.0, line_lr=0.003, init_position=0.5
+    )
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
     naive = naive_result("permuted")
@@ -168,7 +206,9 @@ def test_continual_solution_learns_the_new_task_and_keeps_the_old_one_better_tha
     assert result.class_il[1, 0] >= naive.class_il[1, 0] + 0.03, (result.class_il, naive.class_il)
 
 
-@pytest.mark.parametrize("bad", [dict(line_batch=0), dict(line_momentum=1.0), dict(decay=0.0), dict(current_samples=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(line_batch=0), dict(line_momentum=1.0), dict(decay=0.0), dict(current_samples=0)]
+)
 def test_rejects_bad_hyperparameters(bad):
     with pytest.raises(ValueError):
         algorithm(**bad)

@@ -17,6 +17,8 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
+from small_streams import naive_result, small_permuted_config
 
 from sequax import algorithms
 from sequax.algorithms import ER, RWalk, combine
@@ -26,8 +28,6 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
-from small_streams import naive_result, small_permuted_config
-from batches import random_batch
 
 CLASSES, LR, MOMENTUM = 10, 0.1, 0.9
 
@@ -59,12 +59,22 @@ class ReferenceRWalk:
     def __init__(self, params, lam, alpha, epsilon):
         self.net = []
         for name in ("Dense_0", "Dense_1"):  # torch's weight is the flax kernel transposed
-            self.net.append(torch.tensor(np.asarray(params[name]["kernel"], np.float64).T, requires_grad=True))
-            self.net.append(torch.tensor(np.asarray(params[name]["bias"], np.float64), requires_grad=True))
+            self.net.append(
+                torch.tensor(np.asarray(params[name]["kernel"], np.float64).T, requires_grad=True)
+            )
+            self.net.append(
+                torch.tensor(np.asarray(params[name]["bias"], np.float64), requires_grad=True)
+            )
         self.lam, self.alpha, self.epsilon = lam, alpha, epsilon
         zeros = lambda: [torch.zeros_like(p) for p in self.net]
         self.anchor = [p.detach().clone() for p in self.net]
-        self.importance, self.fisher, self.path, self.score, self.tasks = zeros(), zeros(), zeros(), zeros(), 0
+        self.importance, self.fisher, self.path, self.score, self.tasks = (
+            zeros(),
+            zeros(),
+            zeros(),
+            zeros(),
+            0,
+        )
         self.momentum = zeros()
 
     def observe(self, batch):
@@ -73,11 +83,17 @@ class ReferenceRWalk:
         logits = torch.relu(x @ w0.T + b0) @ w1.T + b1
         ce = F.cross_entropy(logits, torch.from_numpy(np.asarray(batch["y"], np.int64)))
         vanilla = torch.autograd.grad(ce, self.net, retain_graph=True)
-        penalty = sum((o * (p - a) ** 2).sum() for o, p, a in zip(self.importance, self.net, self.anchor))
+        penalty = sum(
+            (o * (p - a) ** 2).sum() for o, p, a in zip(self.importance, self.net, self.anchor)
+        )
         grads = torch.autograd.grad(ce + self.lam * penalty, self.net)
         with torch.no_grad():
-            for p, g, m, f, s, v in zip(self.net, grads, self.momentum, self.fisher, self.path, vanilla):
-                m.copy_(MOMENTUM * m + g)  # torch.optim.SGD(momentum=MOMENTUM), as optax.sgd's trace
+            for p, g, m, f, s, v in zip(
+                self.net, grads, self.momentum, self.fisher, self.path, vanilla
+            ):
+                m.copy_(
+                    MOMENTUM * m + g
+                )  # torch.optim.SGD(momentum=MOMENTUM), as optax.sgd's trace
                 delta = -LR * m
                 p += delta
                 f.copy_(self.alpha * v**2 + (1 - self.alpha) * f)
@@ -98,13 +114,17 @@ class ReferenceRWalk:
 
 
 def test_two_tasks_match_the_reference(model):
-    rwalk, tx = RWalk(lam=0.8, alpha=0.6, epsilon=1e-2), optax.sgd(LR, momentum=MOMENTUM)  # Δθ ≠ -lr g
+    rwalk, tx = (
+        RWalk(lam=0.8, alpha=0.6, epsilon=1e-2),
+        optax.sgd(LR, momentum=MOMENTUM),
+    )  # Δθ ≠ -lr g
     state = create_state(model, rwalk, tx, batch_of(0), seed=0)
     reference = ReferenceRWalk(state.params, rwalk.lam, rwalk.alpha, rwalk.epsilon)
     step = jax.jit(make_train_step(model, rwalk, tx))
     end_task = jax.jit(lambda s: rwalk.end_task(s, None, jax.random.PRNGKey(0), model))
     close = lambda tree, tensors, atol=1e-6: chex.assert_trees_all_close(
-        jax.tree.map(np.asarray, tree), as_tree(tensors), rtol=1e-5, atol=atol)
+        jax.tree.map(np.asarray, tree), as_tree(tensors), rtol=1e-5, atol=atol
+    )
     negative = False
     for task in range(3):
         for i in range(5):
@@ -148,7 +168,9 @@ def test_end_task_rules(model):
             leaves = jax.tree.leaves(part)
             assert min(float(jnp.min(x)) for x in leaves) == 0.0
             np.testing.assert_allclose(max(float(jnp.max(x)) for x in leaves), 1.0, rtol=1e-6)
-        chex.assert_trees_all_close(algo.penalty.importance, jax.tree.map(jnp.add, *normalised), rtol=1e-6)
+        chex.assert_trees_all_close(
+            algo.penalty.importance, jax.tree.map(jnp.add, *normalised), rtol=1e-6
+        )
         assert int(algo.tasks) == t + 1
 
 
@@ -159,9 +181,13 @@ def test_penalty_has_no_half_and_is_zero_on_the_first_task(model):
     assert float(rwalk.penalty(theta, state, None, None, model)[0]) == 0.0
     importance, anchor = random_like(state.params, 5, positive=True), random_like(state.params, 6)
     state = state._replace(algo=state.algo._replace(penalty=QuadraticState(importance, anchor)))
-    expected = 2.5 * sum(float(jnp.sum(o * (t - a) ** 2)) for o, t, a in zip(
-        *map(jax.tree.leaves, (importance, theta, anchor))))
-    np.testing.assert_allclose(float(rwalk.penalty(theta, state, None, None, model)[0]), expected, rtol=1e-5)
+    expected = 2.5 * sum(
+        float(jnp.sum(o * (t - a) ** 2))
+        for o, t, a in zip(*map(jax.tree.leaves, (importance, theta, anchor)))
+    )
+    np.testing.assert_allclose(
+        float(rwalk.penalty(theta, state, None, None, model)[0]), expected, rtol=1e-5
+    )
 
 
 def test_combined_with_er_the_fisher_sees_er_loss_only(model):
@@ -169,19 +195,27 @@ def test_combined_with_er_the_fisher_sees_er_loss_only(model):
     er, rwalk = ER(capacity=8, replay_batch=4), RWalk(lam=3.0, alpha=0.7)
     both = combine(er, rwalk)
     state = create_state(model, both, optax.sgd(LR), batch_of(0), seed=0)
-    penalty = QuadraticState(random_like(state.params, 7, positive=True),
-                             jax.tree.map(lambda p: p + 0.05, state.params))
-    algo = {"er": er.update(state.algo["er"], state, batch_of(1, 8), {}, jax.random.PRNGKey(1)),
-            "rwalk": state.algo["rwalk"]._replace(penalty=penalty)}
+    penalty = QuadraticState(
+        random_like(state.params, 7, positive=True), jax.tree.map(lambda p: p + 0.05, state.params)
+    )
+    algo = {
+        "er": er.update(state.algo["er"], state, batch_of(1, 8), {}, jax.random.PRNGKey(1)),
+        "rwalk": state.algo["rwalk"]._replace(penalty=penalty),
+    }
     state = state._replace(algo=algo)
     batch = batch_of(2)
-    er_grads = jax.jit(jax.grad(lambda p, s: er.loss(p, s, batch, jax.random.PRNGKey(0), model)[0]))(
-        state.params, state._replace(algo=algo["er"]))
+    er_grads = jax.jit(
+        jax.grad(lambda p, s: er.loss(p, s, batch, jax.random.PRNGKey(0), model)[0])
+    )(state.params, state._replace(algo=algo["er"]))
     new_state, metrics = jax.jit(make_train_step(model, both, optax.sgd(LR)))(state, batch)
     assert float(metrics["rwalk/penalty"]) > 0  # the penalty was in the step's gradient...
     # ...but not in the Fisher: F = alpha * g_ER^2 from F = 0.
-    chex.assert_trees_all_close(new_state.algo["rwalk"].fisher, jax.tree.map(lambda g: 0.7 * g**2, er_grads),
-                                rtol=1e-4, atol=1e-9)
+    chex.assert_trees_all_close(
+        new_state.algo["rwalk"].fisher,
+        jax.tree.map(lambda g: 0.7 * g**2, er_grads),
+        rtol=1e-4,
+        atol=1e-9,
+    )
 
 
 def test_hyperparameters_may_be_traced(model):
@@ -196,26 +230,46 @@ def test_hyperparameters_may_be_traced(model):
         s, metrics = step(s, batch_of(2))
         return s.algo, metrics["loss"]
 
-    traced = jax.jit(jax.vmap(run))(jnp.array([0.5, 2.0]), jnp.array([0.9, 0.2]), jnp.array([1e-3, 1e-1]))
+    traced = jax.jit(jax.vmap(run))(
+        jnp.array([0.5, 2.0]), jnp.array([0.9, 0.2]), jnp.array([1e-3, 1e-1])
+    )
     for i, values in enumerate([(0.5, 0.9, 1e-3), (2.0, 0.2, 1e-1)]):
-        concrete = jax.jit(run, static_argnums=(0, 1, 2))(*values)  # Python floats, as a plain run has
-        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], traced), concrete, rtol=1e-5, atol=1e-7)
+        concrete = jax.jit(run, static_argnums=(0, 1, 2))(
+            *values
+        )  # Python floats, as a plain run has
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], traced), concrete, rtol=1e-5, atol=1e-7
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [({"lam": -1.0}, "lam="), ({"alpha": 0.0}, "alpha="),
-                                           ({"alpha": 1.5}, "alpha="), ({"epsilon": 0.0}, "epsilon=")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lam": -1.0}, "lam="),
+        ({"alpha": 0.0}, "alpha="),
+        ({"alpha": 1.5}, "alpha="),
+        ({"epsilon": 0.0}, "epsilon="),
+    ],
+)
 def test_invalid_hyperparameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RWalk(**kwargs)
     assert algorithms.make("rwalk", lam=0.5) == RWalk(lam=0.5)
 
 
-
-
 def test_rwalk_keeps_task_zero_better_than_naive(tmp_path):
     naive = naive_result("permuted")
     rwalk = loop.run(small_permuted_config("rwalk", lam=1.0), tmp_path / "rwalk", verbose=False)
-    (naive_first, naive_second), (rwalk_first, rwalk_second) = naive.class_il[-1], rwalk.class_il[-1]
+    (naive_first, naive_second), (rwalk_first, rwalk_second) = (
+        naive.class_il[-1],
+        rwalk.class_il[-1],
+    )
     assert abs(rwalk.class_il[0, 0] - naive.class_il[0, 0]) < 1e-6  # no penalty on task 0: same run
-    assert rwalk_first > naive_first + 0.04, (rwalk_first, naive_first)  # less forgetting of task 0...
-    assert rwalk_second > naive_second - 0.04, (rwalk_second, naive_second)  # ...and task 1 still learned
+    assert rwalk_first > naive_first + 0.04, (
+        rwalk_first,
+        naive_first,
+    )  # less forgetting of task 0...
+    assert rwalk_second > naive_second - 0.04, (
+        rwalk_second,
+        naive_second,
+    )  # ...and task 1 still learned

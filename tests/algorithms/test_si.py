@@ -16,6 +16,8 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch
+from small_streams import naive_result, small_permuted_config
 
 from sequax import algorithms
 from sequax.algorithms import ER, SI, combine
@@ -24,8 +26,6 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
-from small_streams import naive_result, small_permuted_config
-from batches import random_batch
 
 CLASSES, LR = 10, 0.1
 
@@ -44,7 +44,9 @@ def initial_state(model, algorithm, tx=None, scale: float = 3.0):
     tx = tx or optax.sgd(LR)
     state = create_state(model, algorithm, tx, batch_of(0), seed=0)
     params = jax.tree.map(lambda p: scale * p + 0.1, state.params)
-    return state._replace(params=params, opt_state=tx.init(params), algo=algorithm.init(params, {}, None, None))
+    return state._replace(
+        params=params, opt_state=tx.init(params), algo=algorithm.init(params, {}, None, None)
+    )
 
 
 def random_like(tree, seed, positive=False):
@@ -60,7 +62,9 @@ def torch_params(params):
     """[w0, b0, w1, b1] as float64 leaf tensors (torch's weight is the flax kernel transposed)."""
     out = []
     for name in ("Dense_0", "Dense_1"):
-        out.append(torch.tensor(np.asarray(params[name]["kernel"], np.float64).T, requires_grad=True))
+        out.append(
+            torch.tensor(np.asarray(params[name]["kernel"], np.float64).T, requires_grad=True)
+        )
         out.append(torch.tensor(np.asarray(params[name]["bias"], np.float64), requires_grad=True))
     return out
 
@@ -91,8 +95,14 @@ class MammothSI:
         outputs = self.forward(torch.from_numpy(np.asarray(batch["x"], np.float64)))
         penalty = 0.0
         if self.big_omega is not None:
-            penalty = sum((o * (p - c) ** 2).sum() for o, p, c in zip(self.big_omega, self.net, self.checkpoint))
-        loss = F.cross_entropy(outputs, torch.from_numpy(np.asarray(batch["y"], np.int64))) + self.c * penalty
+            penalty = sum(
+                (o * (p - c) ** 2).sum()
+                for o, p, c in zip(self.big_omega, self.net, self.checkpoint)
+            )
+        loss = (
+            F.cross_entropy(outputs, torch.from_numpy(np.asarray(batch["y"], np.int64)))
+            + self.c * penalty
+        )
         loss.backward()
         self.clipped += sum(int((p.grad.abs() > self.clip).sum()) for p in self.net)
         torch.nn.utils.clip_grad_value_(self.net, self.clip)
@@ -113,7 +123,9 @@ class MammothSI:
 
 
 def assert_close_to(tree, tensors, rtol=1e-5, atol=1e-6):
-    chex.assert_trees_all_close(jax.tree.map(np.asarray, tree), as_tree(tensors), rtol=rtol, atol=atol)
+    chex.assert_trees_all_close(
+        jax.tree.map(np.asarray, tree), as_tree(tensors), rtol=rtol, atol=atol
+    )
 
 
 @pytest.mark.parametrize("clip", [1.0, float("inf")])
@@ -145,8 +157,13 @@ def test_path_integral_is_minus_gradient_times_displacement_under_momentum(model
     si = SI(c=2.0, xi=0.5, clip=float("inf"))
     tx = optax.sgd(LR, momentum=0.9)
     state = initial_state(model, si, tx, scale=1.0)
-    state = state._replace(algo=state.algo._replace(penalty=QuadraticState(
-        random_like(state.params, 1, positive=True), random_like(state.params, 2))))
+    state = state._replace(
+        algo=state.algo._replace(
+            penalty=QuadraticState(
+                random_like(state.params, 1, positive=True), random_like(state.params, 2)
+            )
+        )
+    )
     step = jax.jit(make_train_step(model, si, tx))
     grad = jax.jit(jax.grad(lambda p, s, b: si.loss(p, s, b, jax.random.PRNGKey(0), model)[0]))
     expected = jax.tree.map(jnp.zeros_like, state.params)
@@ -169,19 +186,23 @@ def test_penalty_has_no_half_and_is_zero_on_the_first_task(model):
     importance, anchor = random_like(state.params, 4, positive=True), random_like(state.params, 5)
     state = state._replace(algo=state.algo._replace(penalty=QuadraticState(importance, anchor)))
     value = si.penalty(theta, state, None, None, model)[0]
-    expected = 3.0 * sum(float(jnp.sum(o * (t - a) ** 2)) for o, t, a in zip(
-        *map(jax.tree.leaves, (importance, theta, anchor))))
+    expected = 3.0 * sum(
+        float(jnp.sum(o * (t - a) ** 2))
+        for o, t, a in zip(*map(jax.tree.leaves, (importance, theta, anchor)))
+    )
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
     grads = jax.grad(lambda p: si.penalty(p, state, None, None, model)[0])(theta)
-    chex.assert_trees_all_close(grads, jax.tree.map(lambda o, t, a: 6.0 * o * (t - a), importance, theta, anchor),
-                                rtol=1e-5)
+    chex.assert_trees_all_close(
+        grads, jax.tree.map(lambda o, t, a: 6.0 * o * (t - a), importance, theta, anchor), rtol=1e-5
+    )
 
 
 def test_loss_gradient_is_clipped_entrywise_and_its_value_is_not(model):
     state = initial_state(model, SI(), scale=3.0)
     batch, rng = batch_of(7), jax.random.PRNGKey(0)
     loss = lambda clip: jax.value_and_grad(
-        lambda p: SI(c=1.0, clip=clip).loss(p, state, batch, rng, model)[0])(state.params)
+        lambda p: SI(c=1.0, clip=clip).loss(p, state, batch, rng, model)[0]
+    )(state.params)
     free_value, free = loss(float("inf"))
     value, clipped = loss(0.05)
     assert float(value) == float(free_value)
@@ -193,13 +214,17 @@ def test_end_task_accumulates_importance_and_moves_the_anchor(model):
     si = SI(xi=0.25)
     state = initial_state(model, si, scale=1.0)
     start = state.params
-    omegas, ends = [random_like(start, 10, positive=True), random_like(start, 11)], [random_like(start, 12),
-                                                                                      random_like(start, 13)]
+    omegas, ends = (
+        [random_like(start, 10, positive=True), random_like(start, 11)],
+        [random_like(start, 12), random_like(start, 13)],
+    )
     expected = jax.tree.map(jnp.zeros_like, start)
     for omega, end in zip(omegas, ends):
         algo = state.algo._replace(path=omega)
         algo = si.end_task(state._replace(params=end, algo=algo), None, None, model)
-        expected = jax.tree.map(lambda big, w, e, s: big + w / ((e - s) ** 2 + 0.25), expected, omega, end, start)
+        expected = jax.tree.map(
+            lambda big, w, e, s: big + w / ((e - s) ** 2 + 0.25), expected, omega, end, start
+        )
         chex.assert_trees_all_close(algo.penalty.importance, expected, rtol=1e-6)
         chex.assert_trees_all_equal(algo.penalty.anchor, end)
         chex.assert_trees_all_equal(algo.path, jax.tree.map(jnp.zeros_like, start))
@@ -215,7 +240,9 @@ def test_combined_with_er_uses_the_combined_gradient(model):
         state, metrics = step(state, batch_of(i))
     assert "si/penalty" in metrics
     rng = jax.random.PRNGKey(0)  # no dropout: the loss does not depend on it
-    grads = jax.jit(jax.grad(lambda p, s: both.loss(p, s, batch_of(2), rng, model)[0]))(old.params, old)
+    grads = jax.jit(jax.grad(lambda p, s: both.loss(p, s, batch_of(2), rng, model)[0]))(
+        old.params, old
+    )
     delta = jax.tree.map(jnp.subtract, state.params, old.params)
     expected = jax.tree.map(lambda w, g, d: w - g * d, old.algo["si"].path, grads, delta)
     chex.assert_trees_all_close(state.algo["si"].path, expected, rtol=1e-4, atol=1e-9)
@@ -234,13 +261,21 @@ def test_hyperparameters_may_be_traced(model):
         s, metrics = step(s, batch)
         return s.algo, metrics["loss"]
 
-    traced = jax.jit(jax.vmap(run))(jnp.array([0.5, 2.0]), jnp.array([0.9, 0.1]), jnp.array([1.0, 0.01]))
+    traced = jax.jit(jax.vmap(run))(
+        jnp.array([0.5, 2.0]), jnp.array([0.9, 0.1]), jnp.array([1.0, 0.01])
+    )
     for i, (c, xi, clip) in enumerate([(0.5, 0.9, 1.0), (2.0, 0.1, 0.01)]):
-        concrete = jax.jit(run, static_argnums=(0, 1, 2))(c, xi, clip)  # Python floats, as a plain run has
-        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], traced), concrete, rtol=1e-5, atol=1e-8)
+        concrete = jax.jit(run, static_argnums=(0, 1, 2))(
+            c, xi, clip
+        )  # Python floats, as a plain run has
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a, i=i: a[i], traced), concrete, rtol=1e-5, atol=1e-8
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [({"c": -1.0}, "c="), ({"xi": 0.0}, "xi="), ({"clip": 0.0}, "clip=")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"c": -1.0}, "c="), ({"xi": 0.0}, "xi="), ({"clip": 0.0}, "clip=")]
+)
 def test_invalid_hyperparameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SI(**kwargs)
@@ -248,8 +283,6 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 
 
 # ---------------- End to end ---------------------------------------------------------------------
-
-
 
 
 def test_si_keeps_task_zero_better_than_naive(tmp_path):

@@ -11,6 +11,9 @@ import numpy as np
 import optax
 import pytest
 import torch
+from small_streams import naive_result, small_permuted_config
+from torch_reference import torch_mlp
+
 from sequax.algorithms import StableSGD
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.protocol import optimizer_for
@@ -18,16 +21,17 @@ from sequax.engine import loop
 from sequax.engine.models import mlp
 from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
-from small_streams import naive_result, small_permuted_config
-from torch_reference import torch_mlp
 
 LR, DECAY = 0.1, 0.5
 
 
 def batch(seed: int):
     rng = np.random.default_rng(seed)
-    return {"x": jnp.asarray(rng.uniform(size=(8, 6)), jnp.float32), "y": jnp.asarray(rng.integers(0, 3, 8)),
-            "task": jnp.zeros(8, jnp.int32)}
+    return {
+        "x": jnp.asarray(rng.uniform(size=(8, 6)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, 3, 8)),
+        "task": jnp.zeros(8, jnp.int32),
+    }
 
 
 def setup(algorithm, momentum=None):
@@ -48,12 +52,18 @@ def test_update_is_lr_decay_power_task_times_gradient_one_compile(offset):
     algorithm = StableSGD(decay=DECAY, offset=offset, min_factor=1e-3)
     model, _, step, state, traces = setup(algorithm)
     b = batch(1)
-    grads = jax.grad(lambda p: cross_entropy(model.apply(p, {}, b["x"], train=True)[0]["logits"], b["y"]))(state.params)
+    grads = jax.grad(
+        lambda p: cross_entropy(model.apply(p, {}, b["x"], train=True)[0]["logits"], b["y"])
+    )(state.params)
     for task in (0, 1, 3, 12):  # 12: 0.5**12 < 1e-3, the floor
         new, metrics = step(state._replace(task=jnp.int32(task)), b)
         factor = max(DECAY ** (task + offset), 1e-3)
         expected = jax.tree.map(lambda p, g: p - LR * factor * g, state.params, grads)
-        jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7), new.params, expected)
+        jax.tree.map(
+            lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+            new.params,
+            expected,
+        )
         assert float(metrics["lr_factor"]) == pytest.approx(factor, rel=1e-6)
     assert len(traces) == 1  # the task is a traced value: one compile serves every task
 
@@ -65,14 +75,18 @@ def test_matches_torch_sgd_with_momentum_at_the_decayed_rate():
     _, tx, step, state, _ = setup(algorithm, momentum=0.8)
     net = torch_mlp(jax.device_get(state.params))
     for task in (1, 2):
-        state = state._replace(task=jnp.int32(task), opt_state=optimizer_for(algorithm, tx).init(state.params))  # reset
+        state = state._replace(
+            task=jnp.int32(task), opt_state=optimizer_for(algorithm, tx).init(state.params)
+        )  # reset
         optimizer = torch.optim.SGD(net.parameters(), lr=LR * DECAY ** (task + 1), momentum=0.8)
         for s in range(2):
             b = batch(10 * task + s)
             state, _ = step(state, b)
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(net(torch.tensor(np.asarray(b["x"]), dtype=torch.float64)),
-                                              torch.tensor(np.asarray(b["y"]), dtype=torch.long)).backward()
+            torch.nn.functional.cross_entropy(
+                net(torch.tensor(np.asarray(b["x"]), dtype=torch.float64)),
+                torch.tensor(np.asarray(b["y"]), dtype=torch.long),
+            ).backward()
             optimizer.step()
     theirs = torch_mlp(jax.device_get(state.params))
     for ours, ref in zip(theirs.parameters(), net.parameters()):

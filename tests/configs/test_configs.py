@@ -57,7 +57,12 @@ IMAGE_SOURCES = ("cifar10", "cifar100", "tiny_imagenet")
 
 @needs_shared_mnist
 @pytest.mark.parametrize(
-    "name", [n for n in CONFIG_NAMES if n != "quickstart" and load(n).get_config().data.source not in IMAGE_SOURCES]
+    "name",
+    [
+        n
+        for n in CONFIG_NAMES
+        if n != "quickstart" and load(n).get_config().data.source not in IMAGE_SOURCES
+    ],
 )
 def test_local_scenario_builds(name):
     scenario = build_scenario(load(name).get_config("local").data)

@@ -19,10 +19,27 @@ from sequax.engine.build import build_algorithm, build_model, build_optimizer, b
 
 # config -> (writer, tasks, classes per task, image shape, algorithm)
 CONFIGS = {
-    "scifar10_er": (lambda root: write_cifar10(root, per_batch=20, test=20), 5, 2, (32, 32, 3), "er"),
-    "scifar100_der": (lambda root: write_cifar100(root, train=200, test=100), 10, 10, (32, 32, 3), "der"),
-    "stinyimg_derpp": (lambda root: write_tiny_imagenet(root, num_classes=200, train_per_class=1), 10, 20,
-                       (64, 64, 3), "derpp"),
+    "scifar10_er": (
+        lambda root: write_cifar10(root, per_batch=20, test=20),
+        5,
+        2,
+        (32, 32, 3),
+        "er",
+    ),
+    "scifar100_der": (
+        lambda root: write_cifar100(root, train=200, test=100),
+        10,
+        10,
+        (32, 32, 3),
+        "der",
+    ),
+    "stinyimg_derpp": (
+        lambda root: write_tiny_imagenet(root, num_classes=200, train_per_class=1),
+        10,
+        20,
+        (64, 64, 3),
+        "derpp",
+    ),
 }
 
 
@@ -39,7 +56,10 @@ def test_image_config_builds_on_generated_files(name, tmp_path):
     for config in (full, local):
         config.data.root = str(tmp_path)
         scenario = build_scenario(config.data)
-        assert scenario.num_tasks == num_tasks and scenario.task_classes.sum(1).tolist() == [per_task] * num_tasks
+        assert (
+            scenario.num_tasks == num_tasks
+            and scenario.task_classes.sum(1).tolist() == [per_task] * num_tasks
+        )
         assert scenario.train(0)[0].shape[1:] == shape
         model = build_model(config.model, scenario.num_classes, config.data)
         assert model.module is None  # wrapped: augmentation and normalisation
@@ -54,7 +74,9 @@ def test_scifar10_local_trains_with_augmented_replay(tmp_path):
     config = importlib.import_module("sequax.configs.scifar10_er").get_config("local")
     config.data.root = str(tmp_path)
     config.data.num_tasks = 2
-    config.algorithm.capacity = 64  # the fake files' stream has 80 examples (a larger buffer is refused)
+    config.algorithm.capacity = (
+        64  # the fake files' stream has 80 examples (a larger buffer is refused)
+    )
     # The data path end to end (RGB files, split, augmentation, normalisation, raw examples in
     # the buffer) with a small MLP: on XLA:CPU a ResNet step inside the compiled loop takes
     # ~10 s with the tests' optimisations off (the ResNet is tested in tests/engine/test_resnet.py).

@@ -32,7 +32,9 @@ def chunks_on_mesh(results: dict) -> None:
     x = rng.integers(0, 256, (EXAMPLES, 28, 28, 1), dtype=np.uint8)
     y = np.arange(EXAMPLES, dtype=np.int32)  # labels name the example: rows can be checked
     feed = Feed(mesh, BATCH, CHUNK, capacity=128, epochs=2, order="shuffle", prefetch=2)
-    stream = feed.start_phase(x, y, np.zeros(EXAMPLES, np.int32), SimpleNamespace(step=jnp.int32(0)), phase=0)
+    stream = feed.start_phase(
+        x, y, np.zeros(EXAMPLES, np.int32), SimpleNamespace(step=jnp.int32(0)), phase=0
+    )
     ys, counts = [], []
     for c in range(4):  # 7 steps per epoch in chunks of 3: counts 3, 3, 1, then epoch 2
         element = stream.next_chunk()
@@ -46,8 +48,13 @@ def chunks_on_mesh(results: dict) -> None:
             for shard in batches["y"].addressable_shards
         )
         results[f"rows_ok{c}"] = np.array(rows_ok)
-        results[f"x_ok{c}"] = np.array(np.array_equal(np.asarray(batches["x"]), x[np.asarray(batches["y"])]
-                                                       * (np.arange(CHUNK) < element["count"])[:, None, None, None, None]))
+        results[f"x_ok{c}"] = np.array(
+            np.array_equal(
+                np.asarray(batches["x"]),
+                x[np.asarray(batches["y"])]
+                * (np.arange(CHUNK) < element["count"])[:, None, None, None, None],
+            )
+        )
         ys.append(np.asarray(batches["y"]))
         counts.append(element["count"])
     stream.close()
@@ -74,7 +81,9 @@ def main(out: str) -> None:
         with tempfile.TemporaryDirectory() as workdir:
             result = loop.run(run_config(pipeline), workdir, verbose=False)
         results[f"{pipeline}/class_il"] = result.class_il
-        results[f"{pipeline}/params"] = np.concatenate([np.asarray(p).ravel() for p in jax.tree.leaves(result.state.params)])
+        results[f"{pipeline}/params"] = np.concatenate(
+            [np.asarray(p).ravel() for p in jax.tree.leaves(result.state.params)]
+        )
     np.savez(out, **results)
 
 

@@ -21,7 +21,9 @@ KEY = jax.random.PRNGKey(0)
 
 def images(batch=64, size=8, channels=2, seed=0):
     """Values in [1, 255]: no pixel is 0, so a crop's zero fill is recognisable."""
-    return jnp.asarray(np.random.default_rng(seed).integers(1, 256, (batch, size, size, channels)), jnp.float32)
+    return jnp.asarray(
+        np.random.default_rng(seed).integers(1, 256, (batch, size, size, channels)), jnp.float32
+    )
 
 
 def test_flip_mirrors_about_half_the_examples_and_twice_is_identity():
@@ -39,8 +41,17 @@ def test_crop_is_a_shift_of_at_most_four_with_zero_fill_uniform_over_81_offsets(
     cropped = np.asarray(random_crop(jnp.asarray(x), KEY))
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))  # zero fill
     # matches[i, j, b]: example b equals the crop of its padded image at offset (i, j).
-    matches = np.stack([np.stack([np.all(cropped == padded[:, i:i + 8, j:j + 8], axis=(1, 2, 3))
-                                  for j in range(9)]) for i in range(9)])
+    matches = np.stack(
+        [
+            np.stack(
+                [
+                    np.all(cropped == padded[:, i : i + 8, j : j + 8], axis=(1, 2, 3))
+                    for j in range(9)
+                ]
+            )
+            for i in range(9)
+        ]
+    )
     assert np.all(matches.sum(axis=(0, 1)) == 1)  # exactly one shift of at most 4 explains each
     counts = matches.sum(axis=2)
     # 4050 draws over 81 offsets, 50 expected each: chi-square with 80 degrees of freedom,
@@ -119,8 +130,14 @@ def test_replayed_examples_are_augmented_and_stored_ones_are_not():
     model = with_augmentation(inner._replace(apply=spy_apply), mirror)
     algorithm = ER(capacity=8, replay_batch=4)
     tx = optax.sgd(0.1)
-    batches = [{"x": images(batch=4, size=4, channels=1, seed=s) / 255.0, "y": jnp.arange(4) % 4,
-                "task": jnp.zeros(4, jnp.int32)} for s in range(3)]
+    batches = [
+        {
+            "x": images(batch=4, size=4, channels=1, seed=s) / 255.0,
+            "y": jnp.arange(4) % 4,
+            "task": jnp.zeros(4, jnp.int32),
+        }
+        for s in range(3)
+    ]
     state = create_state(model, algorithm, tx, batches[0], 0)
     step = jax.jit(make_train_step(model, algorithm, tx))
     for batch in batches[:2]:

@@ -23,8 +23,9 @@ def test_cifar10_arrays_counts_and_labels(tmp_path):
     np.testing.assert_array_equal(source.test_x, test_x)
     np.testing.assert_array_equal(source.test_y, test_y)
     assert not source.train_x.flags.writeable
-    assert read_label_names(tmp_path / "cifar-10-batches-py" / "batches.meta", "label_names", "")[:2] == [
-        "airplane", "automobile"]
+    assert read_label_names(tmp_path / "cifar-10-batches-py" / "batches.meta", "label_names", "")[
+        :2
+    ] == ["airplane", "automobile"]
 
 
 def test_a_known_pixel_lands_at_its_row_column_and_channel(tmp_path):
@@ -98,13 +99,16 @@ def test_truncated_file_is_a_data_error(tmp_path):
     assert_one_line(info, "corrupt CIFAR file", str(path), "cifar-100-python.tar.gz")
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ({b"data": np.zeros((4, 3072), np.uint8)}, "lacks the key 'labels'"),
-    ({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, "expected uint8 [N, 3072]"),
-    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "4 images but labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels outside [0, 10)"),
-    ([1, 2, 3], "holds a list"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ({b"data": np.zeros((4, 3072), np.uint8)}, "lacks the key 'labels'"),
+        ({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, "expected uint8 [N, 3072]"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "4 images but labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels outside [0, 10)"),
+        ([1, 2, 3], "holds a list"),
+    ],
+)
 def test_malformed_content_is_a_data_error(tmp_path, content, fragment):
     write_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
@@ -140,7 +144,9 @@ def test_a_pickle_without_the_data_key_is_named(tmp_path):
     write_pickle(path, {b"labels": [0] * 4, b"batch_label": b"x"})
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path)
-    assert_one_line(info, "corrupt CIFAR file", str(path), "lacks the key 'data'", "cifar-10-python.tar.gz")
+    assert_one_line(
+        info, "corrupt CIFAR file", str(path), "lacks the key 'data'", "cifar-10-python.tar.gz"
+    )
 
 
 def test_a_file_with_the_official_image_count_must_have_the_official_md5(tmp_path):
@@ -148,8 +154,17 @@ def test_a_file_with_the_official_image_count_must_have_the_official_md5(tmp_pat
     corruption unpickles without complaint. The fixtures' smaller files are not checked."""
     write_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
-    write_pickle(path, {b"data": np.zeros((10000, 3072), np.uint8), b"labels": [i % 10 for i in range(10000)]})
+    write_pickle(
+        path,
+        {b"data": np.zeros((10000, 3072), np.uint8), b"labels": [i % 10 for i in range(10000)]},
+    )
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path)
-    assert_one_line(info, "corrupt CIFAR file", str(path), "official 10,000 images", "40351d587109b95175f43aff81a1287e",
-                    "cifar-10-python.tar.gz")
+    assert_one_line(
+        info,
+        "corrupt CIFAR file",
+        str(path),
+        "official 10,000 images",
+        "40351d587109b95175f43aff81a1287e",
+        "cifar-10-python.tar.gz",
+    )

@@ -73,7 +73,9 @@ def flat_params(result) -> np.ndarray:
     return np.concatenate([np.asarray(p).ravel() for p in jax.tree.leaves(result.state.params)])
 
 
-@pytest.mark.parametrize("algorithm, hyper", [("naive", {}), ("er", dict(capacity=50, replay_batch=10))])
+@pytest.mark.parametrize(
+    "algorithm, hyper", [("naive", {}), ("er", dict(capacity=50, replay_batch=10))]
+)
 def test_stream_equals_device_path_for_the_same_order(tmp_path, algorithm, hyper):
     device, device_losses = run(small_config(algorithm, "device", **hyper), tmp_path / "device")
     stream, stream_losses = run(small_config(algorithm, "stream", **hyper), tmp_path / "stream")
@@ -114,7 +116,9 @@ def test_plan_reads_every_epoch_in_order_and_drops_the_partial_batch():
     assert [c["count"] for c in chunks] == [4, 4, 1, 4, 4, 1]
     assert chunks[0]["x"].shape == (4, 10, 28, 28, 1) and chunks[0]["x"].dtype == np.uint8
     for epoch in range(2):
-        read = np.concatenate([c["y"][: c["count"]].ravel() for c in chunks[3 * epoch: 3 * epoch + 3]])
+        read = np.concatenate(
+            [c["y"][: c["count"]].ravel() for c in chunks[3 * epoch : 3 * epoch + 3]]
+        )
         np.testing.assert_array_equal(read, source.y[order.epoch(epoch)[:90]])
     assert not np.array_equal(order.epoch(0), order.epoch(1))  # each epoch reshuffles
     assert not chunks[2]["x"][1:].any()  # the last chunk's padding rows are zeros
@@ -122,7 +126,9 @@ def test_plan_reads_every_epoch_in_order_and_drops_the_partial_batch():
 
 def test_workers_give_the_same_chunks_as_none():
     source = mnist_source()
-    plan = ChunkPlan(ShuffledOrder(len(source), seed=(0, 1)), batch_size=8, steps=25, epochs=1, chunk=4)
+    plan = ChunkPlan(
+        ShuffledOrder(len(source), seed=(0, 1)), batch_size=8, steps=25, epochs=1, chunk=4
+    )
     reference = all_chunks(chunk_dataset(source, plan))
     with_workers = chunk_dataset(source, plan, workers=2).__iter__()
     try:
@@ -134,7 +140,9 @@ def test_workers_give_the_same_chunks_as_none():
 @pytest.mark.parametrize("workers", [0, 1])
 def test_saved_iterator_state_resumes_on_the_remaining_chunks(workers):
     source = mnist_source()
-    plan = ChunkPlan(ShuffledOrder(len(source), seed=(7,)), batch_size=10, steps=20, epochs=2, chunk=3)
+    plan = ChunkPlan(
+        ShuffledOrder(len(source), seed=(7,)), batch_size=10, steps=20, epochs=2, chunk=3
+    )
     first = iter(chunk_dataset(source, plan, workers=workers))
     head = [next(first) for _ in range(5)]  # mid-epoch 0 (7 chunks per epoch)
     state = json.loads(json.dumps(first.get_state()))  # a checkpoint stores it as JSON
@@ -164,7 +172,9 @@ def test_device_stream_state_is_the_position_of_the_last_chunk_used():
     rest = [np.asarray(stream.next_chunk()["batches"]["y"]) for _ in range(9)]  # 6 chunks per epoch
     stream.close()
     assert saved["phase"] == 1 and saved["start_step"] == 40
-    later = SimpleNamespace(key=state.key, step=jnp.int32(46))  # mid-phase: the order needs start_step
+    later = SimpleNamespace(
+        key=state.key, step=jnp.int32(46)
+    )  # mid-phase: the order needs start_step
     resumed = feed.start_phase(source.x, source.y, source.task, later, phase=1, resume=saved)
     again = [np.asarray(resumed.next_chunk()["batches"]["y"]) for _ in range(9)]
     resumed.close()
@@ -180,22 +190,48 @@ def test_device_stream_state_is_the_position_of_the_last_chunk_used():
 def test_process_local_reads_reassemble_the_global_batch():
     source = mnist_source()
     order = ShuffledOrder(len(source), seed=(1,))
-    whole = all_chunks(chunk_dataset(source, ChunkPlan(order, batch_size=8, steps=12, epochs=1, chunk=5)))
-    parts = [all_chunks(chunk_dataset(source, ChunkPlan(order, batch_size=8, steps=12, epochs=1, chunk=5,
-                                                        shard=grain.sharding.ShardOptions(p, 2))))
-             for p in range(2)]
+    whole = all_chunks(
+        chunk_dataset(source, ChunkPlan(order, batch_size=8, steps=12, epochs=1, chunk=5))
+    )
+    parts = [
+        all_chunks(
+            chunk_dataset(
+                source,
+                ChunkPlan(
+                    order,
+                    batch_size=8,
+                    steps=12,
+                    epochs=1,
+                    chunk=5,
+                    shard=grain.sharding.ShardOptions(p, 2),
+                ),
+            )
+        )
+        for p in range(2)
+    ]
     for c, chunk in enumerate(whole):
-        np.testing.assert_array_equal(np.concatenate([parts[0][c]["y"], parts[1][c]["y"]], axis=1), chunk["y"])
+        np.testing.assert_array_equal(
+            np.concatenate([parts[0][c]["y"], parts[1][c]["y"]], axis=1), chunk["y"]
+        )
         assert parts[0][c]["x"].shape == (5, 4, 28, 28, 1)
     with pytest.raises(DataError, match="does not split over 3 processes"):
-        ChunkPlan(order, batch_size=8, steps=12, epochs=1, chunk=5, shard=grain.sharding.ShardOptions(0, 3))
+        ChunkPlan(
+            order,
+            batch_size=8,
+            steps=12,
+            epochs=1,
+            chunk=5,
+            shard=grain.sharding.ShardOptions(0, 3),
+        )
 
 
 try:
     import torch
 except ImportError:  # torch is optional: the tests below that need it are skipped
     torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (optional); these tests read torch Datasets")
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="torch is not installed (optional); these tests read torch Datasets"
+)
 
 
 class TinyDigits(torch.utils.data.Dataset if torch else object):
@@ -245,11 +281,17 @@ def test_torch_dataset_streams_its_records(form):
 def test_tensor_dataset_is_gathered_like_the_per_record_path():
     mnist = mnist_source(40)
     chw = torch.from_numpy(np.moveaxis(np.asarray(mnist.x), -1, 1).copy())  # [N, 1, H, W] uint8
-    tensors = as_source(torch.utils.data.TensorDataset(chw, torch.from_numpy(mnist.y.astype(np.int64))))
+    tensors = as_source(
+        torch.utils.data.TensorDataset(chw, torch.from_numpy(mnist.y.astype(np.int64)))
+    )
     records = as_source(TinyDigits(np.asarray(mnist.x), mnist.y, "tensor"))
     assert isinstance(tensors, ArraySource) and tensors.x.shape == (40, 28, 28, 1)
-    plan = ChunkPlan(FixedOrder(np.stack([np.arange(40)[::-1]])), batch_size=5, steps=8, epochs=1, chunk=8)
-    assert_same_chunks(all_chunks(chunk_dataset(tensors, plan)), all_chunks(chunk_dataset(records, plan)))
+    plan = ChunkPlan(
+        FixedOrder(np.stack([np.arange(40)[::-1]])), batch_size=5, steps=8, epochs=1, chunk=8
+    )
+    assert_same_chunks(
+        all_chunks(chunk_dataset(tensors, plan)), all_chunks(chunk_dataset(records, plan))
+    )
 
 
 @needs_torch
@@ -277,10 +319,18 @@ def test_bad_datasets_and_configs_fail_with_the_fix():
 
 
 def test_chunks_are_sharded_global_arrays_on_eight_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
     out = tmp_path / "eight.npz"
-    done = subprocess.run([sys.executable, str(CHILD), str(out)], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, str(CHILD), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     eight = dict(np.load(out))
     assert int(eight["devices"]) == 8

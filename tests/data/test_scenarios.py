@@ -22,7 +22,8 @@ from sequax.data.scenarios import apply_pixel_map, rotation_map
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "MNIST" / "raw").is_dir(),
-    reason=f"real MNIST files not found under {SHARED_DATA}")
+    reason=f"real MNIST files not found under {SHARED_DATA}",
+)
 
 # Per-class counts from shared/data/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -46,7 +47,9 @@ def tiny_source(num_train: int = 6, num_test: int = 4) -> ImageSource:
         train_y=np.arange(num_train, dtype=np.int32) % 10,
         test_x=rng.integers(0, 256, (num_test, 28, 28, 1), dtype=np.uint8),
         test_y=np.arange(num_test, dtype=np.int32) % 10,
-        num_classes=10, name="tiny")
+        num_classes=10,
+        name="tiny",
+    )
 
 
 # ---------------------------------------------------------------------------------- split
@@ -92,8 +95,12 @@ def test_split_errors(packaged):
     with pytest.raises(DataError, match="num_tasks \\* classes_per_task <= 10") as info:
         split(packaged, num_tasks=6, classes_per_task=2)
     assert "\n" not in str(info.value)
-    for bad_order in ([0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 10],
-                      "random"):
+    for bad_order in (
+        [0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+        [0, 1, 2],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 10],
+        "random",
+    ):
         with pytest.raises(DataError, match="class_order"):
             split(packaged, class_order=bad_order)
 
@@ -111,8 +118,9 @@ def test_permuted_applies_the_permutation(packaged):
         images, labels = scenario.test(t)
         original = packaged.test_x.reshape(2000, 784)
         # out.flat[i] = in.flat[permutation[i]]
-        np.testing.assert_array_equal(images.reshape(2000, 784),
-                                      original[:, scenario.permutations[t]])
+        np.testing.assert_array_equal(
+            images.reshape(2000, 784), original[:, scenario.permutations[t]]
+        )
         np.testing.assert_array_equal(labels, packaged.test_y)
     # The DER protocol permutes the first task too.
     assert not np.array_equal(scenario.permutations[0], np.arange(784))
@@ -123,8 +131,9 @@ def test_permuted_first_task_identity(packaged):
     np.testing.assert_array_equal(scenario.permutations[0], np.arange(784))
     np.testing.assert_array_equal(scenario.test(0)[0], packaged.test_x)
     # Later tasks are those of the run without the identity task.
-    np.testing.assert_array_equal(scenario.permutations[1:],
-                                  permuted(packaged, num_tasks=3, seed=0).permutations[1:])
+    np.testing.assert_array_equal(
+        scenario.permutations[1:], permuted(packaged, num_tasks=3, seed=0).permutations[1:]
+    )
 
 
 def test_permuted_seeds(packaged):
@@ -266,18 +275,26 @@ def test_scenario_arrays_are_read_only(packaged):
 @pytest.mark.parametrize("angle", [0.0, 10.0, 33.3, 90.0, 127.5, 179.9, -7.2])
 def test_rotation_map_reproduces_scipys_nearest_rotation_exactly(angle):
     images = np.random.default_rng(0).integers(1, 256, (50, 28, 28, 1)).astype(np.uint8)
-    expected = scipy.ndimage.rotate(images[..., 0], angle, axes=(1, 2), reshape=False, order=0,
-                                    mode="constant", cval=0)[..., None]
-    np.testing.assert_array_equal(apply_pixel_map(images, rotation_map((28, 28, 1), angle)), expected)
+    expected = scipy.ndimage.rotate(
+        images[..., 0], angle, axes=(1, 2), reshape=False, order=0, mode="constant", cval=0
+    )[..., None]
+    np.testing.assert_array_equal(
+        apply_pixel_map(images, rotation_map((28, 28, 1), angle)), expected
+    )
 
 
 def test_pixel_maps_of_permuted_and_rotated_streams(packaged):
-    for scenario in (permuted(packaged, num_tasks=3, seed=1), rotated(packaged, num_tasks=3, seed=1)):
+    for scenario in (
+        permuted(packaged, num_tasks=3, seed=1),
+        rotated(packaged, num_tasks=3, seed=1),
+    ):
         assert scenario.pixel_maps.shape == (3, 28 * 28) and scenario.pixel_maps.dtype == np.int32
         for t in range(3):
             raw, labels = scenario.train(t, transformed=False)
             np.testing.assert_array_equal(raw, packaged.train_x)
-            np.testing.assert_array_equal(apply_pixel_map(raw, scenario.pixel_maps[t]), scenario.train(t)[0])
+            np.testing.assert_array_equal(
+                apply_pixel_map(raw, scenario.pixel_maps[t]), scenario.train(t)[0]
+            )
             np.testing.assert_array_equal(labels, scenario.train(t)[1])
     # Split has no transform; bilinear rotation interpolates, so it is not a pixel map.
     assert split(packaged).pixel_maps is None

@@ -12,7 +12,8 @@ from sequax.data import DataError, load_fashion_mnist, load_mnist, load_packaged
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "MNIST" / "raw").is_dir(),
-    reason=f"real MNIST files not found under {SHARED_DATA}")
+    reason=f"real MNIST files not found under {SHARED_DATA}",
+)
 
 # Per-class counts from shared/data/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -51,8 +52,7 @@ def test_fashion_mnist_shapes_and_class_counts():
     assert not np.array_equal(source.test_x[:10], load_packaged_mnist().test_x[:10])
 
 
-def write_fake_root(root: Path, folder: str, num_train: int, num_test: int,
-                    compress: bool) -> None:
+def write_fake_root(root: Path, folder: str, num_train: int, num_test: int, compress: bool) -> None:
     raw = root / folder / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -60,8 +60,11 @@ def write_fake_root(root: Path, folder: str, num_train: int, num_test: int,
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, (n,), dtype=np.uint8)
         for kind, array, magic in (("images-idx3", images, 2051), ("labels-idx1", labels, 2049)):
-            payload = magic.to_bytes(4, "big") + b"".join(
-                d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+            payload = (
+                magic.to_bytes(4, "big")
+                + b"".join(d.to_bytes(4, "big") for d in array.shape)
+                + array.tobytes()
+            )
             name = f"{prefix}-{kind}-ubyte"
             if compress:
                 (raw / f"{name}.gz").write_bytes(gzip.compress(payload))
@@ -84,7 +87,8 @@ def test_missing_file_message(tmp_path):
     assert message.startswith(
         f"MNIST file missing: {tmp_path}/MNIST/raw/train-images-idx3-ubyte.gz; expected "
         "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        "t10k-labels-idx1-ubyte.gz (.gz or uncompressed) under <root>/MNIST/raw/")
+        "t10k-labels-idx1-ubyte.gz (.gz or uncompressed) under <root>/MNIST/raw/"
+    )
     assert message.endswith("set config.data.root")
 
 
@@ -149,10 +153,18 @@ def test_same_size_corruption_of_the_real_labels_is_refused(tmp_path):
     the official checksum, naming the file and where to download it; the intact copy loads."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+    ):
         (raw / name).symlink_to(SHARED_DATA / "MNIST" / "raw" / name)
-    labels = bytearray(gzip.decompress((SHARED_DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))  # uncompressed: the content's md5 still matches
+    labels = bytearray(
+        gzip.decompress((SHARED_DATA / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    )
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(
+        bytes(labels)
+    )  # uncompressed: the content's md5 still matches
     assert load_mnist(tmp_path).test_y[0] == 7
     labels[8] = (labels[8] + 1) % 10  # the first test label, 7 -> 8
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
@@ -160,4 +172,7 @@ def test_same_size_corruption_of_the_real_labels_is_refused(tmp_path):
         load_mnist(tmp_path)
     message = str(info.value)
     assert "\n" not in message and str(raw / "t10k-labels-idx1-ubyte") in message
-    assert "md5" in message and "ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz" in message
+    assert (
+        "md5" in message
+        and "ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz" in message
+    )

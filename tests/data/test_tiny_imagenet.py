@@ -19,7 +19,9 @@ def close(a, b):
 
 
 def test_arrays_labels_counts_and_file_order(tmp_path):
-    wnids, train_x, train_y, val_x, val_y = write_tiny_imagenet(tmp_path, num_classes=3, train_per_class=11)
+    wnids, train_x, train_y, val_x, val_y = write_tiny_imagenet(
+        tmp_path, num_classes=3, train_per_class=11
+    )
     source = load_tiny_imagenet(tmp_path, cache=False)
     assert source.name == "tiny_imagenet" and source.num_classes == 3
     assert source.train_x.shape == (33, 64, 64, 3) and source.train_x.dtype == np.uint8
@@ -37,7 +39,9 @@ def test_arrays_labels_counts_and_file_order(tmp_path):
 def test_a_known_pixel_lands_at_its_row_column_and_channel(tmp_path):
     write_tiny_imagenet(tmp_path, num_classes=2, train_per_class=1)
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128)]
-    write_jpeg(tmp_path / "tiny-imagenet-200" / "val" / "images" / "val_1.JPEG", quadrant_image(colours))
+    write_jpeg(
+        tmp_path / "tiny-imagenet-200" / "val" / "images" / "val_1.JPEG", quadrant_image(colours)
+    )
     image = load_tiny_imagenet(tmp_path, cache=False).test_x[1]
     assert close(image[8, 8], np.array(colours[0]))  # top-left: red
     assert close(image[8, 56], np.array(colours[1]))  # top-right (row 8, column 56): green
@@ -47,8 +51,10 @@ def test_a_known_pixel_lands_at_its_row_column_and_channel(tmp_path):
 
 def test_greyscale_jpegs_become_rgb(tmp_path):
     wnids, *_ = write_tiny_imagenet(tmp_path, num_classes=2, train_per_class=1)
-    write_jpeg(tmp_path / "tiny-imagenet-200" / "train" / wnids[1] / "images" / f"{wnids[1]}_0.JPEG",
-               np.full((64, 64), 100, np.uint8))
+    write_jpeg(
+        tmp_path / "tiny-imagenet-200" / "train" / wnids[1] / "images" / f"{wnids[1]}_0.JPEG",
+        np.full((64, 64), 100, np.uint8),
+    )
     image = load_tiny_imagenet(tmp_path, cache=False).train_x[1]
     assert image.shape == (64, 64, 3) and close(image, np.full((64, 64, 3), 100, np.uint8))
 
@@ -67,7 +73,10 @@ def test_the_cache_is_written_reused_and_rebuilt(tmp_path):
     # A cut-off cache is not trusted: it warns and decodes again (which now fails: no JPEGs).
     cache = folder / CACHE_NAME
     cache.write_bytes(cache.read_bytes()[:1000])
-    with pytest.warns(UserWarning, match="unreadable cache"), pytest.raises(DataError, match="images missing"):
+    with (
+        pytest.warns(UserWarning, match="unreadable cache"),
+        pytest.raises(DataError, match="images missing"),
+    ):
         load_tiny_imagenet(tmp_path)
 
 
@@ -75,7 +84,9 @@ def test_a_cache_for_other_wnids_is_rebuilt(tmp_path):
     write_tiny_imagenet(tmp_path / "a", num_classes=3)
     write_tiny_imagenet(tmp_path / "b", num_classes=2, seed=1)
     load_tiny_imagenet(tmp_path / "a")
-    (tmp_path / "a" / "tiny-imagenet-200" / CACHE_NAME).rename(tmp_path / "b" / "tiny-imagenet-200" / CACHE_NAME)
+    (tmp_path / "a" / "tiny-imagenet-200" / CACHE_NAME).rename(
+        tmp_path / "b" / "tiny-imagenet-200" / CACHE_NAME
+    )
     with pytest.warns(UserWarning, match="does not match wnids.txt"):
         source = load_tiny_imagenet(tmp_path / "b")
     assert source.num_classes == 2 and len(source.train_y) == 4
@@ -100,7 +111,9 @@ def assert_one_line(info, *fragments):
 def test_missing_files_name_the_file_and_the_download(tmp_path):
     with pytest.raises(DataError) as info:
         load_tiny_imagenet(tmp_path)
-    assert_one_line(info, "missing", "tiny-imagenet-200/wnids.txt", "tiny-imagenet-200.zip", "config.data.root")
+    assert_one_line(
+        info, "missing", "tiny-imagenet-200/wnids.txt", "tiny-imagenet-200.zip", "config.data.root"
+    )
     wnids, *_ = write_tiny_imagenet(tmp_path, num_classes=2)
     folder = tmp_path / "tiny-imagenet-200"
     (folder / "val" / "images" / "val_1.JPEG").unlink()

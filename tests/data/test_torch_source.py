@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from sequax.configs import common
 from sequax.data import DataError, load_packaged_mnist
 from sequax.data.torch_source import load_torch_source, read_dataset, to_pixels

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src import xla_bridge
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sequax.engine import distributed
 

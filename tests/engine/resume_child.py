@@ -27,8 +27,9 @@ def kill_test_config():
     1 done), 30, 40 (task 2 done), 45 (mid-epoch), 60 (task 3 done). ER + EWC with momentum
     and dropout, so the reservoir, the Fisher, the optimizer state, the epoch's order and the
     per-step keys must all be restored."""
-    config = common.der_config("split", "er+ewc", 0.05, er={"capacity": 40, "replay_batch": 10},
-                                ewc={"lam": 10.0})
+    config = common.der_config(
+        "split", "er+ewc", 0.05, er={"capacity": 40, "replay_batch": 10}, ewc={"lam": 10.0}
+    )
     config.data.source = "mnist_packaged"
     config.data.num_tasks = 3
     config.data.train_per_task = 100
@@ -47,7 +48,10 @@ def kill_test_config():
 def main(workdir: str) -> None:
     result = loop.run(kill_test_config(), workdir, verbose=True)
     leaves = jax.tree_util.tree_flatten_with_path(result.state)[0]
-    np.savez(Path(workdir) / "final_state.npz", **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves})
+    np.savez(
+        Path(workdir) / "final_state.npz",
+        **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves},
+    )
 
 
 if __name__ == "__main__":

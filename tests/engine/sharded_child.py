@@ -55,13 +55,18 @@ def main(out: str, algorithms: list[str]) -> None:
         results[f"{name}/task_il"] = result.task_il
         leaves = jax.tree.leaves(result.state.params)
         if name.endswith("+runs"):  # run 0 (seed 0) is the single run of the other process
-            results[f"{name}/class_il"], results[f"{name}/task_il"] = result.class_il[0], result.task_il[0]
+            results[f"{name}/class_il"], results[f"{name}/task_il"] = (
+                result.class_il[0],
+                result.task_il[0],
+            )
             results[f"{name}/params"] = np.concatenate([np.asarray(p)[0].ravel() for p in leaves])
         else:
             results[f"{name}/params"] = np.concatenate([np.asarray(p).ravel() for p in leaves])
         specs = {str(p.sharding.spec) for p in leaves}
         if name.startswith(("er", "derpp")):
-            specs |= {"buffer " + str(jax.tree.leaves(result.state.algo.buffer.items)[0].sharding.spec)}
+            specs |= {
+                "buffer " + str(jax.tree.leaves(result.state.algo.buffer.items)[0].sharding.spec)
+            }
         results[f"{name}/specs"] = np.array(sorted(specs))
     np.savez(out, **results)
 

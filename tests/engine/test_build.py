@@ -10,15 +10,19 @@ import torch
 from sequax.engine.build import ConfigError, build_optimizer
 
 
-@pytest.mark.parametrize("momentum, weight_decay, clip_norm",
-                         [(0.0, 5e-4, 0.0), (0.9, 1e-2, 0.0), (0.0, 0.0, 0.0), (0.9, 1e-2, 2.0), (0.0, 0.0, 100.0)])
+@pytest.mark.parametrize(
+    "momentum, weight_decay, clip_norm",
+    [(0.0, 5e-4, 0.0), (0.9, 1e-2, 0.0), (0.0, 0.0, 0.0), (0.9, 1e-2, 2.0), (0.0, 0.0, 100.0)],
+)
 def test_sgd_matches_torch(momentum, weight_decay, clip_norm):
     """Steps of the built optimizer against torch.optim.SGD; with clip_norm, torch's loop
     calls clip_grad_norm_ before each step (norm 2.0 clips these gradients, 100 does not)."""
     rng = np.random.default_rng(0)
     theta = rng.normal(size=(5, 3)).astype(np.float32)
     grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
-    tx = build_optimizer(dict(name="sgd", lr=0.1, momentum=momentum, weight_decay=weight_decay, clip_norm=clip_norm))
+    tx = build_optimizer(
+        dict(name="sgd", lr=0.1, momentum=momentum, weight_decay=weight_decay, clip_norm=clip_norm)
+    )
     params, state = {"w": theta}, None
     state = tx.init(params)
     for g in grads:

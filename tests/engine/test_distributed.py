@@ -19,8 +19,8 @@ from pathlib import Path
 
 import jax
 import pytest
-
 from conftest import REPO_ROOT
+
 from sequax.engine import distributed
 
 CHILD = Path(__file__).with_name("distributed_child.py")

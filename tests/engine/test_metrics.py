@@ -37,9 +37,7 @@ def test_average_accuracy():
 
 def test_backward_transfer():
     assert metrics.backward_transfer(R3) == pytest.approx((0.6 - 0.9 + 0.5 - 0.8) / 2)
-    assert metrics.backward_transfer(R4) == pytest.approx(
-        (0.4 - 0.5 + 0.75 - 0.9 + 0.6 - 0.85) / 3
-    )
+    assert metrics.backward_transfer(R4) == pytest.approx((0.4 - 0.5 + 0.75 - 0.9 + 0.6 - 0.85) / 3)
 
 
 def test_backward_transfer_divisor_flag_matches_gem_code():
@@ -65,9 +63,7 @@ def test_forward_transfer():
 def test_forgetting_per_task_and_average():
     np.testing.assert_allclose(metrics.forgetting_per_task(R3), [0.9 - 0.6, 0.8 - 0.5])
     assert metrics.average_forgetting(R3) == pytest.approx((0.9 - 0.6 + 0.8 - 0.5) / 2)
-    np.testing.assert_allclose(
-        metrics.forgetting_per_task(R4), [0.8 - 0.4, 0.9 - 0.75, 0.85 - 0.6]
-    )
+    np.testing.assert_allclose(metrics.forgetting_per_task(R4), [0.8 - 0.4, 0.9 - 0.75, 0.85 - 0.6])
     assert metrics.average_forgetting(R4) == pytest.approx(
         (0.8 - 0.4 + 0.9 - 0.75 + 0.85 - 0.6) / 3
     )

@@ -31,7 +31,9 @@ class TorchBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -76,7 +78,13 @@ def torch_key(path) -> str:
             parts += ["shortcut", "1"]
         else:
             parts.append(name)
-    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[leaf]
+    leaf = {
+        "kernel": "weight",
+        "scale": "weight",
+        "bias": "bias",
+        "mean": "running_mean",
+        "var": "running_var",
+    }[leaf]
     return ".".join(parts + [leaf])
 
 
@@ -151,7 +159,12 @@ def test_parameter_count_equals_torch_reduced_resnet18(reduced):
     _, params, model_state, _ = reduced
     net = TorchResNet18(10, nf=20)
     count = sum(a.size for a in jax.tree.leaves(params))
-    assert count == sum(p.numel() for p in net.parameters()) == reduced_resnet18_size(20, 10) == 1_094_750
+    assert (
+        count
+        == sum(p.numel() for p in net.parameters())
+        == reduced_resnet18_size(20, 10)
+        == 1_094_750
+    )
     buffers = sum(a.size for a in jax.tree.leaves(model_state))
     assert buffers == sum(b.numel() for k, b in net.named_buffers() if "running" in k)
 
@@ -173,18 +186,29 @@ def test_batch_stats_update_in_train_mode_only(reduced):
     model, params, model_state, x = reduced
     _, after_eval = apply_fn(model, False)(params, model_state, x)
     _, after_train = apply_fn(model, True)(params, model_state, x)
-    for old, same, new in zip(*(jax.tree.leaves(s) for s in (model_state, after_eval, after_train))):
+    for old, same, new in zip(
+        *(jax.tree.leaves(s) for s in (model_state, after_eval, after_train))
+    ):
         np.testing.assert_array_equal(old, same)
         assert not np.allclose(old, new)
     # torch's rule, by hand, on the first BatchNorm of a small batch (n = 2*6*6 = 72 values per
     # channel, so the unbiased variance is 1.4 % above the biased one).
     small = x[:2, :6, :6]
     _, after = apply_fn(model, True)(params, model_state, small)
-    conv = np.asarray(jax.lax.conv_general_dilated(
-        small, params["conv1"]["kernel"], (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv = np.asarray(
+        jax.lax.conv_general_dilated(
+            small,
+            params["conv1"]["kernel"],
+            (1, 1),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    )
     n = conv.size // conv.shape[-1]
     stats = after["batch_stats"]["bn1"]
-    np.testing.assert_allclose((stats["var"] - 0.9) / 0.1, conv.var(axis=(0, 1, 2)) * n / (n - 1), rtol=1e-4)
+    np.testing.assert_allclose(
+        (stats["var"] - 0.9) / 0.1, conv.var(axis=(0, 1, 2)) * n / (n - 1), rtol=1e-4
+    )
     np.testing.assert_allclose(stats["mean"] / 0.1, conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
 
 
@@ -196,7 +220,9 @@ def parity(model, params, model_state, x, train: bool, dtype) -> dict[str, float
     # Non-trivial BatchNorm state and affine parameters, so that eval mode tests them too.
     model_state = jax.tree.map(lambda a: cast(a + rng.uniform(0.0, 0.5, a.shape)), model_state)
     params = jax.tree_util.tree_map_with_path(
-        lambda p, a: cast(a + rng.normal(0, 0.1, a.shape) if p[-1].key in ("scale", "bias") else a), params)
+        lambda p, a: cast(a + rng.normal(0, 0.1, a.shape) if p[-1].key in ("scale", "bias") else a),
+        params,
+    )
     x, y = cast(x), jnp.asarray(rng.integers(0, 10, len(x)), jnp.int32)
 
     def loss_fn(params):
@@ -221,10 +247,14 @@ def parity(model, params, model_state, x, train: bool, dtype) -> dict[str, float
         "logits": relative(out["logits"], logits.detach().numpy()),
         "features": relative(out["features"], features.detach().numpy()),
         "loss": relative(loss, torch_loss.item()),
-        "grads": max(relative(to_torch(g, torch_key(p)), torch_params[torch_key(p)].grad.numpy())
-                     for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]),
-        "batch_stats": max(relative(s, torch_buffers[torch_key(p)].numpy())
-                           for p, s in jax.tree_util.tree_flatten_with_path(new_state["batch_stats"])[0]),
+        "grads": max(
+            relative(to_torch(g, torch_key(p)), torch_params[torch_key(p)].grad.numpy())
+            for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+        ),
+        "batch_stats": max(
+            relative(s, torch_buffers[torch_key(p)].numpy())
+            for p, s in jax.tree_util.tree_flatten_with_path(new_state["batch_stats"])[0]
+        ),
     }
 
 

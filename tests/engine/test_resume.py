@@ -46,14 +46,21 @@ def start_child(workdir: Path, kill_at: str | None = None) -> subprocess.Popen:
     env.pop(checkpoint.KILL_ENV, None)
     if kill_at:
         env[checkpoint.KILL_ENV] = kill_at
-    return subprocess.Popen([sys.executable, str(CHILD), str(workdir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(workdir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_child(workdir: Path, kill_at: str | None = None, kill_after_s: float | None = None):
     child = start_child(workdir, kill_at)
     try:
-        out, err = child.communicate(timeout=kill_after_s if kill_after_s is not None else TIMEOUT_S)
+        out, err = child.communicate(
+            timeout=kill_after_s if kill_after_s is not None else TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         assert kill_after_s is not None, "the child did not finish in time"
         child.send_signal(signal.SIGKILL)
@@ -88,7 +95,10 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     # 2. Resumed mid-epoch (task 1's second epoch, 5 steps in), killed mid-epoch in task 2.
     code, out, err = run_child(workdir, "train_chunk:25")
     assert code == -signal.SIGKILL, err[-3000:]
-    assert f"resuming from {workdir / 'checkpoints' / 'step_00000015'} (task 1/3, epoch 2, step 15)" in out
+    assert (
+        f"resuming from {workdir / 'checkpoints' / 'step_00000015'} (task 1/3, epoch 2, step 15)"
+        in out
+    )
     assert checkpoints_in(workdir) == ["step_00000015", "step_00000020_phase0_done"]
 
     # 3. During a checkpoint write: orbax has written step 45's arrays, its manifest is missing.
@@ -97,7 +107,11 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     assert "(task 1/3 done, step 20)" in out
     half = workdir / "checkpoints" / "step_00000045"
     assert (half / "state").is_dir() and not (half / checkpoint.MANIFEST).exists()
-    assert checkpoints_in(workdir) == ["step_00000030", "step_00000040_phase1_done", "step_00000045"]  # keep=2
+    assert checkpoints_in(workdir) == [
+        "step_00000030",
+        "step_00000040_phase1_done",
+        "step_00000045",
+    ]  # keep=2
 
     # 4. The half-written checkpoint is named in a warning and the previous good one used;
     #    step 45 is saved again, whole, and the run killed mid-epoch after it.
@@ -111,7 +125,9 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     seed = random.randrange(10**6)
     kill_after = random.Random(seed).uniform(0.5, 6.0)
     code, out, err = run_child(workdir, kill_after_s=kill_after)
-    assert code in (0, -signal.SIGKILL), f"random kill after {kill_after:.2f}s (seed {seed}): {err[-3000:]}"
+    assert code in (0, -signal.SIGKILL), (
+        f"random kill after {kill_after:.2f}s (seed {seed}): {err[-3000:]}"
+    )
     code, out, err = run_child(workdir)
     assert code == 0, err[-3000:]
 
@@ -120,7 +136,9 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     assert not np.isnan(np.asarray(matrix["class_il"])).any()
     assert set(state) == set(expected_state)
     for key in expected_state:  # bit for bit: params, momentum, Fisher, anchors, reservoir
-        np.testing.assert_array_equal(state[key], expected_state[key], err_msg=f"{key} (seed {seed})")
+        np.testing.assert_array_equal(
+            state[key], expected_state[key], err_msg=f"{key} (seed {seed})"
+        )
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     resumes = [r for r in records if r["kind"] == "resume"]
     assert len(resumes) >= 4 and resumes[0]["step"] == 15 and resumes[0]["start"] == 5
@@ -176,11 +194,16 @@ def test_damaged_latest_checkpoint_warns_and_uses_previous(finished, tmp_path, d
         flip_bytes_of_largest_data_file(latest)
     else:
         (latest / checkpoint.MANIFEST).unlink()
-    with pytest.warns(CheckpointWarning, match=f"{latest} is {damage}.*resuming from .*step_00000010_phase0_done"):
+    with pytest.warns(
+        CheckpointWarning, match=f"{latest} is {damage}.*resuming from .*step_00000010_phase0_done"
+    ):
         result = loop.run(small_config(), workdir, verbose=False)
     assert_same_result(result, expected)  # task 2 trained again from the good checkpoint
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["kind"] == "summary" and [r for r in records if r["kind"] == "resume"][-1]["step"] == 10
+    assert (
+        records[-1]["kind"] == "summary"
+        and [r for r in records if r["kind"] == "resume"][-1]["step"] == 10
+    )
     assert (latest / checkpoint.MANIFEST).is_file()  # saved again, whole
 
 
@@ -206,7 +229,11 @@ def test_retention_keeps_the_newest_and_never_the_unverified(tmp_path, monkeypat
     monkeypatch.setattr(Checkpoints, "_read", read_fails_for_20)
     with pytest.warns(CheckpointWarning, match="step_00000020 is corrupt"):
         checkpoints.save(state, 20, Position(0, 0, 20), results)
-    assert sorted(p.name for p in folder.iterdir()) == ["step_00000010", "step_00000015", "step_00000020"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step_00000010",
+        "step_00000015",
+        "step_00000020",
+    ]
     assert checkpoints.last_good == folder / "step_00000015"
     monkeypatch.setattr(Checkpoints, "_read", real_read)
 
@@ -223,7 +250,9 @@ def test_config_mismatch_is_refused_before_compiling(finished, tmp_path, monkeyp
     source, _ = finished
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
-    monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: pytest.fail("compiled before the config check"))
+    monkeypatch.setattr(
+        loop, "make_train_step", lambda *a, **k: pytest.fail("compiled before the config check")
+    )
     config = small_config()
     config.algorithm.capacity = 30
     with pytest.raises(ConfigError) as error:
@@ -247,13 +276,19 @@ def test_a_key_added_since_the_checkpoint_at_its_default_is_no_difference():
     del saved["data"]["draws_per_run"]  # as if written before the key existed (default False)
     assert checkpoint.config_differences(saved, current) == []
     current["data"]["draws_per_run"] = True
-    assert checkpoint.config_differences(saved, current) == [("config.data.draws_per_run", "<absent>", True)]
+    assert checkpoint.config_differences(saved, current) == [
+        ("config.data.draws_per_run", "<absent>", True)
+    ]
     del saved["algorithm"]["capacity"]  # no base_config default: absent is a difference
-    assert ("config.algorithm.capacity", "<absent>", 20) in checkpoint.config_differences(saved, current)
+    assert ("config.algorithm.capacity", "<absent>", 20) in checkpoint.config_differences(
+        saved, current
+    )
 
 
 def test_bad_checkpoint_options_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"config.checkpoint.every_steps=-1 must be an integer >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"config.checkpoint.every_steps=-1 must be an integer >= 0"
+    ):
         Checkpoints(tmp_path, small_config(every_steps=-1), num_phases=2)
     with pytest.raises(ConfigError, match="config.checkpoint.keep=0 must be >= 1"):
         Checkpoints(tmp_path, small_config(keep=0), num_phases=2)
@@ -266,10 +301,16 @@ def test_nan_loss_stops_without_saving_the_diverged_state(tmp_path):
         loop.run(config, tmp_path, verbose=False)
     message = str(error.value)
     assert "\n" not in message
-    assert "the mean loss of the chunk ending at step" in message and "(task 1/2, epoch 1)" in message
+    assert (
+        "the mean loss of the chunk ending at step" in message and "(task 1/2, epoch 1)" in message
+    )
     assert "lower config.optimizer.lr" in message
     step = int(message.split("ending at step ")[1].split()[0])
-    saved = sorted((tmp_path / "checkpoints").glob("step_*")) if (tmp_path / "checkpoints").exists() else []
+    saved = (
+        sorted((tmp_path / "checkpoints").glob("step_*"))
+        if (tmp_path / "checkpoints").exists()
+        else []
+    )
     assert all(int(p.name[5:13]) < step for p in saved)  # nothing of the diverged state
     if saved:
         assert f"the last good checkpoint is {saved[-1]}" in message
@@ -290,10 +331,17 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(finished, tmp_path
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"no space left on the disk of {tmp_path}")
     assert "free space or use another --workdir" in message
-    assert f"the last good checkpoint {tmp_path / 'checkpoints' / 'step_00000010_phase0_done'} is intact" in message
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000010_phase0_done"]
+    assert (
+        f"the last good checkpoint {tmp_path / 'checkpoints' / 'step_00000010_phase0_done'} is intact"
+        in message
+    )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_00000010_phase0_done"
+    ]
     monkeypatch.undo()
-    assert_same_result(loop.run(small_config(), tmp_path, verbose=False), expected)  # finished work kept
+    assert_same_result(
+        loop.run(small_config(), tmp_path, verbose=False), expected
+    )  # finished work kept
 
 
 def test_full_disk_while_writing_results_loses_nothing(finished, tmp_path, monkeypatch):
@@ -308,13 +356,21 @@ def test_full_disk_while_writing_results_loses_nothing(finished, tmp_path, monke
     assert error.value.errno == errno.ENOSPC
     monkeypatch.undo()
     t0 = time.perf_counter()
-    result = loop.run(small_config(), tmp_path, verbose=False)  # resumes after the last task: no training
+    result = loop.run(
+        small_config(), tmp_path, verbose=False
+    )  # resumes after the last task: no training
     assert result.timings["train_samples"] == expected.timings["train_samples"]
-    np.testing.assert_array_equal(json.loads((tmp_path / "accuracy_matrix.json").read_text())["class_il"],
-                                  expected.class_il)
+    np.testing.assert_array_equal(
+        json.loads((tmp_path / "accuracy_matrix.json").read_text())["class_il"], expected.class_il
+    )
     assert time.perf_counter() - t0 < 30
-    line = checkpoint.no_space_message(tmp_path, "the results", checkpoint.last_good(tmp_path / "checkpoints"))
-    assert "step_00000020_phase1_done is intact" in line and "free space or use another --workdir" in line
+    line = checkpoint.no_space_message(
+        tmp_path, "the results", checkpoint.last_good(tmp_path / "checkpoints")
+    )
+    assert (
+        "step_00000020_phase1_done is intact" in line
+        and "free space or use another --workdir" in line
+    )
 
 
 class Stopped(Exception):
@@ -330,14 +386,19 @@ def test_stream_pipeline_resumes_mid_epoch_from_the_grain_state(tmp_path, monkey
     expected = loop.run(config, tmp_path / "whole", verbose=False)
 
     def stop_at(point, index):
-        if (point, index) == ("train_chunk", 40):  # the last save: step 35 (task 2, epoch 2, 5 steps in)
+        if (point, index) == (
+            "train_chunk",
+            40,
+        ):  # the last save: step 35 (task 2, epoch 2, 5 steps in)
             raise Stopped
 
     monkeypatch.setattr(loop, "kill_point", stop_at)
     with pytest.raises(Stopped):
         loop.run(config, tmp_path / "stopped", verbose=False)
     monkeypatch.undo()
-    progress = json.loads((tmp_path / "stopped" / "checkpoints" / "step_00000035" / checkpoint.PROGRESS).read_text())
+    progress = json.loads(
+        (tmp_path / "stopped" / "checkpoints" / "step_00000035" / checkpoint.PROGRESS).read_text()
+    )
     assert progress["position"] == {"phase": 1, "epoch": 1, "start": 5, "phase_done": False}
     assert progress["stream"]["phase"] == 1 and progress["stream"]["start_step"] == 20
     assert_same_result(loop.run(config, tmp_path / "stopped", verbose=False), expected)

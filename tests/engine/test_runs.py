@@ -96,13 +96,18 @@ def test_vmapped_outputs_per_run_and_summary_table(tmp_path):
     for r in range(3):
         matrix = json.loads((tmp_path / "runs" / f"{r:03d}" / "accuracy_matrix.json").read_text())
         np.testing.assert_array_equal(matrix["class_il"], result.class_il[r])
-        assert json.loads((tmp_path / "runs" / f"{r:03d}" / "summary.json").read_text())["seed"] == r
+        assert (
+            json.loads((tmp_path / "runs" / f"{r:03d}" / "summary.json").read_text())["seed"] == r
+        )
     (row,) = result.summary["table"]
     accs = [run["class_il"]["acc"] for run in result.summary["runs"]]
     assert row["class_il"]["acc"] == pytest.approx([np.mean(accs), np.std(accs, ddof=1)])
     table = (tmp_path / "summary.md").read_text()
     assert "| seeds |" in table.splitlines()[0] and "±" in table
-    assert json.loads((tmp_path / "summary.json").read_text())["timings"]["train_samples"] == 3 * 3 * 20 * 10
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["timings"]["train_samples"]
+        == 3 * 3 * 20 * 10
+    )
 
 
 def test_format_table_shows_points_and_mean_std():

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AbstractMesh, PartitionSpec as P
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
 from sequax import algorithms
 from sequax.engine import sharding
@@ -34,9 +35,17 @@ METHODS = ["naive", "ewc", "er", "derpp"]
 
 
 def _child(out: Path, devices: int, names: list[str]) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     done = subprocess.run(
-        [sys.executable, str(CHILD), str(out), *names], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(CHILD), str(out), *names],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return dict(np.load(out))
@@ -55,7 +64,9 @@ def test_eight_devices_match_one(one_and_eight, method):
     one, eight = one_and_eight
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
     for view in ("class_il", "task_il"):
-        np.testing.assert_allclose(eight[f"{method}/{view}"], one[f"{method}/{view}"], atol=1 / 96 + 1e-9)
+        np.testing.assert_allclose(
+            eight[f"{method}/{view}"], one[f"{method}/{view}"], atol=1 / 96 + 1e-9
+        )
     np.testing.assert_allclose(eight[f"{method}/params"], one[f"{method}/params"], atol=1e-5)
     if method in ("er", "derpp"):  # the reservoir really is split across the 8 devices
         assert "buffer P(('data', 'fsdp'),)" in set(eight[f"{method}/specs"])
@@ -63,8 +74,12 @@ def test_eight_devices_match_one(one_and_eight, method):
 
 def test_fsdp_splits_the_large_kernel_and_matches_one_device(one_and_eight):
     one, eight = one_and_eight
-    assert "P(None, 'fsdp')" in set(eight["naive+fsdp/specs"]) or "P('fsdp',)" in set(eight["naive+fsdp/specs"])
-    np.testing.assert_allclose(eight["naive+fsdp/class_il"], one["naive/class_il"], atol=1 / 96 + 1e-9)
+    assert "P(None, 'fsdp')" in set(eight["naive+fsdp/specs"]) or "P('fsdp',)" in set(
+        eight["naive+fsdp/specs"]
+    )
+    np.testing.assert_allclose(
+        eight["naive+fsdp/class_il"], one["naive/class_il"], atol=1 / 96 + 1e-9
+    )
     np.testing.assert_allclose(eight["naive+fsdp/params"], one["naive/params"], atol=1e-5)
 
 
@@ -82,7 +97,11 @@ def test_runs_split_over_devices_match_one_device(one_and_eight):
 def _state(name: str, momentum: float | None = None, **hyperparameters):
     model = mlp(10, widths=(64,))
     algorithm = algorithms.make(name, **hyperparameters)
-    batch = {"x": np.zeros((8, 28, 28, 1), np.float32), "y": np.zeros(8, np.int32), "task": np.zeros(8, np.int32)}
+    batch = {
+        "x": np.zeros((8, 28, 28, 1), np.float32),
+        "y": np.zeros(8, np.int32),
+        "task": np.zeros(8, np.int32),
+    }
     tx = optax.sgd(0.1, momentum=momentum)
     return jax.eval_shape(lambda: create_state(model, algorithm, tx, batch, 0))
 
@@ -117,13 +136,21 @@ def test_no_fsdp_means_everything_but_the_reservoir_replicated():
 def test_runs_axis_is_prepended_and_split_when_it_divides():
     state = _state("er", capacity=64, replay_batch=8)
     stacked = jax.tree.map(lambda s: jax.ShapeDtypeStruct((4, *s.shape), s.dtype), state)
-    replicated_runs = sharding.state_specs(stacked, stacked.params, AbstractMesh((1, 2, 1), ("runs", "data", "fsdp")), runs=True)
+    replicated_runs = sharding.state_specs(
+        stacked, stacked.params, AbstractMesh((1, 2, 1), ("runs", "data", "fsdp")), runs=True
+    )
     assert replicated_runs.algo.buffer.items["x"] == P(None, ("data", "fsdp"))
     assert replicated_runs.step == P(None)
-    split = sharding.state_specs(stacked, stacked.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True)
+    split = sharding.state_specs(
+        stacked, stacked.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True
+    )
     assert split.step == P("runs") and split.params["Dense_0"]["kernel"] == P("runs")
-    three = jax.tree.map(lambda s: jax.ShapeDtypeStruct((3, *s.shape[1:]), s.dtype), stacked)  # 3 runs, 2 ways
-    assert sharding.state_specs(three, three.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True).step == P(None)
+    three = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((3, *s.shape[1:]), s.dtype), stacked
+    )  # 3 runs, 2 ways
+    assert sharding.state_specs(
+        three, three.params, AbstractMesh((2, 1, 1), ("runs", "data", "fsdp")), runs=True
+    ).step == P(None)
 
 
 def test_make_mesh_errors_name_the_key():

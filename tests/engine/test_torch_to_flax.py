@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+
 from sequax import algorithms
 from sequax.engine.build import ConfigError, build_model
 from sequax.engine.models import resnet18
@@ -43,17 +44,23 @@ def test_converted_weights_give_the_torch_logits_in_train_and_eval():
     model = resnet18(10, nf=8)
     params, state = resnet18_variables(net.state_dict())
     own = model.init(jax.random.PRNGKey(0), x)
-    assert jax.tree.map(jnp.shape, (params, state)) == jax.tree.map(jnp.shape, own)  # every tensor, no extra
+    assert jax.tree.map(jnp.shape, (params, state)) == jax.tree.map(
+        jnp.shape, own
+    )  # every tensor, no extra
     bridge = from_torch(net, x)
     bridge_params, bridge_state = bridge.init(jax.random.PRNGKey(0), x)  # the module's own weights
     reference = copy.deepcopy(net).double()
     apply = jax.jit(lambda p, s, x, train: model.apply(p, s, x, train=train), static_argnums=3)
-    bridge_apply = jax.jit(lambda p, s, x, train: bridge.apply(p, s, x, train=train), static_argnums=3)
+    bridge_apply = jax.jit(
+        lambda p, s, x, train: bridge.apply(p, s, x, train=train), static_argnums=3
+    )
     for train in (True, False):  # train first: eval then reads the updated running statistics
         outputs, new_state = apply(params, state, x, train)
         bridged, bridge_state = bridge_apply(bridge_params, bridge_state, x, train)
         with torch.no_grad():
-            logits = reference.train(train)(torch.from_numpy(x).permute(0, 3, 1, 2).double()).numpy()
+            logits = reference.train(train)(
+                torch.from_numpy(x).permute(0, 3, 1, 2).double()
+            ).numpy()
         assert max_error(outputs["logits"], logits) < 1e-5, train
         assert max_error(outputs["logits"], bridged["logits"]) < 1e-5, train
         assert max_error(outputs["features"], bridged["features"]) < 1e-5, train
@@ -88,7 +95,11 @@ def test_flax_and_bridge_train_steps_agree_from_the_same_weights():
     states = [create_state(m, naive, tx, example, 0) for m in models]
     steps = [jax.jit(make_train_step(m, naive, tx)) for m in models]
     for k in range(5):
-        batch = {"x": x[10 * k:10 * (k + 1)], "y": y[10 * k:10 * (k + 1)], "task": np.zeros(10, np.int32)}
+        batch = {
+            "x": x[10 * k : 10 * (k + 1)],
+            "y": y[10 * k : 10 * (k + 1)],
+            "task": np.zeros(10, np.int32),
+        }
         states = [step(state, batch)[0] for step, state in zip(steps, states)]
     flax_state, bridge_state = states
     expected = resnet18_variables({**bridge_state.params, **bridge_state.model_state})

@@ -27,22 +27,56 @@ B = np.array([0.1, 0.12, 0.3])
 
 def records(runs: int = 1) -> list[dict]:
     lead = (lambda a: np.stack([a] * runs)) if runs > 1 else (lambda a: a)
-    out = [{"kind": "start", "algorithm": "er", "scenario": "split_test", "setting": "class", "num_tasks": 3,
-            "phases": [[0], [1], [2]], "runs": runs},
-           {"kind": "eval", "phase": -1, "class_il": lead(B), "task_il": lead(B)}]
+    out = [
+        {
+            "kind": "start",
+            "algorithm": "er",
+            "scenario": "split_test",
+            "setting": "class",
+            "num_tasks": 3,
+            "phases": [[0], [1], [2]],
+            "runs": runs,
+        },
+        {"kind": "eval", "phase": -1, "class_il": lead(B), "task_il": lead(B)},
+    ]
     for p in range(3):
         for k in range(2):
-            out.append({"kind": "train", "phase": p, "epoch": 0, "step": 10 * p + 5 * k + 5,
-                        "loss": lead(np.float32(1.0 / (10 * p + 5 * k + 5)))})
-        out.append({"kind": "eval", "phase": p, "tasks": [p], "class_il": lead(R[p]), "task_il": lead(R[p])})
-    out.append({"kind": "summary", "class_il": cl_metrics.summary(R, B), "task_il": cl_metrics.summary(R, B),
-                "timings": {"wall": 12.5}})
+            out.append(
+                {
+                    "kind": "train",
+                    "phase": p,
+                    "epoch": 0,
+                    "step": 10 * p + 5 * k + 5,
+                    "loss": lead(np.float32(1.0 / (10 * p + 5 * k + 5))),
+                }
+            )
+        out.append(
+            {
+                "kind": "eval",
+                "phase": p,
+                "tasks": [p],
+                "class_il": lead(R[p]),
+                "task_il": lead(R[p]),
+            }
+        )
+    out.append(
+        {
+            "kind": "summary",
+            "class_il": cl_metrics.summary(R, B),
+            "task_il": cl_metrics.summary(R, B),
+            "timings": {"wall": 12.5},
+        }
+    )
     return out
 
 
 def writers_config(tensorboard=False, wandb=False, mode="offline"):
     config = common.base_config()
-    config.writers.tensorboard, config.writers.wandb, config.writers.wandb_mode = tensorboard, wandb, mode
+    config.writers.tensorboard, config.writers.wandb, config.writers.wandb_mode = (
+        tensorboard,
+        wandb,
+        mode,
+    )
     return config
 
 
@@ -56,8 +90,8 @@ def read_events(logdir: Path) -> dict[str, list[tuple[int, object]]]:
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
                 kind = value.WhichOneof("value")
@@ -97,7 +131,9 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     console = io.StringIO()
-    writers = writers_lib.make_writers(writers_config(tensorboard=True, wandb=True), tmp_path, main=True, stream=console)
+    writers = writers_lib.make_writers(
+        writers_config(tensorboard=True, wandb=True), tmp_path, main=True, stream=console
+    )
     assert [s.name for s in writers.sinks] == ["jsonl", "console", "tensorboard", "wandb"]
     for record in records():
         writers.write(record)
@@ -116,13 +152,21 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
     # TensorBoard: train metrics by step, accuracies and metrics so far by phase, the image.
     events = read_events(tmp_path / "tensorboard")
     assert [s for s, _ in events["train/loss"]] == [5, 10, 15, 20, 25, 30]
-    np.testing.assert_allclose([v for _, v in events["train/loss"]], [1 / 5, 1 / 10, 1 / 15, 1 / 20, 1 / 25, 1 / 30], rtol=1e-6)
-    np.testing.assert_allclose([v for _, v in events["accuracy/class_il/task_1"]], R[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(
+        [v for _, v in events["train/loss"]],
+        [1 / 5, 1 / 10, 1 / 15, 1 / 20, 1 / 25, 1 / 30],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        [v for _, v in events["accuracy/class_il/task_1"]], R[:, 1], rtol=1e-6
+    )
     final = cl_metrics.summary(R, B)
     for name in ("acc", "bwt", "fwt", "forgetting"):
         steps, values = zip(*events[f"metrics/class_il/{name}"])
         assert steps == (0, 1, 2)
-        assert values[-1] == pytest.approx(final[name], abs=1e-6)  # after the last task: the summary
+        assert values[-1] == pytest.approx(
+            final[name], abs=1e-6
+        )  # after the last task: the summary
         assert values[1] == pytest.approx(cl_metrics.summary(R[:2, :2], B[:2])[name], abs=1e-6)
     assert events["summary/class_il/acc"][0][1] == pytest.approx(final["acc"])
     assert events["timings/wall"][0][1] == pytest.approx(12.5)
@@ -133,7 +177,9 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
 
     # W&B: offline by default, the same content, finished at close.
     (init,) = fake.inits
-    assert init["mode"] == "offline" and init["dir"] == str(tmp_path) and init["project"] == "sequax"
+    assert (
+        init["mode"] == "offline" and init["dir"] == str(tmp_path) and init["project"] == "sequax"
+    )
     assert init["config"]["writers"]["wandb"] is True
     train = [(step, v["train/loss"]) for step, v in fake.logs if "train/loss" in v]
     assert [s for s, _ in train] == [5, 10, 15, 20, 25, 30]
@@ -141,14 +187,18 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
     assert last_eval["metrics/class_il/bwt"] == pytest.approx(final["bwt"])
     assert last_eval["accuracy/task_il/task_2"] == pytest.approx(R[2, 2])
     assert fake.summary["summary/class_il/forgetting"] == pytest.approx(final["forgetting"])
-    table = next(v for _, v in fake.logs if "accuracy_matrix/class-IL" in v)["accuracy_matrix/class-IL"]
+    table = next(v for _, v in fake.logs if "accuracy_matrix/class-IL" in v)[
+        "accuracy_matrix/class-IL"
+    ]
     assert table["data"][1][1:] == pytest.approx(list(R[1]))
     assert fake.finished == 1
 
 
 def test_vmapped_records_show_the_mean_over_runs(tmp_path):
     console = io.StringIO()
-    writers = writers_lib.make_writers(writers_config(tensorboard=True), tmp_path, main=True, stream=console)
+    writers = writers_lib.make_writers(
+        writers_config(tensorboard=True), tmp_path, main=True, stream=console
+    )
     for record in records(runs=3):
         writers.write(record)
     writers.close()
@@ -159,8 +209,13 @@ def test_vmapped_records_show_the_mean_over_runs(tmp_path):
 
 
 def test_real_wandb_writes_an_offline_run(tmp_path):
-    pytest.importorskip("wandb", reason="wandb is optional (pip install 'sequax[wandb]'); the fake above covers the sink")
-    writers = writers_lib.make_writers(writers_config(wandb=True), tmp_path, main=True, verbose=False)
+    pytest.importorskip(
+        "wandb",
+        reason="wandb is optional (pip install 'sequax[wandb]'); the fake above covers the sink",
+    )
+    writers = writers_lib.make_writers(
+        writers_config(wandb=True), tmp_path, main=True, verbose=False
+    )
     for record in records():
         writers.write(record)
     writers.close()
@@ -170,8 +225,12 @@ def test_real_wandb_writes_an_offline_run(tmp_path):
 
 
 def test_wandb_configuration_errors_name_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: import raises ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'sequax\[wandb\]'.*config.writers.wandb=False"):
+    monkeypatch.setitem(
+        sys.modules, "wandb", None
+    )  # as if not installed: import raises ImportError
+    with pytest.raises(
+        ConfigError, match=r"pip install 'sequax\[wandb\]'.*config.writers.wandb=False"
+    ):
         writers_lib.make_writers(writers_config(wandb=True), tmp_path, main=True)
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb())
     with pytest.raises(ConfigError, match="wandb_mode='cloud' is unknown; use one of 'offline'"):
@@ -180,19 +239,30 @@ def test_wandb_configuration_errors_name_the_fix(tmp_path, monkeypatch):
 
 def test_a_sink_that_cannot_start_is_skipped(tmp_path, monkeypatch, capsys):
     fake = FakeWandb()
-    fake.init = lambda **kwargs: (_ for _ in ()).throw(RuntimeError("api_key not configured (no-tty)"))
+    fake.init = lambda **kwargs: (_ for _ in ()).throw(
+        RuntimeError("api_key not configured (no-tty)")
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    writers = writers_lib.make_writers(writers_config(tensorboard=True, wandb=True, mode="online"), tmp_path,
-                                       main=True, verbose=False)
+    writers = writers_lib.make_writers(
+        writers_config(tensorboard=True, wandb=True, mode="online"),
+        tmp_path,
+        main=True,
+        verbose=False,
+    )
     assert [s.name for s in writers.sinks] == ["jsonl", "tensorboard"]
-    assert "the wandb writer could not start (RuntimeError: api_key not configured" in capsys.readouterr().err
+    assert (
+        "the wandb writer could not start (RuntimeError: api_key not configured"
+        in capsys.readouterr().err
+    )
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setattr(jax, "process_index", lambda *a, **k: 1)
-    writers = writers_lib.make_writers(writers_config(tensorboard=True, wandb=True), tmp_path)  # main from jax
+    writers = writers_lib.make_writers(
+        writers_config(tensorboard=True, wandb=True), tmp_path
+    )  # main from jax
     for record in records():
         writers.write(record)
     writers.close()
@@ -229,10 +299,16 @@ def test_a_failing_writer_never_changes_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(writers_lib.TensorBoardSink, "write", broken)
     failing = loop.run(tiny_run_config(tensorboard=True), tmp_path / "failing", verbose=False)
     assert len(calls) == 3  # dropped after failing: not called again
-    assert "the tensorboard writer failed (OSError: [Errno 28] No space left on device)" in capsys.readouterr().err
+    assert (
+        "the tensorboard writer failed (OSError: [Errno 28] No space left on device)"
+        in capsys.readouterr().err
+    )
     np.testing.assert_array_equal(failing.class_il, quiet.class_il)
     np.testing.assert_array_equal(flat_params(failing), flat_params(quiet))
-    kinds = [json.loads(line)["kind"] for line in (tmp_path / "failing" / "metrics.jsonl").read_text().splitlines()]
+    kinds = [
+        json.loads(line)["kind"]
+        for line in (tmp_path / "failing" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert kinds[0] == "start" and kinds[-1] == "summary"  # the other sinks kept writing
 
 

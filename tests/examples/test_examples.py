@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from sequax.data import load_packaged_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -9,12 +9,15 @@ import pytest
 from sequax.engine import loop
 from sequax.engine.build import ConfigError
 from sequax.launch import reevaluate
-
 from tests.algorithms.small_streams import small_split_config
 
 
-def test_same_settings_give_the_reported_row_and_a_changed_field_changes_only_earlier_tasks(tmp_path):
-    config = small_split_config("kcl", num_tasks=2, coreset_size=10, classes_per_task=2, num_features=32)
+def test_same_settings_give_the_reported_row_and_a_changed_field_changes_only_earlier_tasks(
+    tmp_path,
+):
+    config = small_split_config(
+        "kcl", num_tasks=2, coreset_size=10, classes_per_task=2, num_features=32
+    )
     config.data.num_tasks = 2
     config.runs = 2
     run = tmp_path / "run"
@@ -23,7 +26,9 @@ def test_same_settings_give_the_reported_row_and_a_changed_field_changes_only_ea
     same = reevaluate.reevaluate(config, run)
     for view, (reported, again) in same.items():
         assert reported.shape == again.shape == (2, 2), view
-        np.testing.assert_allclose(again, reported, atol=1e-6)  # the restored state, evaluated as the run did
+        np.testing.assert_allclose(
+            again, reported, atol=1e-6
+        )  # the restored state, evaluated as the run did
     latest = reevaluate.reevaluate(config, run, batch_size=7, overrides={"eval_ridge": "latest"})
     reported, again = latest["task_il"]
     # The last task's own ridge parameters are the latest: its accuracy moves only with the
@@ -37,4 +42,9 @@ def test_same_settings_give_the_reported_row_and_a_changed_field_changes_only_ea
 
 
 def test_values_parse_as_numbers_booleans_or_text():
-    assert [reevaluate.parse_value(v) for v in ("3", "0.5", "true", "latest")] == [3, 0.5, True, "latest"]
+    assert [reevaluate.parse_value(v) for v in ("3", "0.5", "true", "latest")] == [
+        3,
+        0.5,
+        True,
+        "latest",
+    ]

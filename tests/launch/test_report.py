@@ -41,7 +41,10 @@ def workdirs(tmp_path_factory):
 def table_rows(markdown: str) -> list[dict[str, str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+    return [
+        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        for line in lines[2:]
+    ]
 
 
 def test_report_files_and_table_equal_the_summaries(workdirs, tmp_path):
@@ -49,7 +52,11 @@ def test_report_files_and_table_equal_the_summaries(workdirs, tmp_path):
     files = report.render([single, vmapped], tmp_path / "out")
     names = {f.name for f in files}
     for stem in ("er", "er_seeds"):
-        assert {f"{stem}_accuracy_matrix.png", f"{stem}_task_curves.png", f"{stem}_train_loss.png"} <= names
+        assert {
+            f"{stem}_accuracy_matrix.png",
+            f"{stem}_task_curves.png",
+            f"{stem}_train_loss.png",
+        } <= names
     assert {"report.md", "comparison.png"} <= names
     for f in files:
         assert f.is_file() and f.stat().st_size > 1000 or f.suffix == ".md"
@@ -57,13 +64,21 @@ def test_report_files_and_table_equal_the_summaries(workdirs, tmp_path):
             assert f.read_bytes()[:8] == PNG
 
     rows = table_rows((tmp_path / "out" / "report.md").read_text())
-    assert [(r["run"], r["view"]) for r in rows] == [("er", "class-IL"), ("er", "task-IL"),
-                                                     ("er_seeds", "class-IL"), ("er_seeds", "task-IL")]
+    assert [(r["run"], r["view"]) for r in rows] == [
+        ("er", "class-IL"),
+        ("er", "task-IL"),
+        ("er_seeds", "class-IL"),
+        ("er_seeds", "task-IL"),
+    ]
     summary = json.loads((single / "summary.json").read_text())
     for row, view in zip(rows[:2], ("class_il", "task_il")):
         for metric, column in report.METRICS:
             assert row[column] == f"{100 * summary[view][metric]:.2f}", (view, metric)
-        assert row["seeds"] == "1" and row["method"] == "er" and row["stream"] == "split mnist_packaged"
+        assert (
+            row["seeds"] == "1"
+            and row["method"] == "er"
+            and row["stream"] == "split mnist_packaged"
+        )
     # The vmapped workdir: one row per view, the summary's mean ± std over its two seeds.
     (point,) = json.loads((vmapped / "summary.json").read_text())["table"]
     for row, view in zip(rows[2:], ("class_il", "task_il")):
@@ -76,9 +91,14 @@ def test_report_files_and_table_equal_the_summaries(workdirs, tmp_path):
 def test_a_vmapped_workdir_is_reported_as_the_mean_of_its_seeds(workdirs):
     _, vmapped = workdirs
     (run,) = report.load_workdir(vmapped)
-    per_run = [json.loads((vmapped / "runs" / f"{r:03d}" / "accuracy_matrix.json").read_text()) for r in (0, 1)]
+    per_run = [
+        json.loads((vmapped / "runs" / f"{r:03d}" / "accuracy_matrix.json").read_text())
+        for r in (0, 1)
+    ]
     mean, std = run.matrices["class_il"]
-    assert mean[-1, 0] == pytest.approx((per_run[0]["class_il"][-1][0] + per_run[1]["class_il"][-1][0]) / 2)
+    assert mean[-1, 0] == pytest.approx(
+        (per_run[0]["class_il"][-1][0] + per_run[1]["class_il"][-1][0]) / 2
+    )
     assert std is not None and std.shape == mean.shape == (3, 3)
     steps, _, phase_starts = run.loss
     assert len(phase_starts) == 2 and steps[0] < phase_starts[0] < phase_starts[1] <= steps[-1]
@@ -88,9 +108,15 @@ def test_a_vmapped_workdir_is_reported_as_the_mean_of_its_seeds(workdirs):
     "damage, message",
     [
         (lambda w: shutil.rmtree(w), r"is not a folder: give the --workdir of a finished run"),
-        (lambda w: (w / "summary.json").unlink(), r"summary\.json is missing: the run has not finished"),
+        (
+            lambda w: (w / "summary.json").unlink(),
+            r"summary\.json is missing: the run has not finished",
+        ),
         (lambda w: (w / "config.json").unlink(), r"config\.json is missing: not a sequax workdir"),
-        (lambda w: (w / "accuracy_matrix.json").write_text('{"class_il": [[0.5'), r"accuracy_matrix\.json is not valid JSON"),
+        (
+            lambda w: (w / "accuracy_matrix.json").write_text('{"class_il": [[0.5'),
+            r"accuracy_matrix\.json is not valid JSON",
+        ),
     ],
 )
 def test_a_bad_workdir_names_the_file(workdirs, tmp_path, damage, message):
@@ -111,11 +137,27 @@ def test_a_vmapped_workdir_missing_a_run_names_it(workdirs, tmp_path):
 
 
 def test_the_command_line(workdirs, tmp_path):
-    command = [sys.executable, "-m", "sequax.launch.report", str(workdirs[0]), f"--out={tmp_path / 'cli'}"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    command = [
+        sys.executable,
+        "-m",
+        "sequax.launch.report",
+        str(workdirs[0]),
+        f"--out={tmp_path / 'cli'}",
+    ]
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cli" / "er_accuracy_matrix.png").is_file()
-    bad = subprocess.run([sys.executable, "-m", "sequax.launch.report", str(tmp_path / "nowhere")],
-                         check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.report", str(tmp_path / "nowhere")],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir of a finished run"]
+    assert bad.stderr.strip().splitlines() == [
+        f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir of a finished run"
+    ]

@@ -29,11 +29,15 @@ def test_every_published_cell_has_hyperparameters_and_a_config():
 
 
 def test_configs_take_the_paper_values():
-    assert table.config("smnist", "er", 200).optimizer.lr == 0.01  # ER 200 / 500 / 5120: lr .01 / .1 / .1
+    assert (
+        table.config("smnist", "er", 200).optimizer.lr == 0.01
+    )  # ER 200 / 500 / 5120: lr .01 / .1 / .1
     assert table.config("smnist", "er", 5120).optimizer.lr == 0.1
     der = table.config("smnist", "derpp", 5120).algorithm
     assert (der.alpha, der.beta, der.replay_batch) == (0.2, 0.5, 64)
-    assert table.config("pmnist", "oewc").algorithm.lam == 1.4  # mammoth e_lambda 0.7, our ½ convention
+    assert (
+        table.config("pmnist", "oewc").algorithm.lam == 1.4
+    )  # mammoth e_lambda 0.7, our ½ convention
     assert table.config("smnist", "lwf").optimizer.weight_decay == 5e-4
 
 
@@ -49,7 +53,9 @@ def available(cell) -> bool:
 
 
 def test_local_table_runs_resumes_and_reports(tmp_path, monkeypatch):
-    cells = [c for c in reproduce.selected_cells(table, ["smnist/sgd", "pmnist/er-200"]) if available(c)]
+    cells = [
+        c for c in reproduce.selected_cells(table, ["smnist/sgd", "pmnist/er-200"]) if available(c)
+    ]
     chosen = reproduce.cell_configs(table, cells, seeds=2, local=True)
     for _, config in chosen:  # even shorter than :local
         config.data.num_tasks = min(config.data.num_tasks, 3)
@@ -57,7 +63,9 @@ def test_local_table_runs_resumes_and_reports(tmp_path, monkeypatch):
     results = reproduce.run_table(table, chosen, tmp_path, verbose=False)
     assert [r["name"] for r in results] == ["smnist/sgd", "pmnist/er-200"]
     assert all(r["seeds"] == [0, 1] for r in results)
-    assert set(results[0]["ours"]) == {"class_il", "task_il"} and set(results[1]["ours"]) == {"domain_il"}
+    assert set(results[0]["ours"]) == {"class_il", "task_il"} and set(results[1]["ours"]) == {
+        "domain_il"
+    }
     summary = json.loads((tmp_path / "smnist/sgd" / "summary.json").read_text())
     assert len(summary["runs"]) == 2
     assert not any(r["read_back"] for r in results)
@@ -76,8 +84,12 @@ def test_local_table_runs_resumes_and_reports(tmp_path, monkeypatch):
     (other / "smnist" / "sgd").symlink_to(tmp_path / "smnist" / "sgd")
     partial = reproduce.run_table(table, chosen, other, verbose=False, train={"smnist/sgd"})
     assert [r["name"] for r in partial] == ["smnist/sgd"] and not (other / "pmnist").exists()
-    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--table=der", "--cells=smnist/sgd", "--local"])
-    assert "    python -m sequax.launch.reproduce --table=der --local\n" in reproduce.report(table, results, 1.0, local=True)
+    monkeypatch.setattr(
+        sys, "argv", ["reproduce.py", "--table=der", "--cells=smnist/sgd", "--local"]
+    )
+    assert "    python -m sequax.launch.reproduce --table=der --local\n" in reproduce.report(
+        table, results, 1.0, local=True
+    )
 
 
 def test_whole_table_time_is_kept_only_from_an_invocation_that_ran_every_cell(tmp_path):
@@ -89,13 +101,18 @@ def test_whole_table_time_is_kept_only_from_an_invocation_that_ran_every_cell(tm
     timing = reproduce.whole_table_timing(tmp_path, two, [dict(read_back=False)] * 2, 4200.0)
     assert timing["seconds"] == 4200.0 and "cores" in timing
     # A later report whose cells are all read back still quotes the measured run.
-    assert reproduce.whole_table_timing(tmp_path, two, [dict(read_back=True)] * 2, 3.0)["seconds"] == 4200.0
+    assert (
+        reproduce.whole_table_timing(tmp_path, two, [dict(read_back=True)] * 2, 3.0)["seconds"]
+        == 4200.0
+    )
 
 
 def test_a_diverged_cell_is_skipped_and_the_table_goes_on(tmp_path, monkeypatch, capsys):
     from sequax.engine.checkpoint import TrainingDiverged
 
-    cells = [c for c in reproduce.selected_cells(table, ["smnist/sgd", "smnist/er-200"]) if available(c)]
+    cells = [
+        c for c in reproduce.selected_cells(table, ["smnist/sgd", "smnist/er-200"]) if available(c)
+    ]
     chosen = reproduce.cell_configs(table, cells, seeds=1, local=True)
     summary = {"table": [{"point": {}, "seeds": [0], "class_il": {"acc": [0.5, 0.0]}}]}
 

@@ -60,9 +60,19 @@ def test_sweep_runs_each_point_collects_one_table_and_resumes(tmp_path, capsys):
 
 def test_command_line_error_is_one_line(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "sequax.launch.sweep", "--config=configs/smnist_er.py:local",
-         f"--workdir={tmp_path}", "--grid=algorithm.capacty=50,100"],
-        cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sequax.launch.sweep",
+            "--config=configs/smnist_er.py:local",
+            f"--workdir={tmp_path}",
+            "--grid=algorithm.capacty=50,100",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import jax
 import pytest
+
 from sequax.launch import bench, torch_compare
 
-BUDGET = dict(source="mnist_packaged", tasks=2, train_per_task=200, test_per_task=100, seeds=2, nf=4, capacity=50, lr=0.01, ewc_lam=1.0)
+BUDGET = dict(
+    source="mnist_packaged",
+    tasks=2,
+    train_per_task=200,
+    test_per_task=100,
+    seeds=2,
+    nf=4,
+    capacity=50,
+    lr=0.01,
+    ewc_lam=1.0,
+)
 
 
 @pytest.fixture
@@ -26,19 +37,25 @@ def optimised_convolutions():
 
 def test_cells_differ_only_in_the_model():
     for method in torch_compare.METHODS:
-        configs = [torch_compare.cell_config(n, method, **BUDGET).to_dict() for n in torch_compare.NETWORKS]
+        configs = [
+            torch_compare.cell_config(n, method, **BUDGET).to_dict() for n in torch_compare.NETWORKS
+        ]
         models = [c.pop("model") for c in configs]
         assert all(c == configs[0] for c in configs[1:])
         assert len({str(m) for m in models}) == len(torch_compare.NETWORKS)
     torch_resnet = torch_compare.model_config("torch_resnet18", 4)
     assert torch_resnet.kwargs.nf == torch_compare.model_config("flax_resnet18", 4).nf == 4
     assert torch_resnet.reinit  # each seed its own initial weights, as the flax networks
-    assert torch_compare.model_config("flax_resnet18_from_torch", 4).init_from == "torch"  # the torch draws
+    assert (
+        torch_compare.model_config("flax_resnet18_from_torch", 4).init_from == "torch"
+    )  # the torch draws
     with pytest.raises(ValueError, match="unknown network"):
         torch_compare.model_config("torch_mlp", 4)
 
 
-def test_both_frameworks_learn_and_the_table_lands_between_the_markers(tmp_path, optimised_convolutions):
+def test_both_frameworks_learn_and_the_table_lands_between_the_markers(
+    tmp_path, optimised_convolutions
+):
     networks, methods = ["torch_cnn", "flax_mlp"], ["ewc", "derpp"]
     results = torch_compare.compare(networks, methods, say=lambda *a, **k: None, **BUDGET)
     assert list(results) == [(m, n) for m in methods for n in networks]
@@ -48,8 +65,9 @@ def test_both_frameworks_learn_and_the_table_lands_between_the_markers(tmp_path,
         assert cell["task_il"].min() > 70.0, (method, network, cell)
         assert cell["wall_s"] > 0
     info = dict(cpu="test cpu", cores=2, jax="0", torch="0", load=(1.0, 1.0, 1.0))
-    text = torch_compare.format_table(results, BUDGET, command="python -m sequax.launch.torch_compare",
-                                      info=info, total_s=60.0)
+    text = torch_compare.format_table(
+        results, BUDGET, command="python -m sequax.launch.torch_compare", info=info, total_s=60.0
+    )
     rows = [line for line in text.splitlines() if line.startswith(("| online EWC", "| DER++"))]
     assert [r.split(" | ")[1:3] for r in rows] == [["cnn", "torch"], ["mlp", "flax"]] * 2
     doc = tmp_path / "torch_bridge.md"

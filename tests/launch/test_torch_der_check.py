@@ -49,21 +49,31 @@ def net_and_params():
         for p in net.parameters():
             p.add_(0.02)
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    params = {f"Dense_{i}": {"kernel": jnp.asarray(m.weight.detach().numpy().T),
-                             "bias": jnp.asarray(m.bias.detach().numpy())} for i, m in enumerate(linears)}
+    params = {
+        f"Dense_{i}": {
+            "kernel": jnp.asarray(m.weight.detach().numpy().T),
+            "bias": jnp.asarray(m.bias.detach().numpy()),
+        }
+        for i, m in enumerate(linears)
+    }
     return net, params
 
 
 def as_torch_layout(tree):
     """Our Fisher tree -> the torch parameter order (w0, b0, w1, b1, w2, b2), torch shapes."""
-    return [np.asarray(a) for i in range(3) for a in (tree[f"Dense_{i}"]["kernel"].T, tree[f"Dense_{i}"]["bias"])]
+    return [
+        np.asarray(a)
+        for i in range(3)
+        for a in (tree[f"Dense_{i}"]["kernel"].T, tree[f"Dense_{i}"]["bias"])
+    ]
 
 
 def test_oewc_fisher_equals_ours(scenario, net_and_params):
     net, params = net_and_params
     images, labels = scenario.train(0)
     ours = EWC(lam=1.4, likelihood_weighted=True, fisher_batch=64).fisher(
-        params, {}, task_arrays(images, labels, np.zeros(N), 320), jax.random.PRNGKey(0), mlp(10))
+        params, {}, task_arrays(images, labels, np.zeros(N), 320), jax.random.PRNGKey(0), mlp(10)
+    )
     x, y = tdc.as_tensors(images, labels)
     theirs = tdc.fisher(net, x, y, denominator=N, chunk=100)
     for a, b in zip(as_torch_layout(ours), theirs):
@@ -74,7 +84,9 @@ def test_oewc_fisher_equals_ours(scenario, net_and_params):
     learner.end_task(x, y)
     scale = 2 * N / (math.ceil(N / tdc.BATCH_SIZE) * tdc.BATCH_SIZE)
     for a, b in zip(as_torch_layout(ours), learner.weights):
-        np.testing.assert_allclose(b.numpy(), scale * a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+        np.testing.assert_allclose(
+            b.numpy(), scale * a, rtol=1e-5, atol=1e-5 * float(np.abs(a).max())
+        )
 
 
 def test_si_step_equals_a_hand_written_update(scenario, net_and_params):
@@ -95,15 +107,21 @@ def test_si_step_equals_a_hand_written_update(scenario, net_and_params):
         for i in range(0, 6, 2):
             h = h @ ws[i].T + ws[i + 1]
             h = jax.nn.relu(h) if i < 4 else h
-        ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), jnp.asarray(y.numpy())[:, None], 1))
-        return ce + hp["c"] * sum(jnp.sum(o * (w - a) ** 2) for w, o, a in zip(ws, omega_j, anchor_j))
+        ce = -jnp.mean(
+            jnp.take_along_axis(jax.nn.log_softmax(h), jnp.asarray(y.numpy())[:, None], 1)
+        )
+        return ce + hp["c"] * sum(
+            jnp.sum(o * (w - a) ** 2) for w, o, a in zip(ws, omega_j, anchor_j)
+        )
 
     omega_j, anchor_j = ([jnp.asarray(t.numpy()) for t in ts] for ts in (omega, anchor))
     grads = jax.grad(loss)([jnp.asarray(t.numpy()) for t in theta])
     assert max(float(jnp.abs(g).max()) for g in grads) > 2  # the clipping is exercised
     clipped = [np.clip(np.asarray(g), -1, 1) for g in grads]
     for p, t, g, w in zip(learner.params, theta, clipped, learner.small_omega):
-        np.testing.assert_allclose(p.detach().numpy(), t.numpy() - hp["lr"] * g, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            p.detach().numpy(), t.numpy() - hp["lr"] * g, rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_allclose(w.numpy(), hp["lr"] * g**2, rtol=1e-4, atol=1e-7)
     # end_task: Ω += ω / ((θ - θ*)² + ξ), θ* <- θ, ω <- 0.
     now = [p.detach().clone() for p in learner.params]
@@ -131,7 +149,9 @@ def test_reservoir_matches_a_hand_computation():
     assert sorted(buffer.get_data(128)[1].tolist()) == [3, 5, 7]
     # Below capacity: slot = number seen, no draw; replay only from the filled slots.
     rng = np.random.RandomState(0)
-    assert tdc.reservoir(2, 3, rng) == 2 and rng.randint(10**9) == np.random.RandomState(0).randint(10**9)
+    assert tdc.reservoir(2, 3, rng) == 2 and rng.randint(10**9) == np.random.RandomState(0).randint(
+        10**9
+    )
     small = tdc.Buffer(10, np.random.RandomState(0))
     small.add_data(x[:4], torch.arange(4))
     assert sorted(small.get_data(128)[1].tolist()) == [0, 1, 2, 3]
@@ -154,8 +174,9 @@ def test_er_step_replays_then_stores_the_current_batch(scenario, net_and_params)
     rng, before = copy.deepcopy(learner.buffer.rng), copy.deepcopy(net)
     choice = rng.choice(5, size=4, replace=False)  # drawn before the current batch is stored
     batch_x, batch_y = torch.cat((x[5:], x[:5][choice])), torch.cat((y[5:], y[:5][choice]))
-    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(before(batch_x), batch_y),
-                                list(before.parameters()))
+    grads = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(before(batch_x), batch_y), list(before.parameters())
+    )
     learner.observe(x[5:], y[5:])
     for p, q, g in zip(net.parameters(), before.parameters(), grads):
         torch.testing.assert_close(p.detach(), q.detach() - 0.2 * g)
@@ -168,7 +189,11 @@ def test_er_step_replays_then_stores_the_current_batch(scenario, net_and_params)
 
 
 def log_softmax(z):
-    return z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+    return (
+        z
+        - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+        - z.max(1, keepdims=True)
+    )
 
 
 def test_lwf_loss_equals_a_hand_written_formula(net_and_params):
@@ -213,9 +238,15 @@ def test_lwf_warm_up_moves_only_the_new_classes_rows(split_scenario, net_and_par
     after = [p.detach() for p in net.parameters()]
     assert all(torch.equal(a, c) for a, c in zip(after[:4], before[:4]))  # features frozen
     rest = torch.tensor([c not in (2, 3) for c in range(10)])
-    assert torch.equal(after[4][rest], before[4][rest]) and torch.equal(after[5][rest], before[5][rest])
-    torch.testing.assert_close(after[4][2:4].double(), w[2:4] - 0.5 * g.T @ feats, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(after[5][2:4].double(), b[2:4] - 0.5 * g.sum(0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(after[4][rest], before[4][rest]) and torch.equal(
+        after[5][rest], before[5][rest]
+    )
+    torch.testing.assert_close(
+        after[4][2:4].double(), w[2:4] - 0.5 * g.T @ feats, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(
+        after[5][2:4].double(), b[2:4] - 0.5 * g.sum(0), rtol=1e-5, atol=1e-6
+    )
     assert learner.current_task == 2
     torch.testing.assert_close(learner.old_logits, net(x))  # after the warm-up, whole network
 
@@ -227,7 +258,9 @@ def test_tiny_lwf_run(split_scenario):
     assert one == again
     assert [len(row) for row in one["matrix_task_il"]] == [1, 2, 3, 4, 5]
     # Masking other tasks' logits never turns a right answer wrong.
-    assert all(t >= c for rt, rc in zip(one["matrix_task_il"], one["matrix"]) for t, c in zip(rt, rc))
+    assert all(
+        t >= c for rt, rc in zip(one["matrix_task_il"], one["matrix"]) for t, c in zip(rt, rc)
+    )
     assert one["final_task_il"] == pytest.approx(np.mean(one["matrix_task_il"][-1]))
     assert one["final_task_il"] > 70  # it learns the tasks (task-IL chance: 50 %)
     unhooked = tdc.run("lwf", split_scenario, seed=3, hp=hp, batch_size=10, begin_task=False)

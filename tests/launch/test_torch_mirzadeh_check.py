@@ -14,6 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 from sequax.configs.reproduce.mirzadeh import table
 from sequax.data import load_source
 from sequax.data.scenarios import permuted, rotated, subsample
@@ -26,7 +27,11 @@ from sequax.launch import torch_mirzadeh_check as mz
 @pytest.fixture(scope="module")
 def tiny():
     """Two permuted tasks of packaged MNIST (task 1 unpermuted), 300 train / 100 test each."""
-    return subsample(permuted(load_source("mnist_packaged"), num_tasks=2, seed=0, first_task_identity=True), 300, 100)
+    return subsample(
+        permuted(load_source("mnist_packaged"), num_tasks=2, seed=0, first_task_identity=True),
+        300,
+        100,
+    )
 
 
 def test_lr_schedule_has_a_one_based_exponent_and_an_absolute_floor():
@@ -41,15 +46,31 @@ def test_lr_schedule_has_a_one_based_exponent_and_an_absolute_floor():
 
 
 def test_hyper_parameters_come_from_the_table_cells():
-    hp = {f"{b}/{m}": mz.cell_hyper(b, m) for b in ("pmnist", "rmnist") for m in ("naive", "stable_sgd")}
+    hp = {
+        f"{b}/{m}": mz.cell_hyper(b, m)
+        for b in ("pmnist", "rmnist")
+        for m in ("naive", "stable_sgd")
+    }
     for b in ("pmnist", "rmnist"):
         assert {k: hp[f"{b}/naive"][k] for k in ("lr", "gamma", "batch_size", "dropout")} == dict(
-            lr=0.01, gamma=1.0, batch_size=10, dropout=0.0)
+            lr=0.01, gamma=1.0, batch_size=10, dropout=0.0
+        )
         assert {k: hp[f"{b}/stable_sgd"][k] for k in ("lr", "batch_size", "dropout")} == dict(
-            lr=0.1, batch_size=64, dropout=0.25)
-    assert hp["pmnist/stable_sgd"]["gamma"] == table.config("pmnist", "stable_sgd").algorithm.decay == 0.8
-    assert hp["rmnist/stable_sgd"]["gamma"] == table.config("rmnist", "stable_sgd").algorithm.decay == 0.55
-    assert all(h["momentum"] == 0.8 and h["widths"] == (256, 256) and h["epochs"] == 1 for h in hp.values())
+            lr=0.1, batch_size=64, dropout=0.25
+        )
+    assert (
+        hp["pmnist/stable_sgd"]["gamma"]
+        == table.config("pmnist", "stable_sgd").algorithm.decay
+        == 0.8
+    )
+    assert (
+        hp["rmnist/stable_sgd"]["gamma"]
+        == table.config("rmnist", "stable_sgd").algorithm.decay
+        == 0.55
+    )
+    assert all(
+        h["momentum"] == 0.8 and h["widths"] == (256, 256) and h["epochs"] == 1 for h in hp.values()
+    )
     with pytest.raises(ValueError, match="no reference loop"):
         mz.cell_hyper("pmnist", "ewc")
 
@@ -65,9 +86,15 @@ def test_each_task_starts_a_new_optimizer_without_momentum(tiny):
     # old optimizer's buffer carried over it would be -lr·(0.8·buf + g).
     x2, y2 = (a[:50] for a in mz.as_tensors(*tiny.train(1)))
     before = copy.deepcopy(net)
-    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(before(x2), y2), list(before.parameters()))
+    grads = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(before(x2), y2), list(before.parameters())
+    )
     second = mz.train_task(net, x2, y2, 0.02, hp)
-    assert second is not first and second.param_groups[0]["lr"] == 0.02 and second.param_groups[0]["momentum"] == 0.8
+    assert (
+        second is not first
+        and second.param_groups[0]["lr"] == 0.02
+        and second.param_groups[0]["momentum"] == 0.8
+    )
     for p, q, g in zip(net.parameters(), before.parameters(), grads):
         torch.testing.assert_close(p.detach(), q.detach() - 0.02 * g)
         torch.testing.assert_close(second.state[p]["momentum_buffer"], g)
@@ -99,15 +126,21 @@ def test_seed_s_trains_on_the_draws_of_our_run_with_seed_s(benchmark):
     source = load_source("mnist_packaged")
     for s, a, b in zip(seeds, ours, check):
         if benchmark == "pmnist":
-            expected = permuted(source, 20, seed=draw_seed(0, s), first_task_identity=True).permutations
+            expected = permuted(
+                source, 20, seed=draw_seed(0, s), first_task_identity=True
+            ).permutations
             np.testing.assert_array_equal(b.permutations, expected)
             np.testing.assert_array_equal(b.permutations, a.permutations)
             assert (b.permutations[0] == np.arange(784)).all()  # task 1 unpermuted
         else:
-            expected = rotated(source, 20, seed=draw_seed(0, s), protocol="step", step=10.0, jitter=10.0).angles
+            expected = rotated(
+                source, 20, seed=draw_seed(0, s), protocol="step", step=10.0, jitter=10.0
+            ).angles
             np.testing.assert_array_equal(b.angles, expected)
             np.testing.assert_array_equal(b.angles, a.angles)
-            assert ((np.arange(20) * 10.0 - 10 < b.angles) & (b.angles <= np.arange(20) * 10.0)).all()
+            assert (
+                (np.arange(20) * 10.0 - 10 < b.angles) & (b.angles <= np.arange(20) * 10.0)
+            ).all()
         np.testing.assert_array_equal(b.train(5)[0], a.train(5)[0])
         np.testing.assert_array_equal(b.test(5)[0], a.test(5)[0])
     assert not np.array_equal(check[0].train(5)[0], check[1].train(5)[0])  # seeds draw differently
@@ -139,7 +172,9 @@ def test_eval_dropout_follows_the_reference(tiny):
 
 def test_tiny_run(tiny):
     torch.set_num_threads(1)
-    hp = dict(mz.cell_hyper("pmnist", "stable_sgd"), batch_size=10)  # lr 0.1, γ 0.8, dropout 0.25; 30 steps
+    hp = dict(
+        mz.cell_hyper("pmnist", "stable_sgd"), batch_size=10
+    )  # lr 0.1, γ 0.8, dropout 0.25; 30 steps
     one, again = (mz.run(tiny, seed=3, hp=hp) for _ in range(2))
     for r in (one, again):
         r.pop("train_s"), r.pop("eval_s")
@@ -148,10 +183,15 @@ def test_tiny_run(tiny):
     assert matrix.shape == (2, 2) and ((0 <= matrix) & (matrix <= 100)).all()
     assert one["lrs"] == pytest.approx([0.08, 0.064])
     assert one["final"] == pytest.approx(matrix[-1].mean())
-    assert matrix[0, 0] > 30 and matrix[1, 1] > 30  # it learns each task (chance: about 10 %; here 44, 62)
+    assert (
+        matrix[0, 0] > 30 and matrix[1, 1] > 30
+    )  # it learns each task (chance: about 10 %; here 44, 62)
     assert one["forgetting_ours"] == pytest.approx(average_forgetting(matrix / 100))
     assert one["forgetting_mirzadeh"] == pytest.approx(max(matrix[0, 0] - matrix[1, 0], 0) / 100)
-    seen = mz.run(tiny, seed=3, hp=hp, eval_dropout=False, full_matrix=False)  # the reference's triangle
+    seen = mz.run(
+        tiny, seed=3, hp=hp, eval_dropout=False, full_matrix=False
+    )  # the reference's triangle
     assert [len(row) for row in seen["matrix"]] == [1, 2] and "forgetting_ours" not in seen
-    assert mz.variant_suffix(False, False, True, hp) == "" and mz.variant_suffix(True, False, False, hp) == (
-        "-shuffle-no_eval_dropout")
+    assert mz.variant_suffix(False, False, True, hp) == "" and mz.variant_suffix(
+        True, False, False, hp
+    ) == ("-shuffle-no_eval_dropout")

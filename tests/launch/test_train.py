@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import REPO_ROOT
 
 TIMEOUT_S = 120
@@ -79,17 +78,33 @@ def test_two_local_processes_train_exactly_what_one_does(tmp_path):
     """The launcher on two processes (one CPU device each, a 2-device data axis over
     localhost, gloo collectives) ends with the accuracy matrix of one process, and only
     process 0 writes the workdir."""
-    common = ["--config=configs/quickstart.py:local", "--config.data.num_tasks=2",
-              "--config.data.train_per_task=300", "--config.data.test_per_task=100"]
+    common = [
+        "--config=configs/quickstart.py:local",
+        "--config.data.num_tasks=2",
+        "--config.data.train_per_task=300",
+        "--config.data.test_per_task=100",
+    ]
     single = train(*common, f"--workdir={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "sequax.launch.train", *common, f"--workdir={tmp_path / f'two{i}'}",
-             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "sequax.launch.train",
+                *common,
+                f"--workdir={tmp_path / f'two{i}'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
@@ -101,7 +116,9 @@ def test_two_local_processes_train_exactly_what_one_does(tmp_path):
     for child, (_, err) in zip(children, outputs):
         assert child.returncode == 0, err[-2000:]
     assert "mesh data=2" in outputs[0][0]
-    assert "sequax" not in outputs[1][0] and "accuracy" not in outputs[1][0]  # process 1 prints no results
+    assert (
+        "sequax" not in outputs[1][0] and "accuracy" not in outputs[1][0]
+    )  # process 1 prints no results
     assert not (tmp_path / "two1").exists()  # ... and writes nothing
     one = json.loads((tmp_path / "one" / "accuracy_matrix.json").read_text())
     two = json.loads((tmp_path / "two0" / "accuracy_matrix.json").read_text())
