@@ -36,6 +36,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import agem_projection
@@ -45,7 +46,8 @@ from sequax.algorithms.reservoir import (
     reservoir_sample,
     reservoir_slots,
 )
-from sequax.engine.task_data import gather_batch
+from sequax.core.protocol import Algorithm
+from sequax.core.task_data import gather_batch
 
 
 def task_sample(task_data, count: int, key: jax.Array):
@@ -62,7 +64,7 @@ def task_sample(task_data, count: int, key: jax.Array):
 
 
 @dataclasses.dataclass(frozen=True)
-class AGEM:
+class AGEM(Algorithm):
     """A-GEM.
 
     Attributes:
@@ -116,6 +118,9 @@ class AGEM:
             "tx_args": {"reference": reference},
         }
         return ce, aux
+
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
 
     def gradient_transform(self):
         return agem_projection()

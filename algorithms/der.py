@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.reservoir import replay_add, replay_init
+from sequax.core.protocol import Algorithm, is_number
 
 
 def mean_squared_error(outputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -74,7 +74,7 @@ def _draw(replay_state, index: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class DER:
+class DER(Algorithm):
     """Dark Experience Replay.
 
     Attributes:

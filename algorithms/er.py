@@ -25,10 +25,11 @@ import jax.numpy as jnp
 
 from sequax.algorithms.losses import forward_cross_entropy
 from sequax.algorithms.reservoir import replay_add, replay_init
+from sequax.core.protocol import Algorithm
 
 
 @dataclasses.dataclass(frozen=True)
-class ER:
+class ER(Algorithm):
     """Experience replay.
 
     Attributes:

@@ -39,7 +39,8 @@ from sequax.algorithms.der import replay_forward
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.lwf import labels_mask
 from sequax.algorithms.reservoir import ReplayState, replay_add, replay_init
-from sequax.engine.heads import mask_logits
+from sequax.core.heads import mask_logits
+from sequax.core.protocol import Algorithm
 
 
 class ERACEState(NamedTuple):
@@ -56,7 +57,7 @@ def incoming_classes(present: jax.Array, seen: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class ERACE:
+class ERACE(Algorithm):
     """Experience replay with asymmetric cross-entropy.
 
     Attributes:

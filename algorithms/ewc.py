@@ -50,13 +50,14 @@ from sequax.algorithms.quadratic_penalty import (
     quadratic_init,
     quadratic_penalty,
 )
-from sequax.engine.task_data import scan_batches
+from sequax.core.protocol import Algorithm
+from sequax.core.task_data import scan_batches
 
 FISHER_LABELS = ("empirical", "sampled")
 
 
 @dataclasses.dataclass(frozen=True)
-class EWC:
+class EWC(Algorithm):
     """Elastic Weight Consolidation.
 
     Attributes:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
-from sequax.algorithms.protocol import is_number
+from sequax.core.protocol import Algorithm, is_number
 
 
 class GDumbState(NamedTuple):
@@ -77,7 +77,7 @@ def balanced_slots(stored_y, counts, labels, key):
 
 
 @dataclasses.dataclass(frozen=True)
-class GDumb:
+class GDumb(Algorithm):
     """Greedy sampler and dumb learner.
 
     Attributes:
@@ -181,5 +181,5 @@ class GDumb:
         )
         return algo._replace(params=params, model_state=model_state)
 
-    def predict(self, params, model_state, algo, x, model):
+    def predict(self, params, model_state, algo, x, task, model):
         return model.apply(algo.params, algo.model_state, x, train=False)[0]["logits"]

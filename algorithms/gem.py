@@ -46,11 +46,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from sequax.algorithms.agem import task_sample
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_projection
-from sequax.algorithms.protocol import is_number
+from sequax.core.protocol import Algorithm, is_number
 
 
 class GEMState(NamedTuple):
@@ -60,7 +61,7 @@ class GEMState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class GEM:
+class GEM(Algorithm):
     """Gradient Episodic Memory.
 
     Attributes:
@@ -130,6 +131,9 @@ class GEM:
 
         operands = (params, model_state, algo.memory, algo.valid, keys)
         return first_rows(task, algo.stored, self.num_tasks, *operands)
+
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
 
     def gradient_transform(self):
         return gem_projection(self.gamma, self.eps)

@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import optax
 
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.protocol import is_number
-from sequax.engine.clipping import clip_grad_norm
-from sequax.engine.heads import mask_logits
-from sequax.engine.models import MLP, Model
+from sequax.core.clipping import clip_grad_norm
+from sequax.core.heads import mask_logits
+from sequax.core.models import MLP, Model
+from sequax.core.protocol import Algorithm, is_number
 
 EMBEDDINGS = "hat_embeddings"  # params[EMBEDDINGS]["layer_l"]: float32 [num_tasks, width_l]
 
@@ -158,7 +158,7 @@ def compensate_embeddings(grads: dict, params: dict, s, s_max, thres_cosh) -> di
 
 
 @dataclasses.dataclass(frozen=True)
-class HAT:
+class HAT(Algorithm):
     """HAT (task-IL).
 
     Attributes:
@@ -255,6 +255,11 @@ class HAT:
             "tx_args": {"cumulative": algo.cumulative, "s": s},
         }
 
+    def optimizer(self, tx):
+        """Gradient conditioning, compensation and clipping in front of `tx`; the embedding
+        clamp after it."""
+        return optax.chain(self.gradient_transform(), tx, self.projection_transform())
+
     def gradient_transform(self):
         def update(grads, opt_state, params=None, *, cumulative, s, **extra):
             grads = compensate_embeddings(
@@ -285,7 +290,7 @@ class HAT:
             cumulative=jax.tree.map(jnp.maximum, state.algo.cumulative, gates)
         )
 
-    def predict(self, params, model_state, algo, x, model, *, task):
+    def predict(self, params, model_state, algo, x, task, model):
         return model.apply(params, model_state, x, train=False, task=task, s=self.s_max)[0][
             "logits"
         ]

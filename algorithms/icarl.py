@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sequax.engine.task_data import gather_batch
+from sequax.core.protocol import Algorithm
+from sequax.core.task_data import gather_batch
 
 NO_MEAN = -1e30  # below every -distance (>= -4), above the evaluation mask's finfo.min
 
@@ -86,7 +87,7 @@ def draw_exemplars(algo: ICaRLState, size: int, key):
 
 
 @dataclasses.dataclass(frozen=True)
-class ICaRL:
+class ICaRL(Algorithm):
     """iCaRL.
 
     Attributes:
@@ -207,7 +208,7 @@ class ICaRL:
             jax.tree.map(jnp.copy, state.model_state),
         )
 
-    def predict(self, params, model_state, algo, x, model):
+    def predict(self, params, model_state, algo, x, task, model):
         features = self._features(model, params, model_state, x)
         distance = jnp.sum((features[:, None, :] - algo.means) ** 2, -1)
         return jnp.where(algo.has_mean, -distance, NO_MEAN)

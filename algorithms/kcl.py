@@ -49,11 +49,13 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.stable_sgd import scale_by_lr_factor, task_lr_factor
-from sequax.engine.models import Model, dense_initializers
-from sequax.engine.task_data import gather_batch
+from sequax.core.models import Model, dense_initializers
+from sequax.core.protocol import Algorithm
+from sequax.core.task_data import gather_batch
 
 
 class KCLState(NamedTuple):
@@ -132,7 +134,7 @@ def minmax(h: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class KCL:
+class KCL(Algorithm):
     """Kernel continual learning (task-incremental).
 
     Attributes:
@@ -277,10 +279,13 @@ class KCL:
             "tx_args": {"lr_factor": lr_factor},
         }
 
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
+
     def gradient_transform(self):
         return scale_by_lr_factor()  # the per-task learning-rate decay
 
-    def predict(self, params, model_state, algo, x, model, *, task):
+    def predict(self, params, model_state, algo, x, task, model):
         """Logits of `x` by its task's classifier (`task`: int32 [B], one test set's task id):
         the task's coreset, ridge parameters and bases."""
         task = task[0]

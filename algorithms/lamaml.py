@@ -1,6 +1,7 @@
 """La-MAML: look-ahead meta-learning with learned per-parameter learning rates and replay.
 
-Each incoming batch is seen `glances` times. A glance shuffles the batch and takes inner
+Each incoming batch is seen `config.training.glances` times (the official `--glances`, 5 on
+MNIST; a training setting of the stream, the step repeats the batch: `engine/step.py`). A glance shuffles the batch and takes inner
 SGD steps on its examples `inner_batch` at a time, θ_{k+1} = θ_k − max(0, α) ⊙ ∇ℓ(θ_k), with
 the current per-parameter learning rates α (one per weight and bias, held in the state).
 After every inner step the meta-loss, the mean cross-entropy of the look-ahead weights
@@ -11,14 +12,15 @@ meta-gradients are clipped to global norm `grad_clip`; then the asynchronous upd
 η ∇_α (its own step first), θ_0 ← θ_0 − max(0, α) ⊙ ∇_θ with the new α. The batch enters the
 memory on its first glance only.
 
-    algorithm = LaMAML(alpha_init=0.15, meta_lr=0.3, glances=5, capacity=200, replay_batch=10)
-    # with config.optimizer.lr = 1.0 (SGD): the per-parameter rates are the step size
+    algorithm = LaMAML(alpha_init=0.15, meta_lr=0.3, capacity=200, replay_batch=10)
+    # with config.optimizer.lr = 1.0 (SGD) and config.training.glances = 5: the per-parameter
+    # rates are the step size
 
-How it maps onto the engine: the engine repeats the step `glances` times per batch
+How it maps onto the engine: the engine repeats the step `training.glances` times per batch
 (`engine/step.py`, batch["glance"]). `loss` computes both meta-gradients with one
 `value_and_grad` and returns the meta-loss through a linear surrogate whose gradient with
 respect to the parameters is exactly the clipped ∇_θ (the engine's own backward pass is
-then a dot product); the new α goes to `gradient_transform`, the per-parameter rates max(0, α) as an
+then a dot product); the new α goes to the `optimizer` hook's transform, the per-parameter rates max(0, α) as an
 optax transformation in front of SGD at learning rate 1, and to `update`, which stores it.
 
 Verified against the official code (github.com/montrealrobotics/La-MAML; line numbers of
@@ -76,7 +78,8 @@ from sequax.algorithms.reservoir import (
     replay_init,
     reservoir_slots,
 )
-from sequax.engine.clipping import clip_grad_norm
+from sequax.core.clipping import clip_grad_norm
+from sequax.core.protocol import Algorithm
 
 PyTree = Any
 
@@ -112,7 +115,7 @@ def sample_with_replacement(buffer: ReservoirState, size: int, key: jax.Array):
 
 
 @dataclasses.dataclass(frozen=True)
-class LaMAML:
+class LaMAML(Algorithm):
     """La-MAML (Gupta et al. 2020).
 
     Attributes:
@@ -120,7 +123,6 @@ class LaMAML:
         0.15 for MNIST Rotations).
       meta_lr: η, the SGD learning rate of α on its meta-gradient (official `--opt_lr`;
         0.3 for MNIST Rotations); 0 keeps α at α₀.
-      glances: times each incoming batch is trained on (each a full meta-update).
       capacity: reservoir memory size in examples (official `--memories`).
       replay_batch: memory examples added to each glance's meta-batch (`--replay_batch_size`).
       inner_batch: examples per inner SGD step (1: the batch's examples one by one, as the
@@ -138,7 +140,6 @@ class LaMAML:
 
     alpha_init: float = 0.15
     meta_lr: float = 0.3
-    glances: int = 5
     capacity: int = 200
     replay_batch: int = 10
     inner_batch: int = 1
@@ -151,10 +152,8 @@ class LaMAML:
             raise ValueError(
                 f"LaMAML replay_batch={self.replay_batch} must be in [1, capacity={self.capacity}]"
             )
-        if self.glances < 1 or self.inner_batch < 1:
-            raise ValueError(
-                f"LaMAML glances={self.glances} and inner_batch={self.inner_batch} must be >= 1"
-            )
+        if self.inner_batch < 1:
+            raise ValueError(f"LaMAML inner_batch={self.inner_batch} must be >= 1")
 
     def init(self, params, model_state, example_batch, rng):
         alpha = jax.tree.map(lambda p: jnp.full_like(p, self.alpha_init), params)
@@ -245,6 +244,9 @@ class LaMAML:
             "alpha": alpha,
             "tx_args": {"alpha": alpha},
         }
+
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
 
     def gradient_transform(self):
         return nonnegative_rates()

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import penalised_cross_entropy
-from sequax.algorithms.protocol import is_number
+from sequax.core.protocol import Algorithm, is_number
 
 
 class LFLState(NamedTuple):
@@ -57,7 +57,7 @@ def feature_distance(features: jax.Array, old_features: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class LFL:
+class LFL(Algorithm):
     """Less-Forgetting Learning.
 
     Attributes:

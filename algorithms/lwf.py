@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.protocol import is_number
-from sequax.engine.heads import mask_logits
+from sequax.core.heads import mask_logits
+from sequax.core.protocol import Algorithm, is_number
 
 
 class LwFState(NamedTuple):
@@ -72,7 +72,7 @@ def soft_cross_entropy(logits, target_logits, classes, temperature) -> jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class LwF:
+class LwF(Algorithm):
     """Learning without Forgetting.
 
     Attributes:

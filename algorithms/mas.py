@@ -39,17 +39,17 @@ import jax.numpy as jnp
 
 from sequax.algorithms.fisher import batched_like_params
 from sequax.algorithms.losses import penalised_cross_entropy
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
     quadratic_init,
     quadratic_penalty,
 )
-from sequax.engine.task_data import scan_batches
+from sequax.core.protocol import Algorithm, is_number
+from sequax.core.task_data import scan_batches
 
 
 @dataclasses.dataclass(frozen=True)
-class MAS:
+class MAS(Algorithm):
     """Memory Aware Synapses (global version).
 
     Attributes:

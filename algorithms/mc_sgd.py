@@ -55,9 +55,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.stable_sgd import decayed_cross_entropy, scale_by_lr_factor
-from sequax.engine.task_data import gather_batch
+from sequax.core.protocol import Algorithm, is_number
+from sequax.core.task_data import gather_batch
 
 
 class MCSGDState(NamedTuple):
@@ -86,7 +86,7 @@ def class_balanced_sample(task_data, per_class: int, num_classes: int, key: jax.
 
 
 @dataclasses.dataclass(frozen=True)
-class MCSGD:
+class MCSGD(Algorithm):
     """MC-SGD.
 
     Attributes:
@@ -161,13 +161,16 @@ class MCSGD:
             model, params, state, batch, rng, self.decay, 0, self.min_factor
         )
 
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
+
     def gradient_transform(self):
         return scale_by_lr_factor()
 
     def update(self, algo, state, batch, aux, rng):
         return algo
 
-    def predict(self, params, model_state, algo, x, model):
+    def predict(self, params, model_state, algo, x, task, model):
         return model.apply(algo.solution, model_state, x, train=False)[0]["logits"]
 
     def end_task(self, state, task_data, rng, model):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 
 from sequax.algorithms.losses import forward_cross_entropy
+from sequax.core.protocol import Algorithm
 
 
 @dataclasses.dataclass(frozen=True)
-class Naive:
+class Naive(Algorithm):
     """Cross-entropy on the current batch only; no memory (its state is `{}`)."""
 
     def init(self, params, model_state, example_batch, rng):

@@ -54,8 +54,8 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import penalised_cross_entropy
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import QuadraticState, quadratic_init, quadratic_penalty
+from sequax.core.protocol import Algorithm, is_number
 
 
 class RWalkState(NamedTuple):
@@ -74,7 +74,7 @@ def minmax(tree):
 
 
 @dataclasses.dataclass(frozen=True)
-class RWalk:
+class RWalk(Algorithm):
     """Riemannian Walk.
 
     Attributes:

@@ -35,13 +35,13 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import penalised_cross_entropy
-from sequax.algorithms.protocol import is_number
 from sequax.algorithms.quadratic_penalty import (
     QuadraticState,
     consolidate_online,
     quadratic_init,
     quadratic_penalty,
 )
+from sequax.core.protocol import Algorithm, is_number
 
 
 class SIState(NamedTuple):
@@ -69,7 +69,7 @@ clip_gradient.defvjp(_clip_forward, _clip_backward)
 
 
 @dataclasses.dataclass(frozen=True)
-class SI:
+class SI(Algorithm):
     """Synaptic Intelligence.
 
     Attributes:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from sequax.algorithms.losses import forward_cross_entropy
-from sequax.algorithms.protocol import is_number
+from sequax.core.protocol import Algorithm, is_number
 
 
 def task_lr_factor(task: jax.Array, decay, offset: int, min_factor) -> jax.Array:
@@ -76,7 +76,7 @@ def decayed_cross_entropy(model, params, state, batch, rng, decay, offset: int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class StableSGD:
+class StableSGD(Algorithm):
     """Stable SGD's per-task learning-rate decay (dropout and batch size live in the config).
 
     Attributes:
@@ -108,6 +108,9 @@ class StableSGD:
         return decayed_cross_entropy(
             model, params, state, batch, rng, self.decay, self.offset, self.min_factor
         )
+
+    def optimizer(self, tx):
+        return optax.chain(self.gradient_transform(), tx)
 
     def gradient_transform(self):
         return scale_by_lr_factor()

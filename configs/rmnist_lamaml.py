@@ -65,7 +65,6 @@ def get_config(arg: str | None = None):
             name="lamaml",
             alpha_init=0.15,
             meta_lr=0.3,
-            glances=5,
             capacity=200,
             replay_batch=10,
             inner_batch=1,
@@ -77,4 +76,5 @@ def get_config(arg: str | None = None):
     config.optimizer.lr = 1.0  # the step size is max(0, α) (the asynchronous update)
     config.training.batch_size = 10
     config.training.epochs = 1
+    config.training.glances = 5  # each batch trained on 5 times in a row (official --glances 5)
     return common.finish(config, arg)

@@ -95,7 +95,7 @@ def with_augmentation(model, augment: Augment | None, normalize=None):
     """`model` with its train-mode inputs augmented and, optionally, every input normalised.
 
     Args:
-      model: a `sequax.engine.models.Model`.
+      model: a `sequax.core.models.Model`.
       augment: `augment(x, key) -> x` (e.g. from `make_augment`), run when `train=True` with a
         key derived from the `rng` given to `apply`; None: no augmentation.
       normalize: None, or per-channel `(mean, std)` applied as `(x - mean) / std` in train and

@@ -58,7 +58,7 @@ class Scenario:
       pixel_maps: int32 [num_tasks, H*W*C] when each task's transform only moves pixels
         (Permuted; Rotated with nearest interpolation), else None: out.flat[i] =
         in.flat[pixel_maps[t, i]], where the index H*W*C stands for a black (0) pixel. The
-        engine applies these maps on device, per batch (`sequax.engine.task_data`), which
+        engine applies these maps on device, per batch (`sequax.core.task_data`), which
         lets vmapped runs each draw their own permutations or angles.
     """
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import numpy as np
 import optax
 
 from sequax import algorithms
 from sequax import data as sequax_data
+from sequax.core.models import Model, from_linen, mlp, resnet18
 from sequax.data.augment import make_augment, with_augmentation
-from sequax.engine.clipping import clip_grad_norm_transform
-from sequax.engine.models import Model, mlp, resnet18
+from sequax.data.factories import load_callable
+from sequax.engine import optimizers
 
 
 class ConfigError(ValueError):
@@ -38,11 +40,17 @@ def build_scenario(data_config):
         from sequax.data.torch_source import load_torch_source
 
         source = load_torch_source(cfg.get("factory"), int(cfg.get("num_classes") or 0))
+    elif ":" in str(cfg["source"]):  # the user's own: a factory returning an ImageSource
+        source = load_callable(cfg["source"], "data.source", ConfigError, "a source factory")()
     else:
         source = sequax_data.load_source(cfg["source"], cfg.get("root"))
     options = dict(cfg.get("options") or {})
+    make = sequax_data.make_scenario
+    if ":" in str(cfg["scenario"]):  # the user's own: make(source, num_tasks, seed, **options)
+        own = load_callable(cfg["scenario"], "data.scenario", ConfigError, "a scenario builder")
+        make = lambda _, *args, **kwargs: own(*args, **kwargs)  # noqa: E731
     try:
-        scenario = sequax_data.make_scenario(
+        scenario = make(
             cfg["scenario"], source, num_tasks=cfg["num_tasks"], seed=cfg.get("seed", 0), **options
         )
     except TypeError as error:  # an option the scenario does not take
@@ -114,7 +122,10 @@ def _torch_model(cfg: dict[str, Any], num_classes: int) -> Model:
 
 
 def build_model(model_config, num_classes: int, data_config=None) -> Model:
-    """The backbone `config.model.name` ("mlp", "resnet18", "torch") built with the section's other keys.
+    """The backbone `config.model.name` built with the section's other keys: "mlp",
+    "resnet18", "torch" (a torch module from `model.factory`, through the bridge), or a
+    "package.module:attr" import path to the user's own factory, called with `num_classes`
+    and the section's other keys, returning a `Model` or a flax linen module.
 
     With `data_config`, its `augment` names (e.g. ("crop", "flip")) run on every train-mode
     input, replayed examples included, and `normalize` = (mean, std) standardises every
@@ -122,15 +133,21 @@ def build_model(model_config, num_classes: int, data_config=None) -> Model:
     """
     cfg = _as_dict(model_config)
     name = cfg.pop("name", "mlp")
-    if name not in MODELS and name != "torch":
+    if name not in MODELS and name != "torch" and ":" not in str(name):
+        known = ", ".join(map(repr, [*MODELS, "torch"]))
         raise ConfigError(
-            f"config.model.name={name!r} is unknown; known: {', '.join(map(repr, [*MODELS, 'torch']))}"
+            f"config.model.name={name!r} is unknown; known: {known}, or the import path of "
+            f"your own, 'package.module:factory'"
         )
     data = _as_dict(data_config or {})
     try:
-        model = (
-            _torch_model(cfg, num_classes) if name == "torch" else MODELS[name](num_classes, **cfg)
-        )
+        if name == "torch":
+            model = _torch_model(cfg, num_classes)
+        elif name in MODELS:
+            model = MODELS[name](num_classes, **cfg)
+        else:
+            factory = load_callable(name, "model.name", ConfigError, "a model factory")
+            model = as_model(factory(num_classes, **cfg), num_classes)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
@@ -145,44 +162,58 @@ def build_model(model_config, num_classes: int, data_config=None) -> Model:
         raise ConfigError(f"config.data: {error}") from None
 
 
-def build_optimizer(optimizer_config, *, validate: bool = True) -> optax.GradientTransformation:
-    """SGD (optionally with momentum and weight decay), the optimiser of every MNIST protocol.
+def as_model(obj, num_classes: int) -> Model:
+    """A `Model` or a flax linen module (`module(x, train) -> {"logits", "features"}`) as a
+    `Model`; anything else is refused in one line."""
+    if isinstance(obj, Model):
+        return obj
+    if isinstance(obj, nn.Module):
+        return from_linen(obj, num_classes)
+    raise ConfigError(
+        f"the model {type(obj).__name__} is not a model: give a sequax Model or a flax linen "
+        f"Module returning {{'logits', 'features'}} (a torch nn.Module goes through "
+        f"sequax.engine.torch_bridge.from_torch(module, example_batch) first)"
+    )
 
-    `weight_decay` adds `wd * θ` to the gradient before the SGD step (torch.optim.SGD's
-    `weight_decay`, the L2 term of mammoth's LwF and iCaRL), so it also feeds the momentum.
-    `clip_norm` > 0 first scales the gradient to global norm <= clip_norm with torch's
-    `clip_grad_norm_` semantics (`sequax.engine.clipping`), as a torch loop clipping before
-    `optimizer.step()`; it follows any gradient surgery (`protocol.optimizer_for`).
-    `validate=False` accepts traced `lr`/`momentum` (a vmapped sweep rebinding them per run;
+
+def build_optimizer(
+    optimizer_config,
+    *,
+    validate: bool = True,
+    steps_per_epoch: int | None = None,
+    epochs_per_task: int | None = None,
+) -> optax.GradientTransformation:
+    """The optimizer of `config.optimizer` (`sequax.engine.optimizers.make_optimizer`): sgd,
+    momentum, nesterov, adam, adamw, rmsprop, lion, adagrad or "package.module:factory", with
+    its learning-rate schedule, as the torch.optim class of the same name.
+
+    `weight_decay` adds `wd * θ` to the gradient before the step (torch.optim.SGD's
+    `weight_decay`, the L2 term of mammoth's LwF and iCaRL), so it also feeds the momentum;
+    adamw and lion decouple it. `clip_norm` > 0 first scales the gradient to global norm
+    <= clip_norm with torch's `clip_grad_norm_` semantics (`sequax.core.clipping`); it
+    follows any gradient surgery (`protocol.optimizer_for`). `steps_per_epoch` (the
+    optimizer steps in one epoch) and `epochs_per_task` convert a schedule's epochs to
+    steps; a constant learning rate needs neither. `validate=False` accepts traced `lr`,
+    `momentum`, `weight_decay`, `b1`, `b2`, `eps` (a vmapped sweep rebinding them per run;
     `sequax.engine.runs` checks every grid point's concrete values first).
     """
-    cfg = _as_dict(optimizer_config)
-    name = cfg.get("name", "sgd")
-    if name != "sgd":
-        raise ConfigError(f"config.optimizer.name={name!r} is unknown; known: 'sgd'")
-    if validate and not cfg.get("lr", 0) > 0:
-        raise ConfigError(f"config.optimizer.lr={cfg.get('lr')!r} must be a positive number")
-    momentum = cfg.get("momentum", 0.0)
-    if isinstance(momentum, (int, float)) and not momentum:
-        momentum = None  # plain SGD: no trace in the optimizer state
-    weight_decay = cfg.get("weight_decay", 0.0)
-    if validate and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ConfigError(f"config.optimizer.weight_decay={weight_decay!r} must be a number >= 0")
-    clip_norm = cfg.get("clip_norm", 0.0)
-    if validate and not (
-        isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool) and clip_norm >= 0
-    ):
-        raise ConfigError(
-            f"config.optimizer.clip_norm={clip_norm!r} must be a number >= 0 (0 = no clipping)"
+    try:
+        return optimizers.make_optimizer(
+            optimizer_config,
+            validate=validate,
+            steps_per_epoch=steps_per_epoch,
+            epochs_per_task=epochs_per_task,
         )
-    parts = [optax.sgd(cfg["lr"], momentum=momentum)]
-    if not (isinstance(weight_decay, (int, float)) and not weight_decay):
-        parts.insert(0, optax.add_decayed_weights(weight_decay))
-    if not (isinstance(clip_norm, (int, float)) and not clip_norm):
-        parts.insert(
-            0, clip_grad_norm_transform(clip_norm)
-        )  # torch: clip, then step (decay inside)
-    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+    except optimizers.OptimizerConfigError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_optimizer(optimizer_config, *, epochs_per_task: int | None = None) -> None:
+    """Every check of `config.optimizer` that needs no data (`optimizers.check_optimizer`)."""
+    try:
+        optimizers.check_optimizer(optimizer_config, epochs_per_task=epochs_per_task)
+    except optimizers.OptimizerConfigError as error:
+        raise ConfigError(str(error)) from None
 
 
 def build_algorithm(algorithm_config):

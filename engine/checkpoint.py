@@ -605,7 +605,7 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]
 @functools.cache
 def _defaults() -> dict[str, Any]:
     """`base_config()` flattened as a saved config is (its JSON form)."""
-    from sequax.configs.common import base_config  # configs import nothing of the engine
+    from sequax.engine.schema import base_config
 
     return _flatten(json.loads(base_config().to_json_best_effort()))
 

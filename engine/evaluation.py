@@ -12,15 +12,14 @@ classes). For a domain-incremental stream both masks are all classes and the row
 
 from __future__ import annotations
 
-import inspect
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sequax.engine.heads import mask_logits, seen_classes
-from sequax.engine.task_data import TaskData, scan_batches
+from sequax.core.heads import mask_logits, seen_classes
+from sequax.core.task_data import TaskData, scan_batches
 
 
 class TestSets(NamedTuple):
@@ -71,22 +70,17 @@ def make_evaluate(
     of tasks 0..task. Accuracies are fractions of each task's test set. With `runs=True`
     the model arguments carry a leading run axis and the results are [runs, T].
 
-    `predict(params, model_state, algo, x, model) -> logits` replaces the model's own logits
-    for algorithms that classify differently (an algorithm's optional `predict`: iCaRL's
-    nearest mean of exemplars, GDumb's model retrained from its memory); `algo` is then the
-    algorithm's state. A `predict` naming a keyword `task` also gets the examples' task ids
-    (int32 [B]: HAT gates each test set with its task's gates). `test_per_run=True`: `test.x` carries the run axis too
+    `predict(params, model_state, algo, x, task, model) -> logits` is the method's `predict`
+    hook (iCaRL's nearest mean of exemplars, GDumb's model retrained from its memory, HAT's
+    per-task gates; the model's own logits by default); `algo` is the algorithm's state and
+    `task` the examples' task ids, int32 [B]. None: the model's logits. `test_per_run=True`: `test.x` carries the run axis too
     (`stack_run_test_sets`).
     """
     task_classes = jnp.asarray(task_classes, bool)
-    # A `predict` with a keyword `task` gets each example's task id (HAT's per-task gates).
-    takes_task = predict is not None and "task" in inspect.signature(predict).parameters
 
     def logits_of(params, model_state, algo, x, task):
         if predict is not None:
-            return predict(
-                params, model_state, algo, x, model, **({"task": task} if takes_task else {})
-            )
+            return predict(params, model_state, algo, x, task, model)
         return model.apply(params, model_state, x, train=False)[0]["logits"]
 
     def evaluate(params, model_state, task, test: TestSets, algo=None):

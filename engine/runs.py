@@ -8,7 +8,7 @@ the state gets a leading run axis, the swept values live in `CLState.hparams` as
 scalars, and `bind` rebuilds the algorithm and optimizer from them inside the vmapped step,
 so each run reads its own values as traced scalars.
 
-    grid = make_grid(config)                # validated before anything compiles
+    grid = make_grid(config, algorithm)     # validated before anything compiles
     grid.size, grid.seeds, grid.points      # runs, their seeds, their swept values
     algorithm, tx = bind(algorithm, config.optimizer, state.hparams)   # inside jit/vmap
 
@@ -20,16 +20,16 @@ those grids point by point.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 from typing import Any
 
 import numpy as np
 
-from sequax.engine.build import ConfigError, build_algorithm, build_optimizer
+from sequax.engine.build import ConfigError, build_algorithm, build_optimizer, check_optimizer
+from sequax.engine.optimizers import SWEEPABLE_KEYS
 
-OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay")
+OPTIMIZER_KEYS = SWEEPABLE_KEYS  # lr, momentum, weight_decay, b1, b2, eps: traced-safe
 TABLE_METRICS = ("acc", "bwt", "fwt", "forgetting")  # the table's columns; summary.json has all
 
 
@@ -70,20 +70,33 @@ def _sweep_items(config) -> list[tuple[str, tuple[float, ...]]]:
     return items
 
 
-def make_grid(config) -> RunGrid:
-    """Validates `config.runs` and `config.sweep` and lists the runs (one-line errors)."""
+def make_grid(config, algorithm=None, *, optimizer_object: bool = False) -> RunGrid:
+    """Validates `config.runs` and `config.sweep` against `algorithm` (default: the one
+    `config.algorithm` builds) and lists the runs (one-line errors). `optimizer_object`: the
+    optimizer was given as an object, so its values cannot be swept."""
+    if algorithm is None:
+        algorithm = build_algorithm(config.algorithm)
     runs = config.get("runs", 1)
     if not isinstance(runs, int) or runs < 1:
         raise ConfigError(f"config.runs={runs!r} must be a positive integer (the number of seeds)")
-    algorithm_fields = {f.name: f for f in dataclasses.fields(build_algorithm(config.algorithm))}
+    fields = (
+        {f.name for f in dataclasses.fields(algorithm)}
+        if dataclasses.is_dataclass(algorithm)
+        else set()
+    )
     items = _sweep_items(config)
     for key, values in items:
-        if key not in OPTIMIZER_KEYS and key not in algorithm_fields:
-            known = ", ".join([*OPTIMIZER_KEYS, *sorted(algorithm_fields)])
+        if key in OPTIMIZER_KEYS and optimizer_object:
+            raise ConfigError(
+                f"config.sweep.{key}: the optimizer was given as an object, so its values cannot "
+                f"be swept; name it in config.optimizer instead"
+            )
+        if key not in OPTIMIZER_KEYS and key not in fields:
+            known = ", ".join([*OPTIMIZER_KEYS, *sorted(fields)])
             raise ConfigError(
                 f"config.sweep.{key} is not a hyper-parameter of this run; known: {known}"
             )
-        if key in algorithm_fields and not isinstance(getattr(config.algorithm, key, 0.0), float):
+        if key in fields and not isinstance(getattr(algorithm, key), float):
             raise ConfigError(
                 f"config.sweep.{key}: only float hyper-parameters can share one program (this one "
                 f"sets shapes or control flow); sweep it point by point with sequax.launch.sweep"
@@ -93,42 +106,67 @@ def make_grid(config) -> RunGrid:
     keys = tuple(k for k, _ in items)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in items))]
     for point in points:  # every point must be a valid run on its own (before any compile)
-        _check_point(config, point)
+        _check_point(config, algorithm, point)
     seeds = [int(config.seed) + s for s in range(runs)]
     grid_points = tuple(dict(p) for p in points for _ in seeds)
     return RunGrid(seeds=tuple(seeds) * len(points), points=grid_points, keys=keys)
 
 
-def _check_point(config, point: dict[str, float]) -> None:
-    algorithm = config.algorithm.to_dict()
+def _check_point(config, algorithm, point: dict[str, float]) -> None:
     optimizer = config.optimizer.to_dict()
-    for key, value in point.items():
-        (optimizer if key in OPTIMIZER_KEYS else algorithm)[key] = float(value)
+    values = {k: float(v) for k, v in point.items() if k not in OPTIMIZER_KEYS}
+    optimizer.update({k: float(v) for k, v in point.items() if k in OPTIMIZER_KEYS})
     try:
-        build_algorithm(algorithm)
-        build_optimizer(optimizer)
-    except ConfigError as error:
+        if values:
+            dataclasses.replace(algorithm, **values)  # its __post_init__ checks the values
+        check_optimizer(optimizer)
+    except (ConfigError, ValueError, TypeError) as error:
         raise ConfigError(f"config.sweep point {point}: {error}") from None
 
 
-def bind(algorithm, optimizer_config, hparams: dict[str, Any]):
-    """The algorithm and optimizer of one run, with its swept values (traced under vmap).
+def bind_algorithm(algorithm, hparams: dict[str, Any]):
+    """The algorithm of one run, with its swept values (traced scalars under vmap): a copy
+    made by `dataclasses.replace` (whose `__post_init__` checks only plain numbers: every
+    grid point's concrete values were checked by `make_grid`)."""
+    values = {k: v for k, v in hparams.items() if k not in OPTIMIZER_KEYS}
+    return dataclasses.replace(algorithm, **values) if values else algorithm
 
-    The algorithm is copied with the values set directly (its `__post_init__` checks ran on
-    every grid point in `make_grid`, with concrete values; they would fail on tracers).
-    """
-    if not hparams:
-        return algorithm, build_optimizer(optimizer_config)
-    algorithm = copy.copy(algorithm)
+
+def bind_optimizer(
+    optimizer_config,
+    hparams: dict[str, Any],
+    *,
+    steps_per_epoch: int | None = None,
+    epochs_per_task: int | None = None,
+):
+    """The configured optimizer of one run, with its swept values (traced under vmap);
+    `steps_per_epoch` and `epochs_per_task` place a learning-rate schedule's epochs
+    (`build_optimizer`)."""
+    schedule = dict(steps_per_epoch=steps_per_epoch, epochs_per_task=epochs_per_task)
+    if not any(k in OPTIMIZER_KEYS for k in hparams):
+        return build_optimizer(optimizer_config, **schedule)
     optimizer = dict(
         optimizer_config.to_dict() if hasattr(optimizer_config, "to_dict") else optimizer_config
     )
-    for key, value in hparams.items():
-        if key in OPTIMIZER_KEYS:
-            optimizer[key] = value
-        else:
-            object.__setattr__(algorithm, key, value)
-    return algorithm, build_optimizer(optimizer, validate=False)
+    optimizer.update({k: v for k, v in hparams.items() if k in OPTIMIZER_KEYS})
+    return build_optimizer(optimizer, validate=False, **schedule)
+
+
+def bind(
+    algorithm,
+    optimizer_config,
+    hparams: dict[str, Any],
+    *,
+    steps_per_epoch: int | None = None,
+    epochs_per_task: int | None = None,
+):
+    """(algorithm, optimizer) of one run: `bind_algorithm` and `bind_optimizer`."""
+    return bind_algorithm(algorithm, hparams), bind_optimizer(
+        optimizer_config,
+        hparams,
+        steps_per_epoch=steps_per_epoch,
+        epochs_per_task=epochs_per_task,
+    )
 
 
 def summary_table(grid: RunGrid, per_run: list[dict]) -> list[dict]:

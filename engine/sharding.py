@@ -40,9 +40,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sequax.core.task_data import BATCH_AXES, constrain_batch  # noqa: F401 - the engine's batch split
+
 PyTree = Any
 MESH_AXES = ("runs", "data", "fsdp")
-BATCH_AXES = ("data", "fsdp")  # a batch is split across both: FSDP is data parallel too
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None, runs: int = 1) -> Mesh:
@@ -167,24 +168,3 @@ def put(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
     shards its own devices own (so several hosts each feed their part)."""
     host = np.asarray(host)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def constrain_batch(batch: PyTree) -> PyTree:
-    """Splits a batch's leading axis across the batch axes of the mesh in context.
-
-    A no-op when no mesh is set (`jax.set_mesh`), when the mesh lacks the batch axes, or
-    when the batch does not divide evenly, so the same traced code runs anywhere.
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return batch
-    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    if ways == 1:
-        return batch
-
-    def constrain(x):
-        if x.ndim == 0 or x.shape[0] % ways:
-            return x
-        return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
-
-    return jax.tree.map(constrain, batch)

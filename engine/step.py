@@ -25,15 +25,15 @@ import numpy as np
 import optax
 from jax import lax
 
-from sequax.algorithms.protocol import optimizer_for
-from sequax.engine.sharding import constrain_batch
-from sequax.engine.state import STREAM_ORDER, STREAM_TRAIN, CLState, stream_key
-from sequax.engine.task_data import TaskData, gather_batch
+from sequax.core.state import STREAM_ORDER, STREAM_TRAIN, CLState, stream_key
+from sequax.core.task_data import TaskData, constrain_batch, gather_batch
 
 TrainStep = Callable[[CLState, dict], tuple[CLState, dict]]
 
 
-def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=None) -> TrainStep:
+def make_train_step(
+    model, algorithm, tx: optax.GradientTransformation, bind=None, glances: int = 1
+) -> TrainStep:
     """The pure training step: loss and gradient, optimizer update, algorithm update.
 
     The algorithm's `loss` is the whole objective (task loss, replay terms, penalties), so
@@ -43,12 +43,14 @@ def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=Non
 
     `bind(hparams) -> (algorithm, tx)`, when given, rebuilds both from `state.hparams` at
     every step: how a vmapped sweep gives each run its own learning rate or λ.
+
+    `glances` (`config.training.glances`): each batch is trained on this many times in a row,
+    each a full step (La-MAML's and MER's single-pass protocol).
     """
 
     def train_step(state: CLState, batch: dict) -> tuple[CLState, dict]:
         algorithm_, tx_ = bind(state.hparams) if bind else (algorithm, tx)
         key = stream_key(state.key, STREAM_TRAIN, state.step)
-        glances = getattr(algorithm_, "glances", 1)
         if glances == 1:
             return _step(algorithm_, tx_, state, batch, key)
 
@@ -69,9 +71,9 @@ def make_train_step(model, algorithm, tx: optax.GradientTransformation, bind=Non
         loss_key, update_key = jax.random.split(key)
         grad_fn = jax.value_and_grad(algorithm.loss, has_aux=True)
         (loss, aux), grads = grad_fn(state.params, state, batch, loss_key, model)
-        # Gradient surgery (A-GEM, GEM) is chained in front of the optimizer and gets the
-        # loss's extra arguments (a reference gradient) through aux["tx_args"].
-        tx = optimizer_for(algorithm, tx)
+        # The method's optimizer hook chains gradient surgery (A-GEM, GEM) in front of the
+        # optimizer, fed the loss's extra arguments (a reference gradient) in aux["tx_args"].
+        tx = algorithm.optimizer(tx)
         updates, opt_state = tx.update(
             grads, state.opt_state, state.params, **aux.pop("tx_args", {})
         )

@@ -7,7 +7,7 @@ Two stages, both raising `ConfigError` with one line that names the key and the 
     scenario, algorithm = build_scenario(config.data), build_algorithm(config.algorithm)
     check_combination(config, scenario, algorithm)   # method x stream: before any compile
 
-The reference for keys and types is `sequax.configs.common.base_config()` ("every key a run
+The reference for keys and types is `sequax.engine.schema.base_config()` ("every key a run
 reads"); the free-form sections are checked against what reads them: `config.algorithm`
 against the method's dataclass fields, `config.model` against the backbone's keyword
 arguments, `config.data.options` against the scenario builder's, `config.sweep` in
@@ -25,10 +25,10 @@ from typing import Any
 from sequax import algorithms
 from sequax.data import scenarios as scenario_lib
 from sequax.data.sources import SOURCE_NAMES
-from sequax.engine.build import MODELS, ConfigError
+from sequax.engine.build import MODELS, ConfigError, check_optimizer
 
 # Sections whose keys depend on a choice (method, backbone, scenario) or are checked elsewhere.
-FREE_FORM = ("algorithm", "model", "data.options", "sweep")
+FREE_FORM = ("algorithm", "model", "data.options", "optimizer.args", "sweep")
 # Classes per source, known before the files are read (to check a Split stream early).
 SOURCE_CLASSES = {
     "mnist": 10,
@@ -43,7 +43,6 @@ CHOICES = {
     "data.scenario": tuple(scenario_lib.SCENARIO_BUILDERS),
     "data.pipeline": ("device", "stream"),
     "data.stream.order": ("device", "shuffle"),
-    "optimizer.name": ("sgd",),
 }
 # (key, smallest value, what the key means): counts that must be at least 1 (or 0).
 MINIMUMS = (
@@ -79,11 +78,13 @@ CLASS_IL_ONLY = (algorithms.ICaRL,)
 
 def check_config(config) -> None:
     """Unknown keys, wrong types and out-of-range values of `config` (nothing is loaded)."""
-    from sequax.configs.common import base_config  # configs import nothing of the engine
+    from sequax.engine.schema import base_config
 
     _check_section(config, base_config(), "config")
     for key, choices in CHOICES.items():
         value = _get(config, key)
+        if _is_import_path(value):  # the user's own component, checked when it is loaded
+            continue
         if value is not _MISSING and value not in choices:
             raise ConfigError(
                 f"config.{key}={value!r} is unknown{_did_you_mean(value, choices)}; "
@@ -96,17 +97,10 @@ def check_config(config) -> None:
                 f"config.{key}={value!r} must be at least {least} ({meaning}); "
                 f"set --config.{key}={max(least, 1)} or more"
             )
-    optimizer = _section(config, "optimizer")
-    if "lr" in optimizer and not optimizer["lr"] > 0:
-        raise ConfigError(
-            f"config.optimizer.lr={optimizer['lr']!r} must be > 0; set a positive learning rate, "
-            f"e.g. --config.optimizer.lr=0.03"
-        )
-    for key in ("momentum", "weight_decay"):
-        if key in optimizer and optimizer[key] < 0:
-            raise ConfigError(
-                f"config.optimizer.{key}={optimizer[key]!r} must be >= 0; use 0 to switch it off"
-            )
+    epochs = _get(config, "training.epochs")  # a per-task schedule's length, unless given
+    check_optimizer(
+        _section(config, "optimizer"), epochs_per_task=epochs if isinstance(epochs, int) else None
+    )
     _check_model(_section(config, "model"))
     _check_options(config)
     _check_algorithm(_section(config, "algorithm"))
@@ -222,7 +216,7 @@ def _check_section(section, reference, path: str) -> None:
         if key not in reference:
             raise ConfigError(
                 f"{dotted} is not a key of the config{_did_you_mean(key, reference.keys(), dotted)}; "
-                f"remove it, or name a key of configs/common.py base_config()"
+                f"remove it, or name a key of engine/schema.py base_config()"
             )
         default = reference[key]
         if hasattr(default, "keys"):
@@ -254,9 +248,16 @@ def _keyword_defaults(function, leave_out=()) -> dict[str, Any]:
     }
 
 
+def _is_import_path(value) -> bool:
+    """A "package.module:attr" string: a component of the user's own."""
+    return isinstance(value, str) and ":" in value
+
+
 def _check_model(model: dict[str, Any]) -> None:
     name = model.pop("name", "mlp")
-    if name == "torch":  # the torch bridge checks its own keys (sequax.engine.torch_bridge.config)
+    if name == "torch" or _is_import_path(
+        name
+    ):  # the torch bridge checks its own keys (sequax.engine.torch_bridge.config)
         return
     if name not in MODELS:
         known = [*MODELS, "torch"]
@@ -272,7 +273,7 @@ def _check_model(model: dict[str, Any]) -> None:
 def _check_options(config) -> None:
     name = _get(config, "data.scenario")
     if name not in scenario_lib.SCENARIO_BUILDERS:
-        return  # reported with the choices above
+        return  # reported with the choices above, or the user's own builder
     builder = scenario_lib.SCENARIO_BUILDERS[name]
     options = _section(config, "data.options")
     _check_keywords(
@@ -310,39 +311,28 @@ def _check_algorithm(section: dict[str, Any]) -> None:
 
 
 def _check_method(name, given: dict[str, Any], path: str) -> None:
-    if name not in algorithms.REGISTRY:
+    """Unknown hyper-parameters and generic ranges; the method's own rules (replay_batch <=
+    capacity, ...) are its `__post_init__`'s, run when it is built."""
+    try:
+        defaults = algorithms.hyperparameters(name)
+    except ValueError as error:
         known = sorted(algorithms.REGISTRY)
-        raise ConfigError(
-            f"config.algorithm.name: {name!r} is not a method"
-            f"{_did_you_mean(name, known)}; known: {', '.join(known)}"
-        )
-    defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(algorithms.REGISTRY[name])
-        if f.default is not dataclasses.MISSING
-    }
+        hint = _did_you_mean(name, known) if isinstance(name, str) else ""
+        raise ConfigError(f"config.algorithm.name: {error}{hint}") from None
+    if not defaults and not isinstance(algorithms.resolve(name), type):
+        return  # a factory: its arguments are checked when it is called
     _check_keywords(path, given, defaults, f"algorithm {name!r}")
-    values = {**defaults, **given}
     for key in POSITIVE_FIELDS:
-        if key in given and given[key] < 1:
+        if key in given and given[key] is not None and given[key] < 1:
             raise ConfigError(
                 f"{path}.{key}={given[key]!r} must be at least 1; set a positive count"
             )
     for key in NONNEGATIVE_FIELDS:
-        if key in given and given[key] < 0:
+        if key in given and given[key] is not None and given[key] < 0:
             raise ConfigError(
                 f"{path}.{key}={given[key]!r} must be >= 0 (a weight or count); use 0 to switch "
                 f"the term off"
             )
-    if (
-        "replay_batch" in values
-        and "capacity" in values
-        and values["replay_batch"] > values["capacity"]
-    ):
-        raise ConfigError(
-            f"{path}.replay_batch={values['replay_batch']} is larger than {path}.capacity={values['capacity']} "
-            f"(replay draws distinct examples from the buffer); set replay_batch <= capacity"
-        )
 
 
 def _parts(algorithm) -> list[tuple[str, Any]]:

@@ -463,7 +463,7 @@ def make_writers(
     verbose: bool = True,
     stream: TextIO | None = None,
 ) -> Writers:
-    """The run's writers from `config.writers` (see configs/common.py base_config).
+    """The run's writers from `config.writers` (see engine/schema.py base_config).
 
     config: the run's config; reads `writers.tensorboard`, `writers.wandb`,
       `writers.wandb_project`, `writers.wandb_mode` (all optional: a config without a

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from sequax.engine.models import Model
+from sequax.core.models import Model
 from sequax.engine.torch_bridge.environment import bridge_environment
 from sequax.engine.torch_bridge.tracing import (
     TorchBridgeError,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sequax.core.models import Model
 from sequax.data.factories import load_callable
 from sequax.engine.build import ConfigError
-from sequax.engine.models import Model
 
 KEYS = ("factory", "kwargs", "classifier", "reinit", "input_layout", "input_shape", "seed")
 

@@ -12,6 +12,7 @@ its true `size`. Padding is never trained on (the epoch draws indices among the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
-from sequax.engine.sharding import constrain_batch
+# The mesh axes a batch is split over (`sequax.engine.sharding` builds the mesh): FSDP is
+# data parallel too.
+BATCH_AXES = ("data", "fsdp")
 
 
 class TaskData(NamedTuple):
@@ -93,3 +97,24 @@ def scan_batches(
 
     carry, _ = lax.scan(body, init, jnp.arange(num_batches))
     return carry
+
+
+def constrain_batch(batch: Any) -> Any:
+    """Splits a batch's leading axis across the batch axes of the mesh in context.
+
+    A no-op when no mesh is set (`jax.set_mesh`), when the mesh lacks the batch axes, or
+    when the batch does not divide evenly, so the same traced code runs anywhere.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return batch
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if ways == 1:
+        return batch
+
+    def constrain(x):
+        if x.ndim == 0 or x.shape[0] % ways:
+            return x
+        return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+    return jax.tree.map(constrain, batch)

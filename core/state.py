@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sequax.algorithms.protocol import optimizer_for
 
 PyTree = Any
 
@@ -78,7 +77,7 @@ def create_state(
         task=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=optimizer_for(algorithm, tx).init(params),
+        opt_state=algorithm.optimizer(tx).init(params),
         algo=algo,
         key=key,
         hparams={} if hparams is None else dict(hparams),

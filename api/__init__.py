@@ -1,0 +1,21 @@
+"""sequax: a JAX-first, compiled continual-learning engine.
+
+The public API, from Python with objects:
+
+    import sequax
+    result = sequax.train(stream, model, algorithm, optimizer, workdir="runs/x", runs=3)
+
+`stream` is a task stream (`sequax.data.make_scenario(...)`), `model` a `sequax.Model` or a
+flax linen module, `algorithm` a `sequax.Algorithm` (a built-in from `sequax.algorithms`, or
+your own subclass), `optimizer` an optax transformation or a config section such as
+`{"name": "adamw", "lr": 1e-3}`. The same run from a config file is
+`python -m sequax.launch.train --config=...`; both resolve into the same objects
+(`sequax.engine.experiment`) and the same loop (`sequax.engine.loop.run`).
+"""
+
+from sequax.core.models import Model
+from sequax.core.protocol import Algorithm
+from sequax.core.state import CLState
+from sequax.training import train
+
+__all__ = ["Algorithm", "CLState", "Model", "train"]

@@ -1,0 +1,1 @@
+"""The core of sequax: the protocol a method implements, the state pytree, models and batches."""

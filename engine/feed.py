@@ -1,0 +1,159 @@
+"""How a run's training batches reach its step, chosen once when the run is built.
+
+Two feeds, one interface: the on-device path (each phase's examples placed on the devices
+once, batches gathered in-jit by the epoch's permutation; with `data.draws_per_run` each
+run's own images) and the grain streaming path (`data.pipeline = "stream"`,
+`sequax.engine.stream`: chunks of batches read on the host, prefetched to the devices).
+
+    feed = make_feed(experiment)
+    test = feed.test_sets()                              # every task's test set, on device
+    phase = feed.start_phase(p, tasks, state, programs, resume=None)
+    compiled = feed.compile(state, phase, programs)     # once per run (a resumed run: again)
+    state, means = phase.run(state, epoch, start, stop)  # steps [start, stop) of an epoch
+    phase.data                                           # the phase's TaskData (start/end task)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sequax.core.task_data import TaskData, task_arrays
+from sequax.engine import sharding
+from sequax.engine import stream as stream_lib
+from sequax.engine.evaluation import stack_run_test_sets, stack_test_sets
+from sequax.engine.step import steps_per_epoch
+
+
+def phase_images(scenario, drawn, tasks):
+    """(x, y, task ids) of a phase; x is [runs, n, ...] when each run drew its own transform."""
+    if drawn is None:
+        parts = [scenario.train(t) for t in tasks]
+    else:  # labels and examples are shared; only the images differ per run
+        parts = [
+            (
+                np.stack([d.train(t)[0] for d in drawn]),
+                scenario.source.train_y[scenario.train_indices[t]],
+            )
+            for t in tasks
+        ]
+    x = np.concatenate([xt for xt, _ in parts], axis=0 if drawn is None else 1)
+    y = np.concatenate([yt for _, yt in parts])
+    task_ids = np.concatenate([np.full(len(yt), t, np.int32) for t, (_, yt) in zip(tasks, parts)])
+    return x, y, task_ids
+
+
+class Feed:
+    """The run's feed: places phases and test sets, and trains a phase chunk by chunk."""
+
+    def __init__(self, experiment):
+        exp = self.experiment = experiment
+        self.mesh, self.drawn = exp.mesh, exp.drawn
+        # data.pipeline="stream": a grain pipeline feeds one run (None: the on-device path).
+        self.stream = stream_lib.make_feed(
+            exp.config,
+            exp.mesh,
+            exp.batch_size,
+            exp.capacity,
+            runs=exp.grid.size > 1 or exp.drawn is not None,
+        )
+        self.compiled = None
+        self._first = None
+
+    @property
+    def per_run_images(self) -> bool:
+        return self.drawn is not None
+
+    def example_batch(self) -> dict:
+        """The first phase's first batch (the state's shapes); its images are read once."""
+        import jax.numpy as jnp
+
+        exp = self.experiment
+        self._first = phase_images(exp.scenario, self.drawn, exp.phases[0])
+        x, y, _ = self._first
+        x = x if self.drawn is None else x[0]
+        return {
+            "x": jnp.asarray(x[: exp.batch_size], jnp.float32) / 255.0,
+            "y": jnp.asarray(y[: exp.batch_size], jnp.int32),
+            "task": jnp.zeros((exp.batch_size,), jnp.int32),
+        }
+
+    def test_sets(self):
+        put = lambda a: sharding.put(np.asarray(a), sharding.replicated(self.mesh))  # noqa: E731
+        if self.drawn is None:
+            return stack_test_sets(self.experiment.scenario, put=put)
+        return stack_run_test_sets(self.drawn, put=put)
+
+    def start_phase(self, p: int, tasks, state, programs, resume=None) -> "Phase":
+        """Places phase `p`'s examples on the devices (split over the mesh) and, streaming,
+        starts reading its batches (`resume`: the stream's saved position, mid-phase)."""
+        exp, mesh = self.experiment, self.mesh
+        x, y, task_ids = (
+            self._first if p == 0 and self._first else phase_images(exp.scenario, self.drawn, tasks)
+        )
+        self._first = None  # keep no host copy of phase 0 once it is on device
+        put = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
+        put_x = None
+        if self.drawn is not None:
+            put_x = lambda a: sharding.put(  # noqa: E731
+                a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True)
+            )
+        data = task_arrays(x, y, task_ids, exp.capacity, put=put, put_x=put_x)
+        stream = None
+        if self.stream is not None:  # the phase's batches come from grain; `data` serves end_task
+            stream = self.stream.start_phase(x, y, task_ids, _one_run(state), p, resume=resume)
+        return Phase(self, programs, data, steps_per_epoch(len(y), exp.batch_size), stream)
+
+    def compile(self, state, phase: "Phase", programs):
+        """The run's train program, compiled ahead of time (a shape change raises, never
+        retraces silently)."""
+        if phase.stream is not None:
+            import jax
+
+            step = jax.vmap(programs.train_step, in_axes=(0, None))  # one run, shared batches
+            self.compiled = phase.stream.compile(state, step, programs.state_sharding)
+        else:
+            order = programs.order(state.key, state.step, phase.data.size, self.experiment.capacity)
+            start, stop = np.int32(0), np.int32(1)
+            self.compiled = programs.run_steps.lower(
+                state, phase.data, order, start, stop
+            ).compile()
+        return self.compiled
+
+
+class Phase:
+    """One phase being trained: its examples on device and, streaming, its grain reader."""
+
+    def __init__(self, feed: Feed, programs, data: TaskData, steps: int, stream):
+        self.feed, self.programs, self.data, self.steps, self.stream = (
+            feed,
+            programs,
+            data,
+            steps,
+            stream,
+        )
+        self._epoch, self._order = None, None
+
+    def run(self, state, epoch: int, start: int, stop: int):
+        """Trains steps [start, stop) of `epoch`: (state, metrics averaged over the steps)."""
+        if self.stream is not None:  # the next chunk of batches, already on the devices
+            return self.stream.run(state, stop - start)
+        if epoch != self._epoch:  # keyed by the step the epoch started at, `start` steps ago
+            capacity = self.feed.experiment.capacity
+            self._order = self.programs.order(
+                state.key, state.step - start, self.data.size, capacity
+            )
+            self._epoch = epoch
+        return self.feed.compiled(state, self.data, self._order, np.int32(start), np.int32(stop))
+
+    def position(self):
+        """The stream's position after the last chunk trained on (None on device)."""
+        return self.stream.get_state() if self.stream is not None else None
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+
+
+def _one_run(state):
+    """The state of the single run a stream feeds (the run axis dropped), for its orders."""
+    return state._replace(step=state.step[0], key=state.key[0])

@@ -1,0 +1,151 @@
+"""The compiled programs of a run, built once from its `Experiment`.
+
+Every program carries the run axis: a single run is a grid of one, so the state's leaves,
+the epoch orders and the results all lead with `[runs]`, and nothing below branches on how
+many runs there are. Each run's algorithm and optimizer are rebound from its own swept
+values (`state.hparams`) inside the program (`Experiment.parts`).
+
+    programs = make_programs(experiment, example_batch, per_run_images=False)
+    state = programs.init()                              # or a restored checkpoint
+    state = programs.start_phase(state, data, tasks, reset_optimizer=True)
+    state = state._replace(algo=programs.end_task(state, data, task_key))
+    class_il, task_il = programs.evaluate(state, test)   # [runs, tasks] each
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from sequax.core.state import STREAM_TASK, create_state, stream_key
+from sequax.core.task_data import TaskData
+from sequax.engine import sharding
+from sequax.engine.evaluation import make_evaluate
+from sequax.engine.step import epoch_order, make_run_steps, make_train_step
+
+
+@dataclasses.dataclass
+class Programs:
+    """The run's jitted functions and the shardings they pin (see the module docstring)."""
+
+    experiment: Any
+    init: Any  # () -> state
+    shapes: Any  # the state's abstract shapes (for a restore)
+    state_sharding: Any
+    data_sharding: TaskData
+    data_axes: Any  # vmap axes of a phase's TaskData (x per run when runs draw their own)
+    train_step: Any  # the pure step of one run
+    run_steps: Any  # (state, data, order, start, stop) -> (state, means), the device path
+    order: Any  # (key, step, size, capacity) -> [runs, capacity]: an epoch's example order
+    end_task: Any  # (state, data, key) -> algo
+    start_task: Any  # (state, data, key) -> algo
+    reset_optimizer: Any  # state -> opt_state
+    task_key: Any  # (key, stream, task) -> [runs] keys
+    evaluate_fn: Any
+
+    def evaluate(self, state, test):
+        return self.evaluate_fn(state.params, state.model_state, state.task, test, state.algo)
+
+    def set_task(self, state, task: int):
+        runs = self.experiment.grid.size
+        return state._replace(
+            task=sharding.put(np.full((runs,), task, np.int32), self.state_sharding.task)
+        )
+
+    def start_phase(self, state, data, tasks, *, fresh: bool, reset_optimizer: bool):
+        """The state a phase starts from: its task set, the optimizer re-initialised when the
+        config asks (not before the first phase), the method's `start_task`. `fresh=False`
+        (a phase resumed mid-way) keeps the checkpointed state as it is, apart from the task."""
+        state = self.set_task(state, tasks[-1])
+        if not fresh:
+            return state
+        if reset_optimizer:
+            state = state._replace(opt_state=self.reset_optimizer(state))
+        keys = self.task_key(state.key, STREAM_TASK, tasks[-1])  # end_task's keys, folded with 1
+        return state._replace(algo=self.start_task(state, data, keys))
+
+    def finish_phase(self, state, data, tasks):
+        """The state after the method's `end_task` (blocks until it is computed)."""
+        algo = self.end_task(state, data, self.task_key(state.key, STREAM_TASK, tasks[-1]))
+        return state._replace(algo=jax.block_until_ready(algo))
+
+
+def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> Programs:
+    """Builds (traces lazily, compiles on first use) every program of `experiment`'s run.
+
+    `example_batch` fixes the shapes the state is initialised with; `per_run_images`: a
+    phase's images carry the run axis (each run drew its own transform)."""
+    exp, mesh = experiment, experiment.mesh
+    grid, model = exp.grid, exp.model
+    config = exp.config
+
+    def init_one(seed, hparams):
+        algorithm, tx = exp.parts(hparams)
+        return create_state(model, algorithm, tx, example_batch, seed, hparams)
+
+    init = jax.vmap(init_one)
+    init_args = (np.array(grid.seeds, np.int32), grid.hparams())
+    shapes = jax.eval_shape(init, *init_args)
+    fsdp_min = int(dict(config.get("mesh") or {}).get("fsdp_min_size", 2**18))
+    state_sharding = sharding.named(
+        mesh, sharding.state_specs(shapes, shapes.params, mesh, fsdp_min_size=fsdp_min, runs=True)
+    )
+    replicated = sharding.replicated(mesh)
+    examples = sharding.examples_sharding(mesh, (exp.capacity,))
+    data_sharding = TaskData(examples, examples, examples, replicated)
+    data_axes = None
+    if per_run_images:
+        run_examples = sharding.examples_sharding(mesh, (grid.size, exp.capacity), run_axis=True)
+        data_sharding = data_sharding._replace(x=run_examples)
+        data_axes = TaskData(0, None, None, None)
+
+    train_step = make_train_step(
+        model, exp.algorithm, None, bind=exp.parts, glances=int(config.training.get("glances", 1))
+    )
+    run_steps = make_run_steps(
+        train_step,
+        exp.batch_size,
+        runs=True,
+        shardings=(state_sharding, data_sharding),
+        data_axes=data_axes,
+    )
+
+    def end_task_one(state, data, key):
+        return exp.parts(state.hparams)[0].end_task(state, data, key, model)
+
+    def start_task_one(state, data, key):
+        key = jax.random.fold_in(key, 1)  # not end_task's key: both draw from the phase's key
+        return exp.parts(state.hparams)[0].start_task(state, data, key, model)
+
+    def reset_one(state):
+        algorithm, tx = exp.parts(state.hparams)
+        return algorithm.optimizer(tx).init(state.params)
+
+    per_phase = (0, data_axes, 0)
+    algo_out = state_sharding.algo
+    return Programs(
+        experiment=exp,
+        init=lambda: jax.jit(init, out_shardings=state_sharding)(*init_args),
+        shapes=shapes,
+        state_sharding=state_sharding,
+        data_sharding=data_sharding,
+        data_axes=data_axes,
+        train_step=train_step,
+        run_steps=run_steps,
+        order=jax.jit(jax.vmap(epoch_order, (0, 0, None, None)), static_argnums=3),
+        end_task=jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out),
+        start_task=jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out),
+        reset_optimizer=jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state),
+        task_key=jax.jit(jax.vmap(stream_key, (0, None, None)), static_argnums=1),
+        evaluate_fn=make_evaluate(
+            model,
+            exp.scenario.task_classes,
+            int(config.eval.batch_size),
+            runs=True,
+            predict=exp.algorithm.predict,
+            test_per_run=per_run_images,
+        ),
+    )

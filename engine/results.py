@@ -1,0 +1,192 @@
+"""What a run records: its accuracy matrices, counters and timings, and the files they go to.
+
+    results = Results.start(num_runs, num_phases, num_tasks, random_init)  # or .resumed(...)
+    results.record_row(p, class_il_row, task_il_row)
+    summary = results.finish(experiment, workdir, main, say)   # summary.json, matrices, table
+
+Matrices are [runs, phases, tasks] fractions (a single run is a grid of one); the files of a
+single run sit in the workdir itself, those of several runs under runs/NNN/ with the mean ±
+std table of each grid point in summary.md (`sequax.engine.runs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from sequax.engine import metrics as cl_metrics
+from sequax.engine import runs as runs_lib
+from sequax.engine.writers import format_duration
+
+TIMINGS = ("compile", "train", "end_task", "eval", "checkpoint")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced. Accuracies are fractions; matrices are [phases, tasks], with a
+    leading run axis when the run was several (seeds x swept values)."""
+
+    class_il: np.ndarray
+    task_il: np.ndarray
+    random_init: dict[str, np.ndarray]  # accuracies of the untrained model ("class_il", "task_il")
+    summary: dict[str, Any]  # of the run, or {"runs": [per run], "table": [per grid point]}
+    timings: dict[str, float]
+    state: Any  # the final CLState (with the run axis when several runs)
+    grid: runs_lib.RunGrid | None = None  # the runs of a vmapped program (None: one run)
+
+
+@dataclasses.dataclass
+class Results:
+    """The results so far: what a checkpoint keeps besides the state."""
+
+    class_il: np.ndarray  # [runs, phases, tasks]
+    task_il: np.ndarray
+    random_init: dict[str, np.ndarray]  # [runs, tasks] each
+    timings: dict[str, float]
+    train_samples: int = 0
+    train_steps: int = 0  # per run
+
+    @classmethod
+    def start(cls, runs: int, phases: int, tasks: int, random_init: dict) -> Results:
+        class_il = np.full((runs, phases, tasks), np.nan)
+        return cls(
+            class_il, np.full_like(class_il, np.nan), random_init, dict.fromkeys(TIMINGS, 0.0)
+        )
+
+    @classmethod
+    def resumed(cls, restored, runs: int) -> Results:
+        """The results a checkpoint saved (matrices of a single run gain the run axis)."""
+        class_il, task_il, random_init, timings, samples, steps = restored.results_so_far()
+        lead = lambda a: np.asarray(a).reshape(runs, *np.shape(a)[-2:])  # noqa: E731
+        init = {k: np.asarray(v).reshape(runs, -1) for k, v in random_init.items()}
+        return cls(lead(class_il), lead(task_il), init, {**dict.fromkeys(TIMINGS, 0.0), **timings},
+                   samples, steps)  # fmt: skip
+
+    def so_far(self, wall_start: float) -> dict:
+        wall = self.timings.get("wall", 0.0) + time.perf_counter() - wall_start
+        return {"class_il": self.class_il, "task_il": self.task_il, "random_init": self.random_init,
+                "train_samples": self.train_samples, "train_steps": self.train_steps,
+                "timings": {**self.timings, "wall": wall}}  # fmt: skip
+
+    def record_row(self, p: int, class_row, task_row) -> None:
+        self.class_il[:, p, :], self.task_il[:, p, :] = class_row, task_row
+
+    def add(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+    def finish(self, experiment, workdir: Path, wall_start: float, main: bool) -> dict:
+        """The final timings, the summary (metrics per view; the table of several runs) and
+        the files: accuracy_matrix.json (per run), summary.md (several runs)."""
+        grid, scenario, phases = experiment.grid, experiment.scenario, experiment.phases
+        timings = self.timings
+        timings["wall"] = timings.get("wall", 0.0) + time.perf_counter() - wall_start
+        timings["train_samples"] = self.train_samples
+        timings["train_samples_per_s"] = self.train_samples / max(timings["train"], 1e-9)
+        timings["train_steps"] = self.train_steps  # per run
+        timings["eval_examples"] = (len(phases) + 1) * int(sum(scenario.test_sizes))  # per run
+        timings["devices"] = experiment.mesh.size
+        stats = jax.local_devices()[0].memory_stats()  # GPU, TPU: the peak bytes in use
+        if stats and "peak_bytes_in_use" in stats:
+            timings["device_peak_bytes"] = float(stats["peak_bytes_in_use"])
+        per_run = []
+        for r in range(grid.size):
+            init_r = {k: v[r] for k, v in self.random_init.items()}
+            summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r)
+            per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r})
+            if main:
+                folder = workdir / "runs" / f"{r:03d}" if grid.vmapped else workdir
+                write_matrices(folder, self.class_il[r], self.task_il[r], init_r, phases)
+                if grid.vmapped:
+                    (folder / "summary.json").write_text(json.dumps(per_run[-1], indent=2) + "\n")
+        if not grid.vmapped:
+            return summaries(scenario.setting, self.class_il[0], self.task_il[0],
+                             {k: v[0] for k, v in self.random_init.items()})  # fmt: skip
+        table = runs_lib.summary_table(grid, per_run)
+        if main:
+            (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
+        return {"runs": per_run, "table": table}
+
+    def result(self, experiment, summary: dict, state) -> RunResult:
+        """The `RunResult`; a single run's matrices and state lose the run axis."""
+        grid = experiment.grid
+        if grid.vmapped:
+            return RunResult(self.class_il, self.task_il, self.random_init, summary,
+                             self.timings, state, grid)  # fmt: skip
+        first = lambda a: a[0]  # noqa: E731
+        return RunResult(self.class_il[0], self.task_il[0],
+                         {k: v[0] for k, v in self.random_init.items()}, summary, self.timings,
+                         jax.tree.map(first, state))  # fmt: skip
+
+
+def summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
+    """ACC, BWT, FWT, forgetting, ... of each view ("class_il" and "task_il", or "domain_il")."""
+    views = (
+        {"class_il": class_il, "task_il": task_il}
+        if setting == "class"
+        else {"domain_il": class_il}
+    )
+    out = {}
+    for view, matrix in views.items():
+        if matrix.shape[0] == matrix.shape[1]:
+            init = random_init["task_il" if view == "task_il" else "class_il"]
+            out[view] = cl_metrics.summary(matrix, init)
+        else:  # joint training: one row, only the final accuracy is defined
+            out[view] = {"acc": float(np.mean(matrix[-1]))}
+    return out
+
+
+def write_matrices(folder: Path, class_il, task_il, random_init, phases) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "accuracy_matrix.json").write_text(
+        json.dumps(
+            {
+                "class_il": np.asarray(class_il).tolist(),
+                "task_il": np.asarray(task_il).tolist(),
+                "random_init": {k: np.asarray(v).tolist() for k, v in random_init.items()},
+                "phases": phases,
+            },
+            indent=1,
+        )  # fmt: skip
+    )
+
+
+def final_lines(summary: dict, timings: dict, vmapped: bool) -> list[str]:
+    """The console's last lines: the metrics (or the table of several runs) and the timings."""
+    if vmapped:
+        lines = [runs_lib.format_table(summary["table"])]
+    else:
+        lines = [f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
+                 for view, values in summary.items()]  # fmt: skip
+    lines.append(
+        f"train {timings['train_samples_per_s']:,.0f} samples/s; compile {timings['compile']:.1f}s, "
+        f"train {timings['train']:.1f}s, end_task {timings['end_task']:.1f}s, "
+        f"eval {timings['eval']:.1f}s, wall {format_duration(timings['wall'])}"
+    )
+    return lines
+
+
+def program_costs(compiled) -> dict[str, float]:
+    """XLA's own account of the compiled train program: FLOPs of one step (the loop body is
+    counted once; under a mesh, one device's share) and its memory (arguments + temporaries
+    + outputs not aliased to donated arguments)."""
+    costs = {}
+    try:
+        analysis = compiled.cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+        if analysis and analysis.get("flops"):
+            costs["step_flops"] = float(analysis["flops"])
+        memory = compiled.memory_analysis()
+        if memory is not None:
+            costs["program_bytes"] = float(
+                memory.argument_size_in_bytes + memory.temp_size_in_bytes
+                + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            )  # fmt: skip
+    except Exception:  # noqa: BLE001 - an analysis a backend lacks is not worth failing a run for
+        pass
+    return costs
