@@ -10,7 +10,7 @@ first task already at lr·γ, as there), dropout 0.25, batch 64.
 
 Published: average accuracy 80.1 %, forgetting 0.09. The Mirzadeh reproduction table
 (docs/reproductions/mirzadeh.md, 3 seeds): 76.09 ± 1.55 %, forgetting 0.19. The reference
-loop transcribed in PyTorch on the same streams (launch/torch_mirzadeh_check.py) gives 77.09 ±
+loop transcribed in PyTorch on the same streams (evidence/torch_mirzadeh_check.py) gives 77.09 ±
 1.99 evaluated without dropout, as here, and 71.27 ± 1.90 as the reference evaluates (its
 functional dropout stays on at test time); the table's note has the commands.
 """

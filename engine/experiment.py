@@ -114,7 +114,13 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
         )
     scenario, drawn = drawn_scenarios(config.data, scenario, grid.seeds, grid.vmapped)
     if optimizer is None:
-        build = lambda hparams: runs_lib.bind_optimizer(config.optimizer, hparams)  # noqa: E731
+        # A schedule counts optimizer updates: a phase's batches times the glances at each
+        # (epochs placed with the first phase's count when tasks differ in size).
+        steps = sizes[0] // batch_size * int(config.training.get("glances", 1))
+        epochs = int(config.training.epochs)
+        build = lambda hparams: runs_lib.bind_optimizer(  # noqa: E731
+            config.optimizer, hparams, steps_per_epoch=steps, epochs_per_task=epochs
+        )
     else:
         fixed = _optimizer(optimizer)
         build = lambda hparams: fixed  # noqa: E731

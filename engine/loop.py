@@ -92,7 +92,6 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             )
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
-        reset = bool(config.optimizer.get("reset_each_task", False))
 
         for p, tasks in enumerate(exp.phases):
             if resume and resume.finished(p):  # trained, evaluated and saved before the restart
@@ -103,7 +102,7 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 p, tasks, state, programs, resume=restored.stream if mid_phase else None
             )
             state = programs.start_phase(
-                state, phase.data, tasks, fresh=not mid_phase, reset_optimizer=reset and p > 0
+                state, phase.data, tasks, fresh=not mid_phase, later=p > 0
             )
             if (
                 feed.compiled is None

@@ -13,8 +13,9 @@ is: its own learning rate, clipping still chained in front). Each name matches t
     name      torch.optim                  keys read (defaults: the torch class's)
     sgd       SGD                          momentum (0: none), nesterov
     momentum  SGD(momentum>0)              momentum (> 0), nesterov
-    nesterov  SGD(momentum>0, nesterov)    momentum (> 0)
-    adam      Adam                         b1=0.9, b2=0.999, eps=1e-8 (outside the sqrt)
+    nesterov  SGD(momentum>0, nesterov)    momentum (> 0); nesterov always True
+    adam      Adam                         b1=0.9, b2=0.999, eps=1e-8 (outside the sqrt;
+                                           bias corrections precise as torch's)
     adamw     AdamW                        b1, b2, eps as adam; weight_decay decoupled
     rmsprop   RMSprop                      b2=0.99 (torch's alpha), eps=1e-8 (outside the
                                            sqrt), momentum; args.centered
@@ -101,6 +102,60 @@ def scale_by_adagrad(eps=1e-10, initial_accumulator_value=0.0) -> optax.Gradient
     return optax.GradientTransformation(init, update)
 
 
+def _bias_correction(decay, count) -> jax.Array:
+    """1 - decay^count as -expm1(count · log(decay)), log taken in float64 for a Python
+    float: in float32, 1 - 0.999^t cancels to about 1e-5 relative error for small t (optax's
+    `bias_correction`), while torch computes it in float64."""
+    log_decay = math.log(decay) if _is_number(decay) else jnp.log1p(decay - 1.0)
+    return -jnp.expm1(count.astype(jnp.float32) * log_decay)
+
+
+def scale_by_adam(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, nesterov=False, mu_dtype=None):
+    """`optax.scale_by_adam` (same state, same update) with the bias corrections of
+    `_bias_correction`, so Adam and AdamW match torch.optim's within float32 rounding."""
+
+    def init(params):
+        mu = optax.tree.zeros_like(params, dtype=mu_dtype)
+        return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), mu, optax.tree.zeros_like(params))
+
+    def update(updates, state, params=None):
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        correct = lambda tree, decay, n: jax.tree.map(
+            lambda t: t / _bias_correction(decay, n).astype(t.dtype), tree
+        )
+        mu_hat = correct(mu, b1, count)
+        if nesterov:  # optax's (Dozat 2016 without the extra b2 factor)
+            mu_hat = jax.tree.map(
+                lambda m, g: b1 * m + (1 - b1) * g,
+                correct(mu, b1, optax.safe_increment(count)),
+                correct(updates, b1, count),
+            )
+        nu_hat = correct(nu, b2, count)
+        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
+        mu, nu = optax.tree.cast(mu, mu_dtype), optax.tree.cast_like(nu, state.nu)
+        return updates, optax.ScaleByAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, **args):
+    """torch.optim.Adam: optax.adam's chain on `scale_by_adam` (eps outside the sqrt)."""
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, **args), optax.scale_by_learning_rate(learning_rate)
+    )
+
+
+def adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, mask=None, **args):
+    """torch.optim.AdamW: θ ← θ - lr·wd·θ - lr·adam(g), optax.adamw's chain on `scale_by_adam`."""
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, **args),
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def adagrad(learning_rate, eps=1e-10, initial_accumulator_value=0.0):
     """torch.optim.Adagrad (lr_decay=0) as an optax optimizer."""
     return optax.chain(
@@ -136,9 +191,9 @@ _SGD_READS = dict(momentum=0.0, nesterov=False)
 OPTIMIZERS = {
     "sgd": _Optimizer(_sgd, _SGD_READS),
     "momentum": _Optimizer(_sgd, _SGD_READS),
-    "nesterov": _Optimizer(_sgd, dict(momentum=0.0)),
-    "adam": _Optimizer(optax.adam, dict(b1=0.9, b2=0.999, eps=1e-8)),
-    "adamw": _Optimizer(optax.adamw, dict(b1=0.9, b2=0.999, eps=1e-8), decoupled_decay=True),
+    "nesterov": _Optimizer(_sgd, dict(momentum=0.0, nesterov=True)),
+    "adam": _Optimizer(adam, dict(b1=0.9, b2=0.999, eps=1e-8)),
+    "adamw": _Optimizer(adamw, dict(b1=0.9, b2=0.999, eps=1e-8), decoupled_decay=True),
     "rmsprop": _Optimizer(rmsprop, dict(b2=0.99, eps=1e-8, momentum=0.0)),
     "lion": _Optimizer(optax.lion, dict(b1=0.9, b2=0.99), decoupled_decay=True),
     "adagrad": _Optimizer(adagrad, dict(eps=1e-10)),
@@ -338,8 +393,6 @@ def _core(cfg: dict[str, Any], learning_rate) -> tuple[optax.GradientTransformat
     }
     if "momentum" in hyper and _is_zero(hyper["momentum"]):
         hyper["momentum"] = None  # no trace in the optimizer state (plain SGD, as always)
-    if name == "nesterov":
-        hyper["nesterov"] = True
     if name == "rmsprop":
         hyper["decay"] = hyper.pop("b2")
     if spec.decoupled_decay:

@@ -24,6 +24,7 @@ from sequax.core.state import STREAM_TASK, create_state, stream_key
 from sequax.core.task_data import TaskData
 from sequax.engine import sharding
 from sequax.engine.evaluation import make_evaluate
+from sequax.engine.optimizers import restart_schedule
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 
 
@@ -43,6 +44,7 @@ class Programs:
     end_task: Any  # (state, data, key) -> algo
     start_task: Any  # (state, data, key) -> algo
     reset_optimizer: Any  # state -> opt_state
+    restart_schedule: Any  # opt_state -> opt_state: the learning-rate schedule back at step 0
     task_key: Any  # (key, stream, task) -> [runs] keys
     evaluate_fn: Any
 
@@ -55,15 +57,19 @@ class Programs:
             task=sharding.put(np.full((runs,), task, np.int32), self.state_sharding.task)
         )
 
-    def start_phase(self, state, data, tasks, *, fresh: bool, reset_optimizer: bool):
-        """The state a phase starts from: its task set, the optimizer re-initialised when the
-        config asks (not before the first phase), the method's `start_task`. `fresh=False`
+    def start_phase(self, state, data, tasks, *, fresh: bool, later: bool):
+        """The state a phase starts from: its task set; for a `later` phase (not the first)
+        the optimizer re-initialised (`optimizer.reset_each_task`) or its learning-rate
+        schedule restarted (`optimizer.per_task`); the method's `start_task`. `fresh=False`
         (a phase resumed mid-way) keeps the checkpointed state as it is, apart from the task."""
         state = self.set_task(state, tasks[-1])
         if not fresh:
             return state
-        if reset_optimizer:
+        optimizer = self.experiment.config.optimizer
+        if later and optimizer.get("reset_each_task", False):
             state = state._replace(opt_state=self.reset_optimizer(state))
+        elif later and optimizer.get("per_task", True) and optimizer.get("schedule") != "constant":
+            state = state._replace(opt_state=self.restart_schedule(state.opt_state))
         keys = self.task_key(state.key, STREAM_TASK, tasks[-1])  # end_task's keys, folded with 1
         return state._replace(algo=self.start_task(state, data, keys))
 
@@ -139,6 +145,7 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
         end_task=jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out),
         start_task=jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out),
         reset_optimizer=jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state),
+        restart_schedule=jax.jit(restart_schedule, out_shardings=state_sharding.opt_state),
         task_key=jax.jit(jax.vmap(stream_key, (0, None, None)), static_argnums=1),
         evaluate_fn=make_evaluate(
             model,

@@ -333,6 +333,10 @@ def _check_method(name, given: dict[str, Any], path: str) -> None:
                 f"{path}.{key}={given[key]!r} must be >= 0 (a weight or count); use 0 to switch "
                 f"the term off"
             )
+    try:  # the method's own rules (replay_batch <= capacity, ...): its __post_init__
+        algorithms.make(name, **given)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def _parts(algorithm) -> list[tuple[str, Any]]:

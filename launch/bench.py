@@ -1,14 +1,12 @@
-"""Throughput benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), at scale, streaming.
+"""The throughput benchmark: sequax against a plain PyTorch loop (PROTOCOLS §E).
 
-    python -m sequax.launch.bench                                          # every suite; docs/benchmarks.md
-    python -m sequax.launch.bench --suite=compare                          # sequax vs the torch loop
-    python -m sequax.launch.bench --suite=scale                            # MFU, devices, vmapped runs
-    python -m sequax.launch.bench --suite=stream                           # grain vs DataLoader vs device
-    python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints only
+    python -m sequax.launch.bench                                            # docs/benchmarks.md
+    python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints
 
-Each suite replaces its own section of the output file (between `<!-- suite -->` markers),
-leaving the rest of the document as it is. The scale suite is `launch/bench_scale.py`, the
-stream suite `launch/bench_stream.py`.
+It replaces its own section of the output file (between `<!-- compare -->` markers), leaving
+the rest of the document as it is. The other suites (at scale, streaming, the Fisher, one GPU)
+are programs of the repository, not of the package: `python -m benchmarks.scale` etc. from the
+repository root (benchmarks/README.md); they run this module's cells (`--single`).
 
 Workloads: PMNIST-10 (Permuted MNIST, 10 tasks, MLP 784-256-256-10, SGD lr 0.1, batch 128) and
 SMNIST-5 (Split MNIST class-IL, MLP 784-100-100-10, SGD lr 0.03, batch 10), one epoch per
@@ -22,6 +20,7 @@ JAX/XLA keeps its default threading.
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -63,13 +62,7 @@ _TORCH_DEVICE = flags.DEFINE_string(
     "torch_device",
     "cpu",
     "Where the PyTorch loop runs: cpu (one thread) or cuda (the GPU section, "
-    "`launch/bench_gpu.py`).",
-)
-_SUITE = flags.DEFINE_enum(
-    "suite", "all", ["all", "compare", "scale", "stream"], "Which suite(s) to run."
-)
-_SCALE_METHODS = flags.DEFINE_string(
-    "scale_methods", "naive,er,ewc,derpp", "Methods of the scale suite's table."
+    "`python -m benchmarks.gpu`).",
 )
 
 WORKLOADS = {
@@ -92,7 +85,7 @@ WORKLOADS = {
         ewc_lam=180.0,
     ),  # lam 180 = DER's e_lambda 90
 }
-METHODS = ("naive", "er", "ewc")  # the compare suite (the torch loop implements these)
+METHODS = ("naive", "er", "ewc")  # the torch loop implements these
 FRAMEWORKS = ("sequax", "torch")
 CAPACITY = 500
 SEED = 0
@@ -337,13 +330,8 @@ def run_torch(config) -> dict:
 
 # ---------------- One cell in a subprocess ---------------------------------------------------
 def run_single(spec: str, json_out: str) -> None:
-    """One cell: "workload,method,framework[,rN][,mK]" (N vmapped runs split over K devices),
-    or "peak" (the matmul peak)."""
-    if spec == "peak":
-        from sequax.launch.bench_scale import measure_peak
-
-        Path(json_out).write_text(json.dumps(measure_peak()))
-        return
+    """One cell: "workload,method,framework[,rN][,mK]" (N vmapped runs split over K devices:
+    the cells of `benchmarks/scale.py` and `benchmarks/gpu.py`)."""
     workload, method, framework, *extra = spec.split(",")
     config = make_config(workload, method, _TASKS.value, _TRAIN_PER_TASK.value)
     for option in extra:
@@ -398,7 +386,8 @@ def ratios(results, workload, method):
 
 def tables(results, workloads, methods) -> str:
     lines = [
-        "| workload | method | framework | samples/s | ratio | wall s | compile s | end_task s | eval s | acc % | peak RSS MiB |",
+        "| workload | method | framework | samples/s | ratio | wall s | compile s | end_task s "
+        "| eval s | acc % | peak RSS MiB |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for w in workloads:
@@ -413,12 +402,14 @@ def tables(results, workloads, methods) -> str:
                 ratio = f"{r['speed']:.2f}×" if (r and f == "sequax") else ""
                 compile_s = f"{c['compile']:.1f}" if f == "sequax" else "–"
                 lines.append(
-                    f"| {' | '.join(name)} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | {compile_s} | "
-                    f"{c['end_task']:.2f} | {c['eval']:.2f} | {c['acc']:.2f} | {c['rss_mib']:.0f} |"
+                    f"| {' | '.join(name)} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} "
+                    f"| {compile_s} | {c['end_task']:.2f} | {c['eval']:.2f} | {c['acc']:.2f} "
+                    f"| {c['rss_mib']:.0f} |"
                 )
     lines += [
         "",
-        "| workload | method | samples/s: sequax / torch | wall: torch / sequax | acc: sequax − torch (points) |",
+        "| workload | method | samples/s: sequax / torch | wall: torch / sequax "
+        "| acc: sequax − torch (points) |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for w in workloads:
@@ -426,7 +417,8 @@ def tables(results, workloads, methods) -> str:
             r = ratios(results, w, m)
             if r:
                 lines.append(
-                    f"| {WORKLOADS[w]['title']} | {m} | {r['speed']:.2f}× | {r['wall']:.2f}× | {r['acc']:+.2f} |"
+                    f"| {WORKLOADS[w]['title']} | {m} | {r['speed']:.2f}× | {r['wall']:.2f}× "
+                    f"| {r['acc']:+.2f} |"
                 )
     return "\n".join(lines)
 
@@ -511,17 +503,21 @@ HOW_TO_READ = """\
 """
 
 
-def header(info, seconds: float, suite: str) -> list[str]:
-    command = " ".join(["python -m sequax.launch.bench", *sys.argv[1:]])
+def header(info, seconds: float, suite: str, program: str = "sequax.launch.bench") -> list[str]:
+    """The lines under a section's title: the command (`python -m PROGRAM` and this process's
+    flags), date, machine and software, and whether it was a quick run."""
+    command = " ".join([f"python -m {program}", *sys.argv[1:]])
     lines = [
         "Command:",
         "",
         f"    {command}",
         "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {suite} suite time {seconds / 60:.1f} min.",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; {suite} suite time "
+        f"{seconds / 60:.1f} min.",
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; "
         f"load average at start {info['load'][0]:.2f}.",
-        f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}.",
+        f"- Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch "
+        f"{info['torch']}.",
     ]
     if _TASKS.value or _TRAIN_PER_TASK.value:
         lines.append(
@@ -545,11 +541,11 @@ def report(results, workloads, methods, info, seconds) -> str:
             else f"on all {info['cores']} cores, XLA's default threading"
         )
         + f" (XLA_FLAGS: {info['xla_flags']}).",
-        "- Workloads: PMNIST-10 = Permuted MNIST, 10 tasks × 60,000, MLP 784-256-256-10, SGD lr 0.1, "
-        "batch 128; SMNIST-5 = Split MNIST class-IL, 5 tasks × 2 classes, MLP 784-100-100-10, SGD lr 0.03, "
-        "batch 10; 1 epoch per task. ER: reservoir of 500, replay batch = training batch. EWC: online, "
-        "γ 1, λ 1.4 (PMNIST) / 180 (SMNIST) with our ½ (DER's e_lambda 0.7 / 90), empirical Fisher "
-        "over the whole task.",
+        "- Workloads: PMNIST-10 = Permuted MNIST, 10 tasks × 60,000, MLP 784-256-256-10, SGD lr "
+        "0.1, batch 128; SMNIST-5 = Split MNIST class-IL, 5 tasks × 2 classes, MLP 784-100-100-10, "
+        "SGD lr 0.03, batch 10; 1 epoch per task. ER: reservoir of 500, replay batch = training "
+        "batch. EWC: online, γ 1, λ 1.4 (PMNIST) / 180 (SMNIST) with our ½ (DER's e_lambda 0.7 / "
+        "90), empirical Fisher over the whole task.",
     ]
     lines += [
         "",
@@ -568,7 +564,8 @@ def report(results, workloads, methods, info, seconds) -> str:
 
 
 def write_section(path: str, name: str, text: str) -> None:
-    """Replaces the text between `<!-- name -->` and `<!-- /name -->` in `path` (appends if absent)."""
+    """Replaces the text between `<!-- name -->` and `<!-- /name -->` in `path` (appends if
+    absent)."""
     begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     block = f"{begin}\n{text.rstrip()}\n{end}"
     file = Path(path)
@@ -607,128 +604,12 @@ def compare_suite(workloads, methods, info) -> str:
             for m in methods:
                 for f in FRAMEWORKS:
                     result = timed(
-                        f"{WORKLOADS[w]['title']} {m} {f}", lambda: run_child(w, m, f, folder)
+                        f"{WORKLOADS[w]['title']} {m} {f}",
+                        functools.partial(run_child, w, m, f, folder),
                     )
                     if result is not None:
                         results[(w, m, f)] = result
     return report(results, workloads, methods, info, time.perf_counter() - start)
-
-
-def scale_suite(workloads, info) -> str:
-    from sequax.launch import bench_scale as scale
-
-    start = time.perf_counter()
-    extra = [f"--tasks={_TASKS.value}", f"--train_per_task={_TRAIN_PER_TASK.value}"]
-    titles = {w: WORKLOADS[w]["title"] for w in WORKLOADS}
-
-    def cell(spec, devices=1):
-        return timed(
-            f"scale {spec} on {devices} device(s)",
-            lambda: scale.child(spec, folder, extra, devices),
-        )
-
-    with tempfile.TemporaryDirectory() as folder:
-        peak = scale.child("peak", folder, extra)
-        print(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s", flush=True)
-        methods = [m for m in _SCALE_METHODS.value.split(",") if m]
-        per_method = {(w, m): cell(f"{w},{m},sequax") for w in workloads for m in methods}
-        devices = {n: cell("pmnist10,naive,sequax", n) for n in scale.DEVICE_COUNTS}
-        runs = {w: {n: cell(f"{w},naive,sequax,r{n}") for n in scale.RUN_COUNTS} for w in workloads}
-        # The same runs split over one CPU device per core (mesh runs axis): each core trains
-        # its own runs with no communication, instead of splitting every small matmul in two.
-        cores = len(os.sched_getaffinity(0))
-        split = (
-            {
-                w: {
-                    n: cell(f"{w},naive,sequax,r{n},m{cores}", cores)
-                    for n in scale.RUN_COUNTS
-                    if n % cores == 0
-                }
-                for w in workloads
-            }
-            if cores > 1
-            else {}
-        )
-    docs = Path(_OUTPUT.value or "docs/benchmarks.md").parent
-    images = scale.plot(
-        devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10")
-    )
-    if _OUTPUT.value:  # the raw cells, so tables and plots can be checked or redrawn later
-        raw = dict(
-            peak=peak,
-            per_method={f"{w},{m}": c for (w, m), c in per_method.items()},
-            devices=devices,
-            runs=runs,
-            split=split,
-        )
-        (docs / "img" / "scale_cells.json").write_text(
-            json.dumps(raw, indent=1, default=str) + "\n"
-        )
-    g = peak["gflops"]
-    lines = [
-        "## At scale: MFU, devices, vmapped runs",
-        "",
-        "sequax alone (`launch/bench_scale.py`), each cell in its own process.",
-        *header(info, time.perf_counter() - start, "scale"),
-        f"- Measured fp32 matmul peak (best of {', '.join(f'{n}²' for n in scale.PEAK_SIZES)} in JAX, all cores): "
-        f"**{g:.1f} GFLOP/s** ("
-        + ", ".join(f"{n}²: {v:.0f}" for n, v in peak["by_size"].items())
-        + ").",
-        "",
-        "### Per workload and method (1 device, 1 run)",
-        "",
-        scale.method_table(per_method, g, titles),
-        "",
-        "### PMNIST-10 naive over 1/2/4/8 devices",
-        "",
-        "The batch (128) is split over the `data` axis; the task's examples and the reservoir over the "
-        "devices. On a CPU machine the devices are fake (`--xla_force_host_platform_device_count`) and "
-        "share the same cores, so this measures what partitioning costs, not a speed-up.",
-        "",
-        scale.devices_table(devices, g),
-        "",
-    ]
-    for w, cells in runs.items():
-        lines += [
-            f"### {titles[w]} naive: N seeds vmapped in one program",
-            "",
-            "One device (XLA's default: every op may use every core):",
-            "",
-            scale.runs_table(cells, g),
-            "",
-        ]
-        if split.get(w):
-            lines += [
-                f"The same runs split over {cores} CPU devices, one per core (`config.mesh.runs={cores}`, "
-                f"`--xla_force_host_platform_device_count={cores}`; × is against one run on one device):",
-                "",
-                scale.runs_table({1: cells.get(1), **split[w]}, g),
-                "",
-            ]
-    lines += [f"![{Path(p).stem}](img/{Path(p).name})" for p in images]
-    base = runs.get("pmnist10", {}).get(1)
-    eights = [c for c in (runs.get("pmnist10", {}).get(8), split.get("pmnist10", {}).get(8)) if c]
-    if base and eights:
-        best = min(eights, key=lambda c: c["wall"])
-        ratio = best["wall"] / base["wall"]
-        bound = scale.lower_bound(base, 8, g)
-        lines += [
-            "",
-            "### Target",
-            "",
-            "| target | measured | result |",
-            "| --- | --- | --- |",
-            f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× "
-            f"(best of the two layouts) | {'PASS' if ratio <= 3.0 else 'FAIL'} |",
-            "",
-            f"Physical floor on this machine: {bound['ratio']:.2f}×. One run trains at "
-            f"{bound['train_mfu']:.0f}% MFU and evaluates at about {bound['eval_mfu']:.0f}% "
-            f"(XLA's FLOPs of the step; the evaluation's FLOPs counted from the MLP), so 8 runs at "
-            f"100% of the measured peak would still need {bound['compute_s']:.1f} s of compute plus "
-            f"{bound['fixed_s']:.1f} s of the one run's fixed costs (data, task transforms, "
-            f"compile), against {base['wall']:.1f} s for one run.",
-        ]
-    return "\n".join(lines)
 
 
 def main(argv):
@@ -747,24 +628,10 @@ def main(argv):
         raise app.UsageError(
             f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}"
         )
-    info = machine()
-    sections = {}
-    if _SUITE.value in ("all", "compare"):
-        sections["compare"] = compare_suite(workloads, methods, info)
-    if _SUITE.value in ("all", "scale"):
-        sections["scale"] = scale_suite(workloads, info)
-    if _SUITE.value in ("all", "stream"):  # the streaming path: launch/bench_stream.py
-        from sequax.launch import bench_stream
-
-        cells, seconds = bench_stream.suite(common.DATA_ROOT, _TASKS.value, _TRAIN_PER_TASK.value)
-        sections["stream"] = bench_stream.section(
-            cells, header(info, seconds, "stream"), info["cores"], info["load"][0]
-        )
-    for name, text in sections.items():
-        print("\n" + text.split("### How to read this")[0].rstrip())
-        if _OUTPUT.value:
-            write_section(_OUTPUT.value, name, text)
+    text = compare_suite(workloads, methods, machine())
+    print("\n" + text.split("### How to read this")[0].rstrip())
     if _OUTPUT.value:
+        write_section(_OUTPUT.value, "compare", text)
         print(f"\nwrote {_OUTPUT.value}")
 
 

@@ -82,7 +82,7 @@ def parse_flags(argv):
         )
         _usage_error(
             f"a --config override names the unknown key {name}{hint}; overrides "
-            f"must name keys the config has (see configs/common.py base_config){method}"
+            f"must name keys the config has (see engine/schema.py base_config){method}"
         )
     except flags.Error as error:
         # A value of the wrong type ("flag --config.x=ten: invalid literal for int() ..."), or an
@@ -95,7 +95,7 @@ def parse_flags(argv):
         else:
             flag = re.match(r"flag (--config\.[\w.]+)=", message)
             if flag:
-                message += f"; give {flag.group(1)} a value of the type its default has (configs/common.py base_config)"
+                message += f"; give {flag.group(1)} a value of the type its default has (engine/schema.py base_config)"
         _usage_error(message)
 
 

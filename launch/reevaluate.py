@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from sequax.algorithms.protocol import model_for
+from sequax.core.protocol import model_for
 from sequax.engine import loop
 from sequax.engine.build import (
     ConfigError,

@@ -94,7 +94,7 @@ def point_configs(config, axes: list[tuple[str, list]]):
                 raise ConfigError(f"--grid {key}={value!r}: {error}") from None
         try:  # everything that can be checked without data or compiling, for every point first
             build.build_model(point_config.model, 10)
-            build.build_optimizer(point_config.optimizer)
+            build.check_optimizer(point_config.optimizer)
             runs.make_grid(point_config)
         except ConfigError as error:
             raise ConfigError(f"grid point {point}: {error}") from None

@@ -25,10 +25,10 @@ from sequax.algorithms import AGEM, EWC, combine
 from sequax.algorithms.projection import agem_project, tree_vdot
 from sequax.algorithms.reservoir import ReservoirState
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
-from sequax.engine.task_data import task_arrays
+from sequax.core.task_data import task_arrays
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
 

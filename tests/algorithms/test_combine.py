@@ -13,10 +13,10 @@ from batches import random_batch
 from sequax import algorithms
 from sequax.algorithms import ER, EWC, Naive, combine
 from sequax.algorithms.quadratic_penalty import quadratic_penalty
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
+from sequax.core.task_data import task_arrays
 from sequax.engine.step import make_train_step
-from sequax.engine.task_data import task_arrays
 
 
 def batch_of(seed: int, size: int = 6):
@@ -128,14 +128,14 @@ def test_hat_as_base_takes_its_hooks_and_gives_ewc_its_gated_network():
     both = algorithms.make("hat+ewc", hat=dict(num_tasks=3, s_max=400.0), ewc=dict(lam=1.0))
     hat = both.parts[0][1]
     assert isinstance(hat, HAT)
-    for hook in (
-        "wrap_model",
-        "start_task",
-        "gradient_transform",
-        "projection_transform",
-        "predict",
-    ):
-        assert hasattr(both, hook), hook
+    # The run-shaping hooks are HAT's: its gated model, its optimizer chain (conditioning and
+    # compensation in front, the embedding clamp after), its task-IL predict.
+    model = both.wrap_model(mlp(10, widths=(8,)))
+    params, _ = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+    assert EMBEDDINGS in params
+    chain = both.optimizer(optax.sgd(0.1)).init(params)
+    assert jax.tree.structure(chain) == jax.tree.structure(hat.optimizer(optax.sgd(0.1)).init(params))
+    assert len(chain) == 3
     config = small_split_config(
         "hat+ewc",
         hat=dict(num_tasks=3, s_max=400.0, c=0.75),

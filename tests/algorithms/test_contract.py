@@ -22,11 +22,11 @@ import optax
 import pytest
 
 from sequax import algorithms
-from sequax.algorithms.protocol import model_for
-from sequax.engine.models import mlp
-from sequax.engine.state import STREAM_TASK, create_state, stream_key
+from sequax.core.protocol import model_for
+from sequax.core.models import mlp
+from sequax.core.state import STREAM_TASK, create_state, stream_key
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
-from sequax.engine.task_data import gather_batch, task_arrays
+from sequax.core.task_data import gather_batch, task_arrays
 
 SMALL = {
     "er": {"capacity": 16, "replay_batch": 4},

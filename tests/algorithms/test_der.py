@@ -27,8 +27,8 @@ from torch_reference import torch_mlp
 from sequax import algorithms
 from sequax.algorithms import DER, DERPP, Naive
 from sequax.engine import loop
-from sequax.engine.models import from_linen, mlp
-from sequax.engine.state import create_state
+from sequax.core.models import from_linen, mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10

@@ -12,8 +12,8 @@ from batches import random_batch
 
 from sequax import algorithms
 from sequax.algorithms import ER, Naive
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 BATCH, REPLAY, CAPACITY = 6, 5, 8
 

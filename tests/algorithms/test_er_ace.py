@@ -24,8 +24,8 @@ from sequax import algorithms
 from sequax.algorithms import ERACE, Naive
 from sequax.algorithms.er_ace import ERACEState, incoming_classes
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 

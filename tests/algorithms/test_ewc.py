@@ -23,9 +23,9 @@ from sequax.algorithms.quadratic_penalty import (
     quadratic_init,
     quadratic_penalty,
 )
-from sequax.engine.models import mlp
-from sequax.engine.state import CLState
-from sequax.engine.task_data import task_arrays
+from sequax.core.models import mlp
+from sequax.core.state import CLState
+from sequax.core.task_data import task_arrays
 
 NUM_CLASSES = 10
 SIZE, CAPACITY = 37, 48  # a padded phase: 11 rows of padding that must not count

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from sequax.algorithms import EWC, fisher
-from sequax.engine.models import from_linen, mlp
-from sequax.engine.task_data import task_arrays
+from sequax.core.models import from_linen, mlp
+from sequax.core.task_data import task_arrays
 
 CLASSES = 10
 SIZE, CAPACITY = 29, 32
@@ -194,7 +194,7 @@ def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
     import optax
 
     from sequax.engine import sharding
-    from sequax.engine.state import create_state
+    from sequax.core.state import create_state
 
     model = from_linen(ConvNet(), CLASSES)
     ewc = EWC(likelihood_weighted=True, fisher_batch=8)

@@ -25,8 +25,8 @@ from sequax.algorithms import GDumb
 from sequax.algorithms.gdumb import balanced_slots
 from sequax.configs import common
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 CLASSES, HIDDEN = 10, 16
 

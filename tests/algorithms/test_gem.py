@@ -31,10 +31,10 @@ from sequax.algorithms.gem import GEMState
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_project, solve_nonnegative_qp
 from sequax.engine import loop
-from sequax.engine.models import from_linen, mlp
-from sequax.engine.state import create_state
+from sequax.core.models import from_linen, mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
-from sequax.engine.task_data import task_arrays
+from sequax.core.task_data import task_arrays
 
 CLASSES, LR, PER_TASK = 10, 0.1, 6
 

@@ -16,8 +16,8 @@ from sequax.algorithms import HAT
 from sequax.algorithms.hat import EMBEDDINGS, annealed_s, attention_sparsity
 from sequax.engine import loop
 from sequax.engine.build import ConfigError
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 from tests.algorithms.small_streams import naive_result, small_split_config
 

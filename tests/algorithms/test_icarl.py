@@ -23,9 +23,9 @@ from sequax.algorithms import ICaRL
 from sequax.algorithms.icarl import NO_MEAN, draw_exemplars, herding, normalize
 from sequax.configs import common
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
-from sequax.engine.task_data import gather_batch, task_arrays
+from sequax.core.models import mlp
+from sequax.core.state import create_state
+from sequax.core.task_data import gather_batch, task_arrays
 
 CLASSES, HIDDEN, BATCH, REPLAY, CAPACITY = 10, 16, 6, 5, 8
 

@@ -23,12 +23,12 @@ from sequax.algorithms.kcl import (
     minmax,
     random_features,
 )
-from sequax.algorithms.protocol import model_for
+from sequax.core.protocol import model_for
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
-from sequax.engine.task_data import gather_batch, task_arrays
+from sequax.core.task_data import gather_batch, task_arrays
 from tests.algorithms.small_streams import small_split_config
 
 

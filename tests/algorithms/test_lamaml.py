@@ -16,11 +16,11 @@ from batches import random_batch
 
 from sequax.algorithms import LaMAML
 from sequax.algorithms.lamaml import glance_order, sample_with_replacement
-from sequax.algorithms.protocol import optimizer_for
+from sequax.core.protocol import optimizer_for
 from sequax.algorithms.reservoir import replay_init
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 from tests.algorithms.small_streams import naive_result, small_permuted_config
 

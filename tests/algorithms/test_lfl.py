@@ -24,8 +24,8 @@ from sequax.algorithms import ER, LFL, Naive, combine
 from sequax.configs import common
 from sequax.engine import loop
 from sequax.engine.build import build_model, build_scenario
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 BATCH, CLASSES = 6, 10
 

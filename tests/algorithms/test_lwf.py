@@ -25,8 +25,8 @@ from sequax import algorithms
 from sequax.algorithms import ER, LwF, combine
 from sequax.configs import common
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 BATCH, CLASSES = 6, 10
 

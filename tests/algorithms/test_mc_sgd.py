@@ -16,8 +16,8 @@ from torch_reference import torch_mlp
 
 from sequax.algorithms import MCSGD
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.task_data import task_arrays
+from sequax.core.models import mlp
+from sequax.core.task_data import task_arrays
 
 ROWS = 8  # per_class 2 x num_classes 4 = line_batch: one batch per task's memory
 

@@ -25,8 +25,8 @@ from sequax.algorithms import ER, RWalk, combine
 from sequax.algorithms.quadratic_penalty import QuadraticState
 from sequax.algorithms.rwalk import minmax
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 
 CLASSES, LR, MOMENTUM = 10, 0.1, 0.9

@@ -23,8 +23,8 @@ from sequax import algorithms
 from sequax.algorithms import ER, SI, combine
 from sequax.algorithms.quadratic_penalty import QuadraticState
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 
 CLASSES, LR = 10, 0.1

@@ -16,10 +16,10 @@ from torch_reference import torch_mlp
 
 from sequax.algorithms import StableSGD
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.protocol import optimizer_for
+from sequax.core.protocol import optimizer_for
 from sequax.engine import loop
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 
 LR, DECAY = 0.1, 0.5

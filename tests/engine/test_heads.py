@@ -1,4 +1,4 @@
-"""The single masked head (`sequax.engine.heads`): seen classes and logit masks."""
+"""The single masked head (`sequax.core.heads`): seen classes and logit masks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sequax.engine.heads import mask_logits, seen_classes
+from sequax.core.heads import mask_logits, seen_classes
 
 TASK_CLASSES = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], bool)
 

@@ -11,10 +11,10 @@ import optax
 import pytest
 
 from sequax.algorithms import ER
-from sequax.engine.models import from_linen, mlp
-from sequax.engine.state import create_state
+from sequax.core.models import from_linen, mlp
+from sequax.core.state import create_state
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step
-from sequax.engine.task_data import task_arrays
+from sequax.core.task_data import task_arrays
 
 SIZE, BATCH = 40, 8
 

@@ -12,7 +12,7 @@ from conftest import needs_shared_mnist
 
 from sequax.configs import common
 from sequax.data import DataError
-from sequax.engine import loop
+from sequax.engine import loop, programs
 from sequax.engine.build import ConfigError, build_scenario
 
 
@@ -92,10 +92,11 @@ def test_same_config_is_bit_identical(er_run, tmp_path):
 
 def test_two_tasks_of_different_sizes_compile_the_train_step_once(monkeypatch, tmp_path):
     traces = []
-    real_make_run_steps = loop.make_run_steps
+    real_make_run_steps = programs.make_run_steps
 
-    def counting_make_run_steps(train_step, batch_size, **kwargs):
-        inner = real_make_run_steps(train_step, batch_size).__wrapped__  # the un-jitted run_steps
+    def counting_make_run_steps(train_step, batch_size, *, runs, data_axes, **kwargs):
+        # the un-jitted run_steps (with the run axis every program carries)
+        inner = real_make_run_steps(train_step, batch_size, runs=runs, data_axes=data_axes).__wrapped__
 
         def run_steps(*args):
             traces.append(None)
@@ -103,7 +104,7 @@ def test_two_tasks_of_different_sizes_compile_the_train_step_once(monkeypatch, t
 
         return jax.jit(run_steps, donate_argnums=0)
 
-    monkeypatch.setattr(loop, "make_run_steps", counting_make_run_steps)
+    monkeypatch.setattr(programs, "make_run_steps", counting_make_run_steps)
     config = tiny_config(num_tasks=2, capacity=50, replay_batch=10)
     config.data.train_per_task = 0  # every example: the two tasks differ in size
     config.training.steps_per_dispatch = 50  # several dispatches per task
@@ -141,9 +142,9 @@ def fail_if_compiling(monkeypatch):
     def compiling(*args, **kwargs):
         raise AssertionError("the run got as far as building its state or step")
 
-    monkeypatch.setattr(loop, "create_state", compiling)
-    monkeypatch.setattr(loop, "make_run_steps", compiling)
-    monkeypatch.setattr(loop, "make_train_step", compiling)
+    monkeypatch.setattr(programs, "create_state", compiling)
+    monkeypatch.setattr(programs, "make_run_steps", compiling)
+    monkeypatch.setattr(programs, "make_train_step", compiling)
 
 
 def bad_configs():

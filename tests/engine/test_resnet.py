@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sequax.engine.build import ConfigError, build_model
-from sequax.engine.models import resnet18
+from sequax.core.models import resnet18
 
 torch.set_num_threads(1)
 

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from sequax.configs import common
-from sequax.engine import checkpoint, loop
+from sequax.engine import checkpoint, loop, programs
+from sequax.engine import results as results_lib
 from sequax.engine.build import ConfigError
 from sequax.engine.checkpoint import (
     Checkpoints,
@@ -251,7 +252,7 @@ def test_config_mismatch_is_refused_before_compiling(finished, tmp_path, monkeyp
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
     monkeypatch.setattr(
-        loop, "make_train_step", lambda *a, **k: pytest.fail("compiled before the config check")
+        programs, "make_train_step", lambda *a, **k: pytest.fail("compiled before the config check")
     )
     config = small_config()
     config.algorithm.capacity = 30
@@ -350,7 +351,7 @@ def test_full_disk_while_writing_results_loses_nothing(finished, tmp_path, monke
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loop, "_write_matrices", disk_full)
+    monkeypatch.setattr(results_lib, "write_matrices", disk_full)
     with pytest.raises(OSError) as error:
         loop.run(small_config(), tmp_path, verbose=False)
     assert error.value.errno == errno.ENOSPC

@@ -27,8 +27,8 @@ from jax.sharding import PartitionSpec as P
 
 from sequax import algorithms
 from sequax.engine import sharding
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 
 CHILD = Path(__file__).with_name("sharded_child.py")
 METHODS = ["naive", "ewc", "er", "derpp"]

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from sequax import algorithms
-from sequax.engine.models import mlp
-from sequax.engine.state import create_state
+from sequax.core.models import mlp
+from sequax.core.state import create_state
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
-from sequax.engine.task_data import gather_batch, scan_batches, task_arrays
+from sequax.core.task_data import gather_batch, scan_batches, task_arrays
 
 BATCH_SIZE = 4
 

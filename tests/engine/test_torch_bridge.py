@@ -26,9 +26,9 @@ from sequax.configs import smnist_torch_cnn
 from sequax.data import load_source
 from sequax.engine import loop
 from sequax.engine.build import ConfigError, build_model, build_scenario
-from sequax.engine.state import create_state
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
-from sequax.engine.task_data import task_arrays
+from sequax.core.task_data import task_arrays
 from sequax.engine.torch_bridge import TorchBridgeError, from_torch, to_state_dict, write_back, zoo
 
 torch.set_num_threads(1)  # a shared 2-core machine

@@ -2,7 +2,7 @@
 
 The flax network with the converted weights must compute the torch module's logits and
 running statistics (reference: float64 torch eager, and the bridge's float32 forward that
-launch/torch_compare trains), and `resnet18(..., init_from="torch")` must start each key
+evidence/torch_compare trains), and `resnet18(..., init_from="torch")` must start each key
 from the weights the bridge draws for the torch network from that key, on MNIST-shaped
 inputs (28x28x1, nf 8: torch_compare's networks).
 """
@@ -20,8 +20,8 @@ import torch
 
 from sequax import algorithms
 from sequax.engine.build import ConfigError, build_model
-from sequax.engine.models import resnet18
-from sequax.engine.state import create_state
+from sequax.core.models import resnet18
+from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.torch_bridge import from_torch, zoo
 from sequax.engine.torch_bridge.to_flax import resnet18_variables

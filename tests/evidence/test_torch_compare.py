@@ -1,8 +1,10 @@
-"""`launch/torch_compare.py`'s plumbing on a tiny budget (the comparison itself is a benchmark).
+"""`evidence/torch_compare.py`'s plumbing on a tiny budget (the comparison itself is a benchmark).
 
 Every cell must be the same run but for `config.model`; the torch CNN (through the bridge)
 and the flax MLP must both learn, under EWC (vmapped seeds of a conv net: the per-example
 Fisher path) and DER++; the table must hold one row per cell and land between the markers.
+That run is marked `long` (`pytest -m long`); test_evidence_commands.py runs the command on
+one small cell in the default suite.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import jax
 import pytest
 
-from sequax.launch import bench, torch_compare
+from evidence import torch_compare
+from sequax.launch import bench
 
 BUDGET = dict(
     source="mnist_packaged",
@@ -53,6 +56,7 @@ def test_cells_differ_only_in_the_model():
         torch_compare.model_config("torch_mlp", 4)
 
 
+@pytest.mark.long  # about 85 s on 2 cores: pytest -m long
 def test_both_frameworks_learn_and_the_table_lands_between_the_markers(
     tmp_path, optimised_convolutions
 ):
@@ -66,7 +70,7 @@ def test_both_frameworks_learn_and_the_table_lands_between_the_markers(
         assert cell["wall_s"] > 0
     info = dict(cpu="test cpu", cores=2, jax="0", torch="0", load=(1.0, 1.0, 1.0))
     text = torch_compare.format_table(
-        results, BUDGET, command="python -m sequax.launch.torch_compare", info=info, total_s=60.0
+        results, BUDGET, command="python -m evidence.torch_compare", info=info, total_s=60.0
     )
     rows = [line for line in text.splitlines() if line.startswith(("| online EWC", "| DER++"))]
     assert [r.split(" | ")[1:3] for r in rows] == [["cnn", "torch"], ["mlp", "flax"]] * 2

@@ -1,4 +1,4 @@
-"""The PyTorch transcription of mammoth's loop (`sequax.launch.torch_der_check`), on tiny data.
+"""The PyTorch transcription of mammoth's loop (`evidence/torch_der_check.py`), on tiny data.
 
 Its oEWC Fisher is checked against ours (`algorithms/ewc.py`) on the same weights and images,
 its SI step against a hand-written JAX update (clipping included), the reservoir against a hand
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from evidence import torch_der_check as tdc
 from sequax.algorithms import EWC
 from sequax.algorithms.lwf import soft_cross_entropy
+from sequax.core.models import mlp
+from sequax.core.task_data import task_arrays
 from sequax.data import load_source
 from sequax.data.scenarios import rotated, split, subsample
-from sequax.engine.models import mlp
-from sequax.engine.task_data import task_arrays
-from sequax.launch import torch_der_check as tdc
 
 N = 300  # examples: not a multiple of the batch (128), so mammoth's normaliser differs from N
 

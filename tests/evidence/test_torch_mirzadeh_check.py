@@ -1,4 +1,4 @@
-"""The PyTorch transcription of Stable SGD's reference loop (`sequax.launch.torch_mirzadeh_check`).
+"""The PyTorch transcription of Stable SGD's reference loop (`evidence/torch_mirzadeh_check.py`).
 
 Its per-task learning rate (1-based exponent, absolute floor) and hyper-parameters against the
 table's cell configs, the optimizer built anew each task (no momentum carried over), the
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from evidence import torch_mirzadeh_check as mz
 from sequax.configs.reproduce.mirzadeh import table
 from sequax.data import load_source
 from sequax.data.scenarios import permuted, rotated, subsample
 from sequax.engine.build import build_scenario, draw_seed, run_scenarios
 from sequax.engine.metrics import average_forgetting
 from sequax.engine.runs import make_grid
-from sequax.launch import torch_mirzadeh_check as mz
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ BENCHMARKS = {"smnist": "split", "pmnist": "permuted", "rmnist": "rotated"}
 
 # Cell name -> why our value differs from the published one, with the evidence
 # (docs/reproductions/der.md prints the note of every cell outside the bound). "The
-# reference loop" is `launch/torch_der_check.py`: a plain-PyTorch transcription of the
+# reference loop" is `evidence/torch_der_check.py`: a plain-PyTorch transcription of the
 # mammoth 2020 code (commit 7ab9db97) run on our data with the same per-seed draws,
-# `python -m sequax.launch.torch_der_check --cells=CELL --seeds=0,1,2` (1 torch thread).
-_LOOP = "`python -m sequax.launch.torch_der_check --cells={cell} --seeds={seeds}`"
+# `python -m evidence.torch_der_check --cells=CELL --seeds=0,1,2` (1 torch thread).
+_LOOP = "`python -m evidence.torch_der_check --cells={cell} --seeds={seeds}`"
 NOTES: dict[str, str] = {
     "smnist/lwf": (
         "the published value is plain SGD + L2, not LwF. The 2020 training loop "
@@ -47,7 +47,7 @@ NOTES: dict[str, str] = {
         "reference loop on the same permutations gives 58.25 ± 0.30 (seeds 0-2), within 3 "
         "points of ours and 17.5 below 75.79 ("
         + _LOOP.format(cell="pmnist/oewc", seeds="0,1,2")
-        + "; its Fisher equals ours to 1e-5, tests/launch/test_torch_der_check.py). The "
+        + "; its Fisher equals ours to 1e-5, tests/evidence/test_torch_der_check.py). The "
         "value ../shared/PROTOCOLS.md first recalled, 56.84, is close to what the code gives."
     ),
     "pmnist/si": (
@@ -70,7 +70,7 @@ NOTES: dict[str, str] = {
         + "), as we do, about 8 points above "
         "the published 71.91; R-MNIST SGD shows the same offset. SI's step follows mammoth "
         "exactly (element-wise gradient clipping at 1, ω += lr·g²; "
-        "tests/launch/test_torch_der_check.py checks one step against ours)."
+        "tests/evidence/test_torch_der_check.py checks one step against ours)."
     ),
 }
 _ICARL = (

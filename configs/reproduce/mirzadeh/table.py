@@ -147,7 +147,7 @@ NOTES: dict[str, str] = {
         "seeds give 47.07 ± 2.97 against the published 48.5."
     ),
     "pmnist/naive": (
-        "the reference loop itself gives the same on our data: `python -m sequax.launch.torch_mirzadeh_check "
+        "the reference loop itself gives the same on our data: `python -m evidence.torch_mirzadeh_check "
         "--mz_cells=pmnist/naive --mz_seeds=0,1,2` (a PyTorch transcription of stable_sgd/main.py: file order, a "
         "new SGD(momentum 0.8) per task, lr 0.01, batch 10) gives 47.07, 38.25, 37.44 (40.92 ± 5.34) on the "
         "permutations our seeds 0-2 draw, against our 41.81 ± 0.42; the published 44.4 lies inside that spread."
@@ -155,7 +155,7 @@ NOTES: dict[str, str] = {
     "pmnist/stable_sgd": (
         "the reference loop on our data lands below the paper too. stable_sgd/models.py applies "
         "`nn.functional.dropout(out, p)` (training=True by default), so the reference also drops units at "
-        "evaluation: transcribed that way (`python -m sequax.launch.torch_mirzadeh_check "
+        "evaluation: transcribed that way (`python -m evidence.torch_mirzadeh_check "
         "--mz_cells=pmnist/stable_sgd --mz_seeds=0,1,2`) it gives 71.27 ± 1.90; with dropout off at evaluation, "
         "as we evaluate (`--nomz_eval_dropout`), 77.09 ± 1.99 against our 76.09 ± 1.55. Neither reaches 80.1, "
         "so the difference is in the published setting (the README's corrected γ, dropout and batch are used "
@@ -164,7 +164,7 @@ NOTES: dict[str, str] = {
     "rmnist/stable_sgd": (
         "as pmnist/stable_sgd: the reference loop on our streams gives 62.81 ± 0.28 (its dropout on at "
         "evaluation) and 67.68 ± 1.08 (off, as ours) against our 68.14 ± 1.16 "
-        "(`python -m sequax.launch.torch_mirzadeh_check --mz_cells=rmnist/stable_sgd --mz_seeds=0,1,2 "
+        "(`python -m evidence.torch_mirzadeh_check --mz_cells=rmnist/stable_sgd --mz_seeds=0,1,2 "
         "[--nomz_eval_dropout]`). At γ 0.55 the learning rate reaches the 5e-5 floor from task 13, so the late "
         "tasks barely train in either loop."
     ),

@@ -1,0 +1,75 @@
+"""Each benchmark suite starts as its own command from the repository root (`python -m
+benchmarks.NAME`) and runs one tiny cell the way its suite runs every cell (`--single`, in a
+child process), so a suite's plumbing breaks here rather than an hour into a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+
+def run(module: str, *flags: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_scale_runs_one_cell_of_the_throughput_benchmark(tmp_path):
+    out = tmp_path / "cell.json"
+    run(
+        "benchmarks.scale",
+        "--single=smnist5,naive,sequax",
+        f"--json_out={out}",
+        "--tasks=2",
+        "--train_per_task=100",
+    )
+    cell = json.loads(out.read_text())
+    assert cell["framework"] == "sequax" and cell["devices"] == 1 and cell["runs"] == 1
+    assert cell["samples_per_s"] > 0 and cell["train_steps"] == 2 * 100 // 10  # batch 10
+    assert len(cell["matrix"]) == 2 and 0.0 <= cell["acc"] <= 100.0
+
+
+def test_stream_runs_one_iterating_cell(tmp_path):
+    out = tmp_path / "cell.json"
+    run("benchmarks.stream", "--single=stream,arrays,128,0", f"--json_out={out}")
+    cell = json.loads(out.read_text())
+    assert cell["chunk"] == 2560 // 128 and cell["samples_per_s"] > 0
+    assert cell["samples"] % 128 == 0 and cell["samples"] > 0
+
+
+def test_fisher_times_the_dense_path():
+    done = run("benchmarks.fisher", "--examples=256", "--runs=1", "--paths=dense", "--repeats=1")
+    assert "256 examples" in done.stdout
+    assert "dense        runs=1: end_task" in done.stdout
+
+
+def test_gpu_writes_its_section_from_a_results_file(tmp_path):
+    """`--report` (no GPU needed): the section lands between its markers in --doc, naming the
+    command that produced the results."""
+    cell = dict(samples_per_s=1000.0, wall=10.0, compile=1.0, train=8.0, acc=90.0)
+    info = dict(cpu="test cpu", cores=2, ram_gib=8.0, python="3", jax="0", jaxlib="0")
+    info.update(torch="0", gpu="test gpu", gpu_memory_gib=80.0)
+    results = dict(
+        info=info,
+        pmnist={"naive,sequax": cell, "naive,torch": cell},
+        seconds={"pmnist": 60.0},
+        command="python -m benchmarks.gpu --parts=pmnist",
+    )
+    (tmp_path / "gpu.json").write_text(json.dumps(results))
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nnotes\n")
+    run("benchmarks.gpu", f"--report={tmp_path / 'gpu.json'}", f"--doc={doc}")
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nnotes") and text.count("<!-- gpu -->") == 1
+    assert "    python -m benchmarks.gpu --parts=pmnist" in text
+    assert "| PMNIST-10 | naive | sequax | 1,000 | 1.00× |" in text
