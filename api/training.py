@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import ml_collections
 
 from sequax.engine import loop
@@ -85,8 +86,11 @@ def train(
         elif _is_section(value):
             config[key] = ml_collections.ConfigDict({**_defaults(config, key), **value})
         else:
-            objects["optimizer" if key == "optimizer" else key] = value
-            config[key] = ml_collections.ConfigDict({**_defaults(config, key), **_described(value)})
+            objects[key] = value
+            described = _described(value)
+            if key == "optimizer":  # an optax object: recorded, never loaded from its name
+                described = {"name": f"given:{described['name']}"}
+            config[key] = ml_collections.ConfigDict({**_defaults(config, key), **described})
     return loop.run(from_config(config, **objects), workdir, verbose=verbose)
 
 
@@ -103,10 +107,10 @@ def _described(obj) -> dict:
     """How config.json records an object: its class's import path, and its fields when it
     is a flat dataclass of plain values."""
     cls = type(obj)
-    described: dict[str, Any] = {"name": f"{cls.__module__}:{cls.__qualname__}"}
-    if dataclasses.is_dataclass(obj):
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, nn.Module):  # flax: its own fields
         values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
         plain = (bool, int, float, str, type(None), tuple)
         if all(isinstance(v, plain) for v in values.values()):
-            described.update(values)
-    return described
+            return {**values, "name": name}
+    return {"name": name}

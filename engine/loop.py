@@ -101,9 +101,7 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             phase = feed.start_phase(
                 p, tasks, state, programs, resume=restored.stream if mid_phase else None
             )
-            state = programs.start_phase(
-                state, phase.data, tasks, fresh=not mid_phase, later=p > 0
-            )
+            state = programs.start_phase(state, phase.data, tasks, fresh=not mid_phase, later=p > 0)
             if (
                 feed.compiled is None
             ):  # once, ahead of time: a shape change would raise, not retrace

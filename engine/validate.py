@@ -27,6 +27,8 @@ from sequax.data import scenarios as scenario_lib
 from sequax.data.sources import SOURCE_NAMES
 from sequax.engine.build import MODELS, ConfigError, check_optimizer
 
+# How config.json records a component given as an object (`sequax.train`): never loaded.
+GIVEN = "given:"
 # Sections whose keys depend on a choice (method, backbone, scenario) or are checked elsewhere.
 FREE_FORM = ("algorithm", "model", "data.options", "optimizer.args", "sweep")
 # Classes per source, known before the files are read (to check a Split stream early).
@@ -98,9 +100,9 @@ def check_config(config) -> None:
                 f"set --config.{key}={max(least, 1)} or more"
             )
     epochs = _get(config, "training.epochs")  # a per-task schedule's length, unless given
-    check_optimizer(
-        _section(config, "optimizer"), epochs_per_task=epochs if isinstance(epochs, int) else None
-    )
+    optimizer = _section(config, "optimizer")
+    if not str(optimizer.get("name", "")).startswith(GIVEN):  # an object (sequax.train)
+        check_optimizer(optimizer, epochs_per_task=epochs if isinstance(epochs, int) else None)
     _check_model(_section(config, "model"))
     _check_options(config)
     _check_algorithm(_section(config, "algorithm"))
@@ -249,7 +251,8 @@ def _keyword_defaults(function, leave_out=()) -> dict[str, Any]:
 
 
 def _is_import_path(value) -> bool:
-    """A "package.module:attr" string: a component of the user's own."""
+    """A "package.module:attr" string: a component of the user's own (or "given:...", an
+    object given to `sequax.train`)."""
     return isinstance(value, str) and ":" in value
 
 

@@ -50,7 +50,106 @@ def initialize_distributed() -> bool:
 def parse_flags(argv):
     """absl's parser, but a bad flag is one line on stderr and exit status 2, not a traceback:
     an override of a key the config lacks (with ml_collections' "did you mean"), a value of the
-    wrong type (`--config.training.batch_size=ten`), an error inside the config file itself."""
+    wrong type (`--config.training.batch_size=ten`), an error inside the config file itself.
+
+    `--config.algorithm.name=NAME` switches method from any config file: the section becomes
+    NAME's hyper-parameters at their defaults (`algorithms.hyperparameters`), and the other
+    `--config.algorithm.*` overrides then apply to it, so
+    `--config=configs/smnist_naive.py --config.algorithm.name=er --config.algorithm.capacity=500`
+    trains ER with a buffer of 500."""
+    argv, switch = _split_algorithm_switch(argv)
+    if switch is not None:  # ml_collections reads the overrides from sys.argv itself
+        sys.argv[:] = [a for a in sys.argv if a in argv or not a.startswith("--config.algorithm.")]
+    rest = _parse(argv)
+    if switch is not None:
+        _switch_algorithm(*switch)
+    return rest
+
+
+def _split_algorithm_switch(argv):
+    """argv without `--config.algorithm.name=` and the algorithm overrides that follow it, and
+    (name, overrides) when the name is there (None otherwise)."""
+    name = next(
+        (a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config.algorithm.name=")), None
+    )
+    if name is None:
+        return argv, None
+    overrides, kept = [], [argv[0]]
+    for arg in argv[1:]:
+        if arg.startswith("--config.algorithm.") and "=" in arg:
+            key, value = arg.removeprefix("--config.algorithm.").split("=", 1)
+            if key != "name":
+                overrides.append((key, value))
+        else:
+            kept.append(arg)
+    return kept, (name, overrides)
+
+
+def _switch_algorithm(name: str, overrides) -> None:
+    from ml_collections import ConfigDict
+
+    from sequax import algorithms
+
+    config = flags.FLAGS["config"].value
+    if config.algorithm.get("name") != name:
+        try:
+            defaults = algorithms.hyperparameters(name)
+        except ValueError as error:
+            _usage_error(f"--config.algorithm.name={name}: {error}")
+        section = {k: v for k, v in _drop_none(defaults).items()}
+        config.algorithm = ConfigDict({"name": name, **section})
+    for key, text in overrides:
+        *parents, leaf = key.split(".")
+        section = config.algorithm
+        for parent in parents:
+            section = section.get(parent) if hasattr(section, "get") else None
+        known = sorted(section.keys()) if hasattr(section, "keys") else []
+        if section is None or leaf not in known and _required(name, key) is False:
+            _usage_error(
+                f"--config.algorithm.{key}: not a hyper-parameter of algorithm {name!r}; "
+                f"known: {', '.join(k for k in known if k != 'name') or '(none)'}"
+            )
+        section[leaf] = _value(text, section.get(leaf))
+
+
+def _drop_none(values: dict) -> dict:
+    """Hyper-parameters with a default (a required one, None, is set by an override)."""
+    return {k: (_drop_none(v) if isinstance(v, dict) else v) for k, v in values.items()
+            if v is not None}  # fmt: skip
+
+
+def _required(name: str, key: str) -> bool:
+    """Whether `key` is a hyper-parameter of `name` without a default."""
+    from sequax import algorithms
+
+    values = algorithms.hyperparameters(name)
+    for part in key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return False
+        values = values[part]
+    return values is None
+
+
+def _value(text: str, default):
+    """An override's value, typed as its default is (as ml_collections parses overrides)."""
+    import ast
+
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            _usage_error(f"give True or False, not {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text  # a string
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if default is not None and not isinstance(value, type(default)):
+        _usage_error(f"{text!r} is not a {type(default).__name__}, as the default {default!r} is")
+    return value
+
+
+def _parse(argv):
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as error:  # raised by config_flags for --config.<unknown>
