@@ -266,25 +266,16 @@ class ResNet(nn.Module):
         return {"logits": logits, "features": features}
 
 
-def resnet18(num_classes: int, nf: int = 20, init_from: str = "flax") -> Model:
+def resnet18(num_classes: int, nf: int = 20) -> Model:
     """The reduced ResNet-18 (nf=20, GEM/A-GEM) or mammoth's full-width one (nf=64, DER).
 
     PyTorch's default initialisation (kaiming-uniform(a=sqrt(5)) convs and linear, BatchNorm
     weight 1 and bias 0); its BatchNorm statistics are the model state, updated in train
     mode exactly as torch updates them (`TorchBatchNorm`).
 
-    `init_from`: "flax" draws that initialisation with flax's initialisers; "torch" takes,
-    for each key, the weights the torch zoo ResNet-18 draws from the same key through the
-    bridge (`engine.torch_bridge.to_flax`; needs torch): the same network, the same initial
-    weights as `config.model.name="torch"` with `reinit=True`, trained by flax.
+    `sequax.engine.build.resnet18(..., init_from="torch")` starts it from the torch zoo
+    ResNet-18's draw instead (the engine's torch bridge).
     """
     if not (isinstance(nf, int) and nf >= 1):
         raise ValueError(f"resnet18 nf={nf!r} must be a positive integer (20: reduced, 64: full)")
-    if init_from not in ("flax", "torch"):
-        raise ValueError(f"resnet18 init_from={init_from!r}; use 'flax' or 'torch'")
-    model = from_linen(ResNet(num_classes=num_classes, nf=nf), num_classes)
-    if init_from == "torch":  # torch is imported only for this option
-        from sequax.engine.torch_bridge.to_flax import torch_initialised
-
-        return torch_initialised(model, num_classes, nf)
-    return model
+    return from_linen(ResNet(num_classes=num_classes, nf=nf), num_classes)

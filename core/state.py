@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
 PyTree = Any
 
 # Independent random streams derived from the run's base key. A stream is folded in before

@@ -19,14 +19,12 @@ import optax
 
 from sequax import algorithms
 from sequax import data as sequax_data
-from sequax.core.models import Model, from_linen, mlp, resnet18
+from sequax.core.models import Model, from_linen, mlp
+from sequax.core.models import resnet18 as core_resnet18
 from sequax.data.augment import make_augment, with_augmentation
 from sequax.data.factories import load_callable
 from sequax.engine import optimizers
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key and the fix."""
+from sequax.engine.errors import ConfigError
 
 
 def _as_dict(section: Any) -> dict[str, Any]:
@@ -108,6 +106,24 @@ def run_scenarios(data_config, scenario, run_seeds) -> list:
         )
         for s in run_seeds
     ]
+
+
+def resnet18(num_classes: int, nf: int = 20, init_from: str = "flax") -> Model:
+    """`sequax.core.models.resnet18`, the reduced ResNet-18 (nf=20) or mammoth's (nf=64).
+
+    `init_from`: "flax" draws PyTorch's default initialisation with flax's initialisers;
+    "torch" takes, for each key, the weights the torch zoo ResNet-18 draws from the same key
+    through the bridge (`engine.torch_bridge.to_flax`; needs torch): the same network, the
+    same initial weights as `config.model.name="torch"` with `reinit=True`, trained by flax.
+    """
+    if init_from not in ("flax", "torch"):
+        raise ValueError(f"resnet18 init_from={init_from!r}; use 'flax' or 'torch'")
+    model = core_resnet18(num_classes, nf)
+    if init_from == "torch":  # torch is imported only for this option
+        from sequax.engine.torch_bridge.to_flax import torch_initialised
+
+        return torch_initialised(model, num_classes, nf)
+    return model
 
 
 MODELS = {"mlp": mlp, "resnet18": resnet18}

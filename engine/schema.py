@@ -123,8 +123,16 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # Sinks besides metrics.jsonl and the console (sequax.engine.writers): TensorBoard event
     # files in WORKDIR/tensorboard; W&B (pip install 'sequax[wandb]'), "offline" writes
-    # WORKDIR/wandb for a later `wandb sync`, "online" needs a login.
+    # WORKDIR/wandb for a later `wandb sync`, "online" needs a login. `sinks`: your own, as
+    # "package.module:factory" paths, each called with (workdir, config) and returning an
+    # object with write(record: dict) and close().
     config.writers = ml_collections.ConfigDict(
-        dict(tensorboard=False, wandb=False, wandb_project="sequax", wandb_mode="offline")
+        dict(
+            tensorboard=False,
+            wandb=False,
+            wandb_project="sequax",
+            wandb_mode="offline",
+            sinks=(),
+        )
     )
     return config

@@ -507,6 +507,17 @@ def make_writers(
         resolved = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         project = str(options.get("wandb_project", "sequax"))
         sinks.append(_opened("wandb", lambda: WandbSink(workdir, project, mode, resolved)))
+    for spec in options.get("sinks") or ():  # the user's own: "package.module:factory"
+        from sequax.data.factories import load_callable
+
+        factory = load_callable(spec, "writers.sinks", ConfigError, "a sink factory")
+        sink = factory(workdir, config)
+        if not (callable(getattr(sink, "write", None)) and callable(getattr(sink, "close", None))):
+            raise ConfigError(
+                f"config.writers.sinks: {spec!r} returned a {type(sink).__name__}, which lacks "
+                f"write(record) and close(); return an object with both"
+            )
+        sinks.append(sink)
     return Writers([sink for sink in sinks if sink is not None])
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sequax.core.models import Model
 from sequax.data.factories import load_callable
-from sequax.engine.build import ConfigError
+from sequax.engine.errors import ConfigError
 
 KEYS = ("factory", "kwargs", "classifier", "reinit", "input_layout", "input_shape", "seed")
 

@@ -19,9 +19,8 @@ import pytest
 import torch
 
 from sequax import algorithms
-from sequax.engine.build import ConfigError, build_model
-from sequax.core.models import resnet18
 from sequax.core.state import create_state
+from sequax.engine.build import ConfigError, build_model, resnet18
 from sequax.engine.step import make_train_step
 from sequax.engine.torch_bridge import from_torch, zoo
 from sequax.engine.torch_bridge.to_flax import resnet18_variables
