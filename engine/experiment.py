@@ -63,9 +63,11 @@ class Experiment:
         return int(self.config.training.batch_size)
 
     def parts(self, hparams: dict) -> tuple[Algorithm, optax.GradientTransformation]:
-        """The algorithm and the method's optimizer of one run, from its swept values."""
-        algorithm = runs_lib.bind_algorithm(self.algorithm, hparams)
-        return algorithm, algorithm.optimizer(self.optimizer(hparams))
+        """The algorithm and the configured optimizer of one run, from its swept values.
+
+        The optimizer is the configured one: whoever steps with it or builds its state wraps
+        it once with the method's hook, `algorithm.optimizer(tx)` (`create_state`, the step)."""
+        return runs_lib.bind_algorithm(self.algorithm, hparams), self.optimizer(hparams)
 
     def describe(self) -> str:
         grid, mesh = self.grid, self.mesh

@@ -149,3 +149,28 @@ def test_an_object_that_is_no_method_is_refused_in_one_line(tmp_path):
     stream = data.make_scenario("split", data.load_source("mnist_packaged"), num_tasks=5)
     with pytest.raises(ConfigError, match="lacks .*subclass sequax.Algorithm"):
         sequax.train(stream, "mlp", object(), workdir=tmp_path, verbose=False)
+
+
+@pytest.mark.parametrize("name", ["agem", "hat", "lamaml"])
+def test_the_methods_optimizer_hook_wraps_the_optimizer_once(name):
+    """The run's optimizer state is exactly `algorithm.optimizer(tx).init(params)`: the
+    method's surgery, scaling or clamp chained once (twice would scale HAT's and La-MAML's
+    steps twice)."""
+    import jax
+
+    from sequax.engine.experiment import from_config
+    from sequax.engine.programs import make_programs
+
+    config = small_config()
+    config.algorithm = {"name": name, **({"num_tasks": 2} if name in ("agem", "hat") else {})}
+    if name in ("agem", "lamaml"):
+        config.algorithm.update(capacity=50, replay_batch=10)
+    experiment = from_config(config)
+    batch = {"x": jax.numpy.zeros((10, 28, 28, 1)), "y": jax.numpy.zeros((10,), int),
+             "task": jax.numpy.zeros((10,), int)}  # fmt: skip
+    programs = make_programs(experiment, batch, per_run_images=False)
+    params, _ = experiment.model.init(jax.random.PRNGKey(0), batch["x"])
+    once = experiment.algorithm.optimizer(experiment.optimizer({})).init(params)
+    assert jax.tree.structure(programs.shapes.opt_state) == jax.tree.structure(
+        jax.tree.map(lambda a: a[None], once)
+    )
