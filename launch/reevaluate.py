@@ -28,16 +28,11 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from sequax.core.protocol import model_for
 from sequax.engine import loop
-from sequax.engine.build import (
-    ConfigError,
-    build_algorithm,
-    build_model,
-    build_scenario,
-    drawn_scenarios,
-)
-from sequax.engine.evaluation import make_evaluate, stack_run_test_sets, stack_test_sets
+from sequax.engine.build import ConfigError, build_algorithm
+from sequax.engine.evaluation import make_evaluate
+from sequax.engine.experiment import from_config
+from sequax.engine.feed import Feed
 from sequax.launch import reproduce
 
 FLAGS = flags.FLAGS
@@ -85,28 +80,23 @@ def reevaluate(
         changed = dataclasses.replace(algorithm, **(overrides or {}))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"--set: {error}") from None
+    experiment = from_config(config, algorithm=changed)  # the run's parts, changed method
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / "run"
         shutil.copytree(run_folder, copy)
-        result = loop.run(config, copy, verbose=False)  # restores the final checkpoint: no training
-    scenario = build_scenario(config.data)
-    model = model_for(changed, build_model(config.model, scenario.num_classes, config.data))
-    vmapped = result.grid is not None and result.grid.vmapped
-    scenario, drawn = drawn_scenarios(
-        config.data, scenario, result.grid.seeds if vmapped else [config.seed], vmapped
-    )
-    test = stack_test_sets(scenario) if drawn is None else stack_run_test_sets(drawn)
-    evaluate = jax.jit(
-        make_evaluate(
-            model,
-            scenario.task_classes,
-            batch_size or int(config.eval.batch_size),
-            runs=vmapped,
-            predict=getattr(changed, "predict", None),
-            test_per_run=drawn is not None,
-        )
-    )
+        result = loop.run(experiment, copy, verbose=False)  # the final checkpoint: no training
     state = result.state
+    if result.grid is None:  # a single run's state, as the programs see it: a run axis of one
+        state = jax.tree.map(lambda a: np.asarray(a)[None], state)
+    evaluate = make_evaluate(
+        experiment.model,
+        experiment.scenario.task_classes,
+        batch_size or int(config.eval.batch_size),
+        runs=True,
+        predict=changed.predict,
+        test_per_run=experiment.drawn is not None,
+    )
+    test = Feed(experiment).test_sets()
     again = dict(
         zip(
             ("class_il", "task_il"),

@@ -52,7 +52,8 @@ class ReportError(ValueError):
 
 @dataclasses.dataclass
 class ReportedRun:
-    """One row group of the report: a run, or a grid point of a vmapped workdir (its seeds' mean)."""
+    """One row group of the report: a run, or a grid point of a vmapped workdir (its seeds'
+    mean)."""
 
     name: str
     workdir: Path
@@ -84,7 +85,8 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ReportError(
-            f"{path} is not valid JSON ({error}): the file is damaged; rerun the run into a fresh workdir"
+            f"{path} is not valid JSON ({error}): the file is damaged; rerun the run into "
+            "a fresh workdir"
         ) from None
 
 
@@ -328,9 +330,10 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
         )
     )
     note = (
-        "Metrics in percent, read from each workdir's summary.json (definitions: `sequax.engine.metrics`). "
-        "Rows with seeds > 1 are the mean ± std (ddof=1) over the seeds of a vmapped workdir; their wall "
-        "time is the whole workdir's (all its runs trained in one program)."
+        "Metrics in percent, read from each workdir's summary.json (definitions: "
+        "`sequax.engine.metrics`). Rows with seeds > 1 are the mean ± std (ddof=1) over the seeds "
+        "of a vmapped workdir; their wall time is the whole workdir's (all its runs trained "
+        "in one program)."
     )
     report = out / "report.md"
     report.write_text(
@@ -343,7 +346,8 @@ def main(argv):
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError(
-            "give at least one WORKDIR: python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
+            "give at least one WORKDIR: "
+            "python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
         )
     out = _OUT.value or (Path(workdirs[0]) / "report" if len(workdirs) == 1 else Path("report"))
     try:

@@ -3,7 +3,8 @@
     python -m sequax.launch.reproduce --table=der                    # the whole MNIST table
     python -m sequax.launch.reproduce --table=der --cells=smnist/er  # cells whose name starts so
     python -m sequax.launch.reproduce --table=der --dry_run          # list and check the cells
-    python -m sequax.launch.reproduce --table=mirzadeh               # Stable SGD / MC-SGD table (+ forgetting)
+    python -m sequax.launch.reproduce --table=mirzadeh               # Stable SGD / MC-SGD table
+                                                                     # (+ forgetting)
 
 Each cell (`configs/reproduce/<table>/table.py`) trains `--seeds` seeds vmapped in one
 program (`config.runs`) into WORKDIR/<benchmark>/<method>[-<buffer>]/, exactly as
@@ -106,7 +107,8 @@ def cell_configs(table, cells, seeds: int, local: bool, variant: str = ""):
     variants = getattr(table, "VARIANTS", {})
     if variant and variant not in variants:
         raise ConfigError(
-            f"--variant={variant} is not one of this table's variants: {', '.join(variants) or 'none'}"
+            f"--variant={variant} is not one of this table's variants: "
+            f"{', '.join(variants) or 'none'}"
         )
     for cell in cells:
         try:
@@ -152,8 +154,9 @@ def cell_result(summary: dict) -> dict[str, tuple[float, float]]:
 
 
 def cell_forgetting(summary: dict) -> dict[str, tuple[float, float]]:
-    """view -> (mean, std) of the average forgetting (a fraction, `engine.metrics.average_forgetting`),
-    for the views where it is defined (joint training has one row and none)."""
+    """view -> (mean, std) of the average forgetting (a fraction,
+    `engine.metrics.average_forgetting`), for the views where it is defined (joint training has one
+    row and none)."""
     row = summary_row(summary)
     return {
         view: tuple(row[view]["forgetting"])
@@ -245,21 +248,23 @@ def _whole_table(table, results: list[dict], timing: dict | None) -> str:
     if len(results) + len(not_run) == len(table.cells()):
         skipped = (
             (
-                f"; the {len(not_run)} {'cell' if len(not_run) == 1 else 'cells'} listed as not run "
-                f"{'is' if len(not_run) == 1 else 'are'} not in it"
+                f"; the {len(not_run)} {'cell' if len(not_run) == 1 else 'cells'} listed as not "
+                f"run {'is' if len(not_run) == 1 else 'are'} not in it"
             )
             if not_run
             else ""
         )
         return (
-            f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: data, "
-            f"compile, training, evaluation; the cells ran in more than one invocation of this command{skipped})"
+            f"**{cells_sum:.1f} min**, the sum of the cells' own wall times (each a whole run: "
+            "data, compile, training, evaluation; the cells ran in more than one invocation of "
+            f"this command{skipped})"
         )
     return f"not measured yet (cells done so far: {cells_sum:.1f} min)"
 
 
 def _not_run(table, results: list[dict]) -> dict[str, str]:
-    """Cell name -> why it is not run here (`table.NOT_RUN`), for the table's cells without a result."""
+    """Cell name -> why it is not run here (`table.NOT_RUN`), for the table's cells without a
+    result."""
     done = {r["name"] for r in results}
     return {name: why for name, why in getattr(table, "NOT_RUN", {}).items() if name not in done}
 
@@ -290,19 +295,20 @@ def report(
         "",
         f"    {command}",
         "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {info['cpu']}, {info['cores']} cores, "
-        f"{info['ram_gib']:.1f} GiB RAM; Python {info['python']}, jax {info['jax']}.",
-        f"- Seeds: {min(len(r['seeds']) for r in results)} per cell or more (the seeds column; seeds "
-        f"{', '.join(map(str, seeds))} in all), vmapped in one program per cell.",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: "
+        f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']:.1f} GiB RAM; Python "
+        f"{info['python']}, jax {info['jax']}.",
+        f"- Seeds: {min(len(r['seeds']) for r in results)} per cell or more (the seeds column; "
+        f"seeds {', '.join(map(str, seeds))} in all), vmapped in one program per cell.",
         f"- Wall time of the whole table: {_whole_table(table, results, timing)} "
-        f"(this invocation: {seconds / 60:.1f} min, {sum(not r['read_back'] for r in results)} cells run, "
-        f"{sum(r['read_back'] for r in results)} read back).",
+        f"(this invocation: {seconds / 60:.1f} min, {sum(not r['read_back'] for r in results)} "
+        f"cells run, {sum(r['read_back'] for r in results)} read back).",
     ]
     not_run = _not_run(table, results)
     if len(results) + len(not_run) < len(table.cells()):
         lines.append(
-            f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest not yet run "
-            f"or not selected); the table's total wall time is not measured yet."
+            f"- **Partial**: {len(results)} of the table's {len(table.cells())} cells (the rest "
+            "not yet run or not selected); the table's total wall time is not measured yet."
         )
     if variant:
         lines.append(
@@ -311,23 +317,25 @@ def report(
         )
     if local:
         lines.append(
-            "- **--local**: every cell shrunk to 1,000 training images per task on the packaged MNIST: "
-            "a pipeline check, not a reproduction."
+            "- **--local**: every cell shrunk to 1,000 training images per task on the packaged "
+            "MNIST: a pipeline check, not a reproduction."
         )
     # Tables that list published forgetting (`table.FORGETTING`) get two more columns; the
     # DER table has none and its report stays as it was.
     forgetting = getattr(table, "FORGETTING", None)
     lines += [
         "",
-        "Accuracy in % (final average accuracy, mean ± std over the seeds). Within: |ours − published| ≤ "
-        "max(2, published std); the published std could not be verified per cell, so 2 points is the bound used. "
-        f"Published values: {getattr(table, 'SOURCE', 'the paper')}. Wall: the cell's whole run, all its seeds.",
+        "Accuracy in % (final average accuracy, mean ± std over the seeds). Within: |ours − "
+        "published| ≤ max(2, published std); the published std could not be verified per cell, so "
+        f"2 points is the bound used. Published values: {getattr(table, 'SOURCE', 'the paper')}. "
+        "Wall: the cell's whole run, all its seeds.",
     ]
     if forgetting is not None:
         lines.append(
-            f"Forgetting: average forgetting as a fraction (mean ± std over the seeds; the bound above is on "
-            f"accuracy only); {table.FORGETTING_DEFINITION}. A published value of – with `ref` in the within "
-            f"column: no paper reports this protocol, ours is the reference number."
+            "Forgetting: average forgetting as a fraction (mean ± std over the seeds; the bound "
+            f"above is on accuracy only); {table.FORGETTING_DEFINITION}. A published value of – "
+            "with `ref` in the within column: no paper reports this protocol, ours is the "
+            "reference number."
         )
     extra_head, extra_rule = (
         (" forgetting | published forgetting |", " ---: | ---: |")
@@ -336,7 +344,8 @@ def report(
     )
     lines += [
         "",
-        f"| benchmark | method | buffer | setting | ours | published | difference | within |{extra_head} seeds | wall (s) |",
+        "| benchmark | method | buffer | setting | ours | published | difference | within "
+        f"|{extra_head} seeds | wall (s) |",
         f"| --- | --- | ---: | --- | ---: | ---: | ---: | :---: |{extra_rule} ---: | ---: |",
     ]
     misses = []
@@ -365,8 +374,9 @@ def report(
                 )  # NaN: not defined (joint)
                 extra = f" {ours_f} | {'–' if f_value is None else f'{f_value:.2f}{f_verified}'} |"
             lines.append(
-                f"| {benchmark} | {method} | {buffer or '–'} | {view.replace('_', '-')} | {mean:.2f} ± {std:.2f} | "
-                f"{shown} | {diff_text} | {mark} |{extra} {len(r['seeds'])} | {r['wall']:.0f} |"
+                f"| {benchmark} | {method} | {buffer or '–'} | {view.replace('_', '-')} | "
+                f"{mean:.2f} ± {std:.2f} | {shown} | {diff_text} | {mark} |{extra} "
+                f"{len(r['seeds'])} | {r['wall']:.0f} |"
             )
             if not ok:
                 misses.append((r["name"], view))
@@ -407,7 +417,8 @@ def main(argv):
         if FLAGS.dry_run:
             for cell, config in chosen:
                 print(
-                    f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr {config.optimizer.lr}"
+                    f"{table.cell_name(cell)}: {config.algorithm.to_dict()} lr "
+                    f"{config.optimizer.lr}"
                 )
             return
         start = time.perf_counter()
