@@ -90,8 +90,8 @@ class ERACE(Algorithm):
         logits = outputs["logits"]
         if logits.shape[-1] != self.num_classes:
             raise ValueError(
-                f"ERACE num_classes={self.num_classes} but the model has {logits.shape[-1]} logits; "
-                f"set config.algorithm.num_classes={logits.shape[-1]}"
+                f"ERACE num_classes={self.num_classes} but the model has {logits.shape[-1]} "
+                f"logits; set config.algorithm.num_classes={logits.shape[-1]}"
             )
         present = labels_mask(y, self.num_classes)
         first_task = state.task == 0

@@ -48,7 +48,8 @@ class GDumbState(NamedTuple):
 
 
 def balanced_slots(stored_y, counts, labels, key):
-    """(int32 [B] slot per offered label, `capacity` = dropped; the new counts), offered in order."""
+    """(int32 [B] slot per offered label, `capacity` = dropped; the new counts), offered in
+    order."""
     capacity = stored_y.shape[0]
 
     def offer(carry, inputs):
@@ -132,7 +133,8 @@ class GDumb(Algorithm):
         return algo._replace(items=items, counts=counts)
 
     def memory_orders(self, key, filled) -> jax.Array:
-        """int32 [epochs, capacity rounded up to batches]: each epoch's order, filled slots first."""
+        """int32 [epochs, capacity rounded up to batches]: each epoch's order, filled slots
+        first."""
         padded = -(-self.capacity // self.batch_size) * self.batch_size
         scores = jax.random.uniform(key, (self.epochs, self.capacity))
         scores = jnp.where(jnp.arange(self.capacity) < filled, scores, 2.0)

@@ -71,7 +71,10 @@ def gated_mlp(model: Model, num_tasks: int) -> Model:
     dropout): `apply(..., task, s)` returns {"logits", "features", "gates"}."""
     module = model.module
     if not isinstance(module, MLP):  # a ValueError: loop.run reports it as a ConfigError
-        message = "HAT gates the hidden units of the MLP: use config.model.name='mlp' without data.augment/normalize"
+        message = (
+            "HAT gates the hidden units of the MLP: use config.model.name='mlp' without "
+            "data.augment/normalize"
+        )
         raise ValueError(message)  # noqa: TRY004
     widths = tuple(module.widths)
 
@@ -213,7 +216,8 @@ class HAT(Algorithm):
     def init(self, params, model_state, example_batch, rng):
         if EMBEDDINGS not in params:
             raise ValueError(
-                "HAT's parameters lack the task embeddings: build the model with HAT.wrap_model(model)"
+                "HAT's parameters lack the task embeddings: build the model with "
+                "HAT.wrap_model(model)"
             )
         head = params[f"Dense_{len(params[EMBEDDINGS])}"]
         return HATState(

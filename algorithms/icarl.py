@@ -147,7 +147,8 @@ class ICaRL(Algorithm):
         outputs, model_state = model.apply(params, state.model_state, x, train=True, rng=rng)
         if outputs["logits"].shape[-1] != self.num_classes:
             raise ValueError(
-                f"ICaRL num_classes={self.num_classes} but the model has {outputs['logits'].shape[-1]}"
+                f"ICaRL num_classes={self.num_classes} but the model has "
+                f"{outputs['logits'].shape[-1]}"
             )
         old_logits = model.apply(algo.old_params, algo.old_model_state, x, train=False)[0]["logits"]
         targets = jnp.where(

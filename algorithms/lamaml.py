@@ -1,16 +1,16 @@
 """La-MAML: look-ahead meta-learning with learned per-parameter learning rates and replay.
 
 Each incoming batch is seen `config.training.glances` times (the official `--glances`, 5 on
-MNIST; a training setting of the stream, the step repeats the batch: `engine/step.py`). A glance shuffles the batch and takes inner
-SGD steps on its examples `inner_batch` at a time, θ_{k+1} = θ_k − max(0, α) ⊙ ∇ℓ(θ_k), with
-the current per-parameter learning rates α (one per weight and bias, held in the state).
-After every inner step the meta-loss, the mean cross-entropy of the look-ahead weights
-θ_{k+1} on the meta batch (a replay batch from a reservoir memory, then the whole incoming
-batch), is taken; their mean is differentiated with respect to θ_0 and α through all the
-inner steps (`jax.value_and_grad` over a `lax.scan`, inside the compiled step). Both
-meta-gradients are clipped to global norm `grad_clip`; then the asynchronous update: α ← α −
-η ∇_α (its own step first), θ_0 ← θ_0 − max(0, α) ⊙ ∇_θ with the new α. The batch enters the
-memory on its first glance only.
+MNIST; a training setting of the stream, the step repeats the batch: `engine/step.py`). A glance
+shuffles the batch and takes inner SGD steps on its examples `inner_batch` at a time,
+θ_{k+1} = θ_k − max(0, α) ⊙ ∇ℓ(θ_k), with the current per-parameter learning rates α (one per
+weight and bias, held in the state). After every inner step the meta-loss, the mean
+cross-entropy of the look-ahead weights θ_{k+1} on the meta batch (a replay batch from a reservoir
+memory, then the whole incoming batch), is taken; their mean is differentiated with respect to θ_0
+and α through all the inner steps (`jax.value_and_grad` over a `lax.scan`, inside the compiled
+step). Both meta-gradients are clipped to global norm `grad_clip`; then the asynchronous update:
+α ← α − η ∇_α (its own step first), θ_0 ← θ_0 − max(0, α) ⊙ ∇_θ with the new α. The batch
+enters the memory on its first glance only.
 
     algorithm = LaMAML(alpha_init=0.15, meta_lr=0.3, capacity=200, replay_batch=10)
     # with config.optimizer.lr = 1.0 (SGD) and config.training.glances = 5: the per-parameter
@@ -20,8 +20,9 @@ How it maps onto the engine: the engine repeats the step `training.glances` time
 (`engine/step.py`, batch["glance"]). `loss` computes both meta-gradients with one
 `value_and_grad` and returns the meta-loss through a linear surrogate whose gradient with
 respect to the parameters is exactly the clipped ∇_θ (the engine's own backward pass is
-then a dot product); the new α goes to the `optimizer` hook's transform, the per-parameter rates max(0, α) as an
-optax transformation in front of SGD at learning rate 1, and to `update`, which stores it.
+then a dot product); the new α goes to the `optimizer` hook's transform, the per-parameter rates
+max(0, α) as an optax transformation in front of SGD at learning rate 1, and to `update`, which
+stores it.
 
 Verified against the official code (github.com/montrealrobotics/La-MAML; line numbers of
 `model/lamaml.py`, the MNIST model):

@@ -4,7 +4,8 @@ At the end of each task the parameters are snapshotted; while learning the next 
 network's outputs on the current batch are pulled towards the snapshot's, on the logits of
 the previous tasks' classes only, with mammoth's `lwf.py` loss (the DER paper's LwF row):
 
-    loss = CE(f(x)[:, seen], y) + alpha * H(softmax(f_old(x)[:, old] / T), softmax(f(x)[:, old] / T))
+    loss = CE(f(x)[:, seen], y)
+           + alpha * H(softmax(f_old(x)[:, old] / T), softmax(f(x)[:, old] / T))
 
 `seen` are the classes of the tasks up to the current one (the future classes' logits are
 left out of the cross-entropy, as mammoth's `outputs[:, mask]`), `old` those of the tasks

@@ -1,7 +1,7 @@
 """Times EWC's `end_task` (the diagonal Fisher) on one Permuted-MNIST-sized task.
 
-    python -m sequax.launch.bench_fisher                 # 1 run and 3 vmapped runs, both paths
-    python -m sequax.launch.bench_fisher --runs=3 --paths=dense --fisher_labels=sampled
+    python -m benchmarks.fisher                 # 1 run and 3 vmapped runs, both paths
+    python -m benchmarks.fisher --runs=3 --paths=dense --fisher_labels=sampled
 
 One task of 60,000 random 28x28 images (timing does not depend on the pixels), the DER MLP
 784-100-100-10, online EWC as in the DER P-MNIST row (lam 1.4, empirical Fisher weighted by
@@ -22,9 +22,9 @@ import numpy as np
 from absl import app, flags
 
 from sequax.algorithms import EWC, fisher
-from sequax.engine.models import mlp
-from sequax.engine.state import CLState
-from sequax.engine.task_data import task_arrays
+from sequax.core.models import mlp
+from sequax.core.state import CLState
+from sequax.core.task_data import task_arrays
 
 _EXAMPLES = flags.DEFINE_integer("examples", 60_000, "Examples in the task.")
 _RUNS = flags.DEFINE_list("runs", ["1", "3"], "Run counts to time (more than 1: vmapped).")
@@ -87,7 +87,8 @@ def main(argv):
                 jax.block_until_ready(compiled(state, data, keys))
                 times.append(time.perf_counter() - start)
             print(
-                f"{path:12s} runs={runs}: end_task {min(times):7.2f} s (first call, with compile: {first:.2f} s)"
+                f"{path:12s} runs={runs}: end_task {min(times):7.2f} s (first call, with compile: "
+                f"{first:.2f} s)"
             )
 
 

@@ -1,13 +1,14 @@
 """The GPU section of docs/benchmarks.md: absolute times on one accelerator, sequax against a
 plain PyTorch loop on the same GPU.
 
-    python -m sequax.launch.bench_gpu --results=/tmp/gpu.json        # on the GPU machine
-    python -m sequax.launch.bench_gpu --report=/tmp/gpu.json     # anywhere: writes the section
+    python -m benchmarks.gpu --results=/tmp/gpu.json     # on the GPU machine, repository root
+    python -m benchmarks.gpu --report=/tmp/gpu.json      # anywhere: writes the section
 
 Three parts (`--parts`), every cell in its own process so its memory and device state are its own:
 
-- `pmnist`: PMNIST-10 (PROTOCOLS §E) naive / ER-500 / online EWC, sequax against bench.py's
-  PyTorch loop run with `--torch_device=cuda` (the same loop as the CPU comparison).
+- `pmnist`: PMNIST-10 (PROTOCOLS §E) naive / ER-500 / online EWC, sequax against
+  `sequax.launch.bench`'s PyTorch loop run with `--torch_device=cuda` (the same loop as the
+  CPU comparison).
 - `runs`: PMNIST-10 naive with N seeds vmapped into one program (`config.runs = N`).
 - `cifar`: Split CIFAR-10 (5 tasks × 2 classes, class-IL) with the DER papers' ResNet-18
   (`nf`=64 by default), batch 32, random crop + flip on every trained and replayed example,
@@ -29,6 +30,7 @@ frameworks do the same arithmetic.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import pickle
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks import scale  # child(): the matmul peak and the vmapped-runs cells
 from sequax.launch import bench  # its flags too: --single, --json_out, --torch_device
 
 _PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
@@ -59,6 +62,8 @@ _CIFAR_TRAIN = flags.DEFINE_integer(
     "cifar_train_per_task", 0, "Subsample each CIFAR task (quick runs); 0 = all."
 )
 
+FLAGS = flags.FLAGS
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.gpu` resolves
 CIFAR_METHODS = ("naive", "er")
 CAPACITY, BATCH = 500, 32
 
@@ -294,7 +299,7 @@ def cifar_child(method: str, framework: str, folder: str) -> dict | None:
     command = [
         sys.executable,
         "-m",
-        "sequax.launch.bench_gpu",
+        "benchmarks.gpu",
         f"--single=cifar,{method},{framework}",
         f"--json_out={out}",
         f"--cifar_root={_CIFAR_ROOT.value}",
@@ -302,7 +307,7 @@ def cifar_child(method: str, framework: str, folder: str) -> dict | None:
         f"--cifar_nf={_CIFAR_NF.value}",
         f"--cifar_train_per_task={_CIFAR_TRAIN.value}",
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
         return None
@@ -326,9 +331,7 @@ def gpu_info() -> dict:
 
 
 def run_all() -> None:
-    from sequax.launch import bench_scale
-
-    flags.FLAGS.torch_device = "cuda"  # bench.run_child passes it on to the PyTorch cells
+    FLAGS.torch_device = "cuda"  # bench.run_child passes it on to the PyTorch cells
     parts = [p for p in _PARTS.value.split(",") if p]
     results: dict = {"info": gpu_info(), "pmnist": {}, "runs": {}, "cifar": {}, "seconds": {}}
     results["info"]["cifar"] = dict(
@@ -340,9 +343,10 @@ def run_all() -> None:
             Path(_OUT.value).write_text(json.dumps(results, indent=1, default=str))
 
     with tempfile.TemporaryDirectory() as folder:
-        results["peak"] = bench_scale.child("peak", folder, [])
+        results["peak"] = scale.child("peak", folder, [])
         print(
-            f"matmul peak (fp32 storage, default precision): {results['peak']['gflops']:,.0f} GFLOP/s",
+            f"matmul peak (fp32 storage, default precision): {results['peak']['gflops']:,.0f} "
+            "GFLOP/s",
             flush=True,
         )
         save()
@@ -352,7 +356,7 @@ def run_all() -> None:
                 for framework in bench.FRAMEWORKS:
                     results["pmnist"][f"{method},{framework}"] = bench.timed(
                         f"PMNIST-10 {method} {framework}",
-                        lambda: bench.run_child("pmnist10", method, framework, folder),
+                        functools.partial(bench.run_child, "pmnist10", method, framework, folder),
                     )
                     save()
             results["seconds"]["pmnist"] = time.perf_counter() - t0
@@ -361,7 +365,7 @@ def run_all() -> None:
             for n in [int(v) for v in _RUNS.value.split(",")]:
                 results["runs"][str(n)] = bench.timed(
                     f"PMNIST-10 naive x{n} runs",
-                    lambda: bench_scale.child(f"pmnist10,naive,sequax,r{n}", folder, []),
+                    functools.partial(scale.child, f"pmnist10,naive,sequax,r{n}", folder, []),
                 )
                 save()
             results["seconds"]["runs"] = time.perf_counter() - t0
@@ -373,11 +377,11 @@ def run_all() -> None:
                 for framework in ("sequax", "torch"):
                     results["cifar"][f"{method},{framework}"] = bench.timed(
                         f"S-CIFAR-10 ResNet-18 {method} {framework}",
-                        lambda: cifar_child(method, framework, folder),
+                        functools.partial(cifar_child, method, framework, folder),
                     )
                     save()
             results["seconds"]["cifar"] = time.perf_counter() - t0
-    results["command"] = " ".join(["python -m sequax.launch.bench_gpu", *sys.argv[1:]])
+    results["command"] = " ".join(["python -m benchmarks.gpu", *sys.argv[1:]])
     save()
 
 
@@ -399,8 +403,8 @@ def _pair_rows(cells: dict, methods, title: str) -> list[str]:
             peak = c.get("device_peak_bytes")
             peak = f"{peak / 2**20:,.0f}" if peak else "–"
             rows.append(
-                f"| {title} | {m} | {name} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} | "
-                f"{compile_s} | {c['train']:.1f} | {c['acc']:.2f} | {peak} |"
+                f"| {title} | {m} | {name} | {c['samples_per_s']:,.0f} | {ratio} | {c['wall']:.1f} "
+                f"| {compile_s} | {c['train']:.1f} | {c['acc']:.2f} | {peak} |"
             )
     return rows
 
@@ -410,19 +414,19 @@ def report(results: dict) -> str:
     lines = [
         "## On one GPU",
         "",
-        "Absolute times on one accelerator, sequax against a plain PyTorch loop on the same GPU, each "
-        "cell in its own process (`launch/bench_gpu.py`; its docstring describes the loops).",
+        "Absolute times on one accelerator, sequax against a plain PyTorch loop on the same GPU, "
+        "each cell in its own process (`benchmarks/gpu.py`; its docstring describes the loops).",
         "",
         "Command (on the GPU machine; `--report=FILE` then wrote this section here):",
         "",
-        f"    {results.get('command', 'python -m sequax.launch.bench_gpu')}",
+        f"    {results.get('command', 'python -m benchmarks.gpu')}",
         "",
-        f"- GPU: {info.get('gpu')} ({info.get('gpu_memory_gib', 0):.0f} GiB usable by JAX); host {info['cpu']}, "
-        f"{info['cores']} cores, {info['ram_gib']:.0f} GiB RAM.",
-        f"- Software there: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), torch {info['torch']}. "
-        "These are the GPU image's versions, not the CPU pins of BUILD.md.",
-        "- Precision: float32 storage, TF32 allowed for matmuls and convolutions on both sides (JAX's default "
-        "on NVIDIA GPUs; torch set to `allow_tf32`).",
+        f"- GPU: {info.get('gpu')} ({info.get('gpu_memory_gib', 0):.0f} GiB usable by JAX); host "
+        f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']:.0f} GiB RAM.",
+        f"- Software there: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
+        f"torch {info['torch']}. These are the GPU image's versions, not the CPU pins of BUILD.md.",
+        "- Precision: float32 storage, TF32 allowed for matmuls and convolutions on both sides "
+        "(JAX's default on NVIDIA GPUs; torch set to `allow_tf32`).",
     ]
     if peak:
         lines.append(
@@ -432,7 +436,8 @@ def report(results: dict) -> str:
             + ")."
         )
     header = [
-        "| workload | method | framework | samples/s | ratio | wall s | compile s | train s | acc % | peak device MiB |",
+        "| workload | method | framework | samples/s | ratio | wall s | compile s | train s "
+        "| acc % | peak device MiB |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     if results.get("pmnist"):
@@ -440,7 +445,8 @@ def report(results: dict) -> str:
             "",
             "### PMNIST-10 (MLP 784-256-256-10, batch 128, 10 tasks × 60,000, 1 epoch)",
             "",
-            "The same PyTorch loop as the CPU comparison above (`bench.py --torch_device=cuda`): "
+            "The same PyTorch loop as the CPU comparison above (`sequax.launch.bench "
+            "--torch_device=cuda`): "
             "mammoth's ER insertion example by example, `loss.item()` every step, the Fisher by "
             "`torch.func.vmap(grad)` in chunks of 128.",
             "",
@@ -453,7 +459,8 @@ def report(results: dict) -> str:
             "",
             "### PMNIST-10 naive: N seeds vmapped in one program",
             "",
-            "| seeds | wall s | × one seed's wall | train s | samples/s (all seeds) | compile s | mean acc % |",
+            "| seeds | wall s | × one seed's wall | train s | samples/s (all seeds) | compile s "
+            "| mean acc % |",
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for n, c in results["runs"].items():
@@ -462,8 +469,8 @@ def report(results: dict) -> str:
                 continue
             times = f"{c['wall'] / base['wall']:.2f}×" if base else ""
             lines.append(
-                f"| {n} | {c['wall']:.1f} | {times} | {c['train']:.1f} | {c['samples_per_s']:,.0f} | "
-                f"{c['compile']:.1f} | {np.mean(c['accs']):.2f} |"
+                f"| {n} | {c['wall']:.1f} | {times} | {c['train']:.1f} | {c['samples_per_s']:,.0f} "
+                f"| {c['compile']:.1f} | {np.mean(c['accs']):.2f} |"
             )
     if results.get("cifar"):
         cfg = results["info"].get("cifar", {})
@@ -472,19 +479,20 @@ def report(results: dict) -> str:
             f"### Split CIFAR-10, ResNet-18 (nf {cfg.get('nf', 64)}), batch 32, crop + flip, "
             f"{cfg.get('epochs', 1)} epoch per task",
             "",
-            "**Synthetic data of the official size** (50,000 + 10,000 class-tinted noise images written in "
-            "the official pickle format; CIFAR-10 is not available offline): the steps and times are the "
-            "protocol's, the accuracies are of that synthetic task, not CIFAR-10's.",
+            "**Synthetic data of the official size** (50,000 + 10,000 class-tinted noise images "
+            "written in the official pickle format; CIFAR-10 is not available offline): the steps "
+            "and times are the protocol's, the accuracies are of that synthetic task, not "
+            "CIFAR-10's.",
             "",
             *header,
             *_pair_rows(results["cifar"], CIFAR_METHODS, "S-CIFAR-10"),
         ]
     lines += [
         "",
-        "- **samples/s**: training examples (not counting replayed ones) per second of training-loop time; "
-        "**wall**: the whole stream in the child process after imports (data, compile, training, "
-        "evaluation after every task); **peak device MiB**: JAX's `peak_bytes_in_use` / torch's "
-        "`max_memory_allocated`.",
+        "- **samples/s**: training examples (not counting replayed ones) per second of "
+        "training-loop time; **wall**: the whole stream in the child process after imports (data, "
+        "compile, training, evaluation after every task); **peak device MiB**: JAX's "
+        "`peak_bytes_in_use` / torch's `max_memory_allocated`.",
     ]
     seconds = sum(results.get("seconds", {}).values())
     lines.append(f"- Device time of the run: {seconds / 60:.1f} min of cells.")
@@ -497,8 +505,8 @@ def main(argv):
     )  # orbax's per-checkpoint INFO lines would drown the output
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if bench._SINGLE.value:
-        run_single(bench._SINGLE.value, bench._JSON_OUT.value)
+    if FLAGS.single:  # one CIFAR cell, in this process
+        run_single(FLAGS.single, FLAGS.json_out)
     elif _REPORT.value:
         text = report(json.loads(Path(_REPORT.value).read_text()))
         bench.write_section(_DOC.value, "gpu", text)

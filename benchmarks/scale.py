@@ -1,10 +1,15 @@
-"""The scale suite of `python -m sequax.launch.bench --suite=scale`: sequax alone, at scale.
+"""The scale suite: sequax alone, at scale (the "At scale" section of docs/benchmarks.md).
+
+    python -m benchmarks.scale                                   # from the repository root
+    python -m benchmarks.scale --workloads=pmnist10 --tasks=2 --train_per_task=3000 --output=
 
 Per workload and method (one device, one run): samples/s per device, compile time, step
 time, MFU, peak host memory and the compiled program's memory; then the scaling of
 PMNIST-10 naive over 1/2/4/8 devices (fake CPU devices when the machine has no others) and
 of N vmapped runs (seeds) in one program, with plots. Every cell runs in its own process
-(`bench.py --single=...`), so its peak RSS is its own and its device count is fixed at start.
+(`--single=...`: a cell of `sequax.launch.bench`, or the matmul peak), so its peak RSS is its
+own and its device count is fixed at start. The workload flags (`--workloads`, `--tasks`,
+`--train_per_task`, `--output`) are `sequax.launch.bench`'s.
 
 MFU = XLA's FLOP count of one compiled train step (`cost_analysis`, the loop body counted
 once) × steps / training time / the machine's fp32 matmul peak, measured in the same
@@ -17,10 +22,22 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags, logging
+
+from sequax.launch import bench  # its flags too: --workloads, --tasks, --output, --single, ...
+from sequax.launch.common import machine
+
+# Not --methods: that is bench's (the compare cells), defined in this program too.
+_SCALE_METHODS = flags.DEFINE_string(
+    "scale_methods", "naive,er,ewc,derpp", "Methods of the per-method table."
+)
+FLAGS = flags.FLAGS
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.scale` resolves
 
 PEAK_SIZES = (1024, 2048, 4096)
 DEVICE_COUNTS = (1, 2, 4, 8)
@@ -56,7 +73,7 @@ def measure_peak() -> dict:
 def child(
     spec: str, folder: str, extra_flags: list[str], devices: int = 1, timeout: int = 3600
 ) -> dict | None:
-    """Runs `bench.py --single=spec` in a fresh process with `devices` (fake CPU) devices."""
+    """Runs `--single=spec` in a fresh process with `devices` (fake CPU) devices."""
     out = os.path.join(folder, spec.replace(",", "_").replace("=", "") + ".json")
     env = dict(os.environ)
     if devices > 1:
@@ -66,13 +83,19 @@ def child(
     command = [
         sys.executable,
         "-m",
-        "sequax.launch.bench",
+        "benchmarks.scale",
         f"--single={spec}",
         f"--json_out={out}",
         *extra_flags,
     ]
     done = subprocess.run(
-        command, check=False, capture_output=True, text=True, env=env, timeout=timeout
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
     )
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
@@ -98,8 +121,8 @@ def derived(cell: dict, peak_gflops: float) -> dict:
 
 def method_table(cells: dict, peak: float, titles: dict) -> str:
     lines = [
-        "| workload | method | samples/s/device | step ms | compile s | GFLOP/step | GFLOP/s | MFU % | "
-        "peak RSS MiB | program MiB | acc % |",
+        "| workload | method | samples/s/device | step ms | compile s | GFLOP/step | GFLOP/s "
+        "| MFU % | peak RSS MiB | program MiB | acc % |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (workload, method), c in cells.items():
@@ -108,16 +131,17 @@ def method_table(cells: dict, peak: float, titles: dict) -> str:
             continue
         d = derived(c, peak)
         lines.append(
-            f"| {titles[workload]} | {method} | {d['per_device']:,.0f} | {d['step_ms']:.3f} | {c['compile']:.1f} | "
-            f"{d['gflops_step']:.3f} | {d['achieved']:.1f} | {d['mfu']:.1f} | {c['rss_mib']:.0f} | "
-            f"{c.get('program_bytes', 0) / 2**20:.0f} | {c['acc']:.2f} |"
+            f"| {titles[workload]} | {method} | {d['per_device']:,.0f} | {d['step_ms']:.3f} "
+            f"| {c['compile']:.1f} | {d['gflops_step']:.3f} | {d['achieved']:.1f} | {d['mfu']:.1f} "
+            f"| {c['rss_mib']:.0f} | {c.get('program_bytes', 0) / 2**20:.0f} | {c['acc']:.2f} |"
         )
     return "\n".join(lines)
 
 
 def devices_table(cells: dict, peak: float) -> str:
     lines = [
-        "| devices | samples/s (all) | samples/s/device | step ms | compile s | MFU % | peak RSS MiB | acc % |",
+        "| devices | samples/s (all) | samples/s/device | step ms | compile s | MFU % "
+        "| peak RSS MiB | acc % |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n, c in cells.items():
@@ -135,8 +159,8 @@ def devices_table(cells: dict, peak: float) -> str:
 def runs_table(cells: dict, peak: float) -> str:
     base = cells.get(1)
     lines = [
-        "| runs | wall s | × one run | train s | × one run | eval s | samples/s (all runs) | MFU % | "
-        "peak RSS MiB | acc % (mean ± std) |",
+        "| runs | wall s | × one run | train s | × one run | eval s | samples/s (all runs) | MFU % "
+        "| peak RSS MiB | acc % (mean ± std) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for n, c in cells.items():
@@ -149,8 +173,8 @@ def runs_table(cells: dict, peak: float) -> str:
         accs = np.asarray(c["accs"])
         acc = f"{accs.mean():.2f} ± {accs.std(ddof=1):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
         lines.append(
-            f"| {n} | {c['wall']:.1f} | {wall_x} | {c['train']:.1f} | {train_x} | {c['eval']:.1f} | "
-            f"{c['samples_per_s']:,.0f} | {d['mfu']:.1f} | {c['rss_mib']:.0f} | {acc} |"
+            f"| {n} | {c['wall']:.1f} | {wall_x} | {c['train']:.1f} | {train_x} | {c['eval']:.1f} "
+            f"| {c['samples_per_s']:,.0f} | {d['mfu']:.1f} | {c['rss_mib']:.0f} | {acc} |"
         )
     return "\n".join(lines)
 
@@ -237,3 +261,146 @@ def plot(
         plt.close(fig)
         written.append(str(folder / "scale_runs.png"))
     return written
+
+
+def suite(workloads, info) -> str:
+    """Runs every cell in its own process; returns the markdown section."""
+    start = time.perf_counter()
+    extra = [f"--tasks={FLAGS.tasks}", f"--train_per_task={FLAGS.train_per_task}"]
+    titles = {w: bench.WORKLOADS[w]["title"] for w in bench.WORKLOADS}
+
+    def cell(spec, devices=1):
+        return bench.timed(
+            f"scale {spec} on {devices} device(s)",
+            lambda: child(spec, folder, extra, devices),
+        )
+
+    with tempfile.TemporaryDirectory() as folder:
+        peak = child("peak", folder, extra)
+        print(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s", flush=True)
+        methods = [m for m in _SCALE_METHODS.value.split(",") if m]
+        per_method = {(w, m): cell(f"{w},{m},sequax") for w in workloads for m in methods}
+        devices = {n: cell("pmnist10,naive,sequax", n) for n in DEVICE_COUNTS}
+        runs = {w: {n: cell(f"{w},naive,sequax,r{n}") for n in RUN_COUNTS} for w in workloads}
+        # The same runs split over one CPU device per core (mesh runs axis): each core trains
+        # its own runs with no communication, instead of splitting every small matmul in two.
+        cores = len(os.sched_getaffinity(0))
+        split = (
+            {
+                w: {
+                    n: cell(f"{w},naive,sequax,r{n},m{cores}", cores)
+                    for n in RUN_COUNTS
+                    if n % cores == 0
+                }
+                for w in workloads
+            }
+            if cores > 1
+            else {}
+        )
+    docs = Path(FLAGS.output or "docs/benchmarks.md").parent
+    images = plot(
+        devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10")
+    )
+    if FLAGS.output:  # the raw cells, so tables and plots can be checked or redrawn later
+        raw = dict(
+            peak=peak,
+            per_method={f"{w},{m}": c for (w, m), c in per_method.items()},
+            devices=devices,
+            runs=runs,
+            split=split,
+        )
+        (docs / "img" / "scale_cells.json").write_text(
+            json.dumps(raw, indent=1, default=str) + "\n"
+        )
+    g = peak["gflops"]
+    lines = [
+        "## At scale: MFU, devices, vmapped runs",
+        "",
+        "sequax alone (`benchmarks/py`), each cell in its own process.",
+        *bench.header(info, time.perf_counter() - start, "scale", program="benchmarks.scale"),
+        f"- Measured fp32 matmul peak (best of {', '.join(f'{n}²' for n in PEAK_SIZES)} in JAX, "
+        f"all cores): **{g:.1f} GFLOP/s** ("
+        + ", ".join(f"{n}²: {v:.0f}" for n, v in peak["by_size"].items())
+        + ").",
+        "",
+        "### Per workload and method (1 device, 1 run)",
+        "",
+        method_table(per_method, g, titles),
+        "",
+        "### PMNIST-10 naive over 1/2/4/8 devices",
+        "",
+        "The batch (128) is split over the `data` axis; the task's examples and the reservoir over "
+        "the devices. On a CPU machine the devices are fake "
+        "(`--xla_force_host_platform_device_count`) and share the same cores, so this measures "
+        "what partitioning costs, not a speed-up.",
+        "",
+        devices_table(devices, g),
+        "",
+    ]
+    for w, cells in runs.items():
+        lines += [
+            f"### {titles[w]} naive: N seeds vmapped in one program",
+            "",
+            "One device (XLA's default: every op may use every core):",
+            "",
+            runs_table(cells, g),
+            "",
+        ]
+        if split.get(w):
+            lines += [
+                f"The same runs split over {cores} CPU devices, one per core "
+                f"(`config.mesh.runs={cores}`, `--xla_force_host_platform_device_count={cores}`; × "
+                "is against one run on one device):",
+                "",
+                runs_table({1: cells.get(1), **split[w]}, g),
+                "",
+            ]
+    lines += [f"![{Path(p).stem}](img/{Path(p).name})" for p in images]
+    base = runs.get("pmnist10", {}).get(1)
+    eights = [c for c in (runs.get("pmnist10", {}).get(8), split.get("pmnist10", {}).get(8)) if c]
+    if base and eights:
+        best = min(eights, key=lambda c: c["wall"])
+        ratio = best["wall"] / base["wall"]
+        bound = lower_bound(base, 8, g)
+        lines += [
+            "",
+            "### Target",
+            "",
+            "| target | measured | result |",
+            "| --- | --- | --- |",
+            f"| 8 vmapped seeds of PMNIST-10 naive ≤ 3× the wall time of one seed | {ratio:.2f}× "
+            f"(best of the two layouts) | {'PASS' if ratio <= 3.0 else 'FAIL'} |",
+            "",
+            f"Physical floor on this machine: {bound['ratio']:.2f}×. One run trains at "
+            f"{bound['train_mfu']:.0f}% MFU and evaluates at about {bound['eval_mfu']:.0f}% "
+            f"(XLA's FLOPs of the step; the evaluation's FLOPs counted from the MLP), so 8 runs at "
+            f"100% of the measured peak would still need {bound['compute_s']:.1f} s of compute "
+            f"plus {bound['fixed_s']:.1f} s of the one run's fixed costs (data, task transforms, "
+            f"compile), against {base['wall']:.1f} s for one run.",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.single == "peak":
+        Path(FLAGS.json_out).write_text(json.dumps(measure_peak()))
+        return
+    if FLAGS.single:  # one cell of bench's, "workload,method,sequax[,rN][,mK]"
+        bench.run_single(FLAGS.single, FLAGS.json_out)
+        return
+    workloads = [w for w in FLAGS.workloads.split(",") if w]
+    unknown = sorted(set(workloads) - set(bench.WORKLOADS))
+    if unknown:
+        raise app.UsageError(f"unknown workloads {unknown}; known: {list(bench.WORKLOADS)}")
+    text = suite(workloads, machine())
+    print("\n" + text)
+    if FLAGS.output:
+        bench.write_section(FLAGS.output, "scale", text)
+        print(f"\nwrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,5 +1,8 @@
-"""The stream suite of `python -m sequax.launch.bench --suite=stream`: the streaming path's
-throughput against torch's DataLoader and against the on-device path.
+"""The stream suite: the streaming path's throughput against torch's DataLoader and against
+the on-device path (the "Streaming path" section of docs/benchmarks.md).
+
+    python -m benchmarks.stream                                # from the repository root
+    python -m benchmarks.stream --tasks=2 --train_per_task=3000 --output=   # quick, prints only
 
 Iterating only (no training), over one epoch of the MNIST training images:
   stream    the streaming path as the loop uses it: a grain pipeline reading chunks of K
@@ -14,7 +17,7 @@ Iterating only (no training), over one epoch of the MNIST training images:
             cannot be optimised away: an upper bound on the gather's cost).
 Then end to end: training samples/s of Split MNIST (SMNIST-5) through each pipeline.
 
-Each cell runs in its own process (`python -m sequax.launch.bench_stream CELL OUT.json`): the
+Each cell runs in its own process (`python -m benchmarks.stream --single=CELL --json_out=OUT`): the
 DataLoader's forked workers never inherit a JAX runtime, and every cell starts cold. Each
 iterating cell reads 3 epochs (the DataLoader with `persistent_workers`); samples/s is taken
 over epochs 2 and 3, so worker start-up is excluded and shows in `first epoch s` instead.
@@ -30,7 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from absl import app, flags, logging
 
+from sequax.configs.common import DATA_ROOT
+from sequax.launch import bench  # its flags too: --tasks, --train_per_task, --output, --single
+from sequax.launch.common import machine
+
+FLAGS = flags.FLAGS
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.stream` resolves
 WORKERS = (0, 2)
 BATCHES = (10, 128)
 CHUNK_SAMPLES = 2560  # a chunk holds about this many samples (K = CHUNK_SAMPLES // batch)
@@ -82,7 +92,7 @@ def cell_loader(dataset, batch: int, workers: int) -> dict:
     t0 = time.perf_counter()
     ends, count = [], 0
     for _ in range(EPOCHS):
-        for x, y in loader:
+        for _, y in loader:
             count += len(y)
         ends.append(time.perf_counter())
     return rates(t0, ends, count)
@@ -138,8 +148,8 @@ def cell_gather(images, labels, batch: int) -> dict:
     import jax.numpy as jnp
     from jax import lax
 
+    from sequax.core.task_data import gather_batch, task_arrays
     from sequax.engine.step import epoch_order, steps_per_epoch
-    from sequax.engine.task_data import gather_batch, task_arrays
 
     n = len(labels)
     data = task_arrays(images, labels, np.zeros(n, np.int32), n)
@@ -188,9 +198,8 @@ def cell_train(pipeline: str, method: str, tasks: int, train_per_task: int) -> d
     import tempfile
 
     from sequax.engine import loop
-    from sequax.launch.bench import make_config
 
-    config = make_config("smnist5", method, tasks, train_per_task)
+    config = bench.make_config("smnist5", method, tasks, train_per_task)
     config.data.pipeline = pipeline
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
@@ -228,19 +237,20 @@ def run_cell(spec: str, root: str, tasks: int, train_per_task: int) -> dict:
     return cell_stream(data, int(args[1]), int(args[2]))
 
 
-def child(spec: str, folder: str, root: str, tasks: int, train_per_task: int) -> dict | None:
+def child(spec: str, folder: str, tasks: int, train_per_task: int) -> dict | None:
     out = os.path.join(folder, spec.replace(",", "_") + ".json")
     command = [
         sys.executable,
         "-m",
-        "sequax.launch.bench_stream",
-        spec,
-        out,
-        root,
-        str(tasks),
-        str(train_per_task),
+        "benchmarks.stream",
+        f"--single={spec}",
+        f"--json_out={out}",
+        f"--tasks={tasks}",
+        f"--train_per_task={train_per_task}",
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT
+    )
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
         return None
@@ -276,14 +286,16 @@ def table(cells: dict) -> str:
                 ratio = f"{c['samples_per_s'] / loader['samples_per_s']:.2f}×" if loader else ""
                 lines.append(
                     f"| {batch} | {workers if 'gather (in-jit)' not in name else '–'} | {name} | "
-                    f"{c['samples_per_s']:,.0f} | {ratio} | {c['first_s']:.2f} | {c.get('chunk', '–')} |"
+                    f"{c['samples_per_s']:,.0f} | {ratio} | {c['first_s']:.2f} "
+                    f"| {c.get('chunk', '–')} |"
                 )
     return "\n".join(lines)
 
 
 def train_table(cells: dict, methods) -> str:
     lines = [
-        "| method | pipeline | train samples/s | × device | train s | compile s | wall s | acc % | same matrix |",
+        "| method | pipeline | train samples/s | × device | train s | compile s | wall s | acc % "
+        "| same matrix |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for method in methods:
@@ -300,15 +312,14 @@ def train_table(cells: dict, methods) -> str:
                 else ("yes" if c["matrix"] == device["matrix"] else "NO")
             )
             lines.append(
-                f"| {method} | {pipeline} | {c['samples_per_s']:,.0f} | {ratio} | {c['seconds']:.2f} | "
-                f"{c['compile']:.1f} | {c['wall']:.1f} | {c['acc']:.2f} | {same} |"
+                f"| {method} | {pipeline} | {c['samples_per_s']:,.0f} | {ratio} "
+                f"| {c['seconds']:.2f} | {c['compile']:.1f} | {c['wall']:.1f} | {c['acc']:.2f} "
+                f"| {same} |"
             )
     return "\n".join(lines)
 
 
-def suite(
-    root: str, tasks: int, train_per_task: int, methods=("naive", "er")
-) -> tuple[dict, float]:
+def suite(tasks: int, train_per_task: int, methods=("naive", "er")) -> tuple[dict, float]:
     """Runs every cell in its own process; returns ({key: result}, seconds)."""
     import tempfile
 
@@ -328,10 +339,11 @@ def suite(
         for key, spec in specs.items():
             t0 = time.perf_counter()
             print(f"stream suite {spec} ...", end=" ", flush=True)
-            cells[key] = child(spec, folder, root, tasks, train_per_task)
+            cells[key] = child(spec, folder, tasks, train_per_task)
             if cells[key]:
                 print(
-                    f"{cells[key]['samples_per_s']:,.0f} samples/s, {time.perf_counter() - t0:.0f}s",
+                    f"{cells[key]['samples_per_s']:,.0f} samples/s, "
+                    f"{time.perf_counter() - t0:.0f}s",
                     flush=True,
                 )
     return cells, time.perf_counter() - start
@@ -354,7 +366,7 @@ HOW_TO_READ = """\
   device, an in-jit permutation, a `fori_loop` over the epoch's steps gathering each batch
   (and summing it, so the gather is not optimised away); the loop without the gather costs
   under 1 ms per epoch, so the row is the gather's own cost, paid inside every training step.
-- **End to end**: `launch/bench.py`'s SMNIST-5 cell (MLP 784-100-100-10, SGD lr 0.03, batch
+- **End to end**: `sequax.launch.bench`'s SMNIST-5 cell (MLP 784-100-100-10, SGD lr 0.03, batch
   10, one epoch per task; ER with a reservoir of 500) run by `engine.loop.run` with
   `config.data.pipeline` "device" or "stream" (`order="device"`, no workers, 2 chunks
   prefetched). **train samples/s** is the loop's own figure (time inside training
@@ -372,13 +384,14 @@ def section(
     lines = [
         "## Streaming path: grain against torch's DataLoader and the on-device path",
         "",
-        "Each cell in its own process (`launch/bench_stream.py`).",
+        "Each cell in its own process (`benchmarks/stream.py`).",
         *header_lines,
     ]
     if load > 0.5 * cores:
         lines.append(
-            f"- **Taken under load** (load average {load:.2f} on {cores} cores at the start: other jobs "
-            "were running): the numbers are indicative only; re-run the suite on an idle machine."
+            f"- **Taken under load** (load average {load:.2f} on {cores} cores at the start: other "
+            "jobs were running): the numbers are indicative only; re-run the suite on an idle "
+            "machine."
         )
     lines += [
         "",
@@ -396,13 +409,22 @@ def section(
 
 
 def main(argv: list[str]) -> None:
-    spec, out, root, tasks, train_per_task = argv[1:6]
-    from sequax.data.pipelines import mark_flags_parsed
-
-    mark_flags_parsed()  # grain's workers read absl flags; this child never runs app.run
-    result = run_cell(spec, root, int(tasks), int(train_per_task))
-    Path(out).write_text(json.dumps(result))
+    logging.set_verbosity(logging.WARNING)  # orbax's per-checkpoint INFO lines
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.single:  # one cell, in this process
+        result = run_cell(FLAGS.single, DATA_ROOT, FLAGS.tasks, FLAGS.train_per_task)
+        Path(FLAGS.json_out).write_text(json.dumps(result))
+        return
+    info = machine()
+    cells, seconds = suite(FLAGS.tasks, FLAGS.train_per_task)
+    header = bench.header(info, seconds, "stream", program="benchmarks.stream")
+    text = section(cells, header, info["cores"], info["load"][0])
+    print("\n" + text.split("### How to read this")[0].rstrip())
+    if FLAGS.output:
+        bench.write_section(FLAGS.output, "stream", text)
+        print(f"\nwrote {FLAGS.output}")
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    app.run(main)

@@ -1,12 +1,15 @@
-"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10, batch 128, 1 epoch per task.
+"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10,
+batch 128, 1 epoch per task.
 
-Joint training on the union of all tasks (the DER table's JOINT row); one training phase, so the accuracy matrix has one row.
+Joint training on the union of all tasks (the DER table's JOINT row); one training phase, so the
+accuracy matrix has one row.
 
     python -m sequax.launch.train --config=configs/pmnist_joint.py --workdir=runs/pmnist_joint
-    python -m sequax.launch.train --config=configs/pmnist_joint.py:local --workdir=/tmp/pmnist_joint  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_joint.py:local \
+        --workdir=/tmp/pmnist_joint  # short CPU run
 
-Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 94.34 % (DER Table 2, JOINT: 94.33);
-about 20 s wall. Gaps to the paper are investigated with more seeds in the DER
+Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 94.34 % (DER Table 2, JOINT:
+94.33); about 20 s wall. Gaps to the paper are investigated with more seeds in the DER
 reproduction (configs/reproduce/der, a later issue).
 """
 

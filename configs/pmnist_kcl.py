@@ -10,7 +10,8 @@ momentum 0.8 (optimizer rebuilt per task), lr decayed by 0.5 per task
 (lr_t = max(0.1 * 0.5 ** t, 5e-5), t from 1).
 
     python -m sequax.launch.train --config=configs/pmnist_kcl.py --workdir=runs/pmnist_kcl
-    python -m sequax.launch.train --config=configs/pmnist_kcl.py:local --workdir=/tmp/pmnist_kcl  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_kcl.py:local \
+        --workdir=/tmp/pmnist_kcl  # short CPU run
 
 Published (KCL, ICML 2021, Table 1, as we recall it, not verified): average accuracy
 85.5 +- 0.8, forgetting 0.02. Full protocol, 3 seeds vmapped (`python -m

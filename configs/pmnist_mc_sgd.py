@@ -15,7 +15,8 @@ lcm_init_position ∈ [0, 0.75], searched by NNI's TPE on the run's accuracy; we
 point inside it from a small sweep (seed 0, one run each, 2-core CPU, 43 s a run):
 
     python -m sequax.launch.train --config=configs/pmnist_mc_sgd.py --workdir=/tmp/mcv \
-        --config.checkpoint.enabled=False --config.algorithm.line_lr=LR --config.algorithm.init_position=A
+        --config.checkpoint.enabled=False --config.algorithm.line_lr=LR \
+        --config.algorithm.init_position=A
 
     lr     α     acc      lr     α     acc
     0.05   0.1   42.83    0.001  0.1   79.66
@@ -25,7 +26,8 @@ point inside it from a small sweep (seed 0, one run each, 2-core CPU, 43 s a run
     0.003  0.1   76.70
 
     python -m sequax.launch.train --config=configs/pmnist_mc_sgd.py --workdir=runs/pmnist_mc_sgd
-    python -m sequax.launch.train --config=configs/pmnist_mc_sgd.py:local --workdir=/tmp/pmnist_mc_sgd  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_mc_sgd.py:local \
+        --workdir=/tmp/pmnist_mc_sgd  # short CPU run
 
 Published: average accuracy 85.3 %, forgetting 0.06. The reproduction table
 (configs/reproduce/mirzadeh/table.py) runs this config with 3 seeds.

@@ -1,9 +1,11 @@
-"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10, batch 128, 1 epoch per task.
+"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10,
+batch 128, 1 epoch per task.
 
 Naive fine-tuning (the DER table's SGD row), the published best learning rate.
 
     python -m sequax.launch.train --config=configs/pmnist_naive.py --workdir=runs/pmnist_naive
-    python -m sequax.launch.train --config=configs/pmnist_naive.py:local --workdir=/tmp/pmnist_naive  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_naive.py:local \
+        --workdir=/tmp/pmnist_naive  # short CPU run
 
 Expected (seed 0, one run, 2-core CPU, full data): domain-IL ACC 42.49 % (DER Table 2, SGD: 40.70);
 about 23 s wall. Gaps to the paper are investigated with more seeds in the DER

@@ -1,15 +1,18 @@
-"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10, batch 128, 1 epoch per task.
+"""Permuted MNIST (DER protocol): 20 tasks, every task permuted, domain-IL, MLP 784-100-100-10,
+batch 128, 1 epoch per task.
 
 Synaptic Intelligence with the published best settings (DER best-args: lr 0.1, c 0.5, ξ 1.0;
 ../shared/PROTOCOLS.md §A) and mammoth's gradient clipping to [-1, 1] (SI's `clip`); c is
 mammoth's c (the penalty has no 1/2, see algorithms/si.py).
 
     python -m sequax.launch.train --config=configs/pmnist_si.py --workdir=runs/pmnist_si
-    python -m sequax.launch.train --config=configs/pmnist_si.py:local --workdir=/tmp/pmnist_si  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_si.py:local \
+        --workdir=/tmp/pmnist_si  # short CPU run
 
-Expected: DER Table 2, SI: ~56 % domain-IL ACC (recalled). Not yet run on full data here (20 tasks are too long
-for the shared 2-core CPU); the `:local` variant runs in about 10 s (domain-IL ACC 52.44 %, seed 0). Gaps to the
-paper are investigated with more seeds in the DER reproduction (configs/reproduce/der, a later issue).
+Expected: DER Table 2, SI: ~56 % domain-IL ACC (recalled). Not yet run on full data here (20 tasks
+are too long for the shared 2-core CPU); the `:local` variant runs in about 10 s (domain-IL ACC
+52.44 %, seed 0). Gaps to the paper are investigated with more seeds in the DER reproduction
+(configs/reproduce/der, a later issue).
 """
 
 from sequax.configs import common

@@ -5,8 +5,10 @@ Stable SGD (Mirzadeh et al., NeurIPS 2020) at the published setting: SGD lr 0.1,
 (a new optimizer per task, as the reference code builds one), per-task decay γ 0.8 (the
 first task already at lr·γ, as there), dropout 0.25, batch 64.
 
-    python -m sequax.launch.train --config=configs/pmnist_stable_sgd.py --workdir=runs/pmnist_stable_sgd
-    python -m sequax.launch.train --config=configs/pmnist_stable_sgd.py:local --workdir=/tmp/pmnist_stable_sgd  # short CPU run
+    python -m sequax.launch.train --config=configs/pmnist_stable_sgd.py \
+        --workdir=runs/pmnist_stable_sgd
+    python -m sequax.launch.train --config=configs/pmnist_stable_sgd.py:local \
+        --workdir=/tmp/pmnist_stable_sgd  # short CPU run
 
 Published: average accuracy 80.1 %, forgetting 0.09. The Mirzadeh reproduction table
 (docs/reproductions/mirzadeh.md, 3 seeds): 76.09 ± 1.55 %, forgetting 0.19. The reference

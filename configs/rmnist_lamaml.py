@@ -1,4 +1,5 @@
-"""Rotated MNIST, La-MAML's protocol (Gupta et al., NeurIPS 2020, Table 1; ../shared/PROTOCOLS.md §B).
+"""Rotated MNIST, La-MAML's protocol (Gupta et al., NeurIPS 2020, Table 1; ../shared/PROTOCOLS.md
+§B).
 
 Verified against the official code (github.com/montrealrobotics/La-MAML). Its MNIST-rotations
 La-MAML command (`run_experiments.sh`, "#lamaml" under "# ROTATION"): `--n_layers 2
@@ -16,12 +17,12 @@ Data (`dataloaders/task_incremental_loader.py`): `mnist_rotations.pt` from the R
 `get_data.py`, mattriemer/MER, downloads the same prebuilt file). Its generator is GEM's
 `data/mnist_rotations.py`: task t rotated by an angle drawn (unseeded Python `random`) from
 its own bin of [min_rot, max_rot) / n_tasks, PIL's default nearest rotation, [0, 1] pixels;
-with 20 tasks over [0°, 180°) (9° bins) here `protocol="stratified"`, nearest. Each task keeps a random `samples_per_task`=1,000 of its
-60,000 training images (`torch.randperm(N)[0:n]`), shuffled by its DataLoader. Evaluation
-(`main.py` `eval_tasks`, after each task): the full 10,000 test images of every task (its
-last image is skipped by an off-by-one, `b_to = min(..., size - 1)`, but the count divides
-by 10,000: < 0.01 points). Retained accuracy (RA) is the mean of the final row of the task
-matrix ("Final Accuracy", `metrics/metrics.py`, GEM's); BTI is that file's `bwt.mean()`,
+with 20 tasks over [0°, 180°) (9° bins) here `protocol="stratified"`, nearest. Each task keeps a
+random `samples_per_task`=1,000 of its 60,000 training images (`torch.randperm(N)[0:n]`), shuffled
+by its DataLoader. Evaluation (`main.py` `eval_tasks`, after each task): the full 10,000 test
+images of every task (its last image is skipped by an off-by-one, `b_to = min(..., size - 1)`, but
+the count divides by 10,000: < 0.01 points). Retained accuracy (RA) is the mean of the final row of
+the task matrix ("Final Accuracy", `metrics/metrics.py`, GEM's); BTI is that file's `bwt.mean()`,
 the mean of R[T-1, j] − R[j, j] over all 20 tasks (the last entry is 0), i.e. our BWT
 (divisor 19) times 19/20. Not reproducible here: the official network's Kaiming-normal
 weights (`torch.nn.init.kaiming_normal_`, std sqrt(2 / fan_in), zero biases;
@@ -29,7 +30,8 @@ weights (`torch.nn.init.kaiming_normal_`, std sqrt(2 / fan_in), zero biases;
 "xavier", used here, and torch's default "torch").
 
     python -m sequax.launch.train --config=configs/rmnist_lamaml.py --workdir=runs/rmnist_lamaml
-    python -m sequax.launch.train --config=configs/rmnist_lamaml.py:local --workdir=/tmp/rmnist_lamaml  # short CPU run
+    python -m sequax.launch.train --config=configs/rmnist_lamaml.py:local \
+        --workdir=/tmp/rmnist_lamaml  # short CPU run
 
 Published: retained accuracy (final ACC) 77.42 ± 0.65 %, BTI −5.88 ± 1.31 (La-MAML Table 1).
 Measured (the full protocol, 10,000 test images per task, one CPU run per seed, seeds 0-4,

@@ -11,7 +11,8 @@ forgetting 8.6). The paper's research code
 the Stable SGD paper's stream, as here.
 
     python -m sequax.launch.train --config=configs/rmnist_mc_sgd.py --workdir=runs/rmnist_mc_sgd
-    python -m sequax.launch.train --config=configs/rmnist_mc_sgd.py:local --workdir=/tmp/rmnist_mc_sgd  # short CPU run
+    python -m sequax.launch.train --config=configs/rmnist_mc_sgd.py:local \
+        --workdir=/tmp/rmnist_mc_sgd  # short CPU run
 
 Published: average accuracy 82.3 %, forgetting 0.08.
 """

@@ -5,14 +5,16 @@ torchvision's default), domain-IL, MLP 784-256-256-10, 1 epoch per task, full da
 Stable SGD at the published setting: SGD lr 0.1, momentum 0.8 reset per task, per-task decay
 γ 0.55 (as corrected by the author), dropout 0.25, batch 64.
 
-    python -m sequax.launch.train --config=configs/rmnist_stable_sgd.py --workdir=runs/rmnist_stable_sgd
-    python -m sequax.launch.train --config=configs/rmnist_stable_sgd.py:local --workdir=/tmp/rmnist_stable_sgd  # short CPU run
+    python -m sequax.launch.train --config=configs/rmnist_stable_sgd.py \
+        --workdir=runs/rmnist_stable_sgd
+    python -m sequax.launch.train --config=configs/rmnist_stable_sgd.py:local \
+        --workdir=/tmp/rmnist_stable_sgd  # short CPU run
 
 Published: average accuracy 70.8 %, forgetting 0.10. Reproduction table (3 seeds): 68.14 ±
 1.16 %; the reference loop on the same streams 67.68 ± 1.08 evaluated without dropout, 62.81 ±
-0.28 with it (docs/reproductions/mirzadeh.md, note on rmnist/stable_sgd). Differences from the reference data:
-our angles come from numpy's generator (seed config.data.seed), the rotation is scipy's
-nearest-neighbour one (torchvision's default mode, but its own pixel rounding). With
+0.28 with it (docs/reproductions/mirzadeh.md, note on rmnist/stable_sgd). Differences from the
+reference data: our angles come from numpy's generator (seed config.data.seed), the rotation is
+scipy's nearest-neighbour one (torchvision's default mode, but its own pixel rounding). With
 γ = 0.55 the reference floor (lr ≥ 5e-5, min_factor 5e-4) binds from the 13th task on.
 """
 

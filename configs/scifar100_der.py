@@ -1,4 +1,5 @@
-"""Split CIFAR-100 (DER protocol as mammoth's seq-cifar100): 10 tasks × 10 classes, class-IL with task-IL read from the same run, ResNet-18 (nf 64), batch 32, 50 epochs per task.
+"""Split CIFAR-100 (DER protocol as mammoth's seq-cifar100): 10 tasks × 10 classes, class-IL with
+task-IL read from the same run, ResNet-18 (nf 64), batch 32, 50 epochs per task.
 
 Dark Experience Replay, reservoir buffer of 500, mammoth's best settings (utils/best_args.py
 at 0d727a7, seq-cifar100, buffer 500: lr 0.03, α 0.3, no momentum or weight decay; replay
@@ -9,8 +10,10 @@ One departure: mammoth's seq-cifar100 decays the learning rate by 10x after epoc
 of every task (MultiStepLR); sequax's optimiser has no epoch schedule yet, so the rate stays
 0.03 throughout.
 
-    python -m sequax.launch.train --config=configs/scifar100_der.py --config.data.root=/data --workdir=runs/scifar100_der
-    python -m sequax.launch.train --config=configs/scifar100_der.py:local --config.data.root=/data --workdir=/tmp/scifar100_der  # 1 epoch, nf 20
+    python -m sequax.launch.train --config=configs/scifar100_der.py --config.data.root=/data \
+        --workdir=runs/scifar100_der
+    python -m sequax.launch.train --config=configs/scifar100_der.py:local --config.data.root=/data \
+        --workdir=/tmp/scifar100_der  # 1 epoch, nf 20
 
 Needs <root>/cifar-100-python/ (https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz,
 extracted). The files are not available offline where sequax is developed, so this config

@@ -1,12 +1,15 @@
-"""Split CIFAR-10 (DER protocol): 5 tasks × 2 classes, class-IL with task-IL read from the same run, ResNet-18 (nf 64), batch 32, 50 epochs per task.
+"""Split CIFAR-10 (DER protocol): 5 tasks × 2 classes, class-IL with task-IL read from the same
+run, ResNet-18 (nf 64), batch 32, 50 epochs per task.
 
 Experience replay, reservoir buffer of 500, mammoth's best settings (utils/best_args.py,
 seq-cifar10, buffer 500: lr 0.1, replay batch 32). Random crop (padding 4) and horizontal
 flip on every training and replayed example, inputs normalised with CIFAR-10's channel means
 and stds, as mammoth's seq-cifar10.
 
-    python -m sequax.launch.train --config=configs/scifar10_er.py --config.data.root=/data --workdir=runs/scifar10_er
-    python -m sequax.launch.train --config=configs/scifar10_er.py:local --config.data.root=/data --workdir=/tmp/scifar10_er  # 1 epoch, nf 20
+    python -m sequax.launch.train --config=configs/scifar10_er.py --config.data.root=/data \
+        --workdir=runs/scifar10_er
+    python -m sequax.launch.train --config=configs/scifar10_er.py:local --config.data.root=/data \
+        --workdir=/tmp/scifar10_er  # 1 epoch, nf 20
 
 Needs <root>/cifar-10-batches-py/ (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz,
 extracted). The files are not available offline where sequax is developed, so this config

@@ -1,4 +1,5 @@
-"""Split MNIST (DER protocol): 5 tasks × 2 classes, class-IL with task-IL read from the same run, MLP 784-100-100-10, batch 10, 1 epoch per task.
+"""Split MNIST (DER protocol): 5 tasks × 2 classes, class-IL with task-IL read from the same run,
+MLP 784-100-100-10, batch 10, 1 epoch per task.
 
 GDumb, memory of 500. PROTOCOLS §A lists no GDumb settings (the DER paper has no GDumb row):
 the retraining follows the GDumb paper's MNIST runs (drimpossible/GDumb: 128 passes, maxlr
@@ -6,7 +7,8 @@ the retraining follows the GDumb paper's MNIST runs (drimpossible/GDumb: 128 pas
 trains `state.params`, which GDumb's evaluation does not read.
 
     python -m sequax.launch.train --config=configs/smnist_gdumb.py --workdir=runs/smnist_gdumb
-    python -m sequax.launch.train --config=configs/smnist_gdumb.py:local --workdir=/tmp/smnist_gdumb  # short CPU run
+    python -m sequax.launch.train --config=configs/smnist_gdumb.py:local \
+        --workdir=/tmp/smnist_gdumb  # short CPU run
 
 Expected (seed 0, one run, 2-core CPU, full data): class-IL ACC 86.67 %, task-IL 97.26 %; 9 to 18 s
 wall (the shared machine's load; end_task, 5 retrainings of 4,096 steps, is most of it: 5-9 s).

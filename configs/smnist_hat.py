@@ -1,4 +1,5 @@
-"""Split MNIST, task-IL: 5 tasks × 2 classes, MLP 784-100-100-10 (the DER stream and MLP), batch 64, 10 epochs per task.
+"""Split MNIST, task-IL: 5 tasks × 2 classes, MLP 784-100-100-10 (the DER stream and MLP), batch
+64, 10 epochs per task.
 
 Hard Attention to the Task with the official code's defaults (joansj/hat `approaches/hat.py`,
 used for every experiment of the paper, MNIST included): s_max 400, c (`lamb`) 0.75,
@@ -12,7 +13,8 @@ engine has no validation-driven schedule. s is annealed with the paper's (b-1)/(
 test set's own task gates, so it is task-informed and not a class-IL result.
 
     python -m sequax.launch.train --config=configs/smnist_hat.py --workdir=runs/smnist_hat
-    python -m sequax.launch.train --config=configs/smnist_hat.py:local --workdir=/tmp/smnist_hat  # short CPU run
+    python -m sequax.launch.train --config=configs/smnist_hat.py:local \
+        --workdir=/tmp/smnist_hat  # short CPU run
 
 Expected (seed 0, `:local`: 1,000 train / 500 test images per task, batch 32, 2-core CPU):
 task-IL ACC 98.20 %, forgetting 0.00 (the task-informed class-IL row: 88.48), about 18 s wall.

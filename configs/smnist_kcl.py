@@ -7,11 +7,12 @@ momentum 0.8 reset per task, lr decayed by 0.5 per task. The KCL paper reports n
 MNIST result; this config gives our reference number.
 
     python -m sequax.launch.train --config=configs/smnist_kcl.py --workdir=runs/smnist_kcl
-    python -m sequax.launch.train --config=configs/smnist_kcl.py:local --workdir=/tmp/smnist_kcl  # short CPU run
+    python -m sequax.launch.train --config=configs/smnist_kcl.py:local \
+        --workdir=/tmp/smnist_kcl  # short CPU run
 
 Expected: task-IL ACC (the only meaningful view: the class-IL row is computed with the task
-oracle too); `:local` (1,000 train / 500 test per task, seed 0, shared 2-core CPU): task-IL ACC 92.4 %,
-forgetting 2.2 % (the last task, trained at lr 0.1 * 0.5^5, reaches 80.8 %), 32 s wall.
+oracle too); `:local` (1,000 train / 500 test per task, seed 0, shared 2-core CPU): task-IL ACC
+92.4 %, forgetting 2.2 % (the last task, trained at lr 0.1 * 0.5^5, reaches 80.8 %), 32 s wall.
 """
 
 from sequax.configs import common

@@ -1,12 +1,15 @@
-"""Split TinyImageNet (DER protocol): 10 tasks × 20 classes, class-IL with task-IL read from the same run, ResNet-18 (nf 64), batch 32, 100 epochs per task.
+"""Split TinyImageNet (DER protocol): 10 tasks × 20 classes, class-IL with task-IL read from the
+same run, ResNet-18 (nf 64), batch 32, 100 epochs per task.
 
 DER++, reservoir buffer of 500, mammoth's best settings (utils/best_args.py, seq-tinyimg,
 buffer 500: lr 0.03, replay batch 32, α 0.2, β 0.5). Random crop (padding 4) and horizontal
 flip on every training and replayed example, inputs normalised with TinyImageNet's channel
 means and stds, as mammoth's seq-tinyimg. The labelled validation set is the test set.
 
-    python -m sequax.launch.train --config=configs/stinyimg_derpp.py --config.data.root=/data --workdir=runs/stinyimg_derpp
-    python -m sequax.launch.train --config=configs/stinyimg_derpp.py:local --config.data.root=/data --workdir=/tmp/stinyimg_derpp  # 1 epoch, nf 20
+    python -m sequax.launch.train --config=configs/stinyimg_derpp.py --config.data.root=/data \
+        --workdir=runs/stinyimg_derpp
+    python -m sequax.launch.train --config=configs/stinyimg_derpp.py:local \
+        --config.data.root=/data --workdir=/tmp/stinyimg_derpp  # 1 epoch, nf 20
 
 Needs <root>/tiny-imagenet-200/ (http://cs231n.stanford.edu/tiny-imagenet-200.zip,
 unzipped); the first load decodes the 110,000 JPEGs (35-55 s on 2 cores) and caches them in

@@ -4,8 +4,9 @@ Three layers: readers of the official files (`read_idx` for MNIST, `load_cifar10
 `load_cifar100`, `load_tiny_imagenet`); an `ImageSource` holds a dataset in memory (uint8
 images [N, H, W, C], int32 labels [N]); a `Scenario` cuts a source into a stream of tasks
 (Split, Permuted, Rotated), built lazily per task. The jittable augmentations are the one
-JAX module, imported explicitly: `from sequax.data.augment import with_augmentation`. Every random draw comes from an
-explicit seed. Every user-fixable problem raises `DataError` with a one-line message.
+JAX module, imported explicitly: `from sequax.data.augment import with_augmentation`. Every random
+draw comes from an explicit seed. Every user-fixable problem raises `DataError` with a one-line
+message.
 
     from sequax.data import load_source, make_scenario
     scenario = make_scenario("permuted", load_source("mnist", "../shared/data"), num_tasks=20)

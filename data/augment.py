@@ -16,7 +16,9 @@ standardises every input per channel, in train and eval mode, after the augmenta
 before normalisation).
 
     augment = make_augment(("crop", "flip"))                     # or None for ()
-    model = with_augmentation(resnet18(10), augment, normalize=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)))
+    model = with_augmentation(
+        resnet18(10), augment, normalize=((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    )
     outputs, model_state = model.apply(params, model_state, x, train=True, rng=key)
 
 Caveat: methods that compare a train-mode forward with an eval-mode one on the same batch
@@ -57,7 +59,8 @@ def random_crop(x: jax.Array, key: jax.Array, padding: int = 4) -> jax.Array:
 
 
 def random_flip(x: jax.Array, key: jax.Array) -> jax.Array:
-    """Per example, with probability 1/2: mirror left-right (torchvision's `RandomHorizontalFlip`)."""
+    """Per example, with probability 1/2: mirror left-right (torchvision's
+    `RandomHorizontalFlip`)."""
     flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))
     return jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
@@ -119,7 +122,8 @@ def with_augmentation(model, augment: Augment | None, normalize=None):
         if train and augment is not None:
             if rng is None:
                 raise ValueError(
-                    "an augmented model's apply(train=True) needs rng: the augmentations draw from it"
+                    "an augmented model's apply(train=True) needs rng: the augmentations draw from "
+                    "it"
                 )
             x = augment(x, jax.random.fold_in(rng, AUGMENT_STREAM))
         if mean is not None:

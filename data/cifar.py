@@ -127,8 +127,8 @@ def read_batch(path: Path, label_key: str, fix: str) -> tuple[np.ndarray, np.nda
     content = read_pickle(path, fix)
     if "data" not in content or label_key not in content:
         raise DataError(
-            f"corrupt CIFAR file: {path} lacks the key {'data' if 'data' not in content else label_key!r}"
-            f"; {fix}"
+            f"corrupt CIFAR file: {path} lacks the key "
+            f"{'data' if 'data' not in content else label_key!r}; {fix}"
         )
     data, labels = np.asarray(content["data"]), np.asarray(content[label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
@@ -221,7 +221,8 @@ def _source(train_x, train_y, test_x, test_y, num_classes, name, folder, fix) ->
     for split, y in (("train", train_y), ("test", test_y)):
         if y.size and not 0 <= y.min() <= y.max() < num_classes:
             raise DataError(
-                f"corrupt CIFAR file under {folder}: {split} labels outside [0, {num_classes}); {fix}"
+                f"corrupt CIFAR file under {folder}: {split} labels outside [0, {num_classes}); "
+                f"{fix}"
             )
     return ImageSource(
         train_x=train_x,

@@ -64,8 +64,9 @@ def read_idx(path: str | os.PathLike, official: tuple[int, str, str] | None = No
         digest = hashlib.md5(raw).hexdigest()
         if digest != official[1]:
             raise DataError(
-                f"corrupt IDX file: {path} has the official size ({official[0]:,} bytes uncompressed) "
-                f"but md5 {digest}, not the official {official[1]}; re-download it from {official[2]}"
+                f"corrupt IDX file: {path} has the official size ({official[0]:,} bytes "
+                f"uncompressed) but md5 {digest}, not the official {official[1]}; re-download it "
+                f"from {official[2]}"
             )
     return _parse_idx(raw, path)
 

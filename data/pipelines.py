@@ -154,7 +154,8 @@ class RecordSource:
         return len(self.task)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """One record as numpy: {"x": [H, W, C], "y": int32, "task": int32} (a grain source item)."""
+        """One record as numpy: {"x": [H, W, C], "y": int32, "task": int32} (a grain source
+        item)."""
         image, label = self.record(index)
         return {"x": image, "y": np.int32(label), "task": self.task[index]}
 
@@ -164,7 +165,8 @@ class RecordSource:
         where = f"{type(self.dataset).__name__}[{index}]"
         if not (isinstance(item, (tuple, list)) and len(item) >= 2):
             raise DataError(
-                f"RecordSource: {where} returned {type(item).__name__}; it must return (image, label)"
+                f"RecordSource: {where} returned {type(item).__name__}; it must return (image, "
+                "label)"
             )
         return to_image(item[0], self.channels, where=where), to_label(item[1], where=where)
 
@@ -200,8 +202,8 @@ class RecordSource:
         )
         if batch.shape[1:] != shape or (batch.dtype == np.uint8) != (dtype == np.uint8):
             raise DataError(
-                f"RecordSource: {name} has images {batch.dtype} {batch.shape[1:]} in this batch, the "
-                f"first record had {dtype} {shape}; every image must have one shape and kind"
+                f"RecordSource: {name} has images {batch.dtype} {batch.shape[1:]} in this batch, "
+                f"the first record had {dtype} {shape}; every image must have one shape and kind"
             )
         lead = np.shape(indices)
         return {

@@ -61,7 +61,8 @@ def load_torch_source(
     )
     if not (isinstance(datasets, (tuple, list)) and len(datasets) == 2):
         raise DataError(
-            f"{what} returned {type(datasets).__name__}; it must return (train_dataset, test_dataset)"
+            f"{what} returned {type(datasets).__name__}; it must return (train_dataset, "
+            "test_dataset)"
         )
     train_x, train_y = read_dataset(datasets[0], f"{what}: train dataset")
     test_x, test_y = read_dataset(datasets[1], f"{what}: test dataset")
@@ -73,7 +74,8 @@ def load_torch_source(
     inferred = int(max(train_y.max(), test_y.max())) + 1
     if num_classes and inferred > num_classes:
         raise DataError(
-            f"{what}: label {inferred - 1} but num_classes={num_classes}; raise num_classes or fix the labels"
+            f"{what}: label {inferred - 1} but num_classes={num_classes}; raise num_classes or fix "
+            "the labels"
         )
     return ImageSource(
         train_x=train_x,
@@ -99,7 +101,8 @@ def read_dataset(dataset: Any, where: str = "dataset") -> tuple[np.ndarray, np.n
         ]
     except DataError as error:
         raise DataError(f"{where}: {error}") from None
-    except Exception as error:  # noqa: BLE001 - the user's __getitem__ failed: name it, keep one line
+    except Exception as error:  # noqa: BLE001
+        # the user's __getitem__ failed: name it, keep one line
         raise DataError(
             f"{where}: reading a record raised {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}; fix the dataset's __getitem__"
@@ -123,8 +126,9 @@ def to_pixels(x: np.ndarray, where: str = "images") -> np.ndarray:
     low, high = float(x.min()), float(x.max())
     if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE or not np.isfinite(low + high):
         raise DataError(
-            f"{where}: float images span [{low:.3g}, {high:.3g}], not [0, 1]; return ToTensor()-style "
-            "images in [0, 1] (or uint8 pixels) and standardise with config.data.normalize instead"
+            f"{where}: float images span [{low:.3g}, {high:.3g}], not [0, 1]; return "
+            "ToTensor()-style images in [0, 1] (or uint8 pixels) and standardise with "
+            "config.data.normalize instead"
         )
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 

@@ -87,7 +87,8 @@ def run_scenarios(data_config, scenario, run_seeds) -> list:
     if scenario.setting != "domain":
         raise ConfigError(
             f"config.data.draws_per_run=True redraws each run's permutations or angles, but "
-            f"{scenario.name}'s tasks are class subsets with none: set config.data.draws_per_run=False"
+            f"{scenario.name}'s tasks are class subsets with none: set "
+            "config.data.draws_per_run=False"
         )
     options = dict(cfg.get("options") or {})
     return [

@@ -17,7 +17,7 @@ only once a newer one is complete and read back verified, so the last good one s
 Names sort by time: `step_00001200` after a chunk, `step_00001200_phase2_done` once phase 2's
 `end_task` and evaluation are done (the same step, later in the run).
 
-    checkpoints = Checkpoints(workdir / "checkpoints", config)  # ConfigError if it holds another run
+    checkpoints = Checkpoints(workdir / "checkpoints", config)  # ConfigError: holds another run
     restored = checkpoints.restore(shapes, state_sharding)      # None: nothing saved yet
     checkpoints.save(state, position, results, stream_state)    # verified, then old ones pruned
 """
@@ -205,7 +205,8 @@ class Checkpoints:
         )
         if self.keep < 1:
             raise ConfigError(
-                f"config.checkpoint.keep={self.keep} must be >= 1: the last good checkpoint is always kept"
+                f"config.checkpoint.keep={self.keep} must be >= 1: the last good "
+                "checkpoint is always kept"
             )
         self.config = json.loads(config.to_json_best_effort())
         self.last_good: Path | None = None
@@ -235,13 +236,14 @@ class Checkpoints:
                 if differences:
                     key, was, now = differences[0]
                     more = (
-                        f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})"
+                        f" (and {len(differences) - 1} more: "
+                        f"{', '.join(d[0] for d in differences[1:4])})"
                         if len(differences) > 1
                         else ""
                     )
                     raise ConfigError(
-                        f"{self.folder} holds a run of {key}={_show(was)}, this config has {_show(now)}{more}; "
-                        "use a fresh --workdir or the original config"
+                        f"{self.folder} holds a run of {key}={_show(was)}, this config has "
+                        f"{_show(now)}{more}; use a fresh --workdir or the original config"
                     )
                 return
 
@@ -368,9 +370,9 @@ class Checkpoints:
                     else "no checkpoint was written before"
                 )
                 raise TrainingDiverged(
-                    f"training diverged: the mean {name} of the chunk ending at step {step} ({label}, epoch "
-                    f"{epoch + 1}) is {_show(value.tolist())}; the diverged state was not saved ({kept}); "
-                    "lower config.optimizer.lr or check the data"
+                    f"training diverged: the mean {name} of the chunk ending at step {step} "
+                    f"({label}, epoch {epoch + 1}) is {_show(value.tolist())}; the diverged state "
+                    f"was not saved ({kept}); lower config.optimizer.lr or check the data"
                 )
 
     def save(
@@ -448,7 +450,8 @@ class Checkpoints:
         complete = 0
         for other in self.candidates():  # newest first
             if other.name > folder.name:
-                continue  # newer leftovers (a corrupt one we fell back from) are overwritten when reached
+                # newer leftovers (a corrupt one we fell back from) are overwritten when reached
+                continue
             if (other / MANIFEST).is_file():
                 complete += 1
                 if complete <= self.keep:
@@ -563,8 +566,8 @@ def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
         else "no checkpoint was complete yet"
     )
     return (
-        f"no space left on the disk of {workdir} while writing {what}; free space or use another --workdir "
-        f"(rerunning with this --workdir resumes: {kept})"
+        f"no space left on the disk of {workdir} while writing {what}; free space or use another "
+        f"--workdir (rerunning with this --workdir resumes: {kept})"
     )
 
 

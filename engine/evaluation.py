@@ -73,8 +73,8 @@ def make_evaluate(
     `predict(params, model_state, algo, x, task, model) -> logits` is the method's `predict`
     hook (iCaRL's nearest mean of exemplars, GDumb's model retrained from its memory, HAT's
     per-task gates; the model's own logits by default); `algo` is the algorithm's state and
-    `task` the examples' task ids, int32 [B]. None: the model's logits. `test_per_run=True`: `test.x` carries the run axis too
-    (`stack_run_test_sets`).
+    `task` the examples' task ids, int32 [B]. None: the model's logits. `test_per_run=True`:
+    `test.x` carries the run axis too (`stack_run_test_sets`).
     """
     task_classes = jnp.asarray(task_classes, bool)
 

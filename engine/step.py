@@ -123,8 +123,9 @@ def make_run_steps(
 
     `runs=True`: the state and `order` carry a leading run axis and the runs share `data`
     (a vmap: N seeds or sweep points in one program); `data_axes` (a `TaskData` of axes,
-    e.g. a run axis on `x` only, for runs that draw their own images) overrides that sharing. `shardings`, a `(state, data)` pair
-    of sharding trees, pins the placement of the inputs and the output state.
+    e.g. a run axis on `x` only, for runs that draw their own images) overrides that sharing.
+    `shardings`, a `(state, data)` pair of sharding trees, pins the placement of the inputs and the
+    output state.
 
     `host_loop`: run the steps from the host, one compiled step per dispatch, instead of the
     `fori_loop`; None (default) chooses it for convolutional steps on XLA:CPU (`HostLoopSteps`).
@@ -182,7 +183,8 @@ class HostLoopSteps:
         return getattr(self.in_loop, name)
 
     def __call__(self, state, data, order, start, stop):
-        """Calls without compiling ahead of time (tests): the `fori_loop` unless `host_loop=True`."""
+        """Calls without compiling ahead of time (tests): the `fori_loop` unless
+        `host_loop=True`."""
         if self.host_loop:
             return self.lower(state, data, order, start, stop).compile()(
                 state, data, order, start, stop

@@ -65,14 +65,15 @@ def make_feed(
     pipeline = data.get("pipeline", "device")
     if pipeline not in PIPELINES:
         raise ConfigError(
-            f"config.data.pipeline={pipeline!r} is unknown; use one of {', '.join(map(repr, PIPELINES))}"
+            f"config.data.pipeline={pipeline!r} is unknown; use one of "
+            f"{', '.join(map(repr, PIPELINES))}"
         )
     if pipeline == "device":
         return None
     if runs:
         raise ConfigError(
-            "config.data.pipeline='stream' feeds one run; set config.runs=1, leave config.sweep empty and "
-            "config.data.draws_per_run=False, or use config.data.pipeline='device'"
+            "config.data.pipeline='stream' feeds one run; set config.runs=1, leave config.sweep "
+            "empty and config.data.draws_per_run=False, or use config.data.pipeline='device'"
         )
     options = dict(data.get("stream") or {})
     order, workers, prefetch = (
@@ -82,7 +83,8 @@ def make_feed(
     )
     if order not in ORDERS:
         raise ConfigError(
-            f"config.data.stream.order={order!r} is unknown; use one of {', '.join(map(repr, ORDERS))}"
+            f"config.data.stream.order={order!r} is unknown; use one of "
+            f"{', '.join(map(repr, ORDERS))}"
         )
     if workers < 0 or prefetch < 0:
         raise ConfigError(
@@ -166,8 +168,8 @@ class Feed:
             self.element_spec
         ):  # the program is compiled for one shape
             raise ValueError(
-                f"this source's images are {source.element_spec}, the run's are {self.element_spec}; "
-                "every phase of a run must have images of one shape and dtype"
+                f"this source's images are {source.element_spec}, the run's are "
+                f"{self.element_spec}; every phase of a run must have images of one shape and dtype"
             )
         plan = ChunkPlan(
             order,
@@ -280,7 +282,8 @@ def process_shard(sharding: NamedSharding, batch_size: int) -> grain.sharding.Sh
     expected = set(range(shard.shard_index * local, (shard.shard_index + 1) * local))
     if rows != expected:
         raise ConfigError(
-            f"process {shard.shard_index}'s devices hold batch rows {sorted(rows)[:4]}..., not the block "
-            f"[{min(expected)}, {max(expected) + 1}) it streams; build the mesh with sequax.engine.sharding.make_mesh"
+            f"process {shard.shard_index}'s devices hold batch rows {sorted(rows)[:4]}..., not the "
+            f"block [{min(expected)}, {max(expected) + 1}) it streams; build the mesh with "
+            "sequax.engine.sharding.make_mesh"
         )
     return shard

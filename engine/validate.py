@@ -116,27 +116,30 @@ def check_combination(config, scenario, algorithm) -> None:
         method = type(part).__name__
         if isinstance(part, CLASS_IL_ONLY) and scenario.setting != "class":
             raise ConfigError(
-                f"config.algorithm.name: {method} is for class-incremental streams only (its per-class exemplar "
-                f"memory and distillation stop it from learning once every class recurs, as in "
-                f"{scenario.name}); use config.data.scenario='split', or a domain-IL method such as er, derpp or agem"
+                f"config.algorithm.name: {method} is for class-incremental streams only (its "
+                "per-class exemplar memory and distillation stop it from learning once every class "
+                f"recurs, as in {scenario.name}); use config.data.scenario='split', or a domain-IL "
+                "method such as er, derpp or agem"
             )
         fields = {f.name for f in dataclasses.fields(part)}
         if "num_classes" in fields and part.num_classes != scenario.num_classes:
             raise ConfigError(
-                f"{prefix}num_classes={part.num_classes} but {scenario.name} has {scenario.num_classes} classes (the "
-                f"head's width); set {prefix}num_classes={scenario.num_classes}"
+                f"{prefix}num_classes={part.num_classes} but {scenario.name} has "
+                f"{scenario.num_classes} classes (the head's width); set "
+                f"{prefix}num_classes={scenario.num_classes}"
             )
         if "num_tasks" in fields and part.num_tasks != scenario.num_tasks:
             raise ConfigError(
                 f"{prefix}num_tasks={part.num_tasks} but the stream has {scenario.num_tasks} tasks "
-                f"(config.data.num_tasks); {method} keeps capacity // num_tasks examples per task, so set "
-                f"{prefix}num_tasks={scenario.num_tasks}"
+                f"(config.data.num_tasks); {method} keeps capacity // num_tasks examples per task, "
+                f"so set {prefix}num_tasks={scenario.num_tasks}"
             )
         if "capacity" in fields and part.capacity > stream:
             raise ConfigError(
-                f"{prefix}capacity={part.capacity} is larger than the whole stream ({stream} training examples "
-                f"over {scenario.num_tasks} tasks), so the buffer can never fill; set {prefix}capacity <= {stream} "
-                f"(or train on more examples: config.data.train_per_task)"
+                f"{prefix}capacity={part.capacity} is larger than the whole stream ({stream} "
+                f"training examples over {scenario.num_tasks} tasks), so the buffer can never "
+                f"fill; set {prefix}capacity <= {stream} (or train on more examples: "
+                "config.data.train_per_task)"
             )
         if isinstance(part, algorithms.ICaRL):
             width = _feature_width(_section(config, "model"))
@@ -212,13 +215,15 @@ def _check_section(section, reference, path: str) -> None:
         if dotted.removeprefix("config.") in FREE_FORM:
             if value is not None and not hasattr(value, "keys"):
                 raise ConfigError(
-                    f"{dotted}={value!r} must be a section of keys (a ConfigDict); fix the config file"
+                    f"{dotted}={value!r} must be a section of keys (a ConfigDict); fix "
+                    "the config file"
                 )
             continue
         if key not in reference:
             raise ConfigError(
-                f"{dotted} is not a key of the config{_did_you_mean(key, reference.keys(), dotted)}; "
-                f"remove it, or name a key of engine/schema.py base_config()"
+                f"{dotted} is not a key of the "
+                f"config{_did_you_mean(key, reference.keys(), dotted)}; remove it, or name a key "
+                "of engine/schema.py base_config()"
             )
         default = reference[key]
         if hasattr(default, "keys"):
@@ -236,8 +241,9 @@ def _check_keywords(path: str, given: dict[str, Any], defaults: dict[str, Any], 
     for key, value in given.items():
         if key not in defaults:
             raise ConfigError(
-                f"{path}.{key} is not an argument of {owner}{_did_you_mean(key, defaults, f'{path}.{key}')}; "
-                f"known: {', '.join(sorted(defaults)) or '(none)'}"
+                f"{path}.{key} is not an argument of "
+                f"{owner}{_did_you_mean(key, defaults, f'{path}.{key}')}; known: "
+                f"{', '.join(sorted(defaults)) or '(none)'}"
             )
         _check_value(f"{path}.{key}", value, defaults[key])
 
@@ -292,9 +298,9 @@ def _check_options(config) -> None:
         if per_task < 1 or tasks * per_task > classes:
             fit = max(classes // max(tasks, 1), 1)
             raise ConfigError(
-                f"config.data.num_tasks={tasks} x config.data.options.classes_per_task={per_task} = "
-                f"{tasks * per_task} classes, but {source} has {classes}; set num_tasks x classes_per_task <= "
-                f"{classes} (e.g. classes_per_task={fit})"
+                f"config.data.num_tasks={tasks} x config.data.options.classes_per_task={per_task} "
+                f"= {tasks * per_task} classes, but {source} has {classes}; set num_tasks x "
+                f"classes_per_task <= {classes} (e.g. classes_per_task={fit})"
             )
 
 
@@ -306,8 +312,9 @@ def _check_algorithm(section: dict[str, Any]) -> None:
             _check_method(part, dict(section.pop(part, None) or {}), f"config.algorithm.{part}")
         if section:
             raise ConfigError(
-                f"config.algorithm.{sorted(section)[0]}: {name!r} takes each part's hyper-parameters "
-                f"under its name ({', '.join(f'config.algorithm.{p}.*' for p in parts)})"
+                f"config.algorithm.{sorted(section)[0]}: {name!r} takes each part's "
+                "hyper-parameters under its name "
+                f"({', '.join(f'config.algorithm.{p}.*' for p in parts)})"
             )
         return
     _check_method(name, section, "config.algorithm")

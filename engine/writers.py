@@ -433,7 +433,8 @@ class Writers:
             self.sinks = [s for s in self.sinks if s is not sink]
             print(
                 f"sequax: warning: the {getattr(sink, 'name', type(sink).__name__)} writer failed "
-                f"({type(error).__name__}: {error}); it writes nothing more in this run, training goes on",
+                f"({type(error).__name__}: {error}); it writes nothing more in this run, "
+                "training goes on",
                 file=sys.stderr,
             )
             if method != "close":
@@ -495,7 +496,8 @@ def make_writers(
         mode = options.get("wandb_mode", "offline")
         if mode not in WANDB_MODES:
             raise ConfigError(
-                f"config.writers.wandb_mode={mode!r} is unknown; use one of {', '.join(map(repr, WANDB_MODES))}"
+                f"config.writers.wandb_mode={mode!r} is unknown; use one of "
+                f"{', '.join(map(repr, WANDB_MODES))}"
             )
         try:
             import wandb  # noqa: F401 - optional: only a run that asks for W&B needs it
@@ -528,8 +530,8 @@ def _opened(name: str, open_sink):
         return open_sink()
     except Exception as error:  # noqa: BLE001 - any observer failure must spare the run
         print(
-            f"sequax: warning: the {name} writer could not start ({type(error).__name__}: {error}); "
-            "the run goes on without it",
+            f"sequax: warning: the {name} writer could not start ({type(error).__name__}: "
+            f"{error}); the run goes on without it",
             file=sys.stderr,
         )
         return None

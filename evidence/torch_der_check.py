@@ -6,7 +6,7 @@ on Seq-MNIST, on *our* data. Where our JAX number differs from the published one
 this with the published value points at our implementation; agreement with ours points at the
 published number (or its data draws).
 
-    python -m sequax.launch.torch_der_check --cells=rmnist/sgd,rmnist/er-200,smnist/lwf --seeds=0,1,2
+    python -m evidence.torch_der_check --cells=rmnist/sgd,rmnist/er-200,smnist/lwf --seeds=0,1,2
 
 Seed s trains on the scenario our run with seed s sees: `run_scenarios` on the cell's config
 (`configs/reproduce/der/table.py`, `data.draws_per_run=True`), so the permutations / angles come
@@ -114,7 +114,8 @@ def reservoir(num_seen_examples: int, buffer_size: int, rng: np.random.RandomSta
 
 
 class Buffer:
-    """buffer.py `Buffer` (mode 'reservoir'), examples and labels; `rng`: mammoth's global numpy state."""
+    """buffer.py `Buffer` (mode 'reservoir'), examples and labels; `rng`: mammoth's global
+    numpy state."""
 
     def __init__(self, buffer_size: int, rng: np.random.RandomState):
         self.buffer_size, self.rng, self.num_seen_examples = buffer_size, rng, 0
@@ -272,7 +273,8 @@ def evaluate(
     net: nn.Module, tests: list, task_classes: np.ndarray | None = None
 ) -> tuple[list, list]:
     """training.py `evaluate`: accuracy in % on each stored task's test set; with `task_classes`,
-    task-IL too: other tasks' logits at -inf (`mask_classes`' [k·cpt, (k+1)·cpt) = task_classes[k])."""
+    task-IL too: other tasks' logits at -inf (`mask_classes`' [k·cpt, (k+1)·cpt) =
+    task_classes[k])."""
     accs, masked = [], []
     for k, (images, labels) in enumerate(tests):
         correct = correct_masked = 0

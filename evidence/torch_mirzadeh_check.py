@@ -7,7 +7,8 @@ on Permuted and Rotated MNIST (20 tasks, MLP 784-256-256-10), on *our* data. Whe
 differs from the published one, agreement of this with the published value points at our
 implementation; agreement with ours points at the published number.
 
-    python -m sequax.launch.torch_mirzadeh_check --mz_cells=pmnist/naive,rmnist/stable_sgd --mz_seeds=0,1,2
+    python -m evidence.torch_mirzadeh_check --mz_cells=pmnist/naive,rmnist/stable_sgd \
+        --mz_seeds=0,1,2
 
 Hyper-parameters are read from the table's own cell config (`table.config(benchmark, method)`):
 `optimizer.lr` (args.lr), `algorithm.decay` (args.gamma; 1.0 for naive, which has none),
@@ -63,9 +64,9 @@ import torch.nn.functional as F
 from absl import app, flags
 from torch import nn
 
+from evidence.torch_der_check import as_tensors, cell_scenarios, evaluate
 from sequax.configs.reproduce.mirzadeh import table
 from sequax.engine.metrics import average_forgetting
-from sequax.launch.torch_der_check import as_tensors, cell_scenarios, evaluate
 
 LR_FLOOR = 0.00005  # main.py: lr = max(args.lr * args.gamma ** task_id, 0.00005)
 MOMENTUM = 0.8  # main.py: torch.optim.SGD(model.parameters(), lr=lr, momentum=0.8)
@@ -203,8 +204,8 @@ def run(
         matrix.append(accs)
         if verbose:
             print(
-                f"  task {task_id}/{T} lr {lr:.3g}: acc on task {task_id} {accs[task_id - 1]:.2f}, mean so far "
-                f"{np.mean(accs[:task_id]):.2f}",
+                f"  task {task_id}/{T} lr {lr:.3g}: acc on task {task_id} {accs[task_id - 1]:.2f}, "
+                f"mean so far {np.mean(accs[:task_id]):.2f}",
                 flush=True,
             )
     seen = [row[: i + 1] for i, row in enumerate(matrix)]

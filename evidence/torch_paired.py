@@ -1,7 +1,7 @@
 """Paired single-seed runs of torch_compare's ResNet-18 λ = 0 cell: evidence that the torch
 and flax ResNet-18s differ by seed noise only (docs/torch_bridge.md, after the compare table).
 
-    python -m sequax.launch.torch_paired --paired_seeds=0,1,2,3,4,5,6,7,8,9,10,11
+    python -m evidence.torch_paired --seeds=0,1,2,3,4,5,6,7,8,9,10,11
 
 Split MNIST, 5 tasks, 1,000 training / 300 test examples per task, batch 10, one epoch, SGD
 lr 0.01, naive fine-tuning (EWC at λ 0), nf 8: the budget of `torch_compare`'s cells. For each
@@ -28,15 +28,15 @@ import optax
 import torch
 from absl import app, flags
 
+from evidence import torch_compare as tc
 from sequax import algorithms
+from sequax.core.models import resnet18
+from sequax.core.state import create_state
 from sequax.engine.build import build_scenario
-from sequax.engine.models import resnet18
-from sequax.engine.state import create_state
 from sequax.engine.step import make_train_step
 from sequax.engine.torch_bridge import from_torch, zoo
-from sequax.launch import torch_compare as tc
 
-_SEEDS = flags.DEFINE_list("paired_seeds", ["0", "1"], "Seeds, one paired run each.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds, one paired run each.")
 
 
 def main(argv):

@@ -84,8 +84,8 @@ def _check_module(module) -> None:
             and sub.track_running_stats
         ):
             raise TorchBridgeError(
-                f"{module_label(module, name)} has momentum=None (a cumulative average, which reads "
-                f"num_batches_tracked on the host); set momentum to a number such as 0.1"
+                f"{module_label(module, name)} has momentum=None (a cumulative average, which "
+                "reads num_batches_tracked on the host); set momentum to a number such as 0.1"
             )
 
 
@@ -95,7 +95,8 @@ def _as_example(example_input) -> jax.ShapeDtypeStruct:
     shape = tuple(np.shape(example_input))
     if len(shape) < 2 or shape[0] < 1:
         raise TorchBridgeError(
-            f"example_input must be a batch [B, ...] in sequax's layout ([B, H, W, C] images), got shape {shape}"
+            "example_input must be a batch [B, ...] in sequax's layout ([B, H, W, C] images), "
+            f"got shape {shape}"
         )
     return jax.ShapeDtypeStruct(
         (2, *shape[1:]), jnp.float32
@@ -139,8 +140,9 @@ class _Forward:
                 m.training = mode
         if not isinstance(output, torch.Tensor):
             raise TorchBridgeError(
-                f"the forward of {module_label(module, '')} returned {type(output).__name__}; the bridge needs "
-                f"the logits as one tensor [B, num_classes] (wrap the module to return them)"
+                f"the forward of {module_label(module, '')} returned {type(output).__name__}; the "
+                "bridge needs the logits as one tensor [B, num_classes] (wrap the module "
+                "to return them)"
             )
         features = env.t2j_iso(captured[-1]) if captured else None
         # In-place updates (running statistics, num_batches_tracked) replaced the tensors'
@@ -206,13 +208,13 @@ def from_torch(
     logits = shapes[0]
     if logits.ndim != 2 or logits.shape[0] != example.shape[0]:
         raise TorchBridgeError(
-            f"the forward of {module_label(module, '')} returned shape {tuple(logits.shape)} for a batch of "
-            f"{example.shape[0]}; the bridge needs logits [B, num_classes]"
+            f"the forward of {module_label(module, '')} returned shape {tuple(logits.shape)} for a "
+            f"batch of {example.shape[0]}; the bridge needs logits [B, num_classes]"
         )
     if num_classes is not None and logits.shape[1] != num_classes:
         raise TorchBridgeError(
-            f"the module returns {logits.shape[1]} logits per example but the stream has {num_classes} "
-            f"classes; build it with {num_classes} outputs"
+            f"the module returns {logits.shape[1]} logits per example but the stream has "
+            f"{num_classes} classes; build it with {num_classes} outputs"
         )
 
     # ------- The classifier: its input are the features ---------------------------------
@@ -221,7 +223,8 @@ def from_torch(
         if not linears:
             raise TorchBridgeError(
                 f"{module_label(module, '')} calls no nn.Linear, so the features (the classifier's "
-                f"input) are unknown; name the classifier submodule with from_torch(..., classifier='name')"
+                "input) are unknown; name the classifier submodule with from_torch(..., "
+                "classifier='name')"
             )
         classifier = linears[-1]
     else:
@@ -258,8 +261,8 @@ def from_torch(
             )
         if features is None:  # the classifier ran in the example forward but not in this one
             raise TorchBridgeError(
-                f"the classifier {classifier!r} did not run in this forward (train={train}); name a layer "
-                f"every forward calls with from_torch(..., classifier='name')"
+                f"the classifier {classifier!r} did not run in this forward (train={train}); name "
+                "a layer every forward calls with from_torch(..., classifier='name')"
             )
         features = features.reshape(features.shape[0], -1)
         return {"logits": logits, "features": features}, (new_state if train else model_state)
@@ -323,12 +326,13 @@ def write_back(
                     target = module.get_buffer(name)
                 except AttributeError:
                     raise TorchBridgeError(
-                        f"{name!r} is not a parameter or buffer of {type(module).__name__}; write back into "
-                        f"the module the model was built from"
+                        f"{name!r} is not a parameter or buffer of {type(module).__name__}; write "
+                        "back into the module the model was built from"
                     ) from None
             if tuple(target.shape) != value.shape:
                 raise TorchBridgeError(
-                    f"{name!r} has shape {value.shape} but the module's tensor is {tuple(target.shape)}"
+                    f"{name!r} has shape {value.shape} but the module's tensor is "
+                    f"{tuple(target.shape)}"
                     + ("; pass run=i to pick one run of a vmapped state" if run is None else "")
                 )
             target.copy_(torch.from_numpy(np.array(value)).to(target.dtype))

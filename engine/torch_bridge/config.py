@@ -55,7 +55,8 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
         from sequax.engine.torch_bridge.tracing import TorchBridgeError
     except ImportError as error:
         raise ConfigError(
-            f"config.model.name='torch' needs torch and torchax ({error}); install them as BUILD.md says"
+            f"config.model.name='torch' needs torch and torchax ({error}); install them "
+            "as BUILD.md says"
         ) from None
     factory = load_factory(cfg.get("factory"))
     shape = tuple(input_shape if input_shape is not None else cfg.get("input_shape") or ())
@@ -65,7 +66,8 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
         )
     kwargs = dict(cfg.get("kwargs") or {})
     try:
-        # The module's initial weights come from this seed; the caller's torch RNG is left as it was.
+        # The module's initial weights come from this seed; the caller's torch RNG is left as it
+        # was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.get("seed", 0)))
             module = factory(**kwargs)
@@ -75,7 +77,8 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, input_shape=None) -
         ) from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(
-            f"config.model.factory={cfg['factory']!r} returned {type(module).__name__}, not a torch.nn.Module"
+            f"config.model.factory={cfg['factory']!r} returned {type(module).__name__}, not a "
+            "torch.nn.Module"
         )
     example = torch.zeros((2, *shape))
     try:

@@ -51,7 +51,8 @@ def batch_norm_jax(
         count = x.size // x.shape[1]
         if count <= 1:  # torch raises the same; the unbiased variance would divide by zero
             raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(x.shape)}"
             )
         mean = jnp.mean(x, axis=axes)
         var = jnp.mean(jnp.square(x - mean.reshape(shape)), axis=axes)  # biased: normalises

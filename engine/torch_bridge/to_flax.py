@@ -3,11 +3,12 @@
 The two networks are the same architecture (`engine.models.ResNet` follows mammoth's names,
 `engine.torch_bridge.zoo.ResNet` is mammoth's module), so every tensor maps one to one:
 
-    conv   "layer2.0.conv1.weight" [O, I, kh, kw] -> params["layer2_0"]["conv1"]["kernel"] [kh, kw, I, O]
-    shortcut "layer2.0.shortcut.0/1.*"         -> "shortcut_conv" / "shortcut_bn"
-    BN     "bn1.weight", "bn1.bias"             -> params["bn1"]["scale"], ["bias"]
-           "bn1.running_mean", ".running_var"   -> model_state["batch_stats"]["bn1"]["mean"], ["var"]
-    linear "linear.weight" [C, D], ".bias"      -> params["linear"]["kernel"] [D, C], ["bias"]
+    conv   "layer2.0.conv1.weight" [O, I, kh, kw]
+           -> params["layer2_0"]["conv1"]["kernel"] [kh, kw, I, O]
+    shortcut "layer2.0.shortcut.0/1.*"        -> "shortcut_conv" / "shortcut_bn"
+    BN     "bn1.weight", "bn1.bias"            -> params["bn1"]["scale"], ["bias"]
+           "bn1.running_mean", ".running_var"  -> model_state["batch_stats"]["bn1"]["mean"], ["var"]
+    linear "linear.weight" [C, D], ".bias"     -> params["linear"]["kernel"] [D, C], ["bias"]
 
 (`num_batches_tracked` has no flax counterpart: with a numeric momentum torch never reads it.)
 

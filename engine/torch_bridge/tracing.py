@@ -92,8 +92,8 @@ def describe_failure(
     if missing:
         return TorchBridgeError(
             f"torch op {missing.group(1)} used by {where} is not supported by the JAX bridge "
-            f"(torchax {TORCHAX_VERSION} has no lowering for it); replace the layer with supported ops "
-            f"(see docs/torch_bridge.md) or register a JAX lowering with "
+            f"(torchax {TORCHAX_VERSION} has no lowering for it); replace the layer with supported "
+            "ops (see docs/torch_bridge.md) or register a JAX lowering with "
             f"sequax.engine.torch_bridge.bridge_environment().override_op_definition"
         )
     hint = ""

@@ -38,7 +38,8 @@ def small_permuted_config(algorithm: str, **algorithm_kwargs):
 
 @functools.cache
 def naive_result(stream: str) -> loop.RunResult:
-    """Naive fine-tuning on `small_split_config` ("split") or `small_permuted_config` ("permuted")."""
+    """Naive fine-tuning on `small_split_config` ("split") or `small_permuted_config`
+    ("permuted")."""
     config = {"split": small_split_config, "permuted": small_permuted_config}[stream]("naive")
     with tempfile.TemporaryDirectory() as workdir:
         return loop.run(config, workdir, verbose=False)

@@ -134,7 +134,9 @@ def test_hat_as_base_takes_its_hooks_and_gives_ewc_its_gated_network():
     params, _ = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
     assert EMBEDDINGS in params
     chain = both.optimizer(optax.sgd(0.1)).init(params)
-    assert jax.tree.structure(chain) == jax.tree.structure(hat.optimizer(optax.sgd(0.1)).init(params))
+    assert jax.tree.structure(chain) == jax.tree.structure(
+        hat.optimizer(optax.sgd(0.1)).init(params)
+    )
     assert len(chain) == 3
     config = small_split_config(
         "hat+ewc",

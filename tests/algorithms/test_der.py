@@ -26,9 +26,9 @@ from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import DER, DERPP, Naive
-from sequax.engine import loop
 from sequax.core.models import from_linen, mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 from sequax.engine.step import make_train_step
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
@@ -82,7 +82,7 @@ def mammoth_loss(net, batch, draws, valids, alpha, beta=None):
 def draws_of(algo):
     """A DER state's pre-drawn replay batches as numpy: (batches, valid masks), one per draw."""
     count = algo.valid.shape[0]
-    draws = [jax.tree.map(lambda a: np.asarray(a[i]), algo.replay) for i in range(count)]
+    draws = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), algo.replay) for i in range(count)]
     return draws, [np.asarray(algo.valid[i]) for i in range(count)]
 
 

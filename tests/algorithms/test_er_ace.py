@@ -23,9 +23,9 @@ from torch_reference import torch_mlp
 from sequax import algorithms
 from sequax.algorithms import ERACE, Naive
 from sequax.algorithms.er_ace import ERACEState, incoming_classes
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 
 BATCH, REPLAY, CAPACITY, CLASSES = 6, 5, 8, 10
 

@@ -193,8 +193,8 @@ def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
     convolution batching rule; each run must equal the same run alone."""
     import optax
 
-    from sequax.engine import sharding
     from sequax.core.state import create_state
+    from sequax.engine import sharding
 
     model = from_linen(ConvNet(), CLASSES)
     ewc = EWC(likelihood_weighted=True, fisher_batch=8)

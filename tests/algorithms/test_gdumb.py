@@ -24,9 +24,9 @@ from sequax import algorithms
 from sequax.algorithms import GDumb
 from sequax.algorithms.gdumb import balanced_slots
 from sequax.configs import common
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 
 CLASSES, HIDDEN = 10, 16
 
@@ -51,7 +51,8 @@ def fresh_state(model, algorithm, seed=0):
 
 
 def reference_counts(labels, capacity):
-    """The greedy class-balanced sampler as a plain loop over the offered labels: counts after each."""
+    """The greedy class-balanced sampler as a plain loop over the offered labels: counts after
+    each."""
     counts, history = np.zeros(CLASSES, int), []
     for y in labels:
         if counts.sum() < capacity:
@@ -65,7 +66,7 @@ def reference_counts(labels, capacity):
     return history
 
 
-# ---------------- The memory ------------------------------------------------------------------------
+# ---------------- The memory ----------------------------------------------------------------------
 
 
 def test_memory_follows_the_greedy_balanced_rule(model):
@@ -202,13 +203,13 @@ def test_end_task_retrains_from_scratch_and_predict_uses_it(model):
     chex.assert_trees_all_equal(algo.items, state.algo.items)
     assert not np.allclose(algo.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
     # predict classifies with the retrained model, which has learned the memory.
-    logits = algorithm.predict(state.params, {}, algo, batch["x"], model)
+    logits = algorithm.predict(state.params, {}, algo, batch["x"], batch["task"], model)
     chex.assert_trees_all_close(
         logits, model.apply(algo.params, {}, batch["x"], train=False)[0]["logits"]
     )
     assert (np.asarray(logits).argmax(1) == labels).all()
     before = algorithm.predict(
-        state.params, {}, state.algo, batch["x"], model
+        state.params, {}, state.algo, batch["x"], batch["task"], model
     )  # the initial network
     assert (np.asarray(before).argmax(1) == labels).mean() < 0.9
 

@@ -30,11 +30,11 @@ from sequax.algorithms import GEM
 from sequax.algorithms.gem import GEMState
 from sequax.algorithms.losses import cross_entropy, forward_cross_entropy
 from sequax.algorithms.projection import gem_project, solve_nonnegative_qp
-from sequax.engine import loop
 from sequax.core.models import from_linen, mlp
 from sequax.core.state import create_state
-from sequax.engine.step import make_train_step
 from sequax.core.task_data import task_arrays
+from sequax.engine import loop
+from sequax.engine.step import make_train_step
 
 CLASSES, LR, PER_TASK = 10, 0.1, 6
 
@@ -128,7 +128,7 @@ def test_solver_leaves_masked_variables_out():
     rng = np.random.default_rng(1)
     with jax.enable_x64(True):
         solve = jax.jit(solve_nonnegative_qp)
-        for trial in range(20):
+        for _trial in range(20):
             P, c, _, _ = random_qp(rng, MAX_N, 100, 1.0)
             mask = rng.random(MAX_N) < 0.6
             u = np.asarray(solve(P, c, mask))

@@ -14,15 +14,16 @@ import torch
 
 from sequax.algorithms import HAT
 from sequax.algorithms.hat import EMBEDDINGS, annealed_s, attention_sparsity
-from sequax.engine import loop
-from sequax.engine.build import ConfigError
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
+from sequax.engine.build import ConfigError
 from sequax.engine.step import make_train_step
 from tests.algorithms.small_streams import naive_result, small_split_config
 
 # Small values that switch every branch on: cosh's clamp (s e beyond ±2), the embedding clamp
-# (±0.9 after a step of lr 0.5), the gradient-norm clip (0.5), non-binary cumulative gates (s_max 4).
+# (±0.9 after a step of lr 0.5), the gradient-norm clip (0.5), non-binary cumulative gates
+# (s_max 4).
 HP = {"num_tasks": 2, "s_max": 4.0, "c": 0.75, "thres_cosh": 2.0, "thres_emb": 0.9, "clipgrad": 0.5}
 LR, BATCH, WIDTHS = 0.5, 6, (8, 6)
 

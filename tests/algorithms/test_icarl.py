@@ -22,10 +22,10 @@ from sequax import algorithms
 from sequax.algorithms import ICaRL
 from sequax.algorithms.icarl import NO_MEAN, draw_exemplars, herding, normalize
 from sequax.configs import common
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.core.task_data import gather_batch, task_arrays
+from sequax.engine import loop
 
 CLASSES, HIDDEN, BATCH, REPLAY, CAPACITY = 10, 16, 6, 5, 8
 
@@ -246,7 +246,9 @@ def test_predict_is_the_nearest_mean_and_empty_classes_never_win(model):
     algo = state.algo._replace(
         means=jnp.asarray(means, jnp.float32), has_mean=jnp.asarray(has_mean)
     )
-    logits = np.asarray(jax.jit(lambda a: algorithm.predict(state.params, {}, a, x, model))(algo))
+    logits = np.asarray(
+        jax.jit(lambda a: algorithm.predict(state.params, {}, a, x, None, model))(algo)
+    )
     distances = ((features[:, None, :] - means[None]) ** 2).sum(-1)
     distances[:, ~has_mean] = np.inf
     np.testing.assert_array_equal(logits.argmax(1), distances.argmin(1))
@@ -266,7 +268,7 @@ def test_invalid_hyperparameters_and_feature_dim_mismatch(model):
     algorithm = algorithms.make("icarl", capacity=CAPACITY, replay_batch=REPLAY, feature_dim=7)
     state = fresh_state(model, algorithm)
     with pytest.raises(ValueError, match="feature_dim=16"):
-        algorithm.predict(state.params, {}, state.algo, batch_of(1)["x"], model)
+        algorithm.predict(state.params, {}, state.algo, batch_of(1)["x"], None, model)
 
 
 # ---------------- End to end -------------------------------------------------------------------

@@ -23,12 +23,11 @@ from sequax.algorithms.kcl import (
     minmax,
     random_features,
 )
-from sequax.core.protocol import model_for
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
-from sequax.engine.step import make_train_step
 from sequax.core.task_data import gather_batch, task_arrays
+from sequax.engine import loop
+from sequax.engine.step import make_train_step
 from tests.algorithms.small_streams import small_split_config
 
 
@@ -115,7 +114,7 @@ def test_rbf_kernel_logits_match_the_reference_main_rbf_in_float64():
         KCL(kernel="linear")
     # A compiled step with it trains the extractor (no KL: the bases are not drawn).
     algorithm = KCL(num_tasks=1, coreset_size=4, classes_per_task=2, num_features=8, kernel="rbf")
-    model = model_for(algorithm, mlp(10, widths=(8,)))
+    model = algorithm.wrap_model(mlp(10, widths=(8,)))
     data = task_arrays(
         rng.integers(0, 256, (16, 4, 4, 1), dtype=np.uint8), np.arange(16) % 2, np.zeros(16), 16
     )
@@ -148,7 +147,7 @@ def test_random_features_approach_the_rbf_kernel_as_d_grows():
 
 def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
     algorithm = KCL(num_tasks=2, coreset_size=6, classes_per_task=2, num_features=32)
-    model = model_for(algorithm, mlp(10, widths=(16,)))
+    model = algorithm.wrap_model(mlp(10, widths=(16,)))
     rng = np.random.default_rng(0)
 
     def task(t, n):  # classes {2t, 2t+1}, unbalanced: 3 examples of the rarer class at least
@@ -195,8 +194,8 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
         state.model_state,
         state.algo,
         gather_batch(tasks[0], jnp.arange(8))["x"],
+        jnp.zeros((8,), jnp.int32),
         model,
-        task=jnp.zeros((8,), jnp.int32),
     )
     assert set(np.asarray(logits).argmax(-1).tolist()) <= {0, 1}
     # eval_ridge="latest" (the reference code's evaluation) classifies task 0's test set with
@@ -208,13 +207,13 @@ def test_coresets_are_per_class_and_earlier_tasks_stay_intact():
     copied = {k: v.at[0].set(v[1]) for k, v in ridge.items()}
     as_latest = {**params, "kcl": {**params["kcl"], "ridge": copied}}
     np.testing.assert_allclose(
-        latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
-        algorithm.predict(as_latest, state.model_state, state.algo, x0, model, task=t0),
+        latest.predict(params, state.model_state, state.algo, x0, t0, model),
+        algorithm.predict(as_latest, state.model_state, state.algo, x0, t0, model),
         rtol=1e-6,
     )
     assert not np.allclose(
-        algorithm.predict(params, state.model_state, state.algo, x0, model, task=t0),
-        latest.predict(params, state.model_state, state.algo, x0, model, task=t0),
+        algorithm.predict(params, state.model_state, state.algo, x0, t0, model),
+        latest.predict(params, state.model_state, state.algo, x0, t0, model),
     )
 
 
@@ -226,8 +225,10 @@ def test_rejects_a_coreset_not_divisible_by_the_classes():
 
 
 def test_split_mnist_task_il_beats_naive():
-    """Split MNIST, 1,000 images per task: naive task-IL is near its ceiling here (96.5 %),
-    KCL's per-task kernel classifiers reach 97.5 % with less forgetting (seed 0, CPU)."""
+    """Split MNIST, 1,000 images per task, seeds 0 and 1 in one program: naive task-IL is
+    near its ceiling here, KCL's per-task kernel classifiers reach more with less forgetting.
+    (Two seeds: a single seed's KCL result moves by points with the float rounding of its
+    ridge solves, e.g. when the program is batched over runs; docs/architecture.md.)"""
     results = {}
     for name, kwargs in (
         ("naive", {}),
@@ -238,9 +239,11 @@ def test_split_mnist_task_il_beats_naive():
     ):
         config = small_split_config(name, **kwargs)
         config.data.train_per_task, config.data.test_per_task = 1000, 300
+        config.runs = 2
         if name == "kcl":  # the reference's SGD: lr 0.1, momentum 0.8
             config.optimizer.lr, config.optimizer.momentum = 0.1, 0.8
         with tempfile.TemporaryDirectory() as workdir:
-            results[name] = loop.run(config, workdir, verbose=False).summary["task_il"]
+            table = loop.run(config, workdir, verbose=False).summary["table"][0]["task_il"]
+            results[name] = {metric: mean for metric, (mean, _) in table.items()}
     assert results["kcl"]["acc"] > results["naive"]["acc"] + 0.005, results
     assert results["kcl"]["forgetting"] < results["naive"]["forgetting"], results

@@ -16,11 +16,10 @@ from batches import random_batch
 
 from sequax.algorithms import LaMAML
 from sequax.algorithms.lamaml import glance_order, sample_with_replacement
-from sequax.core.protocol import optimizer_for
 from sequax.algorithms.reservoir import replay_init
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 from sequax.engine.step import make_train_step
 from tests.algorithms.small_streams import naive_result, small_permuted_config
 
@@ -121,7 +120,6 @@ def test_meta_gradient_and_update_match_torch(model, second_order, inner_batch, 
     algorithm = LaMAML(
         alpha_init=0.1,
         meta_lr=0.3,
-        glances=1,
         capacity=CAPACITY,
         replay_batch=REPLAY,
         inner_batch=inner_batch,
@@ -141,7 +139,7 @@ def test_meta_gradient_and_update_match_torch(model, second_order, inner_batch, 
         state64, batch64 = to64(state), to64(batch)
         loss_fn = lambda p: algorithm.loss(p, state64, batch64, rng, model)
         (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state64.params)
-        tx = optimizer_for(algorithm, optax.sgd(1.0))
+        tx = algorithm.optimizer(optax.sgd(1.0))
         updates, _ = tx.update(grads, tx.init(state64.params), state64.params, **aux["tx_args"])
         params = optax.apply_updates(state64.params, updates)
         assert jax.tree.leaves(params)[0].dtype == jnp.float64
@@ -181,9 +179,7 @@ def test_meta_gradient_and_update_match_torch(model, second_order, inner_batch, 
 def test_nonpositive_rates_get_no_meta_gradient(model):
     """relu(α) in the inner steps (official `inner_update`): a rate at or below 0 has no
     meta-gradient, so α there never moves again, while the positive ones do."""
-    algorithm = LaMAML(
-        capacity=CAPACITY, replay_batch=REPLAY, glances=1, meta_lr=0.3, grad_clip=0.0
-    )
+    algorithm = LaMAML(capacity=CAPACITY, replay_batch=REPLAY, meta_lr=0.3, grad_clip=0.0)
     state = lamaml_state(model, algorithm)
     _, aux = algorithm.loss(state.params, state, batch_of(3), jax.random.PRNGKey(11), model)
     moved_positive = False
@@ -241,7 +237,7 @@ def test_second_order_terms_change_the_meta_gradient(model):
 def test_weights_step_only_where_the_rate_is_positive(model):
     """θ moves by max(0, α) ⊙ ∇: coordinates whose new α is negative stay put, and α itself
     is not clipped (the paper clips only in the weight update)."""
-    algorithm = LaMAML(capacity=CAPACITY, replay_batch=REPLAY, glances=1, meta_lr=0.0)
+    algorithm = LaMAML(capacity=CAPACITY, replay_batch=REPLAY, meta_lr=0.0)
     state = lamaml_state(model, algorithm)
     stepped, _ = jax.jit(make_train_step(model, algorithm, optax.sgd(1.0)))(state, batch_of(3))
     alpha = jax.tree.leaves(stepped.algo.alpha)
@@ -258,11 +254,11 @@ def test_glances_repeat_the_step_but_push_the_batch_once(model):
     batch = batch_of(3)
     results = {}
     for glances in (1, 3):
-        algorithm = LaMAML(capacity=CAPACITY, replay_batch=REPLAY, glances=glances)
+        algorithm = LaMAML(capacity=CAPACITY, replay_batch=REPLAY)
         state = create_state(model, algorithm, optax.sgd(1.0), batch, seed=0)
-        results[glances], metrics = jax.jit(make_train_step(model, algorithm, optax.sgd(1.0)))(
-            state, batch
-        )
+        results[glances], metrics = jax.jit(
+            make_train_step(model, algorithm, optax.sgd(1.0), glances=glances)
+        )(state, batch)
         assert int(results[glances].step) == 1  # a batch is one step, however many glances
         assert (
             int(results[glances].algo.replay.buffer.num_seen) == BATCH
@@ -284,13 +280,13 @@ def test_forgets_less_than_naive_on_a_short_permuted_stream():
         "lamaml",
         capacity=200,
         replay_batch=10,
-        glances=5,
         alpha_init=0.15,
         meta_lr=0.3,
         second_order=False,
     )
     config.optimizer.lr = 1.0  # the step size is max(0, α)
     config.training.epochs = 1
+    config.training.glances = 5
     with tempfile.TemporaryDirectory() as workdir:
         result = loop.run(config, workdir, verbose=False)
     naive = naive_result("permuted")

@@ -22,10 +22,10 @@ from batches import random_batch
 from sequax import algorithms
 from sequax.algorithms import ER, LFL, Naive, combine
 from sequax.configs import common
-from sequax.engine import loop
-from sequax.engine.build import build_model, build_scenario
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
+from sequax.engine.build import build_model, build_scenario
 
 BATCH, CLASSES = 6, 10
 

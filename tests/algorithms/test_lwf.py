@@ -24,9 +24,9 @@ from torch_reference import torch_mlp
 from sequax import algorithms
 from sequax.algorithms import ER, LwF, combine
 from sequax.configs import common
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 
 BATCH, CLASSES = 6, 10
 
@@ -166,7 +166,8 @@ def test_state_tracks_classes_and_snapshots_at_end_task(model):
 
 
 def test_penalty_gradient_is_zero_at_the_snapshot(model):
-    """At theta = theta_old the soft cross-entropy is at its minimum (its value is the targets' entropy)."""
+    """At theta = theta_old the soft cross-entropy is at its minimum (its value is the targets'
+    entropy)."""
     algorithm = LwF(alpha=1.0, temperature=2.0)
     state, old = state_in_task_one(algorithm, model)
     batch = batch_of(3, [2, 3, 2, 2, 3, 3])

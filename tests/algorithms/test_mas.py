@@ -20,11 +20,11 @@ from small_streams import naive_result, small_permuted_config
 from sequax import algorithms
 from sequax.algorithms import MAS
 from sequax.algorithms.quadratic_penalty import QuadraticState
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import CLState, create_state
-from sequax.engine.step import make_train_step
 from sequax.core.task_data import task_arrays
+from sequax.engine import loop
+from sequax.engine.step import make_train_step
 
 CLASSES = 10
 SIZE, CAPACITY = 37, 48  # a padded phase: 11 rows of padding that must not count

@@ -15,9 +15,9 @@ from small_streams import naive_result, small_permuted_config
 from torch_reference import torch_mlp
 
 from sequax.algorithms import MCSGD
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.task_data import task_arrays
+from sequax.engine import loop
 
 ROWS = 8  # per_class 2 x num_classes 4 = line_batch: one batch per task's memory
 
@@ -187,7 +187,9 @@ def test_end_task_stores_a_class_balanced_memory_and_starts_from_the_task_soluti
     assert sorted(stored.tolist()) == [0, 0, 0, 1, 1, 2, 2, 2]
     assert int(new.stored) == 1 and not np.asarray(new.valid[1:]).any()
     jax.tree.map(np.testing.assert_array_equal, new.solution, state.params)  # w̄_0 = ŵ_0
-    logits = a.predict(params, {}, new, jnp.ones((2, 4)), model)  # classifies with w̄, not params
+    logits = a.predict(
+        params, {}, new, jnp.ones((2, 4)), None, model
+    )  # classifies with w̄, not params
     np.testing.assert_allclose(
         logits, model.apply(state.params, {}, jnp.ones((2, 4)), train=False)[0]["logits"]
     )

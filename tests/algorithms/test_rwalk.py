@@ -24,9 +24,9 @@ from sequax import algorithms
 from sequax.algorithms import ER, RWalk, combine
 from sequax.algorithms.quadratic_penalty import QuadraticState
 from sequax.algorithms.rwalk import minmax
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 from sequax.engine.step import make_train_step
 
 CLASSES, LR, MOMENTUM = 10, 0.1, 0.9

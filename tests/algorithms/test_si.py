@@ -22,9 +22,9 @@ from small_streams import naive_result, small_permuted_config
 from sequax import algorithms
 from sequax.algorithms import ER, SI, combine
 from sequax.algorithms.quadratic_penalty import QuadraticState
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 from sequax.engine.step import make_train_step
 
 CLASSES, LR = 10, 0.1

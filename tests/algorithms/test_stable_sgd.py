@@ -16,10 +16,9 @@ from torch_reference import torch_mlp
 
 from sequax.algorithms import StableSGD
 from sequax.algorithms.losses import cross_entropy
-from sequax.core.protocol import optimizer_for
-from sequax.engine import loop
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.engine import loop
 from sequax.engine.step import make_train_step
 
 LR, DECAY = 0.1, 0.5
@@ -58,7 +57,9 @@ def test_update_is_lr_decay_power_task_times_gradient_one_compile(offset):
     for task in (0, 1, 3, 12):  # 12: 0.5**12 < 1e-3, the floor
         new, metrics = step(state._replace(task=jnp.int32(task)), b)
         factor = max(DECAY ** (task + offset), 1e-3)
-        expected = jax.tree.map(lambda p, g: p - LR * factor * g, state.params, grads)
+        expected = jax.tree.map(
+            lambda p, g, factor=factor: p - LR * factor * g, state.params, grads
+        )
         jax.tree.map(
             lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
             new.params,
@@ -76,7 +77,7 @@ def test_matches_torch_sgd_with_momentum_at_the_decayed_rate():
     net = torch_mlp(jax.device_get(state.params))
     for task in (1, 2):
         state = state._replace(
-            task=jnp.int32(task), opt_state=optimizer_for(algorithm, tx).init(state.params)
+            task=jnp.int32(task), opt_state=algorithm.optimizer(tx).init(state.params)
         )  # reset
         optimizer = torch.optim.SGD(net.parameters(), lr=LR * DECAY ** (task + 1), momentum=0.8)
         for s in range(2):

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from sequax.algorithms import ER
-from sequax.data.augment import make_augment, random_crop, random_flip, with_augmentation
-from sequax.engine.build import ConfigError, build_model
 from sequax.core.models import mlp
 from sequax.core.state import create_state
+from sequax.data.augment import make_augment, random_crop, random_flip, with_augmentation
+from sequax.engine.build import ConfigError, build_model
 from sequax.engine.step import make_train_step
 
 KEY = jax.random.PRNGKey(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from sequax.core.models import Model
 from sequax.engine import evaluation
 from sequax.engine.evaluation import make_evaluate, stack_test_sets
-from sequax.core.models import Model
 
 # Two tasks of a class-IL stream over 4 classes: task 0 = {0, 1}, task 1 = {2, 3}.
 TASK_CLASSES = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)

@@ -13,8 +13,8 @@ import pytest
 from sequax.algorithms import ER
 from sequax.core.models import from_linen, mlp
 from sequax.core.state import create_state
-from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 from sequax.core.task_data import task_arrays
+from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 
 SIZE, BATCH = 40, 8
 

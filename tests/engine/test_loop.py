@@ -96,7 +96,9 @@ def test_two_tasks_of_different_sizes_compile_the_train_step_once(monkeypatch, t
 
     def counting_make_run_steps(train_step, batch_size, *, runs, data_axes, **kwargs):
         # the un-jitted run_steps (with the run axis every program carries)
-        inner = real_make_run_steps(train_step, batch_size, runs=runs, data_axes=data_axes).__wrapped__
+        inner = real_make_run_steps(
+            train_step, batch_size, runs=runs, data_axes=data_axes
+        ).__wrapped__
 
         def run_steps(*args):
             traces.append(None)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sequax.engine.build import ConfigError, build_model
 from sequax.core.models import resnet18
+from sequax.engine.build import ConfigError, build_model
 
 torch.set_num_threads(1)
 
@@ -132,7 +132,7 @@ def reduced_resnet18_size(nf: int, num_classes: int, channels: int = 3) -> int:
     in_planes = nf
     for stage in range(4):
         planes = nf * 2**stage
-        for block in range(2):
+        for _block in range(2):
             count += in_planes * planes * 9 + planes * planes * 9 + 4 * planes
             if in_planes != planes:
                 count += in_planes * planes + 2 * planes

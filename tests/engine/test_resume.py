@@ -259,8 +259,8 @@ def test_config_mismatch_is_refused_before_compiling(finished, tmp_path, monkeyp
     with pytest.raises(ConfigError) as error:
         loop.run(config, workdir, verbose=False)
     assert str(error.value) == (
-        f"{workdir / 'checkpoints'} holds a run of config.algorithm.capacity=20, this config has 30; "
-        "use a fresh --workdir or the original config"
+        f"{workdir / 'checkpoints'} holds a run of config.algorithm.capacity=20, this config has "
+        "30; use a fresh --workdir or the original config"
     )
     # Settings that do not define the state may change: eval batch size, checkpoint intervals.
     config = small_config(every_steps=5)
@@ -333,8 +333,8 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(finished, tmp_path
     assert "\n" not in message and message.startswith(f"no space left on the disk of {tmp_path}")
     assert "free space or use another --workdir" in message
     assert (
-        f"the last good checkpoint {tmp_path / 'checkpoints' / 'step_00000010_phase0_done'} is intact"
-        in message
+        "the last good checkpoint "
+        f"{tmp_path / 'checkpoints' / 'step_00000010_phase0_done'} is intact" in message
     )
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_00000010_phase0_done"

@@ -12,8 +12,8 @@ import pytest
 from sequax import algorithms
 from sequax.core.models import mlp
 from sequax.core.state import create_state
-from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
 from sequax.core.task_data import gather_batch, scan_batches, task_arrays
+from sequax.engine.step import epoch_order, make_run_steps, make_train_step, steps_per_epoch
 
 BATCH_SIZE = 4
 

@@ -1,4 +1,5 @@
-"""The torch bridge against torch eager: forward, gradients, BatchNorm, dropout, training, write-back.
+"""The torch bridge against torch eager: forward, gradients, BatchNorm, dropout, training,
+write-back.
 
 Layer references run in float64 torch (a `.double()` copy of the module): the exact answer.
 The training reference is a plain float32 torch loop with oneDNN off
@@ -23,12 +24,12 @@ from torch import nn
 
 from sequax import algorithms
 from sequax.configs import smnist_torch_cnn
+from sequax.core.state import create_state
+from sequax.core.task_data import task_arrays
 from sequax.data import load_source
 from sequax.engine import loop
 from sequax.engine.build import ConfigError, build_model, build_scenario
-from sequax.core.state import create_state
 from sequax.engine.step import make_train_step
-from sequax.core.task_data import task_arrays
 from sequax.engine.torch_bridge import TorchBridgeError, from_torch, to_state_dict, write_back, zoo
 
 torch.set_num_threads(1)  # a shared 2-core machine

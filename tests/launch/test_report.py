@@ -159,5 +159,6 @@ def test_the_command_line(workdirs, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir of a finished run"
+        f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir "
+        "of a finished run"
     ]

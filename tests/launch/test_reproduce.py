@@ -15,7 +15,8 @@ from sequax.launch import reproduce
 
 
 def test_every_published_cell_has_hyperparameters_and_a_config():
-    # S-MNIST: 5 rows without a buffer + 6 buffer methods x 3 = 23; P-MNIST and R-MNIST: 4 + 5 x 3 = 19
+    # S-MNIST: 5 rows without a buffer + 6 buffer methods x 3 = 23;
+    # P-MNIST and R-MNIST: 4 + 5 x 3 = 19
     assert len(table.cells()) == 23 + 19 + 19
     for cell in table.cells():
         benchmark, method, buffer = cell

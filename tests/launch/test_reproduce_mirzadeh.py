@@ -23,7 +23,8 @@ def test_every_cell_builds_its_algorithm_model_and_stream():
         validate.check_combination(config, scenario, algorithm)
         build.build_model(config.model, scenario.num_classes, config.data)
         (setting,) = table.PUBLISHED[cell]  # the one view each cell is read in
-        # ... and the loop writes that view for the cell's stream (HAT and KCL: task-IL on Split MNIST)
+        # ... and the loop writes that view for the cell's stream (HAT and KCL: task-IL on
+        # Split MNIST)
         assert setting == ("domain_il" if scenario.setting == "domain" else "task_il"), cell
     full = {table.cell_name(c): table.config(*c) for c in table.cells()}
     for name in ("pmnist/naive", "rmnist/stable_sgd", "pmnist/mc_sgd", "pmnist/er-200"):

@@ -76,5 +76,6 @@ def test_command_line_error_is_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "sequax: error: --grid key 'algorithm.capacty' is not in the config; grid keys must name existing keys"
+        "sequax: error: --grid key 'algorithm.capacty' is not in the config; grid keys must "
+        "name existing keys"
     ]

@@ -1,7 +1,8 @@
 """DER Table 2, RMNIST cells: `--config=configs/reproduce/der/rmnist.py:METHOD[,BUFFER][,local]`.
 
-    python -m sequax.launch.train --config=configs/reproduce/der/rmnist.py:er,500 --workdir=runs/der_rmnist_er500
-    python -m sequax.launch.reproduce --table=der --cells=rmnist/   # every rmnist cell, 3 seeds each
+    python -m sequax.launch.train --config=configs/reproduce/der/rmnist.py:er,500 \
+        --workdir=runs/der_rmnist_er500
+    python -m sequax.launch.reproduce --table=der --cells=rmnist/  # every rmnist cell, 3 seeds each
 
 METHOD is one of the paper's rows (sgd, joint, oewc, si, lwf, er, gem, agem, icarl, der,
 derpp, where the paper reports it for this benchmark); buffer methods take BUFFER 200, 500

@@ -135,7 +135,8 @@ PUBLISHED = {
     ("rmnist", "oewc", None): dict(domain_il=77.35),
     ("rmnist", "si", None): dict(domain_il=71.91),
 }
-_BUFFERED = {  # method: {benchmark: ((class_il per buffer), (task_il per buffer))} or (domain_il per buffer)
+# method: {benchmark: ((class_il per buffer), (task_il per buffer))} or (domain_il per buffer)
+_BUFFERED = {
     "er": dict(
         smnist=((80.43, 86.12, 93.40), (97.86, 99.04, 99.33)),
         pmnist=(72.37, 80.60, 89.90),

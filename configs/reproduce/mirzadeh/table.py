@@ -1,4 +1,5 @@
-"""The Mirzadeh protocol's MNIST table, plus La-MAML, HAT and KCL: cells, settings, published values.
+"""The Mirzadeh protocol's MNIST table, plus La-MAML, HAT and KCL: cells, settings, published
+values.
 
 Mirzadeh, Farajtabar, Pascanu, Ghasemzadeh, "Understanding the Role of Training Regimes in
 Continual Learning" (Stable SGD), NeurIPS 2020, Table 1 (Permuted and Rotated MNIST, 20
@@ -8,15 +9,16 @@ NeurIPS 2020, Table 1 (Rotated MNIST, its own protocol); HAT (Serra et al., ICML
 KCL (Derakhshani et al., ICML 2021) on Split MNIST task-IL, and KCL on Permuted MNIST.
 Protocols: ../shared/PROTOCOLS.md §B.
 
-    python -m sequax.launch.reproduce --table=mirzadeh                   # every cell, 3 seeds each
-    python -m sequax.launch.reproduce --table=mirzadeh --cells=pmnist/   # the Permuted MNIST column
-    python -m sequax.launch.reproduce --table=mirzadeh --dry_run         # build and check every cell
+    python -m sequax.launch.reproduce --table=mirzadeh                  # every cell, 3 seeds each
+    python -m sequax.launch.reproduce --table=mirzadeh --cells=pmnist/  # the Permuted MNIST column
+    python -m sequax.launch.reproduce --table=mirzadeh --dry_run        # build and check every cell
 
 writes docs/reproductions/mirzadeh.md (accuracy and forgetting per cell beside the papers').
 
     cells()                                  # [("pmnist", "naive", None), ...]
     config("rmnist", "er", 200)              # the ml_collections config of one cell
-    PUBLISHED[("pmnist", "stable_sgd", None)]  # {"domain_il": 80.1}; FORGETTING: {"domain_il": 0.09}
+    PUBLISHED[("pmnist", "stable_sgd", None)]   # {"domain_il": 80.1}
+    FORGETTING[("pmnist", "stable_sgd", None)]  # {"domain_il": 0.09}
 
 The setting read per cell is the key of its PUBLISHED entry: "domain_il" for the Permuted
 and Rotated MNIST streams (one shared 10-way head; KCL's P-MNIST row too, the only view the
@@ -66,7 +68,10 @@ from sequax.configs.pmnist_stable_sgd import mirzadeh_config
 from sequax.configs.reproduce.cells import cell_name, require_cell  # noqa: F401 - cell_name is the table's API
 from sequax.configs.rmnist_mc_sgd import RMNIST_MC_SGD
 
-TITLE = "Mirzadeh et al. (Stable SGD, NeurIPS 2020; MC-SGD, ICLR 2021), MNIST, with La-MAML, HAT and KCL"
+TITLE = (
+    "Mirzadeh et al. (Stable SGD, NeurIPS 2020; MC-SGD, ICLR 2021), MNIST, with La-MAML, HAT "
+    "and KCL"
+)
 SCENARIOS = {"pmnist": "permuted", "rmnist": "rotated"}
 NUM_TASKS = 20
 MEMORY = 200  # 1 example per class per task over 20 tasks (the A-GEM code's mem_size 1)
@@ -110,8 +115,8 @@ FORGETTING = {
     ("pmnist_kcl", "kcl", None): dict(domain_il=0.02),
 }
 SOURCE = (
-    "Stable SGD (NeurIPS 2020) Table 1 and MC-SGD (ICLR 2021) as listed in ../shared/PROTOCOLS.md §B; "
-    "La-MAML (NeurIPS 2020) Table 1; KCL (ICML 2021) Table 1 as recalled"
+    "Stable SGD (NeurIPS 2020) Table 1 and MC-SGD (ICLR 2021) as listed in ../shared/PROTOCOLS.md "
+    "§B; La-MAML (NeurIPS 2020) Table 1; KCL (ICML 2021) Table 1 as recalled"
 )
 # Values read in a reprint or the authors' code (../shared/PROTOCOLS.md §B marks them "v");
 # every other value is recalled from memory of the paper and is to be checked against it.
@@ -124,88 +129,99 @@ VERIFIED = {
 }  # accuracy
 FORGETTING_VERIFIED = {("pmnist", "naive", None)}
 FORGETTING_DEFINITION = (
-    "ours is `sequax.engine.metrics.average_forgetting` (Chaudhry et al. 2018): mean over tasks j < T−1 of "
-    "max_{l<T−1} R[l, j] − R[T−1, j], as a fraction; Mirzadeh's code (stable_sgd/utils.py) takes for each task "
-    "j < T−1 the max of its accuracies from its own training on, the final one included, minus the final one. "
-    "They differ only where a task's accuracy before it was trained beats every later one (ours larger) or the "
-    "final accuracy is the task's best (ours negative, theirs 0)"
+    "ours is `sequax.engine.metrics.average_forgetting` (Chaudhry et al. 2018): mean over tasks j "
+    "< T−1 of max_{l<T−1} R[l, j] − R[T−1, j], as a fraction; Mirzadeh's code "
+    "(stable_sgd/utils.py) takes for each task j < T−1 the max of its accuracies from its own "
+    "training on, the final one included, minus the final one. They differ only where a task's "
+    "accuracy before it was trained beats every later one (ours larger) or the final accuracy is "
+    "the task's best (ours negative, theirs 0)"
 )
 
 # Cell name -> why ours differs from the published value, with the evidence, or how the cell
 # follows the reference code where that is not obvious.
 NOTES: dict[str, str] = {
     "pmnist/ewc": (
-        "run as the reference scripts run it (the A-GEM codebase's EWC, facebookresearch/agem model/model.py): "
-        "each task's Fisher min-max rescaled to [0, 1] over all tensors and kept alone, not summed "
-        "(`EWC(normalize=True, online=True, gamma=0)`), lam 20 = the codebase's λ 10 without our ½. With our "
-        "default unnormalised Fisher summed over tasks, the same lam gave 85.62 ± 0.50 here (3 seeds), 15 points "
-        "above the paper, and diverged on one R-MNIST seed in task 20 (lr · lam · F past 2)."
+        "run as the reference scripts run it (the A-GEM codebase's EWC, facebookresearch/agem "
+        "model/model.py): each task's Fisher min-max rescaled to [0, 1] over all tensors and kept "
+        "alone, not summed (`EWC(normalize=True, online=True, gamma=0)`), lam 20 = the codebase's "
+        "λ 10 without our ½. With our default unnormalised Fisher summed over tasks, the same lam "
+        "gave 85.62 ± 0.50 here (3 seeds), 15 points above the paper, and diverged on one R-MNIST "
+        "seed in task 20 (lr · lam · F past 2)."
     ),
     "rmnist/ewc": (
-        "run as pmnist/ewc (the A-GEM codebase's normalised Fisher), here with 10 seeds for the draw's spread. "
-        "In the reference scripts' own regime (`--variant=agem_codebase`: 23 tasks at 180/23° steps) the same 10 "
-        "seeds give 47.07 ± 2.97 against the published 48.5."
+        "run as pmnist/ewc (the A-GEM codebase's normalised Fisher), here with 10 seeds for the "
+        "draw's spread. In the reference scripts' own regime (`--variant=agem_codebase`: 23 tasks "
+        "at 180/23° steps) the same 10 seeds give 47.07 ± 2.97 against the published 48.5."
     ),
     "pmnist/naive": (
-        "the reference loop itself gives the same on our data: `python -m evidence.torch_mirzadeh_check "
-        "--mz_cells=pmnist/naive --mz_seeds=0,1,2` (a PyTorch transcription of stable_sgd/main.py: file order, a "
-        "new SGD(momentum 0.8) per task, lr 0.01, batch 10) gives 47.07, 38.25, 37.44 (40.92 ± 5.34) on the "
-        "permutations our seeds 0-2 draw, against our 41.81 ± 0.42; the published 44.4 lies inside that spread."
+        "the reference loop itself gives the same on our data: `python -m "
+        "evidence.torch_mirzadeh_check --mz_cells=pmnist/naive --mz_seeds=0,1,2` (a PyTorch "
+        "transcription of stable_sgd/main.py: file order, a new SGD(momentum 0.8) per task, lr "
+        "0.01, batch 10) gives 47.07, 38.25, 37.44 (40.92 ± 5.34) on the permutations our seeds "
+        "0-2 draw, against our 41.81 ± 0.42; the published 44.4 lies inside that spread."
     ),
     "pmnist/stable_sgd": (
         "the reference loop on our data lands below the paper too. stable_sgd/models.py applies "
-        "`nn.functional.dropout(out, p)` (training=True by default), so the reference also drops units at "
-        "evaluation: transcribed that way (`python -m evidence.torch_mirzadeh_check "
-        "--mz_cells=pmnist/stable_sgd --mz_seeds=0,1,2`) it gives 71.27 ± 1.90; with dropout off at evaluation, "
-        "as we evaluate (`--nomz_eval_dropout`), 77.09 ± 1.99 against our 76.09 ± 1.55. Neither reaches 80.1, "
-        "so the difference is in the published setting (the README's corrected γ, dropout and batch are used "
-        "here), not in our Stable SGD."
+        "`nn.functional.dropout(out, p)` (training=True by default), so the reference also drops "
+        "units at evaluation: transcribed that way (`python -m evidence.torch_mirzadeh_check "
+        "--mz_cells=pmnist/stable_sgd --mz_seeds=0,1,2`) it gives 71.27 ± 1.90; with dropout off "
+        "at evaluation, as we evaluate (`--nomz_eval_dropout`), 77.09 ± 1.99 against our 76.09 ± "
+        "1.55. Neither reaches 80.1, so the difference is in the published setting (the README's "
+        "corrected γ, dropout and batch are used here), not in our Stable SGD."
     ),
     "rmnist/stable_sgd": (
-        "as pmnist/stable_sgd: the reference loop on our streams gives 62.81 ± 0.28 (its dropout on at "
-        "evaluation) and 67.68 ± 1.08 (off, as ours) against our 68.14 ± 1.16 "
+        "as pmnist/stable_sgd: the reference loop on our streams gives 62.81 ± 0.28 (its dropout "
+        "on at evaluation) and 67.68 ± 1.08 (off, as ours) against our 68.14 ± 1.16 "
         "(`python -m evidence.torch_mirzadeh_check --mz_cells=rmnist/stable_sgd --mz_seeds=0,1,2 "
-        "[--nomz_eval_dropout]`). At γ 0.55 the learning rate reaches the 5e-5 floor from task 13, so the late "
-        "tasks barely train in either loop."
+        "[--nomz_eval_dropout]`). At γ 0.55 the learning rate reaches the 5e-5 floor from task 13, "
+        "so the late tasks barely train in either loop."
     ),
     "pmnist/agem-200": (
-        "published value recalled, not verified. The reference scripts run A-GEM in the A-GEM codebase "
-        "(external_libs/continual_learning_algorithms/fc_mnist.py) with 23 tasks and 64 memory examples per "
-        "reference gradient (see `agem_codebase_regime`); in that regime (`--variant=agem_codebase`) ours "
-        "gives 69.20 at seed 0, also above 65.7. Our A-GEM step equals mammoth's `observe` (tests/algorithms/"
-        "test_agem.py) and its DER-table cells are within the bound or explained there."
+        "published value recalled, not verified. The reference scripts run A-GEM in the A-GEM "
+        "codebase (external_libs/continual_learning_algorithms/fc_mnist.py) with 23 tasks and 64 "
+        "memory examples per reference gradient (see `agem_codebase_regime`); in that regime "
+        "(`--variant=agem_codebase`) ours gives 69.20 at seed 0, also above 65.7. Our A-GEM step "
+        "equals mammoth's `observe` (tests/algorithms/test_agem.py) and its DER-table cells are "
+        "within the bound or explained there."
     ),
     "pmnist/er-200": (
-        "published value recalled, not verified. In the reference scripts' own regime (`--variant=agem_codebase`: "
-        "23 tasks, 64 memory examples concatenated to each batch of 32) ours gives 80.51 at seed 0, further "
-        "above 72.4; our ER is within the bound on every DER-table cell."
+        "published value recalled, not verified. In the reference scripts' own regime "
+        "(`--variant=agem_codebase`: 23 tasks, 64 memory examples concatenated to each batch of "
+        "32) ours gives 80.51 at seed 0, further above 72.4; our ER is within the bound on every "
+        "DER-table cell."
     ),
     "rmnist/er-200": (
-        "the stream differs from the one the paper ran ER on: the reference scripts run ER in the A-GEM "
-        "codebase, whose rotated MNIST has 23 tasks at 180/23 = 7.8° steps (construct_rotate_mnist) and which "
-        "replays 64 examples per step. In that regime (`--variant=agem_codebase`) ours gives 70.43 at seed 0, "
-        "within the bound of the published 69.2; on the Stable SGD paper's 10° stream, 63.77 ± 1.91."
+        "the stream differs from the one the paper ran ER on: the reference scripts run ER in the "
+        "A-GEM codebase, whose rotated MNIST has 23 tasks at 180/23 = 7.8° steps "
+        "(construct_rotate_mnist) and which replays 64 examples per step. In that regime "
+        "(`--variant=agem_codebase`) ours gives 70.43 at seed 0, within the bound of the published "
+        "69.2; on the Stable SGD paper's 10° stream, 63.77 ± 1.91."
     ),
     "pmnist_kcl/kcl": (
-        "our KCL forgets as little as the paper's (0.017 ± 0.001 against 0.02) but learns the later tasks worse: "
-        "its learning accuracy is 77.8 % (87-94 % on tasks 1-8, 80 and 72 % on tasks 9-10, 64-70 % on tasks "
-        "11-20). The reference's regime, which this cell follows (lr 0.1 · 0.5^t, t from 1, floored at 5e-5, a new "
-        "SGD per task), trains task 10 at lr 1e-4 and tasks 11-20 at the 5e-5 floor: they are classified by the kernel ridge fit to their coreset on features "
-        "learned for earlier permutations. The reference's evaluation quirks do not explain the gap: each test "
-        "set evaluated with the latest task's λ, γ, β and in test batches of 256 (its min-max normalisation is "
-        "per batch) gives 76.24 ± 1.00 (`python -m sequax.launch.reevaluate --cell=pmnist_kcl/kcl "
-        "--eval_batch_size=256 --set=eval_ridge=latest`). The published 85.5 is recalled, not verified, and the "
-        "reference's MNIST script (replicate_experiment_rff_rbf_mnist.sh) runs main_rbf.py, an exact L1-RBF "
-        "kernel without random features or KL, which as committed cannot run (main_rbf rejects the default "
-        "kernel 'rff'; the MNIST MLP's forward takes no `kernel`): the setting behind the number is not in the "
-        "code. `--variant=kcl_main_rbf` runs that kernel; not run: it trained at 2.5 steps/s here "
-        "(3 seeds; the 210 × 200 × 256 tensor |h_i − h_j| of each step and its gradient are memory-bound on this "
-        "CPU), about 13 h for the cell, a GPU job."
+        "our KCL forgets as little as the paper's (0.017 ± 0.001 against 0.02) but learns the "
+        "later tasks worse: its learning accuracy is 77.8 % (87-94 % on tasks 1-8, 80 and 72 % on "
+        "tasks 9-10, 64-70 % on tasks 11-20). The reference's regime, which this cell follows (lr "
+        "0.1 · 0.5^t, t from 1, floored at 5e-5, a new SGD per task), trains task 10 at lr 1e-4 "
+        "and tasks 11-20 at the 5e-5 floor: they are classified by the kernel ridge fit to their "
+        "coreset on features learned for earlier permutations. The reference's evaluation quirks "
+        "do not explain the gap: each test set evaluated with the latest task's λ, γ, β and in "
+        "test batches of 256 (its min-max normalisation is per batch) gives 76.24 ± 1.00 (`python "
+        "-m sequax.launch.reevaluate --cell=pmnist_kcl/kcl --eval_batch_size=256 "
+        "--set=eval_ridge=latest`). The published 85.5 is recalled, not verified, and the "
+        "reference's MNIST script (replicate_experiment_rff_rbf_mnist.sh) runs main_rbf.py, an "
+        "exact L1-RBF kernel without random features or KL, which as committed cannot run "
+        "(main_rbf rejects the default kernel 'rff'; the MNIST MLP's forward takes no `kernel`): "
+        "the setting behind the number is not in the code. `--variant=kcl_main_rbf` runs that "
+        "kernel; not run: it trained at 2.5 steps/s here (3 seeds; the 210 × 200 × 256 tensor |h_i "
+        "− h_j| of each step and its gradient are memory-bound on this CPU), about 13 h for the "
+        "cell, a GPU job."
     ),
-    "pmnist/joint": "the published multitask values are approximate (~89.5) and their setting is not in the "
-    "reference scripts; ours trains one epoch over all 20 tasks' data in the Stable SGD regime "
-    "without decay (lr 0.1, momentum 0.8, batch 64, dropout 0.25), which an MLP of this size "
-    "fits to 94-96 %.",
+    "pmnist/joint": (
+        "the published multitask values are approximate (~89.5) and their setting is not in the "
+        "reference scripts; ours trains one epoch over all 20 tasks' data in the Stable SGD "
+        "regime without decay (lr 0.1, momentum 0.8, batch 64, dropout 0.25), which an MLP of "
+        "this size fits to 94-96 %."
+    ),
     "rmnist/joint": "as pmnist/joint (~89.8 published).",
 }
 
@@ -215,12 +231,12 @@ SEEDS = {"rmnist/ewc": 10}
 # Cells the default invocation skips, with why; `--cells=<name>` runs one anyway.
 NOT_RUN: dict[str, str] = {
     "pmnist_kcl/kcl": (
-        "too long for the default invocation on this 2-core CPU: KCL's step at batch 10 also runs the task's "
-        "200-example coreset through the MLP and D = 1024 random features (about 0.9 GFLOP a step), so its 3 seeds "
-        "× 20 × 60,000 examples took 114 min here (554 samples/s). Train it apart: `python -m "
-        "sequax.launch.reproduce --table=mirzadeh --cells=pmnist_kcl/` (resumable: a rerun goes on from the last "
-        "finished task); once done, every invocation's report reads it back. KCL is also in the table on Split "
-        "MNIST (smnist/kcl)."
+        "too long for the default invocation on this 2-core CPU: KCL's step at batch 10 also runs "
+        "the task's 200-example coreset through the MLP and D = 1024 random features (about 0.9 "
+        "GFLOP a step), so its 3 seeds × 20 × 60,000 examples took 114 min here (554 samples/s). "
+        "Train it apart: `python -m sequax.launch.reproduce --table=mirzadeh --cells=pmnist_kcl/` "
+        "(resumable: a rerun goes on from the last finished task); once done, every invocation's "
+        "report reads it back. KCL is also in the table on Split MNIST (smnist/kcl)."
     ),
 }
 
@@ -298,7 +314,9 @@ def agem_codebase_regime(cell, cfg: ml_collections.ConfigDict) -> ml_collections
     cfg.data.num_tasks = AGEM_CODEBASE_TASKS
     if benchmark == "pmnist":
         cfg.data.options.first_task_identity = False
-    else:  # our "step" protocol starts at 0·step, theirs at (0 − 1)·step: every angle one step higher here
+    else:
+        # our "step" protocol starts at 0·step, theirs at (0 − 1)·step: every angle one step
+        # higher here
         cfg.data.options.step = cfg.data.options.jitter = 180.0 / AGEM_CODEBASE_TASKS
     if method in ("agem", "er"):
         cfg.algorithm.capacity = 10 * AGEM_CODEBASE_TASKS
