@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCHAX := torchax==0.0.14.dev20261026
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ TEST_WORKERS ?= 2
 
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+
+# ruff (lint and format) and the import layers and cycles (import-linter, .ci/import_layers.sh)
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	PY=$(PY) .ci/import_layers.sh
 
 bench: install
 	$(PY) -m sequax.launch.bench

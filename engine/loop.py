@@ -66,30 +66,7 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         programs = make_programs(exp, feed.example_batch(), per_run_images=feed.per_run_images)
         test = feed.test_sets()
         # ------------ Restore, or start: the untrained model's accuracy (FWT's b_j) ----------
-        restored = checkpoints.restore(programs.shapes, programs.state_sharding)
-        if restored:
-            state, results = restored.state, Results.resumed(restored, exp.grid.size)
-            say(
-                f"resuming from {restored.folder} ({restored.describe(exp.phases, exp.scenario.num_tasks)})"
-            )
-            # The rows so far travel with the record, so every sink redraws the whole matrix.
-            write({"kind": "resume", "checkpoint": str(restored.folder), "step": restored.step,
-                   **restored.position_record(), "class_il": _shown(exp, results.class_il),
-                   "task_il": _shown(exp, results.task_il),
-                   "random_init": {k: _shown(exp, v) for k, v in results.random_init.items()}})  # fmt: skip
-        else:
-            state = programs.init()
-            b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test))
-            results = Results.start(exp.grid.size, len(exp.phases), exp.scenario.num_tasks,
-                                    {"class_il": b_class, "task_il": b_task})  # fmt: skip
-            write(
-                {
-                    "kind": "eval",
-                    "phase": -1,
-                    "class_il": _shown(exp, b_class),
-                    "task_il": _shown(exp, b_task),
-                }
-            )
+        restored, state, results = _restore_or_start(exp, programs, checkpoints, test, write, say)
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
 
@@ -151,7 +128,8 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                     if checkpoints.due_after_chunk(p, epoch, start, stop, phase.steps, step):
                         t1 = time.perf_counter()
                         checkpoints.save_chunk(state, step, p, epoch, stop, phase.steps,
-                                               results.so_far(wall_start), phase.position())  # fmt: skip
+                                               results.so_far(wall_start),
+                                               phase.position())  # fmt: skip
                         t0 += time.perf_counter() - t1  # saving is not training
                         results.add("checkpoint", time.perf_counter() - t1)
             results.add("train", time.perf_counter() - t0)
@@ -170,7 +148,8 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
             t0 = time.perf_counter()
             results.record_row(p, *(to_numpy(a) for a in programs.evaluate(state, test)))
             results.add("eval", time.perf_counter() - t0)
-            write({"kind": "eval", "phase": p, "tasks": tasks, "class_il": _shown(exp, results.class_il[:, p]),
+            write({"kind": "eval", "phase": p, "tasks": tasks,
+                   "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip
             if checkpoints.due_after_phase(p):
                 t0 = time.perf_counter()
@@ -191,6 +170,31 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     for line in final_lines(summary, results.timings, exp.grid.vmapped):
         say(line)
     return results.result(exp, summary, state)
+
+
+def _restore_or_start(exp, programs, checkpoints, test, write, say):
+    """(restored, state, results): the newest good checkpoint's, or a fresh state and the
+    untrained model's accuracy row (the b_j of forward transfer)."""
+    restored = checkpoints.restore(programs.shapes, programs.state_sharding)
+    if restored:
+        results = Results.resumed(restored, exp.grid.size)
+        say(
+            f"resuming from {restored.folder} "
+            f"({restored.describe(exp.phases, exp.scenario.num_tasks)})"
+        )
+        # The rows so far travel with the record, so every sink redraws the whole matrix.
+        write({"kind": "resume", "checkpoint": str(restored.folder), "step": restored.step,
+               **restored.position_record(), "class_il": _shown(exp, results.class_il),
+               "task_il": _shown(exp, results.task_il),
+               "random_init": _shown(exp, results.random_init)})  # fmt: skip
+        return restored, restored.state, results
+    state = programs.init()
+    b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test))
+    results = Results.start(exp.grid.size, len(exp.phases), exp.scenario.num_tasks,
+                            {"class_il": b_class, "task_il": b_task})  # fmt: skip
+    write({"kind": "eval", "phase": -1, "class_il": _shown(exp, b_class),
+           "task_il": _shown(exp, b_task)})  # fmt: skip
+    return None, state, results
 
 
 def _shown(experiment, values):

@@ -276,7 +276,12 @@ def make_schedule(
             f"steps_per_epoch (the optimizer steps in one epoch, given by the loop)"
         )
     warmup = max(1, _epochs_to_steps(warmup_epochs, steps_per_epoch)) if warmup_epochs else 0
-    if name == "multistep":
+    if ":" in str(name):  # the user's own: factory(lr, steps_per_epoch, epochs_per_task)
+        factory = load_callable(
+            name, "optimizer.schedule", OptimizerConfigError, "a schedule factory"
+        )
+        main = factory(lr=lr, steps_per_epoch=steps_per_epoch, epochs_per_task=epochs_per_task)
+    elif name == "multistep":
         boundaries = tuple(_epochs_to_steps(m, steps_per_epoch) for m in cfg["milestones"])
         main = multistep_schedule(lr, cfg.get("gamma", 0.1), boundaries)
     elif name in ("cosine", "warmup_cosine"):
@@ -474,7 +479,9 @@ def _check(cfg: dict[str, Any], epochs_per_task: int | None) -> None:
 
 def _check_schedule(cfg: dict[str, Any], epochs_per_task: int | None) -> None:
     name = cfg.get("schedule", "constant")
-    if name not in SCHEDULES:
+    if ":" in str(name):  # the user's own schedule factory: it must import
+        load_callable(name, "optimizer.schedule", OptimizerConfigError, "a schedule factory")
+    elif name not in SCHEDULES:
         close = difflib.get_close_matches(str(name), SCHEDULES, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise OptimizerConfigError(

@@ -164,7 +164,8 @@ def final_lines(summary: dict, timings: dict, vmapped: bool) -> list[str]:
         lines = [f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
                  for view, values in summary.items()]  # fmt: skip
     lines.append(
-        f"train {timings['train_samples_per_s']:,.0f} samples/s; compile {timings['compile']:.1f}s, "
+        f"train {timings['train_samples_per_s']:,.0f} samples/s; "
+        f"compile {timings['compile']:.1f}s, "
         f"train {timings['train']:.1f}s, end_task {timings['end_task']:.1f}s, "
         f"eval {timings['eval']:.1f}s, wall {format_duration(timings['wall'])}"
     )

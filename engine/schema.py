@@ -73,7 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     # schedule: constant | multistep (milestones in epochs, gamma) | cosine (to end_lr, or
     # alpha x lr) | warmup_cosine (linear warmup over warmup_epochs from warmup_start_factor
     # x lr); per_task: restarted at each task (True) or continued over the stream (False,
-    # needs total_epochs and reset_each_task=False); total_epochs 0: a task's epochs.
+    # needs total_epochs and reset_each_task=False); total_epochs 0: a task's epochs; or
+    # "package.module:factory", your own, called with (lr, steps_per_epoch, epochs_per_task)
+    # and returning an optax schedule (step -> learning rate).
     placeholder = ml_collections.config_dict.placeholder
     config.optimizer = ml_collections.ConfigDict(
         dict(

@@ -1,6 +1,7 @@
 """One reproduction cell as a config file, for `sequax.launch.train`:
 
-    python -m sequax.launch.train --config=evidence/cell_config.py:der,smnist,er,500 --workdir=/tmp/c
+    python -m sequax.launch.train --config=evidence/cell_config.py:der,smnist,er,500 \
+        --workdir=/tmp/c
 
 The argument is TABLE,BENCHMARK,METHOD[,BUFFER]; the cell's config is exactly the one
 `python -m sequax.launch.reproduce --table=TABLE --cells=BENCHMARK/METHOD[-BUFFER]` trains.

@@ -194,7 +194,10 @@ def _parse(argv):
         else:
             flag = re.match(r"flag (--config\.[\w.]+)=", message)
             if flag:
-                message += f"; give {flag.group(1)} a value of the type its default has (engine/schema.py base_config)"
+                message += (
+                    f"; give {flag.group(1)} a value of the type its default has "
+                    f"(engine/schema.py base_config)"
+                )
         _usage_error(message)
 
 

@@ -37,6 +37,7 @@ from sequax.engine.checkpoint import (
     last_good,
     no_space_message,
 )
+from sequax.engine.experiment import from_config
 from sequax.launch.common import initialize_distributed, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
@@ -52,7 +53,9 @@ def main(argv):
     # Several processes: a failure here ends this process at once so the others stop too.
     with distributed.exit_on_failure():
         try:
-            loop.run(_CONFIG.value, _WORKDIR.value)
+            loop.run(
+                from_config(_CONFIG.value), _WORKDIR.value
+            )  # the config, resolved into objects
         except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optax
 import pytest
 
@@ -174,3 +175,44 @@ def test_the_methods_optimizer_hook_wraps_the_optimizer_once(name):
     assert jax.tree.structure(programs.shapes.opt_state) == jax.tree.structure(
         jax.tree.map(lambda a: a[None], once)
     )
+
+
+def test_the_loop_a_newcomer_reads_first_fits_on_150_lines():
+    import inspect
+
+    assert len(inspect.getsource(loop.run).splitlines()) <= 150
+
+
+def test_the_engine_dispatches_no_hook_by_introspection():
+    """Every hook of the table is called as a method: no hasattr/getattr/inspect on a hook."""
+    from sequax.core.protocol import HOOKS
+
+    engine = REPO / "engine"
+    for path in engine.rglob("*.py"):
+        text = path.read_text()
+        for hook in HOOKS:
+            for probe in (f'hasattr(algorithm, "{hook}")', f'getattr(algorithm, "{hook}"',
+                          f'"{hook}" in inspect'):  # fmt: skip
+                assert probe not in text, (path, probe)
+
+
+def halved_every_10_steps(lr, steps_per_epoch, epochs_per_task):
+    """A schedule of the user's own: config.optimizer.schedule names it by import path."""
+    return optax.exponential_decay(lr, transition_steps=10, decay_rate=0.5, staircase=True)
+
+
+def test_a_vmapped_adam_lr_sweep_with_a_schedule_of_ones_own_equals_the_separate_runs(tmp_path):
+    """Adam with a user's schedule (by import path): two learning rates swept in one program
+    give each separate run's accuracy matrix."""
+    config = small_config()
+    config.algorithm = {"name": "er", "capacity": 50, "replay_batch": 5}
+    config.optimizer.update(name="adam", lr=1e-3, schedule=f"{__name__}:halved_every_10_steps")
+    config.sweep.lr = (1e-3, 3e-3)
+    swept = loop.run(config, tmp_path / "swept", verbose=False)
+    assert swept.class_il.shape == (2, 2, 2)
+    for r, lr in enumerate((1e-3, 3e-3)):
+        single = small_config()
+        single.algorithm = config.algorithm
+        single.optimizer.update(name="adam", lr=lr, schedule=config.optimizer.schedule)
+        alone = loop.run(single, tmp_path / f"alone{r}", verbose=False)
+        np.testing.assert_allclose(swept.class_il[r], alone.class_il, atol=1e-6)
