@@ -12,18 +12,8 @@ from sequax import algorithms, data
 
 stream = data.make_scenario("split", data.load_source("mnist_packaged"), num_tasks=5)
 optimizer = {  # config.optimizer's keys: any optax optimizer by name, any schedule
-    "name": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 1e-2,
-    "schedule": "warmup_cosine",
-    "warmup_epochs": 0.2,
-    "per_task": True,
+    "name": "adamw", "lr": 1e-3, "weight_decay": 1e-2,
+    "schedule": "warmup_cosine", "warmup_epochs": 0.2, "per_task": True,
 }
-sequax.train(
-    stream,
-    "mlp",
-    algorithms.ER(capacity=200, replay_batch=10),
-    optimizer,
-    workdir="runs/adamw_cosine",
-    epochs=2,
-)
+sequax.train(stream, "mlp", algorithms.ER(capacity=200, replay_batch=10), optimizer,
+             workdir="runs/adamw_cosine")

@@ -3,16 +3,43 @@
 XLA's optimisation passes dominate these tests' run time (tiny models, a few hundred steps),
 so they are switched off: `jax_disable_most_optimizations` cuts compile time by about a
 third and changes no result a test relies on (every comparison is within one configuration).
+
+Many tests train the same tiny runs (a naive or ER baseline on two packaged tasks), so the
+test processes of one session (the pytest-xdist workers) share a persistent compilation
+cache in a temporary folder: a program compiled once is loaded by every later test that
+builds it. It holds only this session's programs and is removed when the session ends;
+subprocesses a test starts (the command-line and kill tests) compile for themselves.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+# The session's cache folder: made by the first process (the xdist controller, whose
+# environment the workers inherit), removed by it at the end.
+_CACHE_VARIABLE = "SEQUAX_TEST_COMPILATION_CACHE"
+_OWNS_CACHE = _CACHE_VARIABLE not in os.environ
+if _OWNS_CACHE:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="sequax-test-xla-cache-")
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _OWNS_CACHE:
+        shutil.rmtree(os.environ.get(_CACHE_VARIABLE, ""), ignore_errors=True)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -21,3 +48,18 @@ needs_shared_mnist = pytest.mark.skipif(
     not (SHARED_DATA / "MNIST" / "raw").is_dir(),
     reason=f"real MNIST files not found under {SHARED_DATA} (the configs' default data root)",
 )
+
+
+def run_module(module: str, *flags: str, status: int = 0) -> subprocess.CompletedProcess:
+    """`python -m MODULE FLAGS...` from the repository root, as a user runs a command; its
+    exit status must be `status` (stderr's end is the failure message otherwise)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == status, done.stderr[-3000:]
+    return done

@@ -272,6 +272,7 @@ def test_glances_repeat_the_step_but_push_the_batch_once(model):
     )
 
 
+@pytest.mark.long  # 28 s end to end: pytest -m long; the math is checked against torch above
 def test_forgets_less_than_naive_on_a_short_permuted_stream():
     """Two permuted tasks (1,000 examples each): naive fine-tuning (3 epochs, lr 0.1) loses
     much of task 0; La-MAML (1 epoch, 5 glances, memory 200, first order) keeps more of it

@@ -5,25 +5,14 @@ child process), so a suite's plumbing breaks here rather than an hour into a run
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO_ROOT
+import pytest
+from conftest import run_module
 
-
-def run(module: str, *flags: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+run = run_module
 
 
+@pytest.mark.long  # a whole command (7-11 s): pytest -m long tests/benchmarks
 def test_scale_runs_one_cell_of_the_throughput_benchmark(tmp_path):
     out = tmp_path / "cell.json"
     run(
@@ -47,6 +36,7 @@ def test_stream_runs_one_iterating_cell(tmp_path):
     assert cell["samples"] % 128 == 0 and cell["samples"] > 0
 
 
+@pytest.mark.long  # a whole command (7-11 s): pytest -m long tests/benchmarks
 def test_fisher_times_the_dense_path():
     done = run("benchmarks.fisher", "--examples=256", "--runs=1", "--paths=dense", "--repeats=1")
     assert "256 examples" in done.stdout

@@ -5,25 +5,13 @@ not tests."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
+from conftest import run_module
 
-from conftest import REPO_ROOT
-
-
-def run(module: str, *flags: str, status: int = 0) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == status, done.stderr[-3000:]
-    return done
+run = run_module
 
 
+@pytest.mark.long  # a whole command (7-11 s): pytest -m long tests/evidence
 def test_the_reference_loops_start_and_parse_their_flags(tmp_path):
     """No cells: the programs import, parse their flags and write nothing."""
     run("evidence.torch_der_check", "--cells=", f"--out_dir={tmp_path}", "--nobegin_task")
@@ -36,6 +24,7 @@ def test_torch_paired_lists_its_flags():
     assert "--seeds: Seeds, one paired run each." in done.stdout
 
 
+@pytest.mark.long  # a whole command (7-11 s): pytest -m long tests/evidence
 def test_torch_compare_writes_its_table(tmp_path):
     doc = tmp_path / "torch_bridge.md"
     doc.write_text("# Torch\n\n<!-- compare -->\nold\n<!-- /compare -->\n")

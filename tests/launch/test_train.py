@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO_ROOT
 
 TIMEOUT_S = 120
@@ -74,6 +75,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# the launcher on two processes, 25 s (pytest -m long); test_distributed holds the engine's
+# two-process equality in the default suite
+@pytest.mark.long
 def test_two_local_processes_train_exactly_what_one_does(tmp_path):
     """The launcher on two processes (one CPU device each, a 2-device data axis over
     localhost, gloo collectives) ends with the accuracy matrix of one process, and only
