@@ -16,5 +16,5 @@ cp pyproject.toml "$tree/"
 cp .ci/import_cycles.py "$tree/"
 repo=$PWD
 cd "$tree"
-PYTHONPATH="$tree" "$repo/$(dirname "$PY")/lint-imports" --config pyproject.toml
+PYTHONPATH="$tree" "$repo/$(dirname "$PY")/lint-imports" pyproject.toml
 PYTHONPATH="$tree" "$repo/$PY" import_cycles.py
