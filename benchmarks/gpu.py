@@ -44,7 +44,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from benchmarks import scale  # child(): the matmul peak and the vmapped-runs cells
-from sequax.launch import bench  # its flags too: --single, --json_out, --torch_device
+from sequax.launch import (
+    bench,  # its flags too: --single, --json_out, --torch_device
+    torch_loop,
+)
 
 _PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
 _OUT = flags.DEFINE_string(
@@ -205,7 +208,7 @@ def run_torch_cifar(method: str) -> dict:
     task_classes = torch.tensor(scenario.task_classes, device=device)
 
     def evaluate(p: int) -> list[float]:
-        return bench.torch_accuracy_row(
+        return torch_loop.torch_accuracy_row(
             model, tests, task_classes, p, 1000, prepare=lambda x: (x - mean) / std
         )
 
@@ -258,7 +261,7 @@ def run_torch_cifar(method: str) -> dict:
                 if method == "er":  # mammoth's reservoir slots, written in one scatter
                     slots = []
                     for _ in range(len(y)):
-                        slots.append(bench.reservoir(num_seen, CAPACITY))
+                        slots.append(torch_loop.reservoir(num_seen, CAPACITY))
                         num_seen += 1
                     keep = torch.tensor(
                         [j for j, s in enumerate(slots) if s >= 0], dtype=torch.long

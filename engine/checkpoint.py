@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
-import hashlib
 import json
 import os
 import shutil
 import signal
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,39 +38,19 @@ import jax
 import numpy as np
 
 from sequax.engine.build import ConfigError
+from sequax.engine.config_match import config_differences, show
 from sequax.engine.distributed import barrier
+from sequax.engine.integrity import (
+    array_checksums,
+    digest,
+    first_mismatch,
+    is_no_space,
+    no_space_message,
+    write_atomic,
+)
 
 STATE, PROGRESS, MANIFEST = "state", "progress.json", "manifest.json"
 FORMAT = 1  # of progress.json and manifest.json; a change refuses old checkpoints
-
-# The config keys that define the state and the data stream: a checkpoint resumes only under a
-# config that agrees on all of them (a prefix covers its whole section). Evaluation batch size,
-# checkpoint and writer settings, the data root and the mesh may change between runs.
-DEFINING_KEYS = (
-    "seed",
-    "runs",
-    "sweep",
-    "model",
-    "algorithm",
-    "optimizer",
-    "data.source",
-    "data.factory",
-    "data.num_classes",
-    "data.scenario",
-    "data.num_tasks",
-    "data.seed",
-    "data.options",
-    "data.train_per_task",
-    "data.test_per_task",
-    "data.draws_per_run",
-    "data.augment",
-    "data.normalize",
-    "data.pipeline",
-    "training.batch_size",
-    "training.epochs",
-)
-# The grain iterator's state is counted in chunks and tied to the number of workers.
-STREAM_KEYS = ("data.stream.order", "data.stream.workers", "training.steps_per_dispatch")
 
 # Test-only: the kill test sets SEQUAX_TEST_KILL_AT="<point>:<index>" (e.g. "end_task:2",
 # "train_chunk:25", "checkpoint_written:step_00000030") and the run SIGKILLs itself there.
@@ -242,8 +219,8 @@ class Checkpoints:
                         else ""
                     )
                     raise ConfigError(
-                        f"{self.folder} holds a run of {key}={_show(was)}, this config has "
-                        f"{_show(now)}{more}; use a fresh --workdir or the original config"
+                        f"{self.folder} holds a run of {key}={show(was)}, this config has "
+                        f"{show(now)}{more}; use a fresh --workdir or the original config"
                     )
                 return
 
@@ -288,7 +265,7 @@ class Checkpoints:
             raise _Unusable(f"is unreadable ({error})") from None
         if manifest.get("format") != FORMAT:
             raise _Unusable(f"has format {manifest.get('format')}, this sequax reads {FORMAT}")
-        if _digest(progress_bytes) != manifest.get("progress"):
+        if digest(progress_bytes) != manifest.get("progress"):
             raise _Unusable(f"is corrupt ({PROGRESS} does not match its checksum)")
         try:
             state = self._orbax().restore((folder / STATE).absolute(), abstract)
@@ -296,7 +273,7 @@ class Checkpoints:
             raise _Unusable(
                 f"is corrupt (orbax cannot read it: {type(error).__name__}: {str(error)[:200]})"
             ) from None
-        bad = _first_mismatch(array_checksums(state), manifest.get("arrays", {}))
+        bad = first_mismatch(array_checksums(state), manifest.get("arrays", {}))
         if bad:
             raise _Unusable(f"is corrupt (array {bad} does not match its checksum)")
         progress = json.loads(progress_bytes)
@@ -371,7 +348,7 @@ class Checkpoints:
                 )
                 raise TrainingDiverged(
                     f"training diverged: the mean {name} of the chunk ending at step {step} "
-                    f"({label}, epoch {epoch + 1}) is {_show(value.tolist())}; the diverged state "
+                    f"({label}, epoch {epoch + 1}) is {show(value.tolist())}; the diverged state "
                     f"was not saved ({kept}); lower config.optimizer.lr or check the data"
                 )
 
@@ -414,7 +391,7 @@ class Checkpoints:
                 )  # arrays and progress on disk, no manifest
                 manifest = {
                     "format": FORMAT,
-                    "progress": _digest(progress_bytes),
+                    "progress": digest(progress_bytes),
                     "arrays": checksums,
                 }
                 write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -422,7 +399,7 @@ class Checkpoints:
         except BaseException as error:
             if self.main:
                 shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint is worth nothing
-            if _is_no_space(error):
+            if is_no_space(error):
                 raise NoSpaceLeft(
                     no_space_message(
                         self.folder.parent, f"checkpoint {folder.name}", self.last_good
@@ -494,83 +471,6 @@ def _abstract(state):
     )
 
 
-def array_checksums(state) -> dict[str, str]:
-    """blake2b of every array's bytes (with its dtype and shape), keyed by its path in the tree."""
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    return {jax.tree_util.keystr(path): _array_digest(_host(leaf)) for path, leaf in leaves}
-
-
-def _host(leaf) -> np.ndarray:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # split across processes
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
-    return np.asarray(leaf)
-
-
-def _array_digest(array: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{array.dtype.str}{array.shape}".encode())
-    h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _first_mismatch(found: dict[str, str], expected: dict[str, str]) -> str | None:
-    if set(found) != set(expected):
-        return next(iter(sorted(set(found) ^ set(expected))))
-    return next((key for key in found if found[key] != expected[key]), None)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that a reader sees the old file or the whole new one: a
-    temporary file in the same folder, fsync, rename, fsync of the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _is_no_space(error: BaseException | None) -> bool:
-    """ENOSPC anywhere in the exception's chain (orbax wraps its writers' errors)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
-    kept = (
-        f"the last good checkpoint {last_good} is intact"
-        if last_good
-        else "no checkpoint was complete yet"
-    )
-    return (
-        f"no space left on the disk of {workdir} while writing {what}; free space or use another "
-        f"--workdir (rerunning with this --workdir resumes: {kept})"
-    )
-
-
 def checkpoint_folder(workdir) -> Path:
     """Where a run keeps its checkpoints: WORKDIR/checkpoints."""
     return Path(workdir) / "checkpoints"
@@ -584,47 +484,6 @@ def last_good(folder: Path) -> Path | None:
     return next(
         (p for p in sorted(folder.iterdir(), reverse=True) if (p / MANIFEST).is_file()), None
     )
-
-
-def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(config.key, saved value, current value) for every defining key that differs.
-
-    A key the saved config lacks and the current one holds at its `base_config()` default is
-    not a difference: sequax added it after the checkpoint was written, and its default
-    keeps the old behaviour, so an upgrade does not strand a half-finished run."""
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
-    keys = DEFINING_KEYS + (STREAM_KEYS if current_flat.get("data.pipeline") == "stream" else ())
-    out = []
-    for key in sorted(set(saved_flat) | set(current_flat)):
-        if any(key == k or key.startswith(k + ".") for k in keys):
-            was, now = saved_flat.get(key, "<absent>"), current_flat.get(key, "<absent>")
-            if was == "<absent>" and key in _defaults() and now == _defaults()[key]:
-                continue
-            if was != now:
-                out.append((f"config.{key}", was, now))
-    return out
-
-
-@functools.cache
-def _defaults() -> dict[str, Any]:
-    """`base_config()` flattened as a saved config is (its JSON form)."""
-    from sequax.engine.schema import base_config
-
-    return _flatten(json.loads(base_config().to_json_best_effort()))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _show(value) -> str:
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _interval(options: dict, key: str, default: int) -> int:

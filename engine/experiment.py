@@ -16,6 +16,7 @@ against the batch and the runs. Errors are one-line `ConfigError`s naming the ke
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import jax
@@ -57,6 +58,8 @@ class Experiment:
     grid: runs_lib.RunGrid
     mesh: jax.sharding.Mesh
     capacity: int
+    built_at: float = 0.0  # time.time() when building started (the end of the process's startup)
+    build_seconds: float = 0.0  # checking the config and reading the data: the run's "data" time
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +91,7 @@ class Experiment:
 def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=None):
     """Builds and checks every part of `config`'s run; objects given here replace the parts
     the config would build (`sequax.train` passes the user's own)."""
+    built_at, t0 = time.time(), time.perf_counter()
     validate.check_config(config)  # keys, types, ranges: before any data is read
     scenario = build_scenario(config.data) if scenario is None else scenario
     algorithm = build_algorithm(config.algorithm) if algorithm is None else _method(algorithm)
@@ -137,6 +141,8 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
         grid=grid,
         mesh=mesh,
         capacity=-(-max(sizes) // ways) * ways,
+        built_at=built_at,
+        build_seconds=time.perf_counter() - t0,
     )
 
 

@@ -20,13 +20,14 @@ device or split over a mesh of devices and hosts (`config.mesh`).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from sequax.engine.checkpoint import Checkpoints, checkpoint_folder, kill_point
+from sequax.engine.clock import Clock
+from sequax.engine.compilation import Compilations, compilation_cache
 from sequax.engine.distributed import to_numpy
 from sequax.engine.experiment import Experiment, from_config
 from sequax.engine.feed import Feed
@@ -38,13 +39,18 @@ from sequax.engine.writers import ProgressBar, make_writers
 def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     """Trains `experiment` (or the config it is resolved from) and writes its results under
     `workdir`; a workdir holding a checkpoint of the same run resumes from it."""
-    wall_start = time.perf_counter()
     if not isinstance(experiment, Experiment):
         experiment = from_config(experiment)  # every config rule: before any data is placed
     exp, config = experiment, experiment.config
+    with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
+        return _run(exp, config, Path(workdir), compiles, verbose)
+
+
+def _run(exp, config, workdir: Path, compiles: Compilations, verbose: bool) -> RunResult:
     main = jax.process_index() == 0  # only process 0 prints and writes (several hosts)
     say = print if verbose and main else (lambda *a, **k: None)
-    workdir = Path(workdir)
+    timings = {}
+    clock = Clock(timings, compiles, exp)  # startup, data, compile, train, ... (engine.clock)
     # WORKDIR/checkpoints holding a run of another config is refused here, before compiling.
     checkpoints = Checkpoints(
         checkpoint_folder(workdir), config, num_phases=len(exp.phases), main=main
@@ -52,21 +58,24 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    writers = make_writers(
-        config, workdir, main, verbose=verbose
-    )  # JSONL, console, TensorBoard, W&B
+    writers = make_writers(config, workdir, main, verbose=verbose)  # JSONL, console, TB, W&B
     write = writers.write
-    feed = Feed(exp)  # on-device arrays, per-run draws, or a grain stream: chosen here, once
+    with clock("data"):
+        feed = Feed(exp)  # on-device arrays, per-run draws, or a grain stream: chosen once
+        example = feed.example_batch()
     say(f"sequax: {exp.describe()}; workdir {workdir}")
     write({"kind": "start", "algorithm": config.algorithm.name, "scenario": exp.scenario.name,
            "setting": exp.scenario.setting, "num_tasks": exp.scenario.num_tasks,
            "phases": [list(ts) for ts in exp.phases], "runs": exp.grid.size})  # fmt: skip
 
     with jax.set_mesh(exp.mesh):
-        programs = make_programs(exp, feed.example_batch(), per_run_images=feed.per_run_images)
-        test = feed.test_sets()
+        programs = make_programs(exp, example, per_run_images=feed.per_run_images)
+        with clock("data"):
+            test = feed.test_sets()
         # ------------ Restore, or start: the untrained model's accuracy (FWT's b_j) ----------
-        restored, state, results = _restore_or_start(exp, programs, checkpoints, test, write, say)
+        restored, state, results = _restore_or_start(exp, programs, checkpoints, test, write,
+                                                     say, clock)  # fmt: skip
+        clock.adopt(results.timings)
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
 
@@ -75,16 +84,15 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 continue
             mid_phase = resume is not None and p == resume.phase  # training continues inside it
             # ------------ Start the phase: its examples on device, its task, start_task -------
-            phase = feed.start_phase(
-                p, tasks, state, programs, resume=restored.stream if mid_phase else None
-            )
-            state = programs.start_phase(state, phase.data, tasks, fresh=not mid_phase, later=p > 0)
-            if (
-                feed.compiled is None
-            ):  # once, ahead of time: a shape change would raise, not retrace
-                t0 = time.perf_counter()
+            with clock("data"):
+                phase = feed.start_phase(
+                    p, tasks, state, programs, resume=restored.stream if mid_phase else None
+                )
+            with clock("end_task"):
+                state = programs.start_phase(state, phase.data, tasks, fresh=not mid_phase,
+                                             later=p > 0)  # fmt: skip
+            if feed.compiled is None:  # once, ahead of time: a shape change raises, not retraces
                 results.timings.update(program_costs(feed.compile(state, phase, programs)))
-                results.add("compile", time.perf_counter() - t0)  # (a resumed run compiles again)
 
             # ------------ Train: epochs of chunks of steps, one dispatch each ----------------
             label = (
@@ -97,70 +105,56 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
                 if verbose and main
                 else None
             )
-            t0 = time.perf_counter()
             first_epoch, first_start = (resume.epoch, resume.start) if mid_phase else (0, 0)
             for epoch in range(first_epoch, epochs):
                 for start in range(first_start if epoch == first_epoch else 0, phase.steps, chunk):
                     stop = min(start + chunk, phase.steps)
-                    state, means = phase.run(state, epoch, start, stop)
-                    means = {k: to_numpy(v) for k, v in means.items()}  # blocks: honest timing
+                    with clock("train"):
+                        state, means = phase.run(state, epoch, start, stop)
+                        means = {k: to_numpy(v) for k, v in means.items()}  # blocks: honest
                     results.train_samples += (stop - start) * exp.batch_size * exp.grid.size
                     results.train_steps += stop - start
                     if bar:
-                        bar.update(
-                            (stop - start) * exp.batch_size,
-                            **{k: float(np.mean(v)) for k, v in means.items()},
-                        )
+                        bar.update((stop - start) * exp.batch_size,
+                                   **{k: float(np.mean(v)) for k, v in means.items()})  # fmt: skip
                     step = int(np.max(to_numpy(state.step)))
-                    write(
-                        {
-                            "kind": "train",
-                            "phase": p,
-                            "epoch": epoch,
-                            "step": step,
-                            **_shown(exp, means),
-                        }
-                    )
-                    checkpoints.check_finite(
-                        means, step=step, label=label, epoch=epoch
-                    )  # NaN/inf: stop
+                    write({"kind": "train", "phase": p, "epoch": epoch, "step": step,
+                           **_shown(exp, means)})  # fmt: skip
+                    checkpoints.check_finite(means, step=step, label=label, epoch=epoch)  # NaN
                     kill_point("train_chunk", step)  # test-only (tests/engine/test_resume.py)
                     if checkpoints.due_after_chunk(p, epoch, start, stop, phase.steps, step):
-                        t1 = time.perf_counter()
-                        checkpoints.save_chunk(state, step, p, epoch, stop, phase.steps,
-                                               results.so_far(wall_start),
-                                               phase.position())  # fmt: skip
-                        t0 += time.perf_counter() - t1  # saving is not training
-                        results.add("checkpoint", time.perf_counter() - t1)
-            results.add("train", time.perf_counter() - t0)
+                        with clock("checkpoint"):
+                            checkpoints.save_chunk(state, step, p, epoch, stop, phase.steps,
+                                                   results.so_far(clock),
+                                                   phase.position())  # fmt: skip
             phase.close()
             if bar:
                 bar.close()
 
             # ------------ End of task: importances, anchors, snapshots (compiled) ------------
-            t0 = time.perf_counter()
-            state = programs.finish_phase(state, phase.data, tasks)
+            with clock("end_task"):
+                state = programs.finish_phase(state, phase.data, tasks)
             kill_point("end_task", p)  # test-only (tests/engine/test_resume.py)
-            results.add("end_task", time.perf_counter() - t0)
             del phase
 
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------
-            t0 = time.perf_counter()
-            results.record_row(p, *(to_numpy(a) for a in programs.evaluate(state, test)))
-            results.add("eval", time.perf_counter() - t0)
+            with clock("eval"):
+                results.record_row(p, *(to_numpy(a) for a in programs.evaluate(state, test)))
             write({"kind": "eval", "phase": p, "tasks": tasks,
                    "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip
             if checkpoints.due_after_phase(p):
-                t0 = time.perf_counter()
-                checkpoints.save_phase(
-                    state, int(np.max(to_numpy(state.step))), p, results.so_far(wall_start)
-                )
-                results.add("checkpoint", time.perf_counter() - t0)
+                with clock("checkpoint"):
+                    checkpoints.save_phase(state, int(np.max(to_numpy(state.step))), p,
+                                           results.so_far(clock))  # fmt: skip
 
     # ---------------- Summary ---------------------------------------------------------------
-    checkpoints.close()
-    summary = results.finish(exp, workdir, wall_start, main)  # the matrices' files, summary.md
+    with clock("checkpoint"):
+        checkpoints.close()
+    results.timings.update(compile_count=compiles.count, cache_hits=compiles.cache_hits,
+                           compilations=compiles.by_program())  # fmt: skip
+    clock.finish()
+    summary = results.finish(exp, workdir, main)  # the matrices' files, summary.md
     write({"kind": "summary", **summary, "timings": results.timings})
     writers.close()
     if main:
@@ -172,10 +166,11 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     return results.result(exp, summary, state)
 
 
-def _restore_or_start(exp, programs, checkpoints, test, write, say):
+def _restore_or_start(exp, programs, checkpoints, test, write, say, clock):
     """(restored, state, results): the newest good checkpoint's, or a fresh state and the
     untrained model's accuracy row (the b_j of forward transfer)."""
-    restored = checkpoints.restore(programs.shapes, programs.state_sharding)
+    with clock("checkpoint"):
+        restored = checkpoints.restore(programs.shapes, programs.state_sharding)
     if restored:
         results = Results.resumed(restored, exp.grid.size)
         say(
@@ -188,8 +183,9 @@ def _restore_or_start(exp, programs, checkpoints, test, write, say):
                "task_il": _shown(exp, results.task_il),
                "random_init": _shown(exp, results.random_init)})  # fmt: skip
         return restored, restored.state, results
-    state = programs.init()
-    b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test))
+    with clock("eval"):
+        state = programs.init()
+        b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test))
     results = Results.start(exp.grid.size, len(exp.phases), exp.scenario.num_tasks,
                             {"class_il": b_class, "task_il": b_task})  # fmt: skip
     write({"kind": "eval", "phase": -1, "class_il": _shown(exp, b_class),

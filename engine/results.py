@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ import numpy as np
 
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
+from sequax.engine.clock import SECTIONS
 from sequax.engine.writers import format_duration
-
-TIMINGS = ("compile", "train", "end_task", "eval", "checkpoint")
 
 
 @dataclasses.dataclass
@@ -56,7 +54,7 @@ class Results:
     def start(cls, runs: int, phases: int, tasks: int, random_init: dict) -> Results:
         class_il = np.full((runs, phases, tasks), np.nan)
         return cls(
-            class_il, np.full_like(class_il, np.nan), random_init, dict.fromkeys(TIMINGS, 0.0)
+            class_il, np.full_like(class_il, np.nan), random_init, dict.fromkeys(SECTIONS, 0.0)
         )
 
     @classmethod
@@ -65,14 +63,13 @@ class Results:
         class_il, task_il, random_init, timings, samples, steps = restored.results_so_far()
         lead = lambda a: np.asarray(a).reshape(runs, *np.shape(a)[-2:])  # noqa: E731
         init = {k: np.asarray(v).reshape(runs, -1) for k, v in random_init.items()}
-        return cls(lead(class_il), lead(task_il), init, {**dict.fromkeys(TIMINGS, 0.0), **timings},
+        return cls(lead(class_il), lead(task_il), init, {**dict.fromkeys(SECTIONS, 0.0), **timings},
                    samples, steps)  # fmt: skip
 
-    def so_far(self, wall_start: float) -> dict:
-        wall = self.timings.get("wall", 0.0) + time.perf_counter() - wall_start
+    def so_far(self, clock) -> dict:
         return {"class_il": self.class_il, "task_il": self.task_il, "random_init": self.random_init,
                 "train_samples": self.train_samples, "train_steps": self.train_steps,
-                "timings": {**self.timings, "wall": wall}}  # fmt: skip
+                "timings": clock.current()}  # fmt: skip
 
     def record_row(self, p: int, class_row, task_row) -> None:
         self.class_il[:, p, :], self.task_il[:, p, :] = class_row, task_row
@@ -80,12 +77,11 @@ class Results:
     def add(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
 
-    def finish(self, experiment, workdir: Path, wall_start: float, main: bool) -> dict:
+    def finish(self, experiment, workdir: Path, main: bool) -> dict:
         """The final timings, the summary (metrics per view; the table of several runs) and
         the files: accuracy_matrix.json (per run), summary.md (several runs)."""
         grid, scenario, phases = experiment.grid, experiment.scenario, experiment.phases
-        timings = self.timings
-        timings["wall"] = timings.get("wall", 0.0) + time.perf_counter() - wall_start
+        timings = self.timings  # closed by the run's clock (engine.clock) before this
         timings["train_samples"] = self.train_samples
         timings["train_samples_per_s"] = self.train_samples / max(timings["train"], 1e-9)
         timings["train_steps"] = self.train_steps  # per run
@@ -163,11 +159,12 @@ def final_lines(summary: dict, timings: dict, vmapped: bool) -> list[str]:
     else:
         lines = [f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
                  for view, values in summary.items()]  # fmt: skip
+    parts = ", ".join(f"{key} {timings.get(key, 0.0):.1f}" for key in SECTIONS)
     lines.append(
         f"train {timings['train_samples_per_s']:,.0f} samples/s; "
-        f"compile {timings['compile']:.1f}s, "
-        f"train {timings['train']:.1f}s, end_task {timings['end_task']:.1f}s, "
-        f"eval {timings['eval']:.1f}s, wall {format_duration(timings['wall'])}"
+        f"wall {format_duration(timings['wall'])} = {parts} s; "
+        f"{timings.get('compile_count', 0)} compilations ({timings.get('cache_hits', 0)} from "
+        f"the cache)"
     )
     return lines
 

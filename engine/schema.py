@@ -137,4 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
             sinks=(),
         )
     )
+    # JAX's persistent compilation cache (sequax.engine.compilation): "" uses
+    # $SEQUAX_COMPILATION_CACHE, else ~/.cache/sequax/xla; a folder; or "off". A rerun of the
+    # same config loads its programs from it instead of compiling them.
+    config.compilation_cache = ""
     return config

@@ -7,8 +7,10 @@ third and changes no result a test relies on (every comparison is within one con
 Many tests train the same tiny runs (a naive or ER baseline on two packaged tasks), so the
 test processes of one session (the pytest-xdist workers) share a persistent compilation
 cache in a temporary folder: a program compiled once is loaded by every later test that
-builds it. It holds only this session's programs and is removed when the session ends;
-subprocesses a test starts (the command-line and kill tests) compile for themselves.
+builds it. The subprocesses a test starts (the command-line, kill and multi-process tests)
+inherit it through SEQUAX_COMPILATION_CACHE, so a command run twice compiles once. It holds
+only this session's programs and is removed when the session ends, so the user's own cache
+(~/.cache/sequax/xla) is never touched.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _CACHE_VARIABLE = "SEQUAX_TEST_COMPILATION_CACHE"
 _OWNS_CACHE = _CACHE_VARIABLE not in os.environ
 if _OWNS_CACHE:
     os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="sequax-test-xla-cache-")
+os.environ["SEQUAX_COMPILATION_CACHE"] = os.environ[_CACHE_VARIABLE]  # runs, and subprocesses
 jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,0 +1,90 @@
+"""Integrity of what a run writes: checksums of arrays, atomic writes, and a full disk told
+apart from other I/O errors (orbax wraps its writers' errors, so the cause is searched for)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def array_checksums(state) -> dict[str, str]:
+    """blake2b of every array's bytes (with its dtype and shape), keyed by its path in the tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path): _array_digest(_host(leaf)) for path, leaf in leaves}
+
+
+def _host(leaf) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # split across processes
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
+def _array_digest(array: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def first_mismatch(found: dict[str, str], expected: dict[str, str]) -> str | None:
+    if set(found) != set(expected):
+        return next(iter(sorted(set(found) ^ set(expected))))
+    return next((key for key in found if found[key] != expected[key]), None)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that a reader sees the old file or the whole new one: a
+    temporary file in the same folder, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def is_no_space(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain (orbax wraps its writers' errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
+    kept = (
+        f"the last good checkpoint {last_good} is intact"
+        if last_good
+        else "no checkpoint was complete yet"
+    )
+    return (
+        f"no space left on the disk of {workdir} while writing {what}; free space or use another "
+        f"--workdir (rerunning with this --workdir resumes: {kept})"
+    )
