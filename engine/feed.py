@@ -21,6 +21,7 @@ from sequax.core.task_data import TaskData, task_arrays
 from sequax.engine import sharding
 from sequax.engine import stream as stream_lib
 from sequax.engine.evaluation import stack_run_test_sets, stack_test_sets
+from sequax.engine.placement import DeviceImages
 from sequax.engine.step import steps_per_epoch
 
 
@@ -42,6 +43,19 @@ def phase_images(scenario, drawn, tasks):
     return x, y, task_ids
 
 
+def first_examples(scenario, tasks, count: int):
+    """(x, y) of a phase's first `count` examples, transformed on the host (the state's
+    shapes and init batch), without transforming the rest."""
+    xs, ys = [], []
+    for t in tasks:
+        index = scenario.train_indices[t][: count - sum(map(len, ys))]
+        xs.append(scenario.transform(t, scenario.source.train_x[index]))
+        ys.append(scenario.source.train_y[index])
+        if sum(map(len, ys)) >= count:
+            break
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 class Feed:
     """The run's feed: places phases and test sets, and trains a phase chunk by chunk."""
 
@@ -58,6 +72,9 @@ class Feed:
         )
         self.compiled = None
         self._first = None
+        # Raw images on the devices once, each task cut and transformed there (None: the
+        # grain stream or a transform only the host can apply; engine.placement).
+        self.images = DeviceImages.maybe(exp, streaming=self.stream is not None)
 
     @property
     def per_run_images(self) -> bool:
@@ -68,9 +85,13 @@ class Feed:
         import jax.numpy as jnp
 
         exp = self.experiment
-        self._first = phase_images(exp.scenario, self.drawn, exp.phases[0])
-        x, y, _ = self._first
-        x = x if self.drawn is None else x[0]
+        if self.images is not None:  # the first batch only, transformed on the host
+            x, y = first_examples(exp.scenario if self.drawn is None else self.drawn[0],
+                                  exp.phases[0], exp.batch_size)  # fmt: skip
+        else:
+            self._first = phase_images(exp.scenario, self.drawn, exp.phases[0])
+            x, y, _ = self._first
+            x = x if self.drawn is None else x[0]
         return {
             "x": jnp.asarray(x[: exp.batch_size], jnp.float32) / 255.0,
             "y": jnp.asarray(y[: exp.batch_size], jnp.int32),
@@ -78,6 +99,8 @@ class Feed:
         }
 
     def test_sets(self):
+        if self.images is not None:
+            return self.images.test_sets()
         put = lambda a: sharding.put(np.asarray(a), sharding.replicated(self.mesh))  # noqa: E731
         if self.drawn is None:
             return stack_test_sets(self.experiment.scenario, put=put)
@@ -87,11 +110,15 @@ class Feed:
         """Places phase `p`'s examples on the devices (split over the mesh) and, streaming,
         starts reading its batches (`resume`: the stream's saved position, mid-phase)."""
         exp, mesh = self.experiment, self.mesh
+        put = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
+        if self.images is not None:
+            size = sum(len(exp.scenario.train_indices[t]) for t in tasks)
+            data = self.images.phase(tasks, put)
+            return Phase(self, programs, data, steps_per_epoch(size, exp.batch_size), None)
         x, y, task_ids = (
             self._first if p == 0 and self._first else phase_images(exp.scenario, self.drawn, tasks)
         )
         self._first = None  # keep no host copy of phase 0 once it is on device
-        put = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
         put_x = None
         if self.drawn is not None:
             put_x = lambda a: sharding.put(  # noqa: E731
