@@ -19,7 +19,6 @@ import numpy as np
 
 from sequax.core.task_data import TaskData, task_arrays
 from sequax.engine import sharding
-from sequax.engine import stream as stream_lib
 from sequax.engine.evaluation import stack_run_test_sets, stack_test_sets
 from sequax.engine.placement import DeviceImages
 from sequax.engine.step import steps_per_epoch
@@ -63,13 +62,18 @@ class Feed:
         exp = self.experiment = experiment
         self.mesh, self.drawn = exp.mesh, exp.drawn
         # data.pipeline="stream": a grain pipeline feeds one run (None: the on-device path).
-        self.stream = stream_lib.make_feed(
-            exp.config,
-            exp.mesh,
-            exp.batch_size,
-            exp.capacity,
-            runs=exp.grid.size > 1 or exp.drawn is not None,
-        )
+        # grain (and orbax beneath it) is imported only then: a third of a second at startup.
+        self.stream = None
+        if exp.config.data.get("pipeline", "device") != "device":
+            from sequax.engine import stream as stream_lib
+
+            self.stream = stream_lib.make_feed(
+                exp.config,
+                exp.mesh,
+                exp.batch_size,
+                exp.capacity,
+                runs=exp.grid.size > 1 or exp.drawn is not None,
+            )
         self.compiled = None
         self._first = None
         # Raw images on the devices once, each task cut and transformed there (None: the
@@ -81,9 +85,8 @@ class Feed:
         return self.drawn is not None
 
     def example_batch(self) -> dict:
-        """The first phase's first batch (the state's shapes); its images are read once."""
-        import jax.numpy as jnp
-
+        """The first phase's first batch (the state's shapes), as host arrays: numpy, not
+        jax.numpy, so that no eager op compiles a program of its own."""
         exp = self.experiment
         if self.images is not None:  # the first batch only, transformed on the host
             x, y = first_examples(exp.scenario if self.drawn is None else self.drawn[0],
@@ -93,9 +96,9 @@ class Feed:
             x, y, _ = self._first
             x = x if self.drawn is None else x[0]
         return {
-            "x": jnp.asarray(x[: exp.batch_size], jnp.float32) / 255.0,
-            "y": jnp.asarray(y[: exp.batch_size], jnp.int32),
-            "task": jnp.zeros((exp.batch_size,), jnp.int32),
+            "x": np.asarray(x[: exp.batch_size], np.float32) / np.float32(255.0),
+            "y": np.asarray(y[: exp.batch_size], np.int32),
+            "task": np.zeros((exp.batch_size,), np.int32),
         }
 
     def test_sets(self):

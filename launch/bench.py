@@ -1,12 +1,16 @@
-"""The throughput benchmark: sequax against a plain PyTorch loop (PROTOCOLS §E).
+"""The benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), in the same run.
 
     python -m sequax.launch.bench                                            # docs/benchmarks.md
+    python -m sequax.launch.bench --suites=time                              # time to result only
     python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints
 
-It replaces its own section of the output file (between `<!-- compare -->` markers), leaving
-the rest of the document as it is. The other suites (at scale, streaming, the Fisher, one GPU)
-are programs of the repository, not of the package: `python -m benchmarks.scale` etc. from the
-repository root (benchmarks/README.md); they run this module's cells (`--single`).
+Two suites: `time` (process start to summary, sequax cold and warm against torch, with the
+wall's breakdown: `launch/time_to_result.py`) and `compare` (training throughput). Each
+replaces its own section of the output file (between `<!-- time -->` or `<!-- compare -->`
+markers), leaving the rest of the document as it is. The other suites (at scale, streaming,
+the Fisher, one GPU) are programs of the repository, not of the package: `python -m
+benchmarks.scale` etc. from the repository root (benchmarks/README.md); they run this
+module's cells (`--single`).
 
 Workloads: PMNIST-10 (Permuted MNIST, 10 tasks, MLP 784-256-256-10, SGD lr 0.1, batch 128) and
 SMNIST-5 (Split MNIST class-IL, MLP 784-100-100-10, SGD lr 0.03, batch 10), one epoch per
@@ -35,9 +39,15 @@ import numpy as np
 from absl import app, flags, logging
 
 from sequax.configs import common
+from sequax.engine.clock import SECTIONS
 from sequax.launch.common import machine
+from sequax.launch.time_to_result import report as time_report
+from sequax.launch.time_to_result import time_suite
 from sequax.launch.torch_loop import run_torch
 
+_SUITES = flags.DEFINE_string(
+    "suites", "time,compare", "Comma-separated: time (time to result), compare (throughput)."
+)
 _WORKLOADS = flags.DEFINE_string("workloads", "pmnist10,smnist5", "Comma-separated workloads.")
 _METHODS = flags.DEFINE_string("methods", "naive,er,ewc", "Comma-separated methods.")
 _TASKS = flags.DEFINE_integer(
@@ -85,6 +95,15 @@ WORKLOADS = {
         batch=10,
         ewc_lam=180.0,
     ),  # lam 180 = DER's e_lambda 90
+    "rmnist20": dict(
+        title="R-MNIST-20",
+        scenario="rotated",
+        num_tasks=20,
+        widths=(100, 100),
+        lr=0.2,
+        batch=128,
+        ewc_lam=1.4,
+    ),  # PROTOCOLS §A: DER's R-MNIST, sgd lr 0.2, batch 128
 }
 METHODS = ("naive", "er", "ewc")  # the torch loop implements these
 FRAMEWORKS = ("sequax", "torch")
@@ -128,12 +147,12 @@ def run_sequax(config) -> dict:
     t = result.timings
     matrices = result.class_il if result.class_il.ndim == 3 else result.class_il[None]
     return dict(
+        **{key: t[key] for key in SECTIONS},  # the wall's breakdown (engine.clock)
+        time_to_result=t["time_to_result"],  # process start to summary
+        compile_count=t["compile_count"],
+        cache_hits=t["cache_hits"],
+        compilations=t["compilations"],
         samples_per_s=t["train_samples_per_s"],
-        train=t["train"],
-        compile=t["compile"],
-        end_task=t["end_task"],
-        eval=t["eval"],
-        wall=t["wall"],
         train_samples=int(t["train_samples"]),
         matrix=matrices[0].tolist(),
         accs=[100.0 * float(np.mean(m[-1])) for m in matrices],
@@ -165,6 +184,8 @@ def run_single(spec: str, json_out: str) -> None:
             config.runs = int(option[1:])
         elif option.startswith("m"):  # split the runs over this many devices (mesh runs axis)
             config.mesh.runs = int(option[1:])
+        elif option == "checkpoints":  # as a user runs it: a verified checkpoint every task
+            config.checkpoint.enabled = True
     if framework == "sequax" and _SEQUAX_CORES.value > 0:  # before jax is imported
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: _SEQUAX_CORES.value]))
     result = run_sequax(config) if framework == "sequax" else run_torch(config, _TORCH_DEVICE.value)
@@ -174,24 +195,37 @@ def run_single(spec: str, json_out: str) -> None:
     Path(json_out).write_text(json.dumps(result))
 
 
-def run_child(workload: str, method: str, framework: str, folder: str) -> dict | None:
-    out = os.path.join(folder, f"{workload}_{method}_{framework}.json")
+def run_child(
+    workload: str,
+    method: str,
+    framework: str,
+    folder: str,
+    *,
+    options: str = "",
+    env=None,
+    name: str = "",
+) -> dict | None:
+    """One cell in its own process (`--single`); `options` appended to its spec, `env` the
+    child's environment (None: this one's). Adds `process_wall`: launch to exit, as seen here."""
+    out = os.path.join(folder, f"{workload}_{method}_{framework}{name}.json")
+    spec = ",".join(filter(None, (workload, method, framework, options)))
     command = [
         sys.executable,
         "-m",
         "sequax.launch.bench",
-        f"--single={workload},{method},{framework}",
+        f"--single={spec}",
         f"--json_out={out}",
         f"--tasks={_TASKS.value}",
         f"--train_per_task={_TRAIN_PER_TASK.value}",
         f"--sequax_cores={_SEQUAX_CORES.value}",
         f"--torch_device={_TORCH_DEVICE.value}",
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr)
         return None
-    return json.loads(Path(out).read_text())
+    return {**json.loads(Path(out).read_text()), "process_wall": time.perf_counter() - t0}
 
 
 # ---------------- Report ---------------------------------------------------------------------
@@ -454,10 +488,24 @@ def main(argv):
         raise app.UsageError(
             f"unknown workload/method {unknown}; known: {list(WORKLOADS)}, {list(METHODS)}"
         )
-    text = compare_suite(workloads, methods, machine())
-    print("\n" + text.split("### How to read this")[0].rstrip())
+    suites = [s for s in _SUITES.value.split(",") if s]
+    if set(suites) - {"time", "compare"}:
+        raise app.UsageError(f"--suites={_SUITES.value}: use time, compare or both")
+    info = machine()
+    if "time" in suites:
+        titles = {w: spec["title"] for w, spec in WORKLOADS.items()}
+        results, seconds = time_suite(run_child, timed, titles)
+        text = time_report(results, titles, header(info, seconds, "time"))
+        _publish("time", text)
+    if "compare" in suites:
+        text = compare_suite(workloads, methods, info)
+        _publish("compare", text.split("### How to read this")[0], text)
+
+
+def _publish(name: str, shown: str, text: str | None = None) -> None:
+    print("\n" + shown.rstrip())
     if _OUTPUT.value:
-        write_section(_OUTPUT.value, "compare", text)
+        write_section(_OUTPUT.value, name, text or shown)
         print(f"\nwrote {_OUTPUT.value}")
 
 

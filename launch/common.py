@@ -11,8 +11,6 @@ from pathlib import Path
 
 from absl import flags
 
-from sequax.engine import distributed
-
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address",
     None,
@@ -38,6 +36,8 @@ _PROCESS_ID = flags.DEFINE_integer(
 def initialize_distributed() -> bool:
     """Joins the other processes from the flags or the platform (one line and exit 2 if the
     flags are inconsistent); call it before anything touches a device."""
+    from sequax.engine import distributed  # JAX: not imported by a launcher that never runs it
+
     try:
         return distributed.initialize(
             _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value

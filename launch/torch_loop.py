@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from sequax.engine.clock import process_start
+
 
 def reservoir(num_seen: int, buffer_size: int) -> int:
     """mammoth's `reservoir()`: the slot of the next example, or -1 to drop it."""
@@ -52,7 +54,7 @@ def run_torch(config, device: str = "cpu") -> dict:
 
     from sequax.data import load_source, make_scenario, subsample
 
-    wall_start = time.perf_counter()
+    wall_start, wall_start_epoch = time.perf_counter(), time.time()
     torch.set_num_threads(1)
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -180,10 +182,9 @@ def run_torch(config, device: str = "cpu") -> dict:
     return dict(
         samples_per_s=train_samples / max(timings["train"], 1e-9),
         compile=0.0,
+        time_to_result=time.time() - process_start(),  # the same clock as sequax's
+        startup=wall_start_epoch - process_start(),
         train_samples=train_samples,
         matrix=matrix,
         **timings,
     )
-
-
-# ---------------- One cell in a subprocess ---------------------------------------------------
