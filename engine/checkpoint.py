@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import shutil
 import signal
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,16 @@ class CheckpointWarning(UserWarning):
     """A checkpoint that cannot be used (half-written or corrupt); an older one is used instead."""
 
 
-def kill_point(point: str, index: Any) -> None:
+def kill_point(point: str, index: Any, settle=None) -> None:
     """Test-only: SIGKILLs this process when `SEQUAX_TEST_KILL_AT` is `f"{point}:{index}"`, so
-    the kill test stops a run at an exact place (mid-epoch, in end_task, mid-checkpoint)."""
-    if os.environ.get(KILL_ENV) == f"{point}:{index}":
+    the kill test stops a run at an exact place (mid-epoch, in end_task, mid-checkpoint).
+    `settle()` runs first (the loop's: wait for the save in flight), so that which checkpoints
+    exist at the kill does not depend on the background thread's timing; a trailing "!"
+    (`train_chunk:25!`) kills without settling, whatever the save in flight has written."""
+    wanted = os.environ.get(KILL_ENV, "")
+    if wanted.rstrip("!") == f"{point}:{index}":
+        if settle is not None and not wanted.endswith("!"):
+            settle()
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -188,6 +196,10 @@ class Checkpoints:
         self.config = json.loads(config.to_json_best_effort())
         self.last_good: Path | None = None
         self._checkpointer = None
+        # Saves finish in a background thread with one process; several processes save in
+        # step (a save's barriers are collectives that must not interleave with training's).
+        self.asynchronous = bool(options.get("asynchronous", True)) and jax.process_count() == 1
+        self._executor, self._pending = None, None
         if self.enabled:
             self._check_config()
 
@@ -357,8 +369,13 @@ class Checkpoints:
     ) -> Path:
         """Writes a checkpoint, reads it back verified, then prunes old ones (`keep`).
 
+        Asynchronous (`config.checkpoint.asynchronous`, one process): this returns once the
+        arrays are copied off the devices and checksummed; writing, the manifest, the
+        verification and the pruning go on in a background thread while training continues,
+        and the next save, `wait()` or `close()` waits for them (and raises their error).
         A full disk raises `NoSpaceLeft` after removing the partial checkpoint; the previous
         ones are untouched."""
+        self.wait()  # one save in flight at most: the previous one is complete and verified
         folder = self.folder / position.name(step)
         assert folder != self.last_good, (
             f"{folder} is the last good checkpoint; it is never overwritten"
@@ -368,46 +385,63 @@ class Checkpoints:
                 shutil.rmtree(folder)
             if self.main:
                 folder.mkdir(parents=True)
-            barrier(
-                "sequax_checkpoint_folder"
-            )  # the folder exists before any process writes into it
+            barrier("sequax_checkpoint_folder")  # the folder exists before any process writes
             checksums = array_checksums(state)
-            checkpointer = self._orbax()
-            checkpointer.save((folder / STATE).absolute(), state)
-            checkpointer.wait_until_finished()
+            # Copied now: the loop goes on filling the results' matrices in place.
+            progress = {
+                "format": FORMAT,
+                "step": step,
+                "position": dataclasses.asdict(position),
+                "results": _jsonable(results),
+                "stream": stream,
+                "config": self.config,
+            }
+            progress_bytes = json.dumps(progress, indent=1).encode()
+            # Returns once the arrays are on the host; orbax writes them in the background.
+            self._orbax().save((folder / STATE).absolute(), state)
+        except BaseException as error:
+            self._failed(folder, error)
+        finish = functools.partial(self._finish, folder, progress_bytes, checksums,
+                                   _abstract(state))  # fmt: skip
+        if self.asynchronous:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="sequax-checkpoint")
+            self._pending = self._executor.submit(finish)
+        else:
+            finish()
+        return folder
+
+    def _finish(self, folder: Path, progress_bytes: bytes, checksums: dict, abstract) -> None:
+        """The rest of a save: the arrays on disk, progress.json, the manifest (last), then
+        the checkpoint read back verified and older ones pruned."""
+        try:
+            self._orbax().wait_until_finished()
             if self.main:
-                progress = {
-                    "format": FORMAT,
-                    "step": step,
-                    "position": dataclasses.asdict(position),
-                    "results": _jsonable(results),
-                    "stream": stream,
-                    "config": self.config,
-                }
-                progress_bytes = json.dumps(progress, indent=1).encode()
                 write_atomic(folder / PROGRESS, progress_bytes)
-                kill_point(
-                    "checkpoint_written", folder.name
-                )  # arrays and progress on disk, no manifest
-                manifest = {
-                    "format": FORMAT,
-                    "progress": digest(progress_bytes),
-                    "arrays": checksums,
-                }
+                kill_point("checkpoint_written", folder.name)  # arrays, progress; no manifest
+                manifest = {"format": FORMAT, "progress": digest(progress_bytes),
+                            "arrays": checksums}  # fmt: skip
                 write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
             barrier("sequax_checkpoint_manifest")  # every process reads it back next
         except BaseException as error:
-            if self.main:
-                shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint is worth nothing
-            if is_no_space(error):
-                raise NoSpaceLeft(
-                    no_space_message(
-                        self.folder.parent, f"checkpoint {folder.name}", self.last_good
-                    )
-                ) from None
-            raise
-        self._verify_and_prune(folder, _abstract(state))
-        return folder
+            self._failed(folder, error)
+        self._verify_and_prune(folder, abstract)
+
+    def _failed(self, folder: Path, error: BaseException):
+        """A save that failed: its partial folder removed; a full disk in one line."""
+        if self.main:
+            shutil.rmtree(folder, ignore_errors=True)  # a partial checkpoint is worth nothing
+        if is_no_space(error):
+            raise NoSpaceLeft(
+                no_space_message(self.folder.parent, f"checkpoint {folder.name}", self.last_good)
+            ) from None
+        raise error
+
+    def wait(self) -> None:
+        """Waits for the save in flight, if any, and raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _verify_and_prune(self, folder: Path, abstract) -> None:
         try:
@@ -442,10 +476,25 @@ class Checkpoints:
             self._checkpointer = ocp.StandardCheckpointer()
         return self._checkpointer
 
+    def settle(self) -> None:
+        """Completes the save in flight of a run that stopped on an error (its own error is
+        dropped: the run's is the one to report), then releases orbax; a no-op after close."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - secondary to the error the run stops on
+            pass
+
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
+        """Waits for the save in flight (raising its error), then releases orbax."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
 
 
 class _Unusable(Exception):

@@ -41,20 +41,23 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     `workdir`; a workdir holding a checkpoint of the same run resumes from it."""
     if not isinstance(experiment, Experiment):
         experiment = from_config(experiment)  # every config rule: before any data is placed
-    exp, config = experiment, experiment.config
-    with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
-        return _run(exp, config, Path(workdir), compiles, verbose)
-
-
-def _run(exp, config, workdir: Path, compiles: Compilations, verbose: bool) -> RunResult:
+    exp, config, workdir = experiment, experiment.config, Path(workdir)
     main = jax.process_index() == 0  # only process 0 prints and writes (several hosts)
-    say = print if verbose and main else (lambda *a, **k: None)
-    timings = {}
-    clock = Clock(timings, compiles, exp)  # startup, data, compile, train, ... (engine.clock)
     # WORKDIR/checkpoints holding a run of another config is refused here, before compiling.
     checkpoints = Checkpoints(
         checkpoint_folder(workdir), config, num_phases=len(exp.phases), main=main
     )
+    with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
+        try:
+            return _run(exp, config, workdir, checkpoints, compiles, main, verbose)
+        finally:  # a run that stops early still completes the save in flight
+            checkpoints.settle()
+
+
+def _run(exp, config, workdir, checkpoints, compiles, main: bool, verbose: bool) -> RunResult:
+    say = print if verbose and main else (lambda *a, **k: None)
+    timings = {}
+    clock = Clock(timings, compiles, exp)  # startup, data, compile, train, ... (engine.clock)
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -121,7 +124,7 @@ def _run(exp, config, workdir: Path, compiles: Compilations, verbose: bool) -> R
                     write({"kind": "train", "phase": p, "epoch": epoch, "step": step,
                            **_shown(exp, means)})  # fmt: skip
                     checkpoints.check_finite(means, step=step, label=label, epoch=epoch)  # NaN
-                    kill_point("train_chunk", step)  # test-only (tests/engine/test_resume.py)
+                    kill_point("train_chunk", step, checkpoints.wait)  # test-only: test_resume
                     if checkpoints.due_after_chunk(p, epoch, start, stop, phase.steps, step):
                         with clock("checkpoint"):
                             checkpoints.save_chunk(state, step, p, epoch, stop, phase.steps,
@@ -134,7 +137,7 @@ def _run(exp, config, workdir: Path, compiles: Compilations, verbose: bool) -> R
             # ------------ End of task: importances, anchors, snapshots (compiled) ------------
             with clock("end_task"):
                 state = programs.finish_phase(state, phase.data, tasks)
-            kill_point("end_task", p)  # test-only (tests/engine/test_resume.py)
+            kill_point("end_task", p, checkpoints.wait)  # test-only (tests/engine/test_resume.py)
             del phase
 
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------

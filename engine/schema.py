@@ -120,8 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
     # same --workdir resumes from the newest good one. Intervals, 0 = never: every_steps is
     # checked at chunk boundaries (training.steps_per_dispatch), every_epochs within a task,
     # every_tasks after a task's evaluation (and after the last); `keep` complete ones kept.
+    # `asynchronous`: a save returns once the state is off the devices and training goes on
+    # while it is written, verified and older ones pruned (one process; several save in step).
     config.checkpoint = ml_collections.ConfigDict(
-        dict(enabled=True, every_steps=0, every_epochs=0, every_tasks=1, keep=2)
+        dict(enabled=True, every_steps=0, every_epochs=0, every_tasks=1, keep=2, asynchronous=True)
     )
     # Sinks besides metrics.jsonl and the console (sequax.engine.writers): TensorBoard event
     # files in WORKDIR/tensorboard; W&B (pip install 'sequax[wandb]'), "offline" writes

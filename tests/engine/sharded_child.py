@@ -38,6 +38,8 @@ def tiny_config(name: str):
         config.runs = 2
         config.mesh.runs = 2
     config.data.source = "mnist_packaged"
+    config.data.num_tasks = 3  # enough tasks for replay and the penalty to act on old ones
+    config.checkpoint.enabled = False  # not what these runs compare (test_resume.py does)
     config.data.train_per_task = 320
     config.data.test_per_task = 96
     config.model.widths = (32,)

@@ -40,8 +40,12 @@ def small(scenario: str, **data):
 
 @pytest.mark.parametrize(
     "scenario,data,runs",
-    [("split", {}, 1), ("permuted", {}, 1), ("rotated", {}, 1),
-     ("permuted", {"draws_per_run": True}, 2)],  # fmt: skip
+    [
+        ("split", {}, 1),
+        ("permuted", {}, 1),
+        ("rotated", {}, 1),
+        ("permuted", {"draws_per_run": True}, 2),
+    ],  # fmt: skip
 )
 def test_device_phases_and_test_sets_equal_the_host_ones(scenario, data, runs):
     config = small(scenario, **data)
