@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sequax.engine.build import ConfigError
@@ -369,12 +369,12 @@ class Checkpoints:
     ) -> Path:
         """Writes a checkpoint, reads it back verified, then prunes old ones (`keep`).
 
-        Asynchronous (`config.checkpoint.asynchronous`, one process): this returns once the
-        arrays are copied off the devices and checksummed; writing, the manifest, the
-        verification and the pruning go on in a background thread while training continues,
-        and the next save, `wait()` or `close()` waits for them (and raises their error).
-        A full disk raises `NoSpaceLeft` after removing the partial checkpoint; the previous
-        ones are untouched."""
+        Asynchronous (`config.checkpoint.asynchronous`, one process): this returns once a copy
+        of the state is dispatched on the devices (the loop donates `state` to its next step);
+        checksums, orbax's write, the manifest, the verification and the pruning go on in a
+        background thread while training continues, and the next save, `wait()` or `close()`
+        waits for them (and raises their error). A full disk raises `NoSpaceLeft` after
+        removing the partial checkpoint; the previous ones are untouched."""
         self.wait()  # one save in flight at most: the previous one is complete and verified
         folder = self.folder / position.name(step)
         assert folder != self.last_good, (
@@ -386,8 +386,7 @@ class Checkpoints:
             if self.main:
                 folder.mkdir(parents=True)
             barrier("sequax_checkpoint_folder")  # the folder exists before any process writes
-            checksums = array_checksums(state)
-            # Copied now: the loop goes on filling the results' matrices in place.
+            # Serialised now: the loop goes on filling the results' matrices in place.
             progress = {
                 "format": FORMAT,
                 "step": step,
@@ -397,25 +396,26 @@ class Checkpoints:
                 "config": self.config,
             }
             progress_bytes = json.dumps(progress, indent=1).encode()
-            # Returns once the arrays are on the host; orbax writes them in the background.
-            self._orbax().save((folder / STATE).absolute(), state)
         except BaseException as error:
             self._failed(folder, error)
-        finish = functools.partial(self._finish, folder, progress_bytes, checksums,
-                                   _abstract(state))  # fmt: skip
         if self.asynchronous:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="sequax-checkpoint")
-            self._pending = self._executor.submit(finish)
+            self._pending = self._executor.submit(
+                self._write, folder, _device_copy(state), progress_bytes
+            )
         else:
-            finish()
+            self._write(folder, state, progress_bytes)
         return folder
 
-    def _finish(self, folder: Path, progress_bytes: bytes, checksums: dict, abstract) -> None:
-        """The rest of a save: the arrays on disk, progress.json, the manifest (last), then
-        the checkpoint read back verified and older ones pruned."""
+    def _write(self, folder: Path, state, progress_bytes: bytes) -> None:
+        """The save itself: checksums, the arrays (orbax), progress.json, the manifest (last),
+        then the checkpoint read back verified and older ones pruned."""
         try:
-            self._orbax().wait_until_finished()
+            checksums = array_checksums(state)
+            checkpointer = self._orbax()
+            checkpointer.save((folder / STATE).absolute(), state)
+            checkpointer.wait_until_finished()
             if self.main:
                 write_atomic(folder / PROGRESS, progress_bytes)
                 kill_point("checkpoint_written", folder.name)  # arrays, progress; no manifest
@@ -425,7 +425,7 @@ class Checkpoints:
             barrier("sequax_checkpoint_manifest")  # every process reads it back next
         except BaseException as error:
             self._failed(folder, error)
-        self._verify_and_prune(folder, abstract)
+        self._verify_and_prune(folder, _abstract(state))
 
     def _failed(self, folder: Path, error: BaseException):
         """A save that failed: its partial folder removed; a full disk in one line."""
@@ -512,6 +512,12 @@ def _from_process_0(text: str) -> str:
     buffer = np.zeros(size, np.uint8)
     buffer[: min(size, len(data))] = data[:size]
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode()
+
+
+@jax.jit
+def _device_copy(state):
+    """A copy of the state in new device buffers (jnp.copy is not elided under jit)."""
+    return jax.tree.map(jnp.copy, state)
 
 
 def _abstract(state):

@@ -120,7 +120,9 @@ def report(results: dict, titles: dict, header: list[str]) -> str:
         "Sections (`sequax.engine.clock`): startup = interpreter, imports and config; data = "
         "reading the files and placing them on the device; compile = every trace, lowering and "
         "XLA compile or cache load, per program in each run's summary.json; end_task = the task "
-        "boundaries; checkpoint = saving (verified, synchronous); other = the rest. The torch "
+        "boundaries; checkpoint = what saving holds training up (a copy of the state on "
+        "the device; writing and verifying overlap training; the last save is waited for at "
+        "the end); other = the rest. The torch "
         "loop reads, permutes or rotates its data inside its wall (shown under no section).",
     ]
     return "\n".join(lines)
