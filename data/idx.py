@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sequax.data.decoded_cache import cached
 from sequax.data.errors import DataError
 
 IMAGES_MAGIC = 2051
@@ -51,6 +52,11 @@ def read_idx(path: str | os.PathLike, official: tuple[int, str, str] | None = No
     path = Path(path)
     if not path.is_file():
         raise DataError(f"IDX file missing: {path}; check the path (or set config.data.root)")
+    # A rerun reads the decoded, checked array from the user's cache (sequax.data.decoded_cache).
+    return cached(path, lambda p: _decode(p, official), check=str(official[1]) if official else "")
+
+
+def _decode(path: Path, official) -> np.ndarray:
     raw = path.read_bytes()
     if raw[:2] == _GZIP_MAGIC:
         try:

@@ -33,6 +33,8 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
+from sequax.data.decoded_cache import cache_root
+
 CACHE_ENV = "SEQUAX_COMPILATION_CACHE"
 OFF = ("off", "none", "false", "0")
 
@@ -47,8 +49,7 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/sequax/xla, or ~/.cache/sequax/xla."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sequax" / "xla"
+    return cache_root() / "xla"
 
 
 def cache_dir(setting: str = "") -> str | None:

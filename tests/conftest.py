@@ -9,8 +9,8 @@ test processes of one session (the pytest-xdist workers) share a persistent comp
 cache in a temporary folder: a program compiled once is loaded by every later test that
 builds it. The subprocesses a test starts (the command-line, kill and multi-process tests)
 inherit it through SEQUAX_COMPILATION_CACHE, so a command run twice compiles once. It holds
-only this session's programs and is removed when the session ends, so the user's own cache
-(~/.cache/sequax/xla) is never touched.
+only this session's programs (and decoded data files, `sequax.data.decoded_cache`) and is
+removed when the session ends, so the user's own caches (~/.cache/sequax) are never touched.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _OWNS_CACHE = _CACHE_VARIABLE not in os.environ
 if _OWNS_CACHE:
     os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="sequax-test-xla-cache-")
 os.environ["SEQUAX_COMPILATION_CACHE"] = os.environ[_CACHE_VARIABLE]  # runs, and subprocesses
+os.environ["SEQUAX_DATA_CACHE"] = os.path.join(os.environ[_CACHE_VARIABLE], "data")
 jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
