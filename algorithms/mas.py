@@ -37,7 +37,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sequax.algorithms.fisher import batched_like_params
+from sequax.algorithms.fisher import batched_like_params, per_example_gradient_sum
 from sequax.algorithms.losses import penalised_cross_entropy
 from sequax.algorithms.quadratic_penalty import (
     consolidate_online,
@@ -82,19 +82,17 @@ class MAS(Algorithm):
     def importance(self, params, model_state, task_data, model):
         """Mean over the task's examples of |∂ ||f(x)||² / ∂θ|, one gradient per example."""
 
-        def squared_norm(p, x):
+        def squared_norm(p, example_and_weight):
+            x, weight = example_and_weight
             outputs, _ = model.apply(p, model_state, x[None], train=False)
-            return jnp.sum(outputs["logits"] ** 2)
+            return jnp.sum(outputs["logits"] ** 2), weight
 
         def accumulate(total, batch, valid):
             # Shared images under vmapped runs: see fisher.batched_like_params (conv nets).
-            grads = jax.vmap(jax.grad(squared_norm), (None, 0))(
-                params, batched_like_params(batch["x"], params)
-            )
+            x = batched_like_params(batch["x"], params)
             weight = valid.astype(jnp.float32)
-            return jax.tree.map(
-                lambda t, g: t + jnp.einsum("b,b...->...", weight, jnp.abs(g)), total, grads
-            )
+            part = per_example_gradient_sum(squared_norm, params, (x, weight), jnp.abs)
+            return jax.tree.map(jnp.add, total, part)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         total = scan_batches(accumulate, task_data, self.importance_batch, zeros)

@@ -26,6 +26,7 @@ sum as `timings["compile"]`, so no compile hides inside the train or eval time.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -89,7 +90,15 @@ def compilation_cache(setting: str = ""):
 def _apply(values: dict) -> None:
     for key, value in values.items():
         jax.config.update(key, value)
-    jax_cache.reset_cache()  # JAX decides once whether and where it caches: ask it again
+    # JAX decides once whether and where it caches: ask it again (quietly: it logs the reset
+    # at INFO, which an absl program's console would show).
+    quiet = logging.getLogger("jax._src.compilation_cache")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        jax_cache.reset_cache()
+    finally:
+        quiet.setLevel(level)
 
 
 class Compilations:

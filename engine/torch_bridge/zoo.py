@@ -57,6 +57,43 @@ def small_cnn(
     return SmallCNN(num_classes, in_channels, tuple(widths), image_size)
 
 
+class DepthwiseSeparableCNN(nn.Module):
+    """MobileNet-style blocks: depthwise conv(3x3) + BatchNorm + ReLU6, pointwise conv(1x1) +
+    BatchNorm + ReLU6, each block halving the image; then global average pooling and a
+    linear classifier (Howard et al. 2017, "MobileNets", Table 1's block).
+
+    Args:
+      num_classes: width of the classifier.
+      in_channels: image channels.
+      widths: output channels of each block's pointwise convolution.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths=(32, 64)):
+        super().__init__()
+        layers, channels = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)], widths[0]
+        layers += [nn.BatchNorm2d(channels), nn.ReLU6()]
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU6(),
+                nn.Conv2d(channels, width, 1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU6(),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def ds_cnn(num_classes: int = 10, in_channels: int = 1, widths=(32, 64)) -> DepthwiseSeparableCNN:
+    """`DepthwiseSeparableCNN` (a config factory)."""
+    return DepthwiseSeparableCNN(num_classes, in_channels, tuple(widths))
+
+
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 

@@ -227,3 +227,37 @@ def test_vmapped_runs_of_a_conv_network_equal_runs_one_by_one(task_data):
         chex.assert_trees_all_close(
             jax.tree.map(lambda a, r=r: a[r], together), alone, rtol=1e-5, atol=1e-8
         )
+
+
+def test_sequential_per_example_gradients_equal_one_vmap_on_a_conv_net():
+    """`per_example_gradient_sum` example by example (a scan: XLA:CPU runs the grouped
+    convolutions of a vmapped kernel gradient slowly) gives the one-vmap value; a convolution
+    in the value's computation is what chooses it on CPU."""
+
+    class Depthwise(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Conv(4, (3, 3), feature_group_count=1)(x)
+            x = nn.Conv(4, (3, 3), feature_group_count=4)(x)  # depthwise
+            return {"logits": nn.Dense(3)(x.reshape(x.shape[0], -1))}
+
+    model = from_linen(Depthwise(), 3)
+    x = jax.random.uniform(jax.random.key(1), (20, 6, 6, 1))
+    params, state = model.init(jax.random.key(0), x[:2])
+
+    def value(p, example):
+        logits = model.apply(p, state, example[None], train=False)[0]["logits"]
+        return jax.nn.log_softmax(logits)[0, 1], jnp.float32(1.0)
+
+    whole = fisher.per_example_gradient_sum(value, params, x, jnp.square, sequential=False)
+    grouped = fisher.per_example_gradient_sum(value, params, x, jnp.square, sequential=True)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), grouped, whole
+    )
+    assert fisher._has_convolution(value, params, x[0])
+    dense = mlp(3, widths=(8,))
+    dense_params, dense_state = dense.init(jax.random.key(0), x[:2])
+    assert not fisher._has_convolution(
+        lambda p, e: dense.apply(p, dense_state, e[None], train=False)[0]["logits"].sum(),
+        dense_params, x[0],
+    )  # fmt: skip
