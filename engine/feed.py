@@ -142,7 +142,8 @@ class Feed:
             step = jax.vmap(programs.train_step, in_axes=(0, None))  # one run, shared batches
             self.compiled = phase.stream.compile(state, step, programs.state_sharding)
         else:
-            order = programs.order(state.key, state.step, phase.data.size, self.experiment.capacity)
+            order = programs.order(state.key, state.step, np.int32(0), phase.data.size,
+                                   self.experiment.capacity)  # fmt: skip
             start, stop = np.int32(0), np.int32(1)
             self.compiled = programs.run_steps.lower(
                 state, phase.data, order, start, stop
@@ -170,7 +171,7 @@ class Phase:
         if epoch != self._epoch:  # keyed by the step the epoch started at, `start` steps ago
             capacity = self.feed.experiment.capacity
             self._order = self.programs.order(
-                state.key, state.step - start, self.data.size, capacity
+                state.key, state.step, np.int32(start), self.data.size, capacity
             )
             self._epoch = epoch
         return self.feed.compiled(state, self.data, self._order, np.int32(start), np.int32(stop))

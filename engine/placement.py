@@ -56,11 +56,12 @@ class DeviceImages:
             if per_run
             else sharding.examples_sharding(mesh, (capacity,))
         )
-        gather = place_examples
+        gather, tests = place_examples, place_test_sets
         if per_run:
             gather = jax.vmap(place_examples, (None, None, None, 0, None, None))
+            tests = jax.vmap(place_test_sets, (None, None, None, 0, None))
         self._phase = jax.jit(gather, out_shardings=x_sharding)
-        self._test = jax.jit(gather, out_shardings=replicated)
+        self._test = jax.jit(tests, out_shardings=replicated)
         self.per_run = per_run
 
     @classmethod
@@ -97,12 +98,17 @@ class DeviceImages:
         labels = np.zeros((s.num_tasks, width), np.int32)
         for t, rows in enumerate(s.test_indices):
             index[t, : len(rows)], labels[t, : len(rows)] = rows, s.source.test_y[rows]
-        tasks = np.repeat(np.arange(s.num_tasks, dtype=np.int32), width)
-        valid = (np.arange(width)[None] < sizes[:, None]).reshape(-1)
-        flat = index.reshape(-1)
-        x = self._test(self.raw_test, flat, tasks, self.maps, np.int32(len(flat)), valid)
-        x = x.reshape(*x.shape[:-4], s.num_tasks, width, *x.shape[-3:])
+        tasks = np.repeat(np.arange(s.num_tasks, dtype=np.int32)[:, None], width, axis=1)
+        valid = np.arange(width)[None] < sizes[:, None]
+        x = self._test(self.raw_test, index, tasks, self.maps, valid)
         return TestSets(x, self.put(labels), self.put(sizes))
+
+
+def place_test_sets(raw, index, task, maps, valid):
+    """[T, M, ...]: every task's test images (`index`, `task`, `valid` are [T, M])."""
+    flat = place_examples(raw, index.reshape(-1), task.reshape(-1), maps, index.size,
+                          valid.reshape(-1))  # fmt: skip
+    return flat.reshape(*index.shape, *flat.shape[1:])
 
 
 def place_examples(raw, index, task, maps, size, valid=None):

@@ -8,7 +8,7 @@ values (`state.hparams`) inside the program (`Experiment.parts`).
     programs = make_programs(experiment, example_batch, per_run_images=False)
     state = programs.init()                              # or a restored checkpoint
     state = programs.start_phase(state, data, tasks, reset_optimizer=True)
-    state = state._replace(algo=programs.end_task(state, data, task_key))
+    state = programs.finish_phase(state, data, tasks)    # end_task, its key drawn inside
     class_il, task_il = programs.evaluate(state, test)   # [runs, tasks] each
 """
 
@@ -40,12 +40,12 @@ class Programs:
     data_axes: Any  # vmap axes of a phase's TaskData (x per run when runs draw their own)
     train_step: Any  # the pure step of one run
     run_steps: Any  # (state, data, order, start, stop) -> (state, means), the device path
-    order: Any  # (key, step, size, capacity) -> [runs, capacity]: an epoch's example order
-    end_task: Any  # (state, data, key) -> algo
-    start_task: Any  # (state, data, key) -> algo
+    order: Any  # (key, step, start, size, capacity) -> [runs, capacity]: the order of the
+    #              epoch that began `start` steps before `step`
+    end_task: Any  # (state, data, task) -> algo, the task's key drawn inside
+    start_task: Any  # (state, data, task) -> algo
     reset_optimizer: Any  # state -> opt_state
     restart_schedule: Any  # opt_state -> opt_state: the learning-rate schedule back at step 0
-    task_key: Any  # (key, stream, task) -> [runs] keys
     evaluate_fn: Any
 
     def evaluate(self, state, test):
@@ -70,12 +70,11 @@ class Programs:
             state = state._replace(opt_state=self.reset_optimizer(state))
         elif later and optimizer.get("per_task", True) and optimizer.get("schedule") != "constant":
             state = state._replace(opt_state=self.restart_schedule(state.opt_state))
-        keys = self.task_key(state.key, STREAM_TASK, tasks[-1])  # end_task's keys, folded with 1
-        return state._replace(algo=self.start_task(state, data, keys))
+        return state._replace(algo=self.start_task(state, data, np.int32(tasks[-1])))
 
     def finish_phase(self, state, data, tasks):
         """The state after the method's `end_task` (blocks until it is computed)."""
-        algo = self.end_task(state, data, self.task_key(state.key, STREAM_TASK, tasks[-1]))
+        algo = self.end_task(state, data, np.int32(tasks[-1]))
         return state._replace(algo=jax.block_until_ready(algo))
 
 
@@ -121,18 +120,24 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
         data_axes=data_axes,
     )
 
-    def end_task_one(state, data, key):
+    # The task's key is drawn inside the programs that use it (one program, not two).
+    def end_task_one(state, data, task):
+        key = stream_key(state.key, STREAM_TASK, task)
         return exp.parts(state.hparams)[0].end_task(state, data, key, model)
 
-    def start_task_one(state, data, key):
+    def start_task_one(state, data, task):
+        key = stream_key(state.key, STREAM_TASK, task)
         key = jax.random.fold_in(key, 1)  # not end_task's key: both draw from the phase's key
         return exp.parts(state.hparams)[0].start_task(state, data, key, model)
+
+    def order_one(key, step, start, size, capacity):
+        return epoch_order(key, step - start, size, capacity)
 
     def reset_one(state):
         algorithm, tx = exp.parts(state.hparams)
         return algorithm.optimizer(tx).init(state.params)
 
-    per_phase = (0, data_axes, 0)
+    per_phase = (0, data_axes, None)
     algo_out = state_sharding.algo
     return Programs(
         experiment=exp,
@@ -143,12 +148,11 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
         data_axes=data_axes,
         train_step=train_step,
         run_steps=run_steps,
-        order=jax.jit(jax.vmap(epoch_order, (0, 0, None, None)), static_argnums=3),
+        order=jax.jit(jax.vmap(order_one, (0, 0, None, None, None)), static_argnums=4),
         end_task=jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out),
         start_task=jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out),
         reset_optimizer=jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state),
         restart_schedule=jax.jit(restart_schedule, out_shardings=state_sharding.opt_state),
-        task_key=jax.jit(jax.vmap(stream_key, (0, None, None)), static_argnums=1),
         evaluate_fn=make_evaluate(
             model,
             exp.scenario.task_classes,
