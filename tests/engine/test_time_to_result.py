@@ -45,7 +45,7 @@ def test_sections_sum_to_the_wall_and_compile_is_every_program(cold_and_warm):
     assert all(cold[key] >= 0 for key in clock.SECTIONS)
     assert cold["time_to_result"] == pytest.approx(cold["wall"])  # one process, not resumed
     programs = cold["compilations"]
-    assert {"run_steps", "evaluate", "init_one", "epoch_order"} <= set(programs)
+    assert {"run_steps", "evaluate", "init_one", "order_one"} <= set(programs)
     assert cold["compile_count"] == sum(p["count"] for p in programs.values()) >= 4
     total = sum(p["seconds"] for p in programs.values())
     assert cold["compile"] == pytest.approx(total, abs=1e-3 * len(programs))
