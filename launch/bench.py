@@ -40,7 +40,7 @@ from absl import app, flags, logging
 
 from sequax.configs import common
 from sequax.engine.clock import SECTIONS
-from sequax.launch.common import machine
+from sequax.launch.common import machine, reject_stray
 from sequax.launch.time_to_result import report as time_report
 from sequax.launch.time_to_result import time_suite
 from sequax.launch.torch_loop import run_torch
@@ -476,8 +476,7 @@ def main(argv):
     logging.set_verbosity(
         logging.WARNING
     )  # orbax's per-checkpoint INFO lines would drown the output
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_stray(argv)
     if _SINGLE.value:
         run_single(_SINGLE.value, _JSON_OUT.value)
         return

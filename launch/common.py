@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from absl import flags
@@ -61,9 +62,70 @@ def parse_flags(argv):
     if switch is not None:  # ml_collections reads the overrides from sys.argv itself
         sys.argv[:] = [a for a in sys.argv if a in argv or not a.startswith("--config.algorithm.")]
     rest = _parse(argv)
+    reject_stray(rest)
+    _check_config_loaded(argv)
     if switch is not None:
         _switch_algorithm(*switch)
     return rest
+
+
+def reject_stray(argv) -> None:
+    """One line and exit 2 for positional arguments a command does not take (absl would print
+    its whole help)."""
+    if len(argv) > 1:
+        _usage_error(
+            f"unexpected argument(s) {' '.join(map(repr, argv[1:]))}: every option is a "
+            f"--flag=value (e.g. --config=FILE --workdir=DIR); see --help"
+        )
+
+
+def _check_config_loaded(argv) -> None:
+    """One line and exit 2 when the config file is missing, unreadable or fails to import:
+    its path and the Python error's own first line (ml_collections loads it lazily and
+    would raise a chained traceback at first use)."""
+    if "config" not in flags.FLAGS:
+        return
+    try:
+        config = flags.FLAGS["config"].value  # a lazy stand-in that raises on first use
+        if config is not None:
+            list(config.keys())
+    except Exception as error:  # noqa: BLE001 - whatever the file raised, shown in one line
+        _config_file_error(argv, error)
+
+
+def _config_file_error(argv, error: BaseException) -> None:
+    """The config file's own error in one line: the innermost exception of the chain, and of
+    a multi-line message (ml_collections lists the paths it tried) the last line."""
+    root = error
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    detail = lines[-1] if lines else ""
+    path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), "?")
+    _usage_error(
+        f"cannot load the config file {path}: {type(root).__name__}"
+        f"{': ' + detail if detail else ''}; check the path and the file"
+    )
+
+
+def check_workdir(workdir: str) -> None:
+    """One line and exit 2, before anything is read or compiled, when `workdir` is a file or
+    a folder (or the nearest existing parent of one to create) this user cannot write in."""
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        _usage_error(f"--workdir={workdir} is a file, not a folder; give a folder's path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:  # a probe file, removed at once (os.access is always True for root)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".sequax-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        _usage_error(
+            f"--workdir={workdir}: cannot write in {existing} ({error.strerror or error}); give "
+            f"a --workdir you can write to"
+        )
 
 
 def _split_algorithm_switch(argv):
@@ -152,6 +214,8 @@ def _value(text: str, default):
 def _parse(argv):
     try:
         return flags.FLAGS(argv)
+    except (SyntaxError, ImportError, OSError) as error:  # the config file, imported eagerly
+        _config_file_error(argv, error)
     except (AttributeError, KeyError) as error:  # raised by config_flags for --config.<unknown>
         # ml_collections nests the key's repr in the message and may add a "Did you mean" line.
         message = str(error)

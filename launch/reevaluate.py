@@ -34,6 +34,7 @@ from sequax.engine.evaluation import make_evaluate
 from sequax.engine.experiment import from_config
 from sequax.engine.feed import Feed
 from sequax.launch import reproduce
+from sequax.launch.common import reject_stray
 
 FLAGS = flags.FLAGS
 
@@ -111,8 +112,7 @@ def reevaluate(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_stray(argv)
     logging.set_verbosity(logging.WARNING)
     try:
         table = reproduce.table_module(FLAGS.table)

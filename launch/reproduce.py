@@ -33,7 +33,7 @@ from sequax.data import DataError
 from sequax.engine import distributed, loop, runs
 from sequax.engine.build import ConfigError
 from sequax.engine.checkpoint import TrainingDiverged
-from sequax.launch.common import initialize_distributed, machine, parse_flags
+from sequax.launch.common import initialize_distributed, machine, parse_flags, reject_stray
 
 FLAGS = flags.FLAGS
 
@@ -398,8 +398,7 @@ def report(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_stray(argv)
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     table = table_module(FLAGS.table)

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from sequax.data import DataError
 from sequax.engine import build, distributed, loop, runs
 from sequax.engine.build import ConfigError
-from sequax.launch.common import initialize_distributed, parse_flags
+from sequax.launch.common import initialize_distributed, parse_flags, reject_stray
 
 FLAGS = flags.FLAGS
 
@@ -152,8 +152,7 @@ def _agreed(flag: bool) -> bool:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_stray(argv)
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     with distributed.exit_on_failure():

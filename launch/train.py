@@ -38,7 +38,7 @@ from sequax.engine.checkpoint import (
     no_space_message,
 )
 from sequax.engine.experiment import from_config
-from sequax.launch.common import initialize_distributed, parse_flags
+from sequax.launch.common import check_workdir, initialize_distributed, parse_flags, reject_stray
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for logs and results.")
@@ -46,8 +46,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    reject_stray(argv)
+    check_workdir(_WORKDIR.value)  # a file, or not writable: one line, nothing read or written
     logging.set_verbosity(logging.WARNING)  # keep the console for progress and results
     initialize_distributed()  # before anything touches a device: the processes must join first
     # Several processes: a failure here ends this process at once so the others stop too.

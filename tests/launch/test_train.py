@@ -67,6 +67,40 @@ def test_missing_data_root_is_one_line_error(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    "case", ["missing config", "syntax error", "workdir is a file", "unwritable workdir", "stray"]
+)
+def test_command_line_mistakes_are_one_line_before_anything_runs(tmp_path, case):
+    """Each mistake: exit status 2, one stderr line naming the cause and the fix, no traceback,
+    and nothing written (the line comes before any data is read or anything compiles)."""
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    (tmp_path / "a_file").write_text("")
+    config, workdir, extra = "configs/quickstart.py:local", tmp_path / "run", []
+    expected = {
+        "missing config": "cannot load the config file configs/nope.py: OSError: [Errno 2]",
+        "syntax error": "SyntaxError: invalid syntax",
+        "workdir is a file": "is a file, not a folder",
+        "unwritable workdir": "cannot write in /proc",
+        "stray": "unexpected argument(s) 'stray'",
+    }[case]
+    if case == "missing config":
+        config = "configs/nope.py"
+    elif case == "syntax error":
+        config = str(tmp_path / "syntax.py")
+    elif case == "workdir is a file":
+        workdir = tmp_path / "a_file"
+    elif case == "unwritable workdir":
+        workdir = "/proc/sequax/run"  # not writable even by root
+    else:
+        extra = ["stray"]
+    run = train(f"--config={config}", f"--workdir={workdir}", *extra)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sequax: error: "), run.stderr
+    assert expected in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def _free_port() -> int:
     import socket
 
