@@ -274,9 +274,17 @@ def _check_model(model: dict[str, Any]) -> None:
             f"config.model.name={name!r} is unknown{_did_you_mean(name, known)}; "
             f"known: {', '.join(map(repr, known))}"
         )
-    _check_keywords(
-        "config.model", model, _keyword_defaults(MODELS[name], ("num_classes",)), f"model {name!r}"
-    )
+    defaults = _keyword_defaults(MODELS[name], ("num_classes",))
+    _check_keywords("config.model", model, defaults, f"model {name!r}")
+    for key, value in model.items():  # a tuple of sizes: each element a positive integer
+        default = defaults.get(key)
+        if isinstance(default, tuple) and default and all(type(d) is int for d in default):
+            sizes = value if isinstance(value, (tuple, list)) else None
+            if sizes is None or not all(type(v) is int and v > 0 for v in sizes):
+                raise ConfigError(
+                    f"config.model.{key}={value!r} must be a tuple of positive integers "
+                    f"(e.g. {default}); fix the override or the config file"
+                )
 
 
 def _check_options(config) -> None:

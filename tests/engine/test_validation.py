@@ -169,6 +169,11 @@ def test_wrong_types():
     one_line_error(
         validate.check_config, config, "config.algorithm.online='yes'", "must be True or False"
     )
+    for widths in [(100, "x"), (100, 0), (100, 2.5)]:  # an element of the wrong type or size
+        config = packaged()
+        config.model.widths = widths
+        one_line_error(validate.check_config, config, "config.model.widths=",
+                       "must be a tuple of positive integers")  # fmt: skip
 
 
 # ---------------------------------------------------------------- value ranges ----------
