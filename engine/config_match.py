@@ -47,7 +47,11 @@ def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]
     saved_flat, current_flat = _flatten(saved), _flatten(current)
     keys = DEFINING_KEYS + (STREAM_KEYS if current_flat.get("data.pipeline") == "stream" else ())
     out = []
-    for key in sorted(set(saved_flat) | set(current_flat)):
+    # A component's name first: "holds a run of config.algorithm.name=er" says more than the
+    # hyper-parameters that follow from it.
+    for key in sorted(
+        set(saved_flat) | set(current_flat), key=lambda k: (not k.endswith(".name"), k)
+    ):
         if any(key == k or key.startswith(k + ".") for k in keys):
             was, now = saved_flat.get(key, "<absent>"), current_flat.get(key, "<absent>")
             if was == "<absent>" and key in _defaults() and now == _defaults()[key]:

@@ -101,6 +101,43 @@ def test_command_line_mistakes_are_one_line_before_anything_runs(tmp_path, case)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def finished_er(tmp_path_factory):
+    """A finished two-task ER run's workdir, and every file's bytes in it."""
+    workdir = tmp_path_factory.mktemp("finished_er")
+    run = train("--config=configs/quickstart.py:local", f"--workdir={workdir}",
+                "--config.data.num_tasks=2")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return workdir, _files(workdir)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "flags,cause",
+    [
+        (["--config=configs/smnist_derpp.py:local"], "holds a run of config.algorithm.name=er"),
+        (["--config.data.num_tasks=3"], "holds a run of config.data.num_tasks=2"),
+        (["--config.data.source=mnist", "--config.data.root=/nonexistent"], "/nonexistent"),
+        (["--config.algorithm.nope=1"], "'nope'"),
+        (["--config.algorithm.name=hat"], "HAT"),
+        (["stray"], "unexpected argument"),
+    ],
+)
+def test_a_refused_command_leaves_a_finished_workdir_untouched(finished_er, flags, cause):
+    """Another config, a bad data root, a bad override, a method the stream refuses, a stray
+    argument: refused in one line, and every file of the finished run keeps its bytes."""
+    workdir, before = finished_er
+    config = [] if flags[0].startswith("--config=") else ["--config=configs/quickstart.py:local",
+                                                          "--config.data.num_tasks=2"]  # fmt: skip
+    run = train(*config, f"--workdir={workdir}", *flags)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert cause in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert _files(workdir) == before
+
+
 def _free_port() -> int:
     import socket
 
