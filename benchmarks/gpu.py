@@ -161,7 +161,6 @@ def run_torch_cifar(method: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from sequax.data import load_source, make_scenario, subsample
     from sequax.engine.torch_bridge.zoo import resnet18_reduced
 
     wall_start = time.perf_counter()
@@ -173,15 +172,7 @@ def run_torch_cifar(method: str) -> dict:
     torch.manual_seed(0)
     np.random.seed(0)
     d = config.data
-    scenario = make_scenario(
-        d.scenario,
-        load_source(d.source, d.root),
-        num_tasks=d.num_tasks,
-        seed=d.seed,
-        **d.options.to_dict(),
-    )
-    if d.train_per_task:
-        scenario = subsample(scenario, d.train_per_task, None, seed=d.seed)
+    scenario = torch_loop.task_stream(config)  # test_per_task is 0 here: the full test sets
     mean = torch.tensor(d.normalize[0], device=device)[None, :, None, None]
     std = torch.tensor(d.normalize[1], device=device)[None, :, None, None]
 
@@ -275,18 +266,9 @@ def run_torch_cifar(method: str) -> dict:
             train_samples += steps * BATCH
         torch.cuda.synchronize()
         timings["train"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        matrix.append(evaluate(task))
-        timings["eval"] += time.perf_counter() - t0
-    timings["wall"] = time.perf_counter() - wall_start
-    return dict(
-        samples_per_s=train_samples / max(timings["train"], 1e-9),
-        compile=warmup,
-        train_samples=train_samples,
-        matrix=matrix,
-        device_peak_bytes=torch.cuda.max_memory_allocated(),
-        **timings,
-    )
+        torch_loop.timed_row(matrix, evaluate, task, timings)
+    return torch_loop.loop_result(timings, wall_start, train_samples, matrix, compile=warmup,
+                                  device_peak_bytes=torch.cuda.max_memory_allocated())  # fmt: skip
 
 
 def run_single(spec: str, json_out: str) -> None:

@@ -52,8 +52,6 @@ def run_torch(config, device: str = "cpu") -> dict:
     from torch import nn
     from torch.func import functional_call, grad, vmap
 
-    from sequax.data import load_source, make_scenario, subsample
-
     wall_start, wall_start_epoch = time.perf_counter(), time.time()
     torch.set_num_threads(1)
     device = torch.device(device)
@@ -61,19 +59,7 @@ def run_torch(config, device: str = "cpu") -> dict:
     np.random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    # Same task stream as sequax's build_scenario: same source, scenario seed and subsets.
-    d = config.data
-    scenario = make_scenario(
-        d.scenario,
-        load_source(d.source, d.root),
-        num_tasks=d.num_tasks,
-        seed=d.seed,
-        **d.options.to_dict(),
-    )
-    if d.train_per_task or d.test_per_task:
-        scenario = subsample(
-            scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed
-        )
+    scenario = task_stream(config)
 
     def tensors(x, y):
         x = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
@@ -175,16 +161,37 @@ def run_torch(config, device: str = "cpu") -> dict:
                 torch.cuda.synchronize()
         timings["end_task"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        matrix.append(evaluate(task))
-        timings["eval"] += time.perf_counter() - t0
+        timed_row(matrix, evaluate, task, timings)
+    return loop_result(timings, wall_start, train_samples, matrix,
+                       time_to_result=time.time() - process_start(),  # sequax's clock
+                       startup=wall_start_epoch - process_start())  # fmt: skip
+
+
+def task_stream(config):
+    """The same task stream as sequax's `build_scenario`: source, scenario seed and subsets."""
+    from sequax.data import load_source, make_scenario, subsample
+
+    d = config.data
+    options = d.options.to_dict() if hasattr(d.options, "to_dict") else dict(d.options)
+    scenario = make_scenario(d.scenario, load_source(d.source, d.root), num_tasks=d.num_tasks,
+                             seed=d.seed, **options)  # fmt: skip
+    if d.train_per_task or d.test_per_task:
+        scenario = subsample(
+            scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed
+        )
+    return scenario
+
+
+def timed_row(matrix: list, evaluate, task: int, timings: dict) -> None:
+    """Appends the accuracy row after `task`, its seconds added to `timings["eval"]`."""
+    t0 = time.perf_counter()
+    matrix.append(evaluate(task))
+    timings["eval"] += time.perf_counter() - t0
+
+
+def loop_result(timings: dict, wall_start: float, train_samples: int, matrix, **extra) -> dict:
+    """A torch loop's result as `bench` reports it: samples/s, its timings and matrix."""
     timings["wall"] = time.perf_counter() - wall_start
-    return dict(
-        samples_per_s=train_samples / max(timings["train"], 1e-9),
-        compile=0.0,
-        time_to_result=time.time() - process_start(),  # the same clock as sequax's
-        startup=wall_start_epoch - process_start(),
-        train_samples=train_samples,
-        matrix=matrix,
-        **timings,
-    )
+    return dict(samples_per_s=train_samples / max(timings["train"], 1e-9),
+                compile=extra.pop("compile", 0.0), train_samples=train_samples, matrix=matrix,
+                **extra, **timings)  # fmt: skip
