@@ -1,6 +1,6 @@
 """Fails when any two modules of `sequax` import each other, directly or through others
 (a file cycle), counting imports inside functions too. Run by .ci/import_layers.sh on the
-copy of the package it lays out."""
+package as installed (api/ links every subpackage, so grimp walks them all)."""
 
 import sys
 

@@ -1,20 +1,11 @@
 #!/usr/bin/env bash
-# import-linter on the package as it installs: pyproject maps the repository's top-level
-# folders to sequax.* (api/ is `sequax` itself), which grimp cannot walk from an editable
-# install, so the package is copied into a temporary tree laid out as site-packages has it.
+# import-linter's layer contract (pyproject.toml) and the file-cycle check, on the package as
+# it is installed. pyproject maps the repository's top-level folders to sequax.* (api/ is
+# `sequax` itself); api/ holds a symlink to each of them (api/engine -> ../engine, ...), so
+# grimp, which walks the `sequax` folder, finds every subpackage from an editable install and
+# plain `lint-imports` works from the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-tree=$(mktemp -d)
-trap 'rm -rf "$tree"' EXIT
-mkdir -p "$tree/sequax"
-cp api/*.py "$tree/sequax/"
-for folder in core algorithms data engine launch configs testing; do
-  (cd "$folder" && find . -name '*.py' -exec install -D -m 644 {} "$tree/sequax/$folder/{}" \;)
-done
-cp pyproject.toml "$tree/"
-cp .ci/import_cycles.py "$tree/"
-repo=$PWD
-cd "$tree"
-PYTHONPATH="$tree" "$repo/$(dirname "$PY")/lint-imports" pyproject.toml
-PYTHONPATH="$tree" "$repo/$PY" import_cycles.py
+"$(dirname "$PY")/lint-imports"
+"$PY" .ci/import_cycles.py
