@@ -77,11 +77,11 @@ def per_example_gradient_sum(value, params, examples, transform, sequential: boo
     Why sequential: under `vmap`, a convolution's kernel gradient becomes a grouped
     convolution with `feature_group_count` = examples x the layer's groups, and XLA:CPU runs
     those slowly, the more so inside the `while` loop that scans a task's chunks
-    (`scan_batches`): measured here (`python -m benchmarks.end_task`), EWC's end of task on
-    a depthwise-separable CNN took 21 s for 256 examples in groups of 16 against 0.6 s of
-    training on them, 0.55 s sequentially; on the reduced ResNet-18, 71 ms per example in one
-    vmap, 30 ms sequentially. It never holds a [b, #params] array either. `sequential` None:
-    on CPU when the value's computation holds a convolution; elsewhere one vmap (GPU and TPU
+    (`scan_batches`). `python -m benchmarks.end_task` (docs/benchmarks.md) measures EWC's end
+    of task against one epoch of training: the reduced ResNet-18 13.6x in one vmap, 6.2x
+    sequentially; a depthwise-separable CNN 0.6-0.9x sequentially (the issue measured about
+    77x in one vmap). It never holds a [b, #params] array either. `sequential` None: on CPU
+    when the value's computation holds a convolution; elsewhere one vmap (GPU and TPU
     batch grouped convolutions well), and on models without convolutions (no grouping).
     """
     if sequential is None:

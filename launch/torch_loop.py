@@ -172,9 +172,8 @@ def task_stream(config):
     from sequax.data import load_source, make_scenario, subsample
 
     d = config.data
-    options = d.options.to_dict() if hasattr(d.options, "to_dict") else dict(d.options)
     scenario = make_scenario(d.scenario, load_source(d.source, d.root), num_tasks=d.num_tasks,
-                             seed=d.seed, **options)  # fmt: skip
+                             seed=d.seed, **d.options.to_dict())  # fmt: skip
     if d.train_per_task or d.test_per_task:
         scenario = subsample(
             scenario, d.train_per_task or None, d.test_per_task or None, seed=d.seed
