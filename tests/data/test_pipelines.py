@@ -320,7 +320,9 @@ def test_bad_datasets_and_configs_fail_with_the_fix():
 
 def test_chunks_are_sharded_global_arrays_on_eight_devices(tmp_path):
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
     )
     out = tmp_path / "eight.npz"
     done = subprocess.run(

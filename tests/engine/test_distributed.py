@@ -143,9 +143,13 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARS)}
+    # XLA's passes on (conftest turns them off for speed): the one-process and two-process
+    # programs then reduce in the same order, which the bit-for-bit comparisons need.
+    env.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
         PYTHONUNBUFFERED="1",
         **extra,
     )

@@ -37,7 +37,8 @@ METHODS = ["naive", "ewc", "er", "derpp"]
 def _child(out: Path, devices: int, names: list[str]) -> dict:
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
     )
     done = subprocess.run(

@@ -19,8 +19,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sequax.data import load_packaged_mnist
+
+# Whole runs in fresh processes: `make examples` (a CI step of its own), not the default suite.
+pytestmark = pytest.mark.examples
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
