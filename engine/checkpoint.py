@@ -219,7 +219,9 @@ class Checkpoints:
             if (folder / MANIFEST).is_file():
                 try:
                     saved = json.loads((folder / PROGRESS).read_text())["config"]
-                except (OSError, ValueError, KeyError):
+                    if not isinstance(saved, dict):
+                        raise TypeError(saved)
+                except (OSError, ValueError, KeyError, TypeError, RecursionError):
                     continue  # unreadable: restore() warns about it and falls back
                 differences = config_differences(saved, self.config)
                 if differences:
@@ -270,34 +272,31 @@ class Checkpoints:
     def _read(self, folder: Path, abstract) -> Restored:
         if not (folder / MANIFEST).is_file():
             raise _Unusable(f"is half-written (no {MANIFEST}: the run stopped while saving it)")
-        try:
+        try:  # JSON only: whatever a folder holds, reading it runs no code (no pickle anywhere)
             manifest = json.loads((folder / MANIFEST).read_text())
             progress_bytes = (folder / PROGRESS).read_bytes()
-        except (OSError, ValueError) as error:
-            raise _Unusable(f"is unreadable ({error})") from None
+        except (OSError, ValueError, RecursionError) as error:
+            raise _Unusable(f"is unreadable ({_brief(error)})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
+            raise _Unusable(f"is corrupt ({MANIFEST} is not the manifest sequax writes)")
         if manifest.get("format") != FORMAT:
             raise _Unusable(f"has format {manifest.get('format')}, this sequax reads {FORMAT}")
         if digest(progress_bytes) != manifest.get("progress"):
             raise _Unusable(f"is corrupt ({PROGRESS} does not match its checksum)")
+        # The checksum is no signature: a file written by another tool (or forged with its
+        # checksum) is refused here, before orbax reads anything, not with a traceback later.
+        try:
+            position, step, results, stream = _parse_progress(progress_bytes)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+            raise _Unusable(f"is corrupt ({PROGRESS}: {_brief(error)})") from None
         try:
             state = self._orbax().restore((folder / STATE).absolute(), abstract)
         except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
-            raise _Unusable(
-                f"is corrupt (orbax cannot read it: {type(error).__name__}: {str(error)[:200]})"
-            ) from None
-        bad = first_mismatch(array_checksums(state), manifest.get("arrays", {}))
+            raise _Unusable(f"is corrupt (orbax cannot read it: {_brief(error)})") from None
+        bad = first_mismatch(array_checksums(state), manifest["arrays"])
         if bad:
             raise _Unusable(f"is corrupt (array {bad} does not match its checksum)")
-        progress = json.loads(progress_bytes)
-        results = {k: _arrays(v) for k, v in progress["results"].items()}
-        return Restored(
-            folder,
-            state,
-            Position(**progress["position"]),
-            int(progress["step"]),
-            results,
-            progress.get("stream"),
-        )
+        return Restored(folder, state, position, step, results, stream)
 
     # ------------------------------------------------------------------ save -------
     def due_after_chunk(
@@ -499,6 +498,24 @@ class Checkpoints:
 
 class _Unusable(Exception):
     """Why a checkpoint folder cannot be restored (the text follows its path)."""
+
+
+def _brief(error: BaseException) -> str:
+    """An exception in a few words on one line, for a warning about a damaged file."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def _parse_progress(data: bytes) -> tuple:
+    """progress.json's (position, step, results, stream), its structure checked as `save`
+    writes it; ValueError, KeyError or TypeError for anything else."""
+    progress = json.loads(data)
+    p, results, stream = progress["position"], progress["results"], progress.get("stream")
+    position = Position(int(p["phase"]), int(p["epoch"]), int(p["start"]), p["phase_done"])
+    if not (isinstance(position.phase_done, bool) and isinstance(results, dict)
+            and isinstance(progress["config"], dict)
+            and (stream is None or isinstance(stream, dict))):  # fmt: skip
+        raise TypeError("its position, results, config or stream is not what sequax writes")
+    return position, int(progress["step"]), {k: _arrays(v) for k, v in results.items()}, stream
 
 
 def _from_process_0(text: str) -> str:
