@@ -15,6 +15,9 @@ tensors that hold the module's buffers (the bridge reads them back after the for
 The op is replaced at the `torch.nn.functional.batch_norm` level (what `nn.BatchNorm*d`
 calls) and at the aten ops a direct `torch.batch_norm` reaches.
 
+The clamp-type ops (hardtanh/relu6, clamp, leaky_relu, max/min along a dim, ...) get
+torch's gradient at their kinks from `boundaries.py`, registered here too.
+
 The environment is the bridge's own (`bridge_environment()`), so the replacements never
 change torchax's global default environment for other users in the same process.
 
@@ -32,6 +35,8 @@ import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
 from torchax import tensor as torchax_tensor
+
+from sequax.engine.torch_bridge.boundaries import register_boundary_ops
 
 aten = torch.ops.aten
 
@@ -129,8 +134,10 @@ def _native_batch_norm_no_training(input, weight, bias, running_mean, running_va
 
 @functools.cache
 def bridge_environment() -> torchax_tensor.Environment:
-    """The bridge's torchax environment (created once), BatchNorm replaced as described above."""
+    """The bridge's torchax environment (created once), BatchNorm replaced as described above
+    and clamp-type ops given torch's gradients at their kinks (`boundaries.py`)."""
     env = torchax_tensor.Environment()
+    register_boundary_ops(env)
     env.override_op_definition(F.batch_norm, _functional_batch_norm)
     for op in (
         aten.native_batch_norm,
