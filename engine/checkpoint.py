@@ -27,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import os
 import shutil
-import signal
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,20 +41,21 @@ from sequax.engine.build import ConfigError
 from sequax.engine.config_match import config_differences, show
 from sequax.engine.distributed import barrier
 from sequax.engine.integrity import (
+    Unwritable,
     array_checksums,
     digest,
     first_mismatch,
     is_no_space,
+    is_unwritable,
+    lacks_room,
     no_space_message,
+    unwritable_folder,
     write_atomic,
 )
+from sequax.engine.interrupts import kill_point
 
 STATE, PROGRESS, MANIFEST = "state", "progress.json", "manifest.json"
 FORMAT = 1  # of progress.json and manifest.json; a change refuses old checkpoints
-
-# Test-only: the kill test sets SEQUAX_TEST_KILL_AT="<point>:<index>" (e.g. "end_task:2",
-# "train_chunk:25", "checkpoint_written:step_00000030") and the run SIGKILLs itself there.
-KILL_ENV = "SEQUAX_TEST_KILL_AT"
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,19 +75,6 @@ class NoSpaceLeft(OSError):
 
 class CheckpointWarning(UserWarning):
     """A checkpoint that cannot be used (half-written or corrupt); an older one is used instead."""
-
-
-def kill_point(point: str, index: Any, settle=None) -> None:
-    """Test-only: SIGKILLs this process when `SEQUAX_TEST_KILL_AT` is `f"{point}:{index}"`, so
-    the kill test stops a run at an exact place (mid-epoch, in end_task, mid-checkpoint).
-    `settle()` runs first (the loop's: wait for the save in flight), so that which checkpoints
-    exist at the kill does not depend on the background thread's timing; a trailing "!"
-    (`train_chunk:25!`) kills without settling, whatever the save in flight has written."""
-    wanted = os.environ.get(KILL_ENV, "")
-    if wanted.rstrip("!") == f"{point}:{index}":
-        if settle is not None and not wanted.endswith("!"):
-            settle()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +188,12 @@ class Checkpoints:
         self._executor, self._pending = None, None
         if self.enabled:
             self._check_config()
+            problem = unwritable_folder(self.folder) if main else None
+            if problem:  # before anything is trained that could not be saved
+                raise Unwritable(
+                    f"{problem}: this run could not save or prune checkpoints; make it writable "
+                    f"(the same command then resumes), or use another --workdir"
+                )
 
     # ------------------------------------------------------------------ restore ----
     def candidates(self) -> list[Path]:
@@ -246,32 +238,34 @@ class Checkpoints:
         abstract = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
         )
-        problems = []
+        problems, restored = [], None
         for folder in self.candidates():
             try:
                 restored = self._read(folder, abstract)
             except _Unusable as problem:
                 problems.append(f"{folder} {problem}")
                 continue
-            for problem in problems if self.main else ():
-                warnings.warn(
-                    f"checkpoint {problem}; resuming from {folder} instead",
-                    CheckpointWarning,
-                    stacklevel=2,
-                )
             self.last_good = folder
-            return restored
+            break
+        instead = (
+            f"resuming from {restored.folder} instead"
+            if restored
+            else "no good checkpoint left, starting from the beginning"
+        )
         for problem in problems if self.main else ():
-            warnings.warn(
-                f"checkpoint {problem}; no good checkpoint left, starting from the beginning",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-        return None
+            warnings.warn(f"checkpoint {problem}; {instead}", CheckpointWarning, stacklevel=2)
+        if self.main:  # a save cut short (SIGKILL, a second Ctrl-C) can never be used: removed
+            for folder in self.candidates():
+                if not (folder / MANIFEST).is_file():
+                    shutil.rmtree(folder, ignore_errors=True)
+        barrier("sequax_checkpoint_restored")  # no process lists a folder process 0 removes
+        return restored
 
     def _read(self, folder: Path, abstract) -> Restored:
         if not (folder / MANIFEST).is_file():
-            raise _Unusable(f"is half-written (no {MANIFEST}: the run stopped while saving it)")
+            raise _Unusable(
+                f"is half-written (no {MANIFEST}: the run stopped while saving it; removed)"
+            )
         try:  # JSON only: whatever a folder holds, reading it runs no code (no pickle anywhere)
             manifest = json.loads((folder / MANIFEST).read_text())
             progress_bytes = (folder / PROGRESS).read_bytes()
@@ -379,6 +373,10 @@ class Checkpoints:
         assert folder != self.last_good, (
             f"{folder} is the last good checkpoint; it is never overwritten"
         )
+        short = lacks_room(self.folder, state) if self.main else None
+        if short:  # before orbax starts: its writer threads would log every failure
+            raise NoSpaceLeft(no_space_message(self.folder.parent, f"checkpoint {folder.name}",
+                                               self.last_good, short))  # fmt: skip
         try:
             if self.main and folder.exists():  # a half-written or corrupt one of the same name
                 shutil.rmtree(folder)
@@ -433,6 +431,17 @@ class Checkpoints:
         if is_no_space(error):
             raise NoSpaceLeft(
                 no_space_message(self.folder.parent, f"checkpoint {folder.name}", self.last_good)
+            ) from None
+        if is_unwritable(error):
+            kept = (
+                f"the last good checkpoint {self.last_good} is intact and the same command "
+                "resumes from it once the folder is writable"
+                if self.last_good
+                else "no checkpoint was complete yet, so this run's training is lost"
+            )
+            raise Unwritable(
+                f"cannot write checkpoint {folder.name} in {self.folder} "
+                f"({type(error).__name__}: {getattr(error, 'strerror', None) or error}); {kept}"
             ) from None
         raise error
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,13 +79,70 @@ def is_no_space(error: BaseException | None) -> bool:
     return False
 
 
-def no_space_message(workdir: Path, what: str, last_good: Path | None) -> str:
+def no_space_message(
+    workdir: Path, what: str, last_good: Path | None, detail: str | None = None
+) -> str:
     kept = (
         f"the last good checkpoint {last_good} is intact"
         if last_good
         else "no checkpoint was complete yet"
     )
     return (
-        f"no space left on the disk of {workdir} while writing {what}; free space or use another "
+        f"no space left on the disk of {workdir} while writing {what}"
+        f"{f' ({detail})' if detail else ''}; free space or use another "
         f"--workdir (rerunning with this --workdir resumes: {kept})"
     )
+
+
+def lacks_room(folder: Path, state, margin: int = 1 << 16) -> str | None:
+    """ "needs up to X MB, Y MB free" when the disk under `folder` cannot hold a checkpoint of
+    `state` (its arrays' bytes plus `margin` for orbax's metadata), else None. Checked before
+    a save starts, so a full disk is one line instead of orbax failing in its writer threads
+    (and logging each failure); a disk that fills during the write is still caught after."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    need = sum(int(leaf.nbytes) for leaf in jax.tree.leaves(state)) + margin
+    free = shutil.disk_usage(existing).free
+    if free >= need:
+        return None
+    return f"needs up to {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free"
+
+
+class Unwritable(OSError):
+    """A folder the run must write (its checkpoints) refuses writes: read-only, or another
+    owner's. The message says what was kept and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EACCES, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def is_unwritable(error: BaseException | None) -> bool:
+    """A permission or read-only-filesystem error anywhere in the exception's chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why `folder` or one of its subfolders cannot be written (a probe file in each: `os.access`
+    says yes to root even on a read-only mount), or None. Removing an old checkpoint needs
+    write access to it as well as to `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for place in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        try:
+            fd, probe = tempfile.mkstemp(dir=place, prefix=".sequax-write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            return f"{place} is not writable ({error.strerror or error})"
+    return None

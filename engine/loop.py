@@ -25,12 +25,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sequax.engine.checkpoint import Checkpoints, checkpoint_folder, kill_point
+from sequax.engine.checkpoint import Checkpoints, checkpoint_folder
 from sequax.engine.clock import Clock
 from sequax.engine.compilation import Compilations, compilation_cache
 from sequax.engine.distributed import to_numpy
 from sequax.engine.experiment import Experiment, from_config
 from sequax.engine.feed import Feed
+from sequax.engine.interrupts import Interrupts, kill_point
+from sequax.engine.library_logs import orbax_logs_to
 from sequax.engine.programs import make_programs
 from sequax.engine.results import Results, RunResult, final_lines, program_costs
 from sequax.engine.writers import ProgressBar, make_writers
@@ -48,13 +50,15 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
         checkpoint_folder(workdir), config, num_phases=len(exp.phases), main=main
     )
     with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
-        try:
-            return _run(exp, config, workdir, checkpoints, compiles, main, verbose)
-        finally:  # a run that stops early still completes the save in flight
-            checkpoints.settle()
+        # SIGINT/SIGTERM: the chunk in flight finishes, its position is saved, `Interrupted`.
+        with Interrupts() as interrupts, orbax_logs_to(workdir, enabled=main):
+            try:
+                return _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose)
+            finally:  # a run that stops early still completes the save in flight
+                checkpoints.settle()
 
 
-def _run(exp, config, workdir, checkpoints, compiles, main: bool, verbose: bool) -> RunResult:
+def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose) -> RunResult:
     say = print if verbose and main else (lambda *a, **k: None)
     timings = {}
     clock = Clock(timings, compiles, exp)  # startup, data, compile, train, ... (engine.clock)
@@ -79,6 +83,7 @@ def _run(exp, config, workdir, checkpoints, compiles, main: bool, verbose: bool)
         restored, state, results = _restore_or_start(exp, programs, checkpoints, test, write,
                                                      say, clock)  # fmt: skip
         clock.adopt(results.timings)
+        interrupts.stop_if(interrupts.requested(), checkpoints, None, "before training anything")
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
 
@@ -125,11 +130,17 @@ def _run(exp, config, workdir, checkpoints, compiles, main: bool, verbose: bool)
                            **_shown(exp, means)})  # fmt: skip
                     checkpoints.check_finite(means, step=step, label=label, epoch=epoch)  # NaN
                     kill_point("train_chunk", step, checkpoints.wait)  # test-only: test_resume
-                    if checkpoints.due_after_chunk(p, epoch, start, stop, phase.steps, step):
-                        with clock("checkpoint"):
+                    with clock("checkpoint"):
+                        signum = interrupts.requested()  # SIGINT/SIGTERM: save here, then stop
+                        due = checkpoints.due_after_chunk(p, epoch, start, stop, phase.steps, step)
+                        saved = (
                             checkpoints.save_chunk(state, step, p, epoch, stop, phase.steps,
-                                                   results.so_far(clock),
-                                                   phase.position())  # fmt: skip
+                                                   results.so_far(clock), phase.position())
+                            if due or (signum and checkpoints.enabled)
+                            else None
+                        )  # fmt: skip
+                        where = f"at step {step} ({label}, epoch {epoch + 1})"
+                        interrupts.stop_if(signum, checkpoints, saved, where)
             phase.close()
             if bar:
                 bar.close()
@@ -146,10 +157,15 @@ def _run(exp, config, workdir, checkpoints, compiles, main: bool, verbose: bool)
             write({"kind": "eval", "phase": p, "tasks": tasks,
                    "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip
-            if checkpoints.due_after_phase(p):
-                with clock("checkpoint"):
-                    checkpoints.save_phase(state, int(np.max(to_numpy(state.step))), p,
-                                           results.so_far(clock))  # fmt: skip
+            with clock("checkpoint"):
+                step, last = int(np.max(to_numpy(state.step))), p + 1 == len(exp.phases)
+                signum = 0 if last else interrupts.requested()  # the summary is a moment away
+                saved = (
+                    checkpoints.save_phase(state, step, p, results.so_far(clock))
+                    if checkpoints.due_after_phase(p) or (signum and checkpoints.enabled)
+                    else None
+                )
+                interrupts.stop_if(signum, checkpoints, saved, f"after {label} (step {step})")
 
     # ---------------- Summary ---------------------------------------------------------------
     with clock("checkpoint"):

@@ -8,7 +8,10 @@ The workdir receives config.json (the resolved config), metrics.jsonl, accuracy_
 and summary.json. A bad config or missing data file stops with one line naming the cause
 and the fix, before anything is compiled. Checkpoints go to WORKDIR/checkpoints; the same
 command with the same --workdir resumes a stopped run (config.checkpoint). A NaN or infinite
-loss, or a full disk, stops with one line (exit 2), the last good checkpoint kept.
+loss, or a full disk, stops with one line (exit 2), the last good checkpoint kept. Ctrl-C or
+SIGTERM (a scheduler's preemption) finishes the chunk of steps in flight, saves its position
+and stops with one line naming the checkpoint and the command that resumes (exit 130 or
+143); a second one stops at once (`sequax.engine.interrupts`).
 
 Several hosts: run the same command once per host. On a Cloud TPU pod slice, SLURM or Open
 MPI the processes find each other by themselves; elsewhere add, on host k of N,
@@ -22,6 +25,7 @@ process 0 prints and writes the workdir.
 from __future__ import annotations
 
 import errno
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -38,6 +42,8 @@ from sequax.engine.checkpoint import (
     no_space_message,
 )
 from sequax.engine.experiment import from_config
+from sequax.engine.integrity import Unwritable
+from sequax.engine.interrupts import Interrupted
 from sequax.launch.common import check_workdir, initialize_distributed, parse_flags, reject_stray
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
@@ -56,9 +62,13 @@ def main(argv):
             loop.run(
                 from_config(_CONFIG.value), _WORKDIR.value
             )  # the config, resolved into objects
-        except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft) as error:
+        except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft, Unwritable) as error:
             print(f"sequax: error: {error}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as stop:  # SIGINT/SIGTERM: the position saved, one line, 130/143
+            again = f"; to resume: {resume_command()}" if stop.checkpoint else ""
+            print(f"sequax: {stop}{again}", file=sys.stderr)
+            sys.exit(stop.exit_code)
         except (
             OSError
         ) as error:  # a full disk while writing metrics or results: finished work is kept
@@ -70,6 +80,11 @@ def main(argv):
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def resume_command() -> str:
+    """The command this process was started with (which resumes it), for a shell."""
+    return " ".join(["python -m sequax.launch.train", *map(shlex.quote, sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -45,6 +45,11 @@ def kill_test_config():
     return config
 
 
+def get_config():
+    """The same run for the command line (`python -m sequax.launch.train --config=THIS`)."""
+    return kill_test_config()
+
+
 def main(workdir: str) -> None:
     result = loop.run(kill_test_config(), workdir, verbose=True)
     leaves = jax.tree_util.tree_flatten_with_path(result.state)[0]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from sequax.configs import common
-from sequax.engine import checkpoint, loop, programs
+from sequax.engine import checkpoint, interrupts, loop, programs
 from sequax.engine import results as results_lib
 from sequax.engine.build import ConfigError
 from sequax.engine.checkpoint import (
@@ -44,9 +44,9 @@ TIMEOUT_S = 120
 # ---------------------------------------------------------------- the kill test ------------
 def start_child(workdir: Path, kill_at: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop(checkpoint.KILL_ENV, None)
+    env.pop(interrupts.KILL_ENV, None)
     if kill_at:
-        env[checkpoint.KILL_ENV] = kill_at
+        env[interrupts.KILL_ENV] = kill_at
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(workdir)],
         env=env,
@@ -67,6 +67,16 @@ def run_child(workdir: Path, kill_at: str | None = None, kill_after_s: float | N
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate(timeout=TIMEOUT_S)
     return child.returncode, out, err
+
+
+def run_launcher(workdir: Path, kill_at: str):
+    """The same run through the command line (resume_child.py is also its config file)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", interrupts.KILL_ENV: kill_at}
+    done = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.train", f"--config={CHILD}", f"--workdir={workdir}"],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
 
 
 def final(workdir: Path):
@@ -122,7 +132,29 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     assert "(task 2/3 done, step 40)" in out
     assert (half / checkpoint.MANIFEST).is_file()
 
-    # 5. At a random time (seeded; printed on failure), then 6. to the end.
+    # 5. SIGTERM (a scheduler's preemption) through the command line, at the chunk reaching
+    #    step 50: the chunk finishes, its position is saved and verified, one line names it and
+    #    the command that resumes, exit 143.
+    code, out, err = run_launcher(workdir, "train_chunk:50@TERM")
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    saved = workdir / "checkpoints" / "step_00000050"
+    assert line.startswith(
+        f"sequax: interrupted by SIGTERM at step 50 (task 3/3, epoch 1); saved {saved}, "
+        "the same command resumes; to resume: python -m sequax.launch.train --config="
+    ), line
+    assert (saved / checkpoint.MANIFEST).is_file()
+
+    # 6. Ctrl-C twice at step 55 (resumed from step 50): stopped at once, one line, exit 130,
+    #    nothing saved there.
+    code, out, err = run_launcher(workdir, "train_chunk:55@INT2")
+    assert code == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("sequax: SIGINT again: stopped at once")
+    assert "resuming from" in out and "step_00000055" not in checkpoints_in(workdir)
+
+    # 7. At a random time (seeded; printed on failure), then 8. to the end.
     seed = random.randrange(10**6)
     kill_after = random.Random(seed).uniform(0.5, 6.0)
     code, out, err = run_child(workdir, kill_after_s=kill_after)
@@ -147,7 +179,7 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     assert summary["class_il"] == json.loads((reference / "summary.json").read_text())["class_il"]
     assert summary["timings"]["train_samples"] == 3 * 20 * 10  # counted once, across the restarts
 
-    # 7. Killed while the asynchronous save of step 15 may still be in flight (the next chunk
+    # 9. Killed while the asynchronous save of step 15 may still be in flight (the next chunk
     #    takes milliseconds): whatever it left, the rerun ends bit for bit where the reference did.
     fresh = tmp_path / "in_flight"
     code, out, err = run_child(fresh, "train_chunk:20!")
