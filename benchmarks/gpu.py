@@ -3,6 +3,10 @@ plain PyTorch loop on the same GPU.
 
     python -m benchmarks.gpu --results=/tmp/gpu.json     # on the GPU machine, repository root
     python -m benchmarks.gpu --report=/tmp/gpu.json      # anywhere: writes the section
+    python -m benchmarks.gpu --report=/tmp/gpu.json --update_docs   # + docs/benchmarks.md
+
+`--report` writes the section into `--output` (bench's: runs/bench/benchmarks.md by default)
+and, with `--update_docs`, into the repository's docs/benchmarks.md too.
 
 Three parts (`--parts`), every cell in its own process so its memory and device state are its own:
 
@@ -48,13 +52,15 @@ from sequax.launch import (
     bench,  # its flags too: --single, --json_out, --torch_device
     torch_loop,
 )
+from sequax.launch.common import define_update_docs
 
 _PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
 _OUT = flags.DEFINE_string(
     "results", "", "Where the run writes its JSON results (after every cell)."
 )
-_REPORT = flags.DEFINE_string("report", "", "Read this JSON and write the GPU section of --doc.")
-_DOC = flags.DEFINE_string("doc", "docs/benchmarks.md", "The markdown document of --report.")
+_REPORT = flags.DEFINE_string(
+    "report", "", "Read this JSON and write the GPU section of --output (and --update_docs)."
+)
 _RUNS = flags.DEFINE_string("run_counts", "1,8,32,128", "Seed counts of the `runs` part.")
 _CIFAR_ROOT = flags.DEFINE_string(
     "cifar_root", "/tmp/sequax_cifar", "Where the synthetic CIFAR-10 goes."
@@ -66,6 +72,7 @@ _CIFAR_TRAIN = flags.DEFINE_integer(
 )
 
 FLAGS = flags.FLAGS
+define_update_docs()  # bench's flag, listed in this program's --help too
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.gpu` resolves
 CIFAR_METHODS = ("naive", "er")
 CAPACITY, BATCH = 500, 32
@@ -493,9 +500,10 @@ def main(argv):
     if FLAGS.single:  # one CIFAR cell, in this process
         run_single(FLAGS.single, FLAGS.json_out)
     elif _REPORT.value:
+        paths = bench.documents(FLAGS.output, FLAGS.update_docs, REPO_ROOT)
         text = report(json.loads(Path(_REPORT.value).read_text()))
-        bench.write_section(_DOC.value, "gpu", text)
         print(text)
+        bench.publish("gpu", text, paths)
     else:
         run_all()
 

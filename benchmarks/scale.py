@@ -2,6 +2,11 @@
 
     python -m benchmarks.scale                                   # from the repository root
     python -m benchmarks.scale --workloads=pmnist10 --tasks=2 --train_per_task=3000 --output=
+    python -m benchmarks.scale --update_docs                     # + docs/benchmarks.md
+
+The section goes into `--output` (bench's: runs/bench/benchmarks.md by default), its plots and
+raw cells into img/ beside it; `--update_docs` also into the repository's docs/benchmarks.md
+and docs/img/ (with `--output=` and no `--update_docs` nothing is written: it only prints).
 
 Per workload and method (one device, one run): samples/s per device, compile time, step
 time, MFU, peak host memory and the compiled program's memory; then the scaling of
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,13 +36,14 @@ import numpy as np
 from absl import app, flags, logging
 
 from sequax.launch import bench  # its flags too: --workloads, --tasks, --output, --single, ...
-from sequax.launch.common import machine
+from sequax.launch.common import define_update_docs, machine
 
 # Not --methods: that is bench's (the compare cells), defined in this program too.
 _SCALE_METHODS = flags.DEFINE_string(
     "scale_methods", "naive,er,ewc,derpp", "Methods of the per-method table."
 )
 FLAGS = flags.FLAGS
+define_update_docs()  # bench's flag, listed in this program's --help too
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.scale` resolves
 
 PEAK_SIZES = (1024, 2048, 4096)
@@ -263,8 +270,26 @@ def plot(
     return written
 
 
-def suite(workloads, info) -> str:
-    """Runs every cell in its own process; returns the markdown section."""
+def save_images(folders: list[Path], raw: dict, peak: float) -> list[str]:
+    """The plots and scale_cells.json, drawn into the first folder's img/ and copied into the
+    others'; the plots' names (none when there is no folder: the section is only printed)."""
+    if not folders:
+        return []
+    first = folders[0] / "img"
+    images = plot(raw["devices"], raw["runs"].get("pmnist10", {}), first, peak,
+                  raw["split"].get("pmnist10"))  # fmt: skip
+    (first / "scale_cells.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    for folder in folders[1:]:
+        (folder / "img").mkdir(parents=True, exist_ok=True)
+        for name in [Path(p).name for p in images] + ["scale_cells.json"]:
+            shutil.copy(first / name, folder / "img" / name)
+    return images
+
+
+def suite(workloads, info, folders: list[Path]) -> str:
+    """Runs every cell in its own process; returns the markdown section. Its plots and raw
+    cells go into img/ of every folder in `folders` (those of the documents the section goes
+    into, so its image links resolve in each)."""
     start = time.perf_counter()
     extra = [f"--tasks={FLAGS.tasks}", f"--train_per_task={FLAGS.train_per_task}"]
     titles = {w: bench.WORKLOADS[w]["title"] for w in bench.WORKLOADS}
@@ -297,21 +322,14 @@ def suite(workloads, info) -> str:
             if cores > 1
             else {}
         )
-    docs = Path(FLAGS.output or "docs/benchmarks.md").parent
-    images = plot(
-        devices, runs.get("pmnist10", {}), docs / "img", peak["gflops"], split.get("pmnist10")
+    raw = dict(  # the raw cells, so tables and plots can be checked or redrawn later
+        peak=peak,
+        per_method={f"{w},{m}": c for (w, m), c in per_method.items()},
+        devices=devices,
+        runs=runs,
+        split=split,
     )
-    if FLAGS.output:  # the raw cells, so tables and plots can be checked or redrawn later
-        raw = dict(
-            peak=peak,
-            per_method={f"{w},{m}": c for (w, m), c in per_method.items()},
-            devices=devices,
-            runs=runs,
-            split=split,
-        )
-        (docs / "img" / "scale_cells.json").write_text(
-            json.dumps(raw, indent=1, default=str) + "\n"
-        )
+    images = save_images(folders, raw, peak["gflops"])
     g = peak["gflops"]
     lines = [
         "## At scale: MFU, devices, vmapped runs",
@@ -395,11 +413,10 @@ def main(argv):
     unknown = sorted(set(workloads) - set(bench.WORKLOADS))
     if unknown:
         raise app.UsageError(f"unknown workloads {unknown}; known: {list(bench.WORKLOADS)}")
-    text = suite(workloads, machine())
+    paths = bench.documents(FLAGS.output, FLAGS.update_docs, REPO_ROOT)  # before any cell
+    text = suite(workloads, machine(), [p.parent for p in paths])
     print("\n" + text)
-    if FLAGS.output:
-        bench.write_section(FLAGS.output, "scale", text)
-        print(f"\nwrote {FLAGS.output}")
+    bench.publish("scale", text, paths)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@ the on-device path (the "Streaming path" section of docs/benchmarks.md).
 
     python -m benchmarks.stream                                # from the repository root
     python -m benchmarks.stream --tasks=2 --train_per_task=3000 --output=   # quick, prints only
+    python -m benchmarks.stream --update_docs                  # + docs/benchmarks.md
+
+The section goes into `--output` (bench's: runs/bench/benchmarks.md by default) and, with
+`--update_docs`, into the repository's docs/benchmarks.md too.
 
 Iterating only (no training), over one epoch of the MNIST training images:
   stream    the streaming path as the loop uses it: a grain pipeline reading chunks of K
@@ -37,9 +41,10 @@ from absl import app, flags, logging
 
 from sequax.configs.common import DATA_ROOT
 from sequax.launch import bench  # its flags too: --tasks, --train_per_task, --output, --single
-from sequax.launch.common import machine
+from sequax.launch.common import define_update_docs, machine
 
 FLAGS = flags.FLAGS
+define_update_docs()  # bench's flag, listed in this program's --help too
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.stream` resolves
 WORKERS = (0, 2)
 BATCHES = (10, 128)
@@ -416,14 +421,13 @@ def main(argv: list[str]) -> None:
         result = run_cell(FLAGS.single, DATA_ROOT, FLAGS.tasks, FLAGS.train_per_task)
         Path(FLAGS.json_out).write_text(json.dumps(result))
         return
+    paths = bench.documents(FLAGS.output, FLAGS.update_docs, REPO_ROOT)  # before any cell
     info = machine()
     cells, seconds = suite(FLAGS.tasks, FLAGS.train_per_task)
     header = bench.header(info, seconds, "stream", program="benchmarks.stream")
     text = section(cells, header, info["cores"], info["load"][0])
     print("\n" + text.split("### How to read this")[0].rstrip())
-    if FLAGS.output:
-        bench.write_section(FLAGS.output, "stream", text)
-        print(f"\nwrote {FLAGS.output}")
+    bench.publish("stream", text, paths)
 
 
 if __name__ == "__main__":

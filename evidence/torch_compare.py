@@ -19,6 +19,7 @@ steps, seeds, hyper-parameters) in which only `config.model` differs:
 
     python -m evidence.torch_compare     # from the repository root; ~18 min on 2 CPU cores
     python -m evidence.torch_compare --networks=torch_cnn,flax_mlp --algorithms=derpp --markdown=
+    python -m evidence.torch_compare --update_docs   # + the repository's docs/torch_bridge.md
 
 The run budget (flags): Split MNIST (or --source=fashion_mnist), 5 tasks of 2 classes,
 `--train_examples` training and `--test_examples` test examples per task, one epoch, batch
@@ -35,8 +36,9 @@ trains (lr · λ · F ≈ 0.4, room for the Fisher summed over 5 tasks); DER++ (
 1,568 features, the MLP's 100), and DER++'s logit-matching MSE (α 1) keeps it there: on
 200 examples per task its loss went 2.9 → 1,010 by step 3 and it stayed at chance, where
 at 0.01 it reached 96 % (the ResNets learn at either rate). The table is written into
-`--markdown` between `<!-- compare -->` markers, with the command, date, machine and each
-cell's wall time (compile included).
+`--markdown` (runs/torch_compare/torch_bridge.md by default) between `<!-- compare -->`
+markers, with the command, date, machine and each cell's wall time (compile included);
+`--update_docs` also writes it into the repository's docs/torch_bridge.md.
 """
 
 from __future__ import annotations
@@ -45,13 +47,14 @@ import datetime
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
 from sequax.configs import common
-from sequax.launch.common import machine
+from sequax.launch.common import define_update_docs, machine, repository_docs
 
 _NETWORKS = flags.DEFINE_string(
     "networks",
@@ -79,8 +82,12 @@ _LR = flags.DEFINE_float(
     "lr", 0.01, "SGD learning rate of every cell (see the module docstring for why not 0.03)."
 )
 _OUTPUT = flags.DEFINE_string(
-    "markdown", "docs/torch_bridge.md", "Markdown file for the table; empty = print only."
+    "markdown",
+    "runs/torch_compare/torch_bridge.md",
+    "Markdown file for the table; empty = print only.",
 )
+define_update_docs()
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NETWORKS = ("flax_resnet18", "torch_resnet18", "torch_cnn", "flax_mlp", "flax_resnet18_from_torch")
 METHODS = {
@@ -266,6 +273,9 @@ def main(argv):
         lr=_LR.value,
         ewc_lam=_LAM.value,
     )
+    paths = [Path(_OUTPUT.value)] if _OUTPUT.value else []
+    if flags.FLAGS.update_docs:  # checked before the first cell
+        paths.append(repository_docs(REPO_ROOT) / "torch_bridge.md")
     start = time.perf_counter()
     command = ("python -m evidence.torch_compare " + " ".join(sys.argv[1:])).strip()
     total = len(networks) * len(methods)
@@ -279,13 +289,13 @@ def main(argv):
                 f"\n{len(results)} of {total} cells so far "
                 "(the run was still going or was cut short).\n"
             )
-        if _OUTPUT.value:
-            write_section(_OUTPUT.value, "compare", text)
+        for path in paths:
+            write_section(path, "compare", text)
         return text
 
     print(report(compare(networks, methods, on_cell=report, **budget)))
-    if _OUTPUT.value:
-        print(f"wrote the compare section of {_OUTPUT.value}")
+    for path in paths:
+        print(f"wrote the compare section of {path}")
 
 
 if __name__ == "__main__":

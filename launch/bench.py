@@ -1,13 +1,19 @@
 """The benchmarks: sequax against a plain PyTorch loop (PROTOCOLS §E), in the same run.
 
-    python -m sequax.launch.bench                                            # docs/benchmarks.md
-    python -m sequax.launch.bench --suites=time                              # time to result only
-    python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick check, prints
+    python -m sequax.launch.bench                         # runs/bench/benchmarks.md
+    python -m sequax.launch.bench --suites=time           # time to result only
+    python -m sequax.launch.bench --tasks=2 --train_per_task=3000 --output=  # quick, prints only
+    python -m sequax.launch.bench --update_docs           # + the repository's docs/benchmarks.md
 
 Two suites: `time` (process start to summary, sequax cold and warm against torch, with the
 wall's breakdown: `launch/time_to_result.py`) and `compare` (training throughput). Each
 replaces its own section of the output file (between `<!-- time -->` or `<!-- compare -->`
-markers), leaving the rest of the document as it is. The other suites (at scale, streaming,
+markers), leaving the rest of the document as it is. The output file is `--output`, by default
+runs/bench/benchmarks.md under the current folder: bench has no workdir (its cells run in
+temporary folders), so its document goes where `make demo` and `reproduce` put their runs,
+never into the repository it may have been installed from. `--update_docs` also writes the
+sections into the repository's docs/benchmarks.md (from a source checkout only: one line and
+exit 2 before anything runs otherwise). The other suites (at scale, streaming,
 the Fisher, one GPU) are programs of the repository, not of the package: `python -m
 benchmarks.scale` etc. from the repository root (benchmarks/README.md); they run this
 module's cells (`--single`).
@@ -40,7 +46,7 @@ from absl import app, flags, logging
 
 from sequax.configs import common
 from sequax.engine.clock import SECTIONS
-from sequax.launch.common import machine, reject_stray
+from sequax.launch.common import define_update_docs, machine, reject_stray, repository_docs
 from sequax.launch.time_to_result import report as time_report
 from sequax.launch.time_to_result import time_suite
 from sequax.launch.torch_loop import run_torch
@@ -57,8 +63,9 @@ _TRAIN_PER_TASK = flags.DEFINE_integer(
     "train_per_task", 0, "Subsample each task's training set; 0 = all."
 )
 _OUTPUT = flags.DEFINE_string(
-    "output", "docs/benchmarks.md", "Markdown report; empty = print only."
+    "output", "runs/bench/benchmarks.md", "Markdown report; empty = print only."
 )
+define_update_docs()  # the suites of benchmarks/ importing this module take it too
 _SINGLE = flags.DEFINE_string(
     "single", "", "Internal: run one 'workload,method,framework' and exit."
 )
@@ -423,7 +430,23 @@ def report(results, workloads, methods, info, seconds) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, name: str, text: str) -> None:
+def documents(output: str, update_docs: bool, root: Path | None = None) -> list[Path]:
+    """The documents a suite's section goes into: `output` (none if empty) and, with
+    `update_docs`, docs/benchmarks.md of the repository at `root` (default: the one this
+    package is installed from; one line and exit 2 when there is none). Called before the
+    suite runs, so a missing docs folder stops the command before an hour of cells."""
+    paths = [Path(output)] if output else []
+    return paths + ([repository_docs(root) / "benchmarks.md"] if update_docs else [])
+
+
+def publish(name: str, text: str, paths: list[Path]) -> None:
+    """Section `name` of every document in `paths` (`documents()`) becomes `text`."""
+    for path in paths:
+        write_section(path, name, text)
+        print(f"\nwrote the {name} section of {path}")
+
+
+def write_section(path: str | Path, name: str, text: str) -> None:
     """Replaces the text between `<!-- name -->` and `<!-- /name -->` in `path` (appends if
     absent)."""
     begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
@@ -490,22 +513,18 @@ def main(argv):
     suites = [s for s in _SUITES.value.split(",") if s]
     if set(suites) - {"time", "compare"}:
         raise app.UsageError(f"--suites={_SUITES.value}: use time, compare or both")
+    paths = documents(_OUTPUT.value, flags.FLAGS.update_docs)
     info = machine()
     if "time" in suites:
         titles = {w: spec["title"] for w, spec in WORKLOADS.items()}
         results, seconds = time_suite(run_child, timed, titles)
         text = time_report(results, titles, header(info, seconds, "time"))
-        _publish("time", text)
+        print("\n" + text.rstrip())
+        publish("time", text, paths)
     if "compare" in suites:
         text = compare_suite(workloads, methods, info)
-        _publish("compare", text.split("### How to read this")[0], text)
-
-
-def _publish(name: str, shown: str, text: str | None = None) -> None:
-    print("\n" + shown.rstrip())
-    if _OUTPUT.value:
-        write_section(_OUTPUT.value, name, text or shown)
-        print(f"\nwrote {_OUTPUT.value}")
+        print("\n" + text.split("### How to read this")[0].rstrip())
+        publish("compare", text, paths)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Pieces every absl launcher shares: config-override errors and the several-hosts flags."""
+"""Pieces every absl launcher shares: config-override errors, the several-hosts flags, and
+`--update_docs` with the repository's docs folder it writes into."""
 
 from __future__ import annotations
 
@@ -32,6 +33,46 @@ _PROCESS_ID = flags.DEFINE_integer(
     "Several hosts, started by hand: this process's number, 0..num_processes-1, 0 on the "
     "coordinator's host; with --coordinator_address and --num_processes.",
 )
+
+
+# Where `--update_docs` writes instead of the source checkout's docs/ (tests point it at a copy,
+# so a test never rewrites the repository's documents).
+DOCS_VARIABLE = "SEQUAX_REPOSITORY_DOCS"
+
+
+def define_update_docs() -> None:
+    """`--update_docs`, the same flag with the same meaning on every command that writes a
+    document the repository keeps (reproduce, bench, and the repository's benchmark and
+    evidence programs). Each such command calls this; absl's flags are one namespace per process
+    and a test process imports several of these commands, so the flag is defined once, and made
+    a key flag of the calling command so that its `--help` lists it."""
+    if "update_docs" not in flags.FLAGS:
+        flags.DEFINE_bool(
+            "update_docs",
+            False,
+            "Also write the document into the repository's docs/ (a source checkout only); "
+            "without it the command writes into its workdir or --output alone.",
+        )
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    module = sys.argv[0] if caller == "__main__" else caller  # as absl names the main module
+    flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS["update_docs"])
+
+
+def repository_docs(root: Path | None = None) -> Path:
+    """The docs/ folder of the source checkout at `root` (default: the one this package is
+    installed from, editable), or $SEQUAX_REPOSITORY_DOCS where set. One line and exit 2 when
+    there is none: an installed package has no repository whose documents it could update, and
+    a command should say so before it trains for an hour, not after."""
+    override = os.environ.get(DOCS_VARIABLE)
+    root = root or Path(__file__).resolve().parents[1]
+    docs = Path(override) if override else root / "docs"
+    if not docs.is_dir() or not (override or (root / "pyproject.toml").is_file()):
+        why = f"${DOCS_VARIABLE}" if override else "not a source checkout: an installed package"
+        _usage_error(
+            f"--update_docs: no repository docs folder at {docs} ({why}); drop --update_docs, "
+            f"the document is written in the workdir (or --output) anyway"
+        )
+    return docs
 
 
 def initialize_distributed() -> bool:

@@ -3,9 +3,13 @@ and the training loss; across runs, a comparison table (markdown and PNG) of ACC
 forgetting and wall time.
 
     python -m sequax.launch.report runs/quickstart                      # -> runs/quickstart/report/
+    python -m sequax.launch.report runs/er runs/ewc                     # -> runs/report/
     python -m sequax.launch.report runs/er runs/ewc runs/der --out=reports/mnist
 
-`--out` defaults to WORKDIR/report for one workdir and ./report for several. The folder gets
+`--out` defaults to WORKDIR/report for one workdir and, for several, to report/ in the folder
+that holds them all: a command writes beside the runs it reads, never into the current folder
+by chance (a repository's, when run from its checkout); the report has no copy in the
+repository's docs, so it takes no `--update_docs`. The folder gets
 `report.md` (the comparison table, then each run's figures), `comparison.png` (the table),
 and per run `NAME_accuracy_matrix.png`, `NAME_task_curves.png`, `NAME_train_loss.png`.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -342,6 +347,19 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
     return [report, *written]
 
 
+def default_out(workdirs: list[str]) -> Path:
+    """WORKDIR/report for one workdir; for several, report/ in the deepest folder holding them
+    all (runs/er runs/ewc -> runs/report)."""
+    if len(workdirs) == 1:
+        return Path(workdirs[0]) / "report"
+    parent = Path(os.path.commonpath([Path(w).resolve() for w in workdirs]))
+    if parent == Path(parent.anchor):
+        raise ReportError(
+            f"the workdirs share no folder but {parent}: give the report's folder with --out"
+        )
+    return parent / "report"
+
+
 def main(argv):
     workdirs = argv[1:]
     if not workdirs:
@@ -349,8 +367,8 @@ def main(argv):
             "give at least one WORKDIR: "
             "python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
         )
-    out = _OUT.value or (Path(workdirs[0]) / "report" if len(workdirs) == 1 else Path("report"))
     try:
+        out = Path(_OUT.value) if _OUT.value else default_out(workdirs)
         files = render(workdirs, out)
     except ReportError as error:
         print(f"sequax: error: {error}", file=sys.stderr)

@@ -5,11 +5,16 @@
     python -m sequax.launch.reproduce --table=der --dry_run          # list and check the cells
     python -m sequax.launch.reproduce --table=mirzadeh               # Stable SGD / MC-SGD table
                                                                      # (+ forgetting)
+    python -m sequax.launch.reproduce --table=der --update_docs      # + docs/reproductions/der.md
 
 Each cell (`configs/reproduce/<table>/table.py`) trains `--seeds` seeds vmapped in one
 program (`config.runs`) into WORKDIR/<benchmark>/<method>[-<buffer>]/, exactly as
 `sequax.launch.train` would; a cell whose summary.json exists is read back, so an
-interrupted table resumes. The report (`--output`, docs/reproductions/<table>.md) puts each
+interrupted table resumes. The report goes to WORKDIR/<table>[-<variant>]/report.md (or
+`--output`): a command writes inside its workdir, never into the repository it may have been
+installed from. `--update_docs` also writes the repository's copy,
+docs/reproductions/<table>[-<variant>].md (from a source checkout only: one line and exit 2
+before anything trains otherwise). The report puts each
 cell's mean ± std beside the published value and the difference, marks whether it is within
 max(2 points, the published std), adds the published and our average forgetting where the
 table lists it (`table.FORGETTING`, e.g. the Mirzadeh table), adds the table's notes on known
@@ -33,7 +38,14 @@ from sequax.data import DataError
 from sequax.engine import distributed, loop, runs
 from sequax.engine.build import ConfigError
 from sequax.engine.checkpoint import TrainingDiverged
-from sequax.launch.common import initialize_distributed, machine, parse_flags, reject_stray
+from sequax.launch.common import (
+    define_update_docs,
+    initialize_distributed,
+    machine,
+    parse_flags,
+    reject_stray,
+    repository_docs,
+)
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +62,9 @@ def define_flags() -> None:
         "workdir", "runs/reproduce", "One subfolder per cell under WORKDIR/<table>/."
     )
     flags.DEFINE_string(
-        "output", "", "Markdown report; default docs/reproductions/<table>.md; '-' prints only."
+        "output",
+        "",
+        "Markdown report; default WORKDIR/<table>[-<variant>]/report.md; '-' prints only.",
     )
     flags.DEFINE_string(
         "variant",
@@ -72,6 +86,7 @@ def define_flags() -> None:
         "Write the report from the cells already done, train nothing "
         "(e.g. while another invocation is still running the table).",
     )
+    define_update_docs()
 
 
 def table_module(name: str):
@@ -279,7 +294,8 @@ def report(
 ) -> str:
     # The command that runs (or resumes) these cells; report-only and output flags left out.
     # `--cells` is left out too: the report covers the whole table (cells of other invocations
-    # read back), which the command without it reproduces.
+    # read back), which the command without it reproduces. `--update_docs` stays: in the
+    # repository's copy the command shown is the one that refreshes it.
     kept = [
         a
         for a in sys.argv[1:]
@@ -402,6 +418,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     table = table_module(FLAGS.table)
+    docs = repository_docs() if FLAGS.update_docs else None  # before anything trains
     with distributed.exit_on_failure():
         try:
             selected = selected_cells(table, FLAGS.cells, FLAGS.local)
@@ -437,15 +454,19 @@ def main(argv):
         text = report(table, results, seconds, FLAGS.local, timing, FLAGS.variant)
     if not distributed.is_main_process():
         return
-    output = (
-        FLAGS.output
-        or f"docs/reproductions/{FLAGS.table}{f'-{FLAGS.variant}' if FLAGS.variant else ''}.md"
-    )
     print("\n" + text)
-    if output != "-":
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text)
-        print(f"wrote {output}")
+    for path in documents(workdir, FLAGS.output, docs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+
+
+def documents(workdir: Path, output: str, docs: Path | None) -> list[Path]:
+    """Where the report goes: `output` ('-': nowhere), by default report.md beside the cells it
+    reports (`workdir`: WORKDIR/<table>[-<variant>]); and, with `--update_docs` (`docs`: the
+    repository's docs folder), docs/reproductions/<table>[-<variant>].md there."""
+    paths = [] if output == "-" else [Path(output) if output else workdir / "report.md"]
+    return paths + ([docs / "reproductions" / f"{workdir.name}.md"] if docs is not None else [])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ its default verified checkpoint after every task. The PyTorch loop (`launch/torc
 does the same work eagerly and saves nothing. The breakdown is `engine.clock`'s.
 
     python -m sequax.launch.bench --suites=time
+
+Its section goes where bench puts every section: `--output` (runs/bench/benchmarks.md by
+default) and, with `--update_docs`, the repository's docs/benchmarks.md.
 """
 
 from __future__ import annotations

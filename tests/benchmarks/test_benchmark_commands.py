@@ -5,9 +5,15 @@ child process), so a suite's plumbing breaks here rather than an hour into a run
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import run_module
+from conftest import REPO_ROOT, run_module
+
+from sequax.launch.common import DOCS_VARIABLE
 
 run = run_module
 
@@ -43,9 +49,8 @@ def test_fisher_times_the_dense_path():
     assert "dense        runs=1: end_task" in done.stdout
 
 
-def test_gpu_writes_its_section_from_a_results_file(tmp_path):
-    """`--report` (no GPU needed): the section lands between its markers in --doc, naming the
-    command that produced the results."""
+def gpu_results(folder) -> str:
+    """A results file of `benchmarks.gpu --results` with one pair of cells (no GPU needed)."""
     cell = dict(samples_per_s=1000.0, wall=10.0, compile=1.0, train=8.0, acc=90.0)
     info = dict(cpu="test cpu", cores=2, ram_gib=8.0, python="3", jax="0", jaxlib="0")
     info.update(torch="0", gpu="test gpu", gpu_memory_gib=80.0)
@@ -55,11 +60,42 @@ def test_gpu_writes_its_section_from_a_results_file(tmp_path):
         seconds={"pmnist": 60.0},
         command="python -m benchmarks.gpu --parts=pmnist",
     )
-    (tmp_path / "gpu.json").write_text(json.dumps(results))
+    (folder / "gpu.json").write_text(json.dumps(results))
+    return f"--report={folder / 'gpu.json'}"
+
+
+def test_gpu_writes_its_section_from_a_results_file(tmp_path):
+    """`--report` (no GPU needed): the section lands between its markers in --output, naming
+    the command that produced the results."""
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nnotes\n")
-    run("benchmarks.gpu", f"--report={tmp_path / 'gpu.json'}", f"--doc={doc}")
+    run("benchmarks.gpu", gpu_results(tmp_path), f"--output={doc}")
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nnotes") and text.count("<!-- gpu -->") == 1
     assert "    python -m benchmarks.gpu --parts=pmnist" in text
     assert "| PMNIST-10 | naive | sequax | 1,000 | 1.00× |" in text
+
+
+def test_a_suite_writes_the_repository_docs_only_with_update_docs(tmp_path):
+    """Without flags the section goes to runs/bench/benchmarks.md under the current folder and
+    the repository's docs/ stay byte for byte; `--update_docs` writes the docs folder's copy
+    (here one named by $SEQUAX_REPOSITORY_DOCS), keeping its other sections."""
+    real = {p: p.read_bytes() for p in [REPO_ROOT / "docs" / "benchmarks.md"]}
+    real.update({p: p.read_bytes() for p in (REPO_ROOT / "docs" / "img").iterdir()})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # `benchmarks` from another folder
+    command = [sys.executable, "-m", "benchmarks.gpu", gpu_results(tmp_path)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    own = (tmp_path / "runs" / "bench" / "benchmarks.md").read_text()
+    assert "| PMNIST-10 | naive | sequax | 1,000 |" in own
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(REPO_ROOT / "docs" / "benchmarks.md", docs)
+    env[DOCS_VARIABLE] = str(docs)
+    done = subprocess.run([*command, "--update_docs", "--output="], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (docs / "benchmarks.md").read_text()
+    assert "| PMNIST-10 | naive | sequax | 1,000 |" in text and "<!-- compare -->" in text
+    assert all(path.read_bytes() == content for path, content in real.items())

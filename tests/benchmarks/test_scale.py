@@ -45,3 +45,16 @@ def test_tables_and_plots(tmp_path):
     assert all(
         (tmp_path / name).stat().st_size > 1000 for name in ("scale_devices.png", "scale_runs.png")
     )
+
+
+def test_plots_and_raw_cells_go_beside_every_document(tmp_path):
+    """With --output and --update_docs both documents link img/: each folder gets the plots and
+    scale_cells.json; with neither (only printed) nothing is drawn."""
+    raw = dict(devices={1: cell(), 2: cell(devices=2)}, runs={"pmnist10": {1: cell()}}, split={})
+    own, docs = tmp_path / "runs" / "bench", tmp_path / "docs"
+    images = scale.save_images([own, docs], raw, 100.0)
+    assert [p.rsplit("/", 1)[1] for p in images] == ["scale_devices.png", "scale_runs.png"]
+    for folder in (own, docs):
+        names = {p.name for p in (folder / "img").iterdir()}
+        assert names == {"scale_devices.png", "scale_runs.png", "scale_cells.json"}
+    assert scale.save_images([], raw, 100.0) == []

@@ -3,7 +3,17 @@ themselves are not tests)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import flags
+
 from sequax.launch import bench
+from sequax.launch.common import DOCS_VARIABLE
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path):
@@ -64,3 +74,37 @@ def test_time_targets_from_hand_made_cells():
     table = ttr.tables(results, {"pmnist10": "PMNIST-10", "smnist5": "SMNIST-5",
                                  "rmnist20": "R-MNIST-20"})  # fmt: skip
     assert "| R-MNIST-20 | naive | cold | failed |" in table  # a missing cell says so
+
+
+def test_sections_go_to_the_output_and_to_the_docs_only_with_update_docs(tmp_path, monkeypatch):
+    """bench has no workdir: its document defaults to runs/bench/benchmarks.md under the current
+    folder, never the repository's docs/benchmarks.md, which `--update_docs` adds (here a copy:
+    the docs folder named by $SEQUAX_REPOSITORY_DOCS)."""
+    assert flags.FLAGS["output"].default == "runs/bench/benchmarks.md"
+    own = tmp_path / "runs" / "bench" / "benchmarks.md"
+    assert bench.documents(str(own), False) == [own]
+    assert bench.documents("", False) == []  # --output= only prints
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text("# Benchmarks\n\n<!-- time -->\nold\n<!-- /time -->\n")
+    monkeypatch.setenv(DOCS_VARIABLE, str(docs))
+    paths = bench.documents(str(own), True)
+    assert paths == [own, docs / "benchmarks.md"]
+    bench.publish("time", "new", paths)
+    assert own.read_text() == "# Benchmarks\n\n<!-- time -->\nnew\n<!-- /time -->\n"
+    assert (docs / "benchmarks.md").read_text() == own.read_text()
+
+
+def test_update_docs_without_a_docs_folder_is_one_line_before_anything_runs(tmp_path):
+    env = {**os.environ, DOCS_VARIABLE: str(tmp_path / "nowhere")}
+    done = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.bench", "--update_docs", f"--output={tmp_path}/b.md"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"sequax: error: --update_docs: no repository docs folder at {tmp_path / 'nowhere'} "
+        f"(${DOCS_VARIABLE}); drop --update_docs, the document is written in the workdir (or "
+        "--output) anyway"
+    ]
+    assert not any(tmp_path.iterdir())

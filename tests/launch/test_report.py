@@ -162,3 +162,24 @@ def test_the_command_line(workdirs, tmp_path):
         f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir "
         "of a finished run"
     ]
+
+
+def test_several_workdirs_are_reported_beside_them_not_in_the_current_folder(workdirs, tmp_path):
+    """Without --out the report goes into the folder holding the workdirs (here run from the
+    repository root: it gains no report/ folder, and its docs stay byte for byte)."""
+    single, vmapped = workdirs
+    assert report.default_out([str(single)]) == single / "report"
+    assert report.default_out([str(single), str(vmapped)]) == single.parent.resolve() / "report"
+    with pytest.raises(report.ReportError, match="share no folder but /: give"):
+        report.default_out(["/tmp/a", "/proc/b"])
+    images = REPO_ROOT / "docs" / "img"
+    before = {path: path.read_bytes() for path in images.iterdir()}
+    existed = (REPO_ROOT / "report").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.report", str(single), str(vmapped)],
+        check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (single.parent / "report" / "report.md").is_file()
+    assert (REPO_ROOT / "report").exists() == existed
+    assert {path: path.read_bytes() for path in images.iterdir()} == before

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +17,9 @@ from sequax import algorithms
 from sequax.configs.reproduce.der import table
 from sequax.engine.build import ConfigError
 from sequax.launch import reproduce
+from sequax.launch.common import DOCS_VARIABLE
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_published_cell_has_hyperparameters_and_a_config():
@@ -126,3 +134,70 @@ def test_a_diverged_cell_is_skipped_and_the_table_goes_on(tmp_path, monkeypatch,
     results = reproduce.run_table(table, chosen, tmp_path, verbose=False)
     assert [r["name"] for r in results] == ["smnist/er-200"]
     assert "smnist/sgd: not reported, training diverged" in capsys.readouterr().out
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under `folder` by its SHA-256: equal fingerprints, byte-identical folders."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def reproduce_command(workdir: Path, *flags: str, docs: Path | None = None, status: int = 0):
+    """`--report_only` over a workdir whose smnist/sgd cell is done: the whole command, from
+    the repository root as a maintainer runs it, in about a second (nothing trains)."""
+    env = {**os.environ, **({DOCS_VARIABLE: str(docs)} if docs else {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.reproduce", "--table=der", "--cells=smnist/sgd",
+         "--report_only", f"--workdir={workdir}", *flags],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == status, done.stderr[-3000:]
+    return done
+
+
+def test_the_report_goes_to_the_workdir_and_to_the_docs_only_with_update_docs(tmp_path):
+    workdir = tmp_path / "runs"
+    cell = workdir / "der" / "smnist" / "sgd"
+    cell.mkdir(parents=True)
+    summary = {"class_il": {"acc": 0.2}, "task_il": {"acc": 0.95}, "timings": {"wall": 3.0}}
+    (cell / "summary.json").write_text(json.dumps(summary))
+    row = "| smnist | sgd | – | class-il | 20.00 ± 0.00 |"
+    real = fingerprint(REPO_ROOT / "docs" / "reproductions")
+
+    reproduce_command(workdir)
+    assert fingerprint(REPO_ROOT / "docs" / "reproductions") == real
+    assert row in (workdir / "der" / "report.md").read_text()
+
+    # --update_docs: the repository's copy too (here a copy of the repository's docs folder),
+    # naming the command that refreshes it.
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO_ROOT / "docs" / "reproductions", docs / "reproductions")
+    (workdir / "der" / "report.md").unlink()
+    done = reproduce_command(workdir, "--update_docs", docs=docs)
+    text = (docs / "reproductions" / "der.md").read_text()
+    assert row in text and f"--workdir={workdir} --update_docs\n" in text
+    assert (workdir / "der" / "report.md").read_text() == text
+    assert f"wrote {docs / 'reproductions' / 'der.md'}" in done.stdout
+    assert fingerprint(REPO_ROOT / "docs" / "reproductions") == real
+
+    # No docs folder (an installed package has none): one line before anything runs or writes.
+    (workdir / "der" / "report.md").unlink()
+    bad = reproduce_command(workdir, "--update_docs", docs=tmp_path / "nowhere", status=2)
+    assert bad.stderr.strip().splitlines() == [
+        f"sequax: error: --update_docs: no repository docs folder at {tmp_path / 'nowhere'} "
+        f"(${DOCS_VARIABLE}); drop --update_docs, the document is written in the workdir (or "
+        "--output) anyway"
+    ]
+    assert not (workdir / "der" / "report.md").exists()
+
+
+def test_the_documents_of_a_table_and_its_variant(tmp_path):
+    table_dir = tmp_path / "mirzadeh-agem_codebase"
+    assert reproduce.documents(table_dir, "", None) == [table_dir / "report.md"]
+    assert reproduce.documents(table_dir, "-", tmp_path / "docs") == [
+        tmp_path / "docs" / "reproductions" / "mirzadeh-agem_codebase.md"
+    ]
+    assert reproduce.documents(table_dir, "x.md", None) == [Path("x.md")]
