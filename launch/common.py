@@ -1,14 +1,20 @@
-"""Pieces every absl launcher shares: config-override errors, the several-hosts flags, and
-`--update_docs` with the repository's docs folder it writes into."""
+"""Pieces every absl launcher shares: config-override errors, the several-hosts flags, the
+one-line report of a run's expected stops, and `--update_docs` with the repository's docs
+folder it writes into."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.metadata
 import os
 import platform
 import re
+import shlex
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from absl import flags
@@ -86,6 +92,48 @@ def initialize_distributed() -> bool:
         )
     except distributed.DistributedError as error:
         print(f"sequax: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def stops_in_one_line(module: str, workdir: str | None = None):
+    """The stops a user meets, each as one line on stderr, never a traceback: a bad config or
+    data file, a diverged loss, a full disk, an unwritable checkpoint folder (exit 2); SIGINT
+    or SIGTERM (the run saved its position: the line names it and the command that resumes;
+    exit 130 or 143); Ctrl-C before training started (nothing to save; 130). `workdir`: the
+    run's, whose last good checkpoint a full disk's line names."""
+    from sequax.data import DataError  # JAX and the engine: only for launchers that train
+    from sequax.engine.build import ConfigError
+    from sequax.engine.checkpoint import NoSpaceLeft, TrainingDiverged, checkpoint_folder, last_good
+    from sequax.engine.integrity import Unwritable, no_space_message
+    from sequax.engine.interrupts import Interrupted
+
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C: KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (see sequax/launch/__init__)
+    try:
+        yield
+    except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft, Unwritable) as error:
+        print(f"sequax: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as stop:  # the position saved (or nothing new to save): one line
+        command = " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
+        print(f"sequax: {stop}{f'; to resume: {command}' if stop.checkpoint else ''}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside training: reading data, building, compiling
+        print("sequax: interrupted by SIGINT outside training; nothing new to save (finished "
+              "work is kept)", file=sys.stderr)  # fmt: skip
+        sys.exit(130)
+    except OSError as error:  # a full disk while writing metrics or results
+        if error.errno != errno.ENOSPC:
+            raise
+        if workdir is None:
+            print(f"sequax: error: no space left on the disk ({error}); free space and rerun the "
+                  "same command: finished work is kept", file=sys.stderr)  # fmt: skip
+        else:
+            where = last_good(checkpoint_folder(workdir))
+            print(f"sequax: error: {no_space_message(workdir, 'the results', where)}",
+                  file=sys.stderr)  # fmt: skip
         sys.exit(2)
 
 

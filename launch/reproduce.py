@@ -45,6 +45,7 @@ from sequax.launch.common import (
     parse_flags,
     reject_stray,
     repository_docs,
+    stops_in_one_line,
 )
 
 FLAGS = flags.FLAGS
@@ -419,7 +420,7 @@ def main(argv):
     initialize_distributed()
     table = table_module(FLAGS.table)
     docs = repository_docs() if FLAGS.update_docs else None  # before anything trains
-    with distributed.exit_on_failure():
+    with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.reproduce"):
         try:
             selected = selected_cells(table, FLAGS.cells, FLAGS.local)
             # Only the selected cells train (`--cells`, or all but NOT_RUN); the report reads back

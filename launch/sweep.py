@@ -20,7 +20,6 @@ import ast
 import copy
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -28,10 +27,14 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sequax.data import DataError
 from sequax.engine import build, distributed, loop, runs
 from sequax.engine.build import ConfigError
-from sequax.launch.common import initialize_distributed, parse_flags, reject_stray
+from sequax.launch.common import (
+    initialize_distributed,
+    parse_flags,
+    reject_stray,
+    stops_in_one_line,
+)
 
 FLAGS = flags.FLAGS
 
@@ -155,12 +158,8 @@ def main(argv):
     reject_stray(argv)
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
-    with distributed.exit_on_failure():
-        try:
-            rows = sweep(FLAGS.config, Path(FLAGS.workdir), parse_grid(FLAGS.grid))
-        except (ConfigError, DataError) as error:
-            print(f"sequax: error: {error}", file=sys.stderr)
-            sys.exit(2)
+    with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.sweep"):
+        rows = sweep(FLAGS.config, Path(FLAGS.workdir), parse_grid(FLAGS.grid))
     if distributed.is_main_process():
         print(runs.format_table(rows))
 

@@ -24,27 +24,18 @@ process 0 prints and writes the workdir.
 
 from __future__ import annotations
 
-import errno
-import shlex
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sequax.data import DataError
 from sequax.engine import distributed, loop
-from sequax.engine.build import ConfigError
-from sequax.engine.checkpoint import (
-    NoSpaceLeft,
-    TrainingDiverged,
-    checkpoint_folder,
-    last_good,
-    no_space_message,
-)
 from sequax.engine.experiment import from_config
-from sequax.engine.integrity import Unwritable
-from sequax.engine.interrupts import Interrupted
-from sequax.launch.common import check_workdir, initialize_distributed, parse_flags, reject_stray
+from sequax.launch.common import (
+    check_workdir,
+    initialize_distributed,
+    parse_flags,
+    reject_stray,
+    stops_in_one_line,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:local]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for logs and results.")
@@ -57,34 +48,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep the console for progress and results
     initialize_distributed()  # before anything touches a device: the processes must join first
     # Several processes: a failure here ends this process at once so the others stop too.
-    with distributed.exit_on_failure():
-        try:
-            loop.run(
-                from_config(_CONFIG.value), _WORKDIR.value
-            )  # the config, resolved into objects
-        except (ConfigError, DataError, TrainingDiverged, NoSpaceLeft, Unwritable) as error:
-            print(f"sequax: error: {error}", file=sys.stderr)
-            sys.exit(2)
-        except Interrupted as stop:  # SIGINT/SIGTERM: the position saved, one line, 130/143
-            again = f"; to resume: {resume_command()}" if stop.checkpoint else ""
-            print(f"sequax: {stop}{again}", file=sys.stderr)
-            sys.exit(stop.exit_code)
-        except (
-            OSError
-        ) as error:  # a full disk while writing metrics or results: finished work is kept
-            if error.errno != errno.ENOSPC:
-                raise
-            where = last_good(checkpoint_folder(_WORKDIR.value))
-            print(
-                f"sequax: error: {no_space_message(_WORKDIR.value, 'the results', where)}",
-                file=sys.stderr,
-            )
-            sys.exit(2)
-
-
-def resume_command() -> str:
-    """The command this process was started with (which resumes it), for a shell."""
-    return " ".join(["python -m sequax.launch.train", *map(shlex.quote, sys.argv[1:])])
+    with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.train", _WORKDIR.value):
+        loop.run(from_config(_CONFIG.value), _WORKDIR.value)  # the config, resolved into objects
 
 
 if __name__ == "__main__":
