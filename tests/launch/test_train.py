@@ -124,12 +124,22 @@ def _files(folder) -> dict[str, bytes]:
         (["--config.algorithm.nope=1"], "'nope'"),
         (["--config.algorithm.name=hat"], "HAT"),
         (["stray"], "unexpected argument"),
+        (["--config=configs/nope.py"], "cannot load the config file configs/nope.py"),
+        (["--config={syntax}"], "SyntaxError"),
+        (["--config.model.widths=(100,'x')"], "must be a tuple of positive integers"),
+        (["--config.training.batch_size=ten"], "invalid literal for int()"),
+        (["--config.seed=7"], "holds a run of config.seed=0"),
+        (["--config.checkpoint.keep=0"], "config.checkpoint.keep=0 must be >= 1"),
     ],
 )
-def test_a_refused_command_leaves_a_finished_workdir_untouched(finished_er, flags, cause):
-    """Another config, a bad data root, a bad override, a method the stream refuses, a stray
-    argument: refused in one line, and every file of the finished run keeps its bytes."""
+def test_a_refused_command_leaves_a_finished_workdir_untouched(finished_er, tmp_path, flags, cause):
+    """Another config (method, task count, seed), a bad data root, a bad override or type, a
+    method the stream refuses, a stray argument, a missing or broken config file, a bad
+    checkpoint setting: refused in one line, and every file of the finished run keeps its
+    bytes."""
     workdir, before = finished_er
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    flags = [f.format(syntax=tmp_path / "syntax.py") for f in flags]
     config = [] if flags[0].startswith("--config=") else ["--config=configs/quickstart.py:local",
                                                           "--config.data.num_tasks=2"]  # fmt: skip
     run = train(*config, f"--workdir={workdir}", *flags)
