@@ -16,6 +16,7 @@ when it is a dataclass, so a resumed run is checked against the same parts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import flax.linen as nn
 import ml_collections
 
 from sequax.engine import loop
+from sequax.engine.build import ConfigError
 from sequax.engine.experiment import from_config
 from sequax.engine.results import RunResult
 from sequax.engine.schema import base_config
@@ -65,14 +67,20 @@ def train(
       batch_size, epochs, glances, eval_batch_size: `config.training` and `config.eval`.
       mesh, checkpoint, writers: `config.mesh`, `config.checkpoint`, `config.writers` keys.
     """
+    _check_arguments(
+        stream, dict(model=model, algorithm=algorithm, optimizer=optimizer), workdir,
+        dict(seed=seed, runs=runs, batch_size=batch_size, epochs=epochs, glances=glances,
+             eval_batch_size=eval_batch_size),
+        dict(sweep=sweep, mesh=mesh, checkpoint=checkpoint, writers=writers),
+    )  # fmt: skip
     config = base_config()
     config.seed, config.runs = seed, runs
     config.training.update(batch_size=batch_size, epochs=epochs, glances=glances)
     config.eval.batch_size = eval_batch_size
     for section, values in (("mesh", mesh), ("checkpoint", checkpoint), ("writers", writers)):
         config[section].update(values or {})
-    for key, values in (sweep or {}).items():
-        config.sweep[key] = tuple(values)
+    for key, values in (sweep or {}).items():  # one number: a sweep of one value, as a flag
+        config.sweep[key] = tuple(values) if isinstance(values, (list, tuple)) else (values,)
     objects = {}
     if _is_section(stream):
         config.data.update(stream)
@@ -92,6 +100,36 @@ def train(
                 described = {"name": f"given:{described['name']}"}
             config[key] = ml_collections.ConfigDict({**_defaults(config, key), **described})
     return loop.run(from_config(config, **objects), workdir, verbose=verbose)
+
+
+def _check_arguments(stream, components: dict, workdir, counts: dict, sections: dict) -> None:
+    """The arguments' types, in one line each before anything is read: what the config checks
+    cannot see (an object in a config slot, a count ml_collections would refuse with its own
+    TypeError, a class given where an instance belongs)."""
+    if not (_is_section(stream) or hasattr(stream, "source") and hasattr(stream, "num_tasks")):
+        raise ConfigError(
+            f"stream={stream!r} is not a task stream; give one (sequax.data.make_scenario("
+            "'split', sequax.data.load_source('mnist_packaged'), num_tasks=5)) or a config.data "
+            "dict ({'source': 'mnist_packaged', 'scenario': 'split'})"
+        )
+    for name, value in components.items():
+        if isinstance(value, type):
+            raise ConfigError(
+                f"{name}={value.__module__}.{value.__qualname__} is a class; give an instance, "
+                f"e.g. {value.__qualname__}(...), or a name"
+            )
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise ConfigError(f"workdir={workdir!r} must be a folder's path (a str or a Path)")
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be an integer")
+    for name, value in sections.items():
+        if value is not None and not _is_section(value):
+            raise ConfigError(f"{name}={value!r} must be a dict of config.{name}'s keys")
+    for key, values in (sections["sweep"] or {}).items():
+        numbers = values if isinstance(values, (list, tuple)) else (values,)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ConfigError(f"sweep[{key!r}]={values!r} must list numbers, e.g. (0.03, 0.1)")
 
 
 def _is_section(value) -> bool:

@@ -80,8 +80,11 @@ def make_augment(names: Sequence[str]) -> Augment | None:
     if unknown or len(set(names)) != len(names):
         raise ValueError(
             f"augment={names!r}: use distinct names among {', '.join(map(repr, AUGMENTATIONS))}, "
-            f"e.g. ('crop', 'flip')"
-        )
+            "e.g. ('crop', 'flip')"
+            # "crop,flip" on the command line is one string: a tuple must be written quoted
+            + (" (on the command line: --config.data.augment=\"('crop', 'flip')\")"
+               if any("," in str(n) or "(" in str(n) for n in names) else "")
+        )  # fmt: skip
     if not names:
         return None
     functions = [AUGMENTATIONS[n] for n in names]

@@ -39,20 +39,37 @@ def build_scenario(data_config):
 
         source = load_torch_source(cfg.get("factory"), int(cfg.get("num_classes") or 0))
     elif ":" in str(cfg["source"]):  # the user's own: a factory returning an ImageSource
-        source = load_callable(cfg["source"], "data.source", ConfigError, "a source factory")()
+        factory = load_callable(cfg["source"], "data.source", ConfigError, "a source factory")
+        source = _called(factory, "config.data.source", cfg["source"], "no arguments")
+        if not isinstance(source, sequax_data.ImageSource):
+            raise ConfigError(
+                f"config.data.source={cfg['source']!r} returned a {type(source).__name__}, not "
+                "an ImageSource; return sequax.data.ImageSource(train_x, train_y, test_x, "
+                "test_y, num_classes, name)"
+            )
     else:
         source = sequax_data.load_source(cfg["source"], cfg.get("root"))
     options = dict(cfg.get("options") or {})
-    make = sequax_data.make_scenario
-    if ":" in str(cfg["scenario"]):  # the user's own: make(source, num_tasks, seed, **options)
+    if ":" in str(cfg["scenario"]):  # the user's own: own(source, num_tasks, seed, **options)
         own = load_callable(cfg["scenario"], "data.scenario", ConfigError, "a scenario builder")
-        make = lambda _, *args, **kwargs: own(*args, **kwargs)  # noqa: E731
-    try:
-        scenario = make(
-            cfg["scenario"], source, num_tasks=cfg["num_tasks"], seed=cfg.get("seed", 0), **options
-        )
-    except TypeError as error:  # an option the scenario does not take
-        raise ConfigError(f"config.data.options: {error}; see sequax.data.scenarios") from None
+        scenario = _called(
+            lambda: own(source, num_tasks=cfg["num_tasks"], seed=cfg.get("seed", 0), **options),
+            "config.data.scenario", cfg["scenario"],
+            "(source, num_tasks=, seed=, **config.data.options)",
+        )  # fmt: skip
+        if not isinstance(scenario, sequax_data.Scenario):
+            raise ConfigError(
+                f"config.data.scenario={cfg['scenario']!r} returned a {type(scenario).__name__}, "
+                "not a Scenario; return one, e.g. sequax.data.make_scenario(...)"
+            )
+    else:
+        try:
+            scenario = sequax_data.make_scenario(
+                cfg["scenario"], source, num_tasks=cfg["num_tasks"], seed=cfg.get("seed", 0),
+                **options,
+            )  # fmt: skip
+        except TypeError as error:  # an option the scenario does not take
+            raise ConfigError(f"config.data.options: {error}; see sequax.data.scenarios") from None
     if cfg.get("train_per_task") or cfg.get("test_per_task"):
         scenario = sequax_data.subsample(  # 0 means "keep every example"
             scenario,
@@ -138,6 +155,21 @@ def _torch_model(cfg: dict[str, Any], num_classes: int) -> Model:
     return model_from_config(cfg, num_classes)
 
 
+def _called(function, key: str, spec: str, arguments: str):
+    """`function()`, a call of the user's own factory named by `key`: whatever it raises is one
+    line naming the path and what it is called with (not blamed on another key)."""
+    try:
+        return function()
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's code: any failure is the config's
+        first = next(iter(str(error).splitlines()), "")
+        raise ConfigError(
+            f"{key}={spec!r} failed when called with {arguments} ({type(error).__name__}: "
+            f"{first}); fix the function or the path"
+        ) from None
+
+
 def build_model(model_config, num_classes: int, data_config=None) -> Model:
     """The backbone `config.model.name` built with the section's other keys: "mlp",
     "resnet18", "torch" (a torch module from `model.factory`, through the bridge), or a
@@ -164,7 +196,11 @@ def build_model(model_config, num_classes: int, data_config=None) -> Model:
             model = MODELS[name](num_classes, **cfg)
         else:
             factory = load_callable(name, "model.name", ConfigError, "a model factory")
-            model = as_model(factory(num_classes, **cfg), num_classes)
+            built = _called(
+                lambda: factory(num_classes, **cfg), "config.model.name", name,
+                "(num_classes, **config.model)",
+            )  # fmt: skip
+            model = as_model(built, num_classes)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:

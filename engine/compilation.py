@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -75,7 +76,14 @@ def compilation_cache(setting: str = ""):
     if folder is not None:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError:  # an unwritable cache only costs compile time: run without it
+        except OSError as error:  # an unwritable cache only costs compile time: run without it
+            if str(setting or "").strip():  # but a folder the user named: say why it is unused
+                print(
+                    f"sequax: warning: config.compilation_cache={setting!r}: cannot create "
+                    f"{folder} ({error.strerror or error}); compiling without the cache (give a "
+                    "writable folder, or 'off')",
+                    file=sys.stderr,
+                )
             wanted[keys[0]] = folder = None
     changed = wanted != before
     if changed:

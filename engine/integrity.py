@@ -6,12 +6,29 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
+
+
+def workdir_path(workdir) -> Path:
+    """`workdir` with `~` and `$VARIABLE`s expanded: a path quoted on the command line, or
+    given from Python, reaches sequax unexpanded, and would otherwise create a folder named
+    "~" (or "$SCRATCH") in the current one. A variable that is not set is refused in one line."""
+    from sequax.engine.errors import ConfigError
+
+    text = os.path.expandvars(os.path.expanduser(os.fspath(workdir)))
+    unset = re.search(r"\$\{?(\w+)", text)
+    if unset and unset.group(1) not in os.environ:
+        raise ConfigError(
+            f"workdir {os.fspath(workdir)!r} names the environment variable ${unset.group(1)}, "
+            "which is not set; set it, or give the folder's path"
+        )
+    return Path(text)
 
 
 def array_checksums(state) -> dict[str, str]:

@@ -31,6 +31,7 @@ from sequax.engine.compilation import Compilations, compilation_cache
 from sequax.engine.distributed import to_numpy
 from sequax.engine.experiment import Experiment, from_config
 from sequax.engine.feed import Feed
+from sequax.engine.integrity import workdir_path
 from sequax.engine.interrupts import Interrupts, kill_point
 from sequax.engine.library_logs import orbax_logs_to
 from sequax.engine.programs import make_programs
@@ -41,9 +42,10 @@ from sequax.engine.writers import ProgressBar, make_writers
 def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     """Trains `experiment` (or the config it is resolved from) and writes its results under
     `workdir`; a workdir holding a checkpoint of the same run resumes from it."""
+    workdir = workdir_path(workdir)  # "~/runs/x" and "$SCRATCH/x" as the shell would expand
     if not isinstance(experiment, Experiment):
         experiment = from_config(experiment)  # every config rule: before any data is placed
-    exp, config, workdir = experiment, experiment.config, Path(workdir)
+    exp, config = experiment, experiment.config
     main = jax.process_index() == 0  # only process 0 prints and writes (several hosts)
     # WORKDIR/checkpoints holding a run of another config is refused here, before compiling.
     checkpoints = Checkpoints(

@@ -26,6 +26,7 @@ from sequax import algorithms
 from sequax.data import scenarios as scenario_lib
 from sequax.data.sources import SOURCE_NAMES
 from sequax.engine.build import MODELS, ConfigError, check_optimizer
+from sequax.engine.writers import WANDB_MODES
 
 # How config.json records a component given as an object (`sequax.train`): never loaded.
 GIVEN = "given:"
@@ -45,10 +46,13 @@ CHOICES = {
     "data.scenario": tuple(scenario_lib.SCENARIO_BUILDERS),
     "data.pipeline": ("device", "stream"),
     "data.stream.order": ("device", "shuffle"),
+    "writers.wandb_mode": WANDB_MODES,  # a typo is caught even while W&B is off
 }
 # (key, smallest value, what the key means): counts that must be at least 1 (or 0).
 MINIMUMS = (
+    ("seed", 0, "numpy's seeds cannot be negative"),
     ("runs", 1, "the number of seeds"),
+    ("data.seed", 0, "numpy's seeds cannot be negative"),
     ("data.num_tasks", 1, "the number of tasks in the stream"),
     ("data.train_per_task", 0, "0 keeps every example"),
     ("data.test_per_task", 0, "0 keeps every example"),
@@ -57,7 +61,9 @@ MINIMUMS = (
     ("training.batch_size", 1, "examples per step"),
     ("training.epochs", 1, "passes over each task"),
     ("training.steps_per_dispatch", 1, "steps per compiled chunk"),
+    ("training.glances", 1, "steps on each batch"),
     ("eval.batch_size", 1, "test examples per evaluation batch"),
+    ("mesh.fsdp_min_size", 0, "0 splits every parameter"),
 )
 # Algorithm fields: counts that must be >= 1, and loss or penalty weights that must be >= 0.
 POSITIVE_FIELDS = (
@@ -97,7 +103,7 @@ def check_config(config) -> None:
         if value is not _MISSING and value < least:
             raise ConfigError(
                 f"config.{key}={value!r} must be at least {least} ({meaning}); "
-                f"set --config.{key}={max(least, 1)} or more"
+                f"set --config.{key}={least} or more"
             )
     epochs = _get(config, "training.epochs")  # a per-task schedule's length, unless given
     optimizer = _section(config, "optimizer")
@@ -111,6 +117,7 @@ def check_config(config) -> None:
 def check_combination(config, scenario, algorithm) -> None:
     """The method against the stream it is given: class-IL-only methods, head widths, GEM's task
     count, buffers larger than the stream, iCaRL's feature width (all before any compile)."""
+    _check_normalize(config, scenario)
     stream = int(sum(scenario.train_sizes))
     for prefix, part in _parts(algorithm):
         method = type(part).__name__
@@ -148,6 +155,23 @@ def check_combination(config, scenario, algorithm) -> None:
                     f"{prefix}feature_dim={part.feature_dim} but the model's features have {width} "
                     f"entries; set {prefix}feature_dim={width}"
                 )
+
+
+def _check_normalize(config, scenario) -> None:
+    """One (mean, std) per channel of the stream's images: known only once the source is read,
+    and otherwise found inside the first trace (a traceback from within jit)."""
+    normalize = _get(config, "data.normalize")
+    source = getattr(scenario, "source", None)
+    if not normalize or _MISSING is normalize or source is None:
+        return
+    channels = int(source.train_x.shape[-1])
+    if len(normalize) == 2 and len(normalize[0]) != channels:
+        example = ((0.5,) * channels, (0.25,) * channels)
+        raise ConfigError(
+            f"config.data.normalize gives {len(normalize[0])} channel(s) but {source.name}'s "
+            f"images have {channels}; give one (mean, std) entry per channel, e.g. {example}, "
+            "or () for none"
+        )
 
 
 # ---------------------------------------------------------------- helpers ----------------
@@ -264,18 +288,25 @@ def _is_import_path(value) -> bool:
 
 def _check_model(model: dict[str, Any]) -> None:
     name = model.pop("name", "mlp")
-    if name == "torch" or _is_import_path(
-        name
-    ):  # the torch bridge checks its own keys (sequax.engine.torch_bridge.config)
+    if _is_import_path(name):  # the user's factory: its arguments are checked when called
         return
-    if name not in MODELS:
+    if name not in MODELS and name != "torch":
         known = [*MODELS, "torch"]
         raise ConfigError(
             f"config.model.name={name!r} is unknown{_did_you_mean(name, known)}; "
             f"known: {', '.join(map(repr, known))}"
         )
+    _check_left_over(name, model)
+    if name == "torch":  # the torch bridge checks its own keys (sequax.engine.torch_bridge.config)
+        return
     defaults = _keyword_defaults(MODELS[name], ("num_classes",))
     _check_keywords("config.model", model, defaults, f"model {name!r}")
+    dropout = model.get("dropout", 0.0)
+    if isinstance(dropout, (int, float)) and not 0 <= dropout < 1:
+        raise ConfigError(
+            f"config.model.dropout={dropout!r} must be in [0, 1) (the probability of dropping a "
+            "unit; 0 switches dropout off)"
+        )
     for key, value in model.items():  # a tuple of sizes: each element a positive integer
         default = defaults.get(key)
         if isinstance(default, tuple) and default and all(type(d) is int for d in default):
@@ -285,6 +316,24 @@ def _check_model(model: dict[str, Any]) -> None:
                     f"config.model.{key}={value!r} must be a tuple of positive integers "
                     f"(e.g. {default}); fix the override or the config file"
                 )
+
+
+def _check_left_over(name: str, model: dict[str, Any]) -> None:
+    """`--config.model.name=resnet18` on a config whose section holds the MLP's keys: the
+    override changes the name only, so the keys of the model it replaced are left over (the
+    generic "not an argument" would not say why they are there)."""
+    from sequax.engine.torch_bridge.config import KEYS as TORCH_KEYS  # no torch import
+
+    own = set(TORCH_KEYS) if name == "torch" else set(_keyword_defaults(MODELS[name]))
+    for other, function in MODELS.items():
+        left = sorted(set(model) & set(_keyword_defaults(function)) - own) if other != name else []
+        if left:
+            raise ConfigError(
+                f"config.model.{left[0]} is an argument of model {other!r}, not of {name!r}: "
+                f"config.model.name={name!r} changed the name but the section still holds the "
+                f"keys of {other!r}; set the whole section in the config file, e.g. config.model = "
+                f"ml_collections.ConfigDict(dict(name={name!r}, ...))"
+            )
 
 
 def _check_options(config) -> None:

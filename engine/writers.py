@@ -513,7 +513,14 @@ def make_writers(
         from sequax.data.factories import load_callable
 
         factory = load_callable(spec, "writers.sinks", ConfigError, "a sink factory")
-        sink = factory(workdir, config)
+        try:
+            sink = factory(workdir, config)
+        except Exception as error:  # noqa: BLE001 - the user's factory: its failure in one line
+            raise ConfigError(
+                f"config.writers.sinks: {spec!r} failed when called with (workdir, config) "
+                f"({type(error).__name__}: {_first_line(error)}); it must take those two "
+                "arguments and return an object with write(record) and close()"
+            ) from None
         if not (callable(getattr(sink, "write", None)) and callable(getattr(sink, "close", None))):
             raise ConfigError(
                 f"config.writers.sinks: {spec!r} returned a {type(sink).__name__}, which lacks "
@@ -521,6 +528,10 @@ def make_writers(
             )
         sinks.append(sink)
     return Writers([sink for sink in sinks if sink is not None])
+
+
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).splitlines()), "")
 
 
 def _opened(name: str, open_sink):

@@ -197,10 +197,17 @@ def _config_file_error(argv, error: BaseException) -> None:
     )
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str) -> Path:
     """One line and exit 2, before anything is read or compiled, when `workdir` is a file or
-    a folder (or the nearest existing parent of one to create) this user cannot write in."""
-    path = Path(workdir).expanduser()
+    a folder (or the nearest existing parent of one to create) this user cannot write in, or
+    names an environment variable that is not set; the folder, `~` and `$VAR`s expanded."""
+    from sequax.engine.errors import ConfigError
+    from sequax.engine.integrity import workdir_path
+
+    try:
+        path = workdir_path(workdir)
+    except ConfigError as error:
+        _usage_error(f"--{error}")
     if path.exists() and not path.is_dir():
         _usage_error(f"--workdir={workdir} is a file, not a folder; give a folder's path")
     existing = path
@@ -215,6 +222,7 @@ def check_workdir(workdir: str) -> None:
             f"--workdir={workdir}: cannot write in {existing} ({error.strerror or error}); give "
             f"a --workdir you can write to"
         )
+    return path
 
 
 def _split_algorithm_switch(argv):
@@ -326,12 +334,16 @@ def _parse(argv):
             )
         else:
             hint = f"; did you mean {hint.group(1)!r}?" if hint else ""
-        # A method's hyper-parameter left at its default is not in the config, so not overridable.
-        method = (
-            "; a method's hyper-parameter must be set in the config file first"
-            if "algorithm." in name
-            else ""
-        )
+        # A method's hyper-parameter, a scenario option, a model or optimizer argument left at
+        # its default is not in the config's free-form section, so not overridable.
+        kinds = {"algorithm.": "a method's hyper-parameter", "data.options.": "a scenario "
+                 "option", "model.": "a model argument", "optimizer.args.": "an optimizer "
+                 "argument"}  # fmt: skip
+        method = next(
+            (f"; {kind} must be set in the config file first" for part, kind in kinds.items()
+             if part in name),
+            "",
+        )  # fmt: skip
         _usage_error(
             f"a --config override names the unknown key {name}{hint}; overrides "
             f"must name keys the config has (see engine/schema.py base_config){method}"

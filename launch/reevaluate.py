@@ -34,7 +34,7 @@ from sequax.engine.evaluation import make_evaluate
 from sequax.engine.experiment import from_config
 from sequax.engine.feed import Feed
 from sequax.launch import reproduce
-from sequax.launch.common import reject_stray
+from sequax.launch.common import parse_flags, reject_stray
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +42,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (so tests
     and other launchers can import it beside their own `--seeds`, `--workdir`)."""
-    flags.DEFINE_string("table", "mirzadeh", "The reproduction table holding the cell.")
+    flags.DEFINE_enum(
+        "table", "mirzadeh", ["der", "mirzadeh"], "The reproduction table holding the cell."
+    )
     flags.DEFINE_string(
         "cell", "pmnist_kcl/kcl", "The finished cell to re-evaluate (its name in the table)."
     )
@@ -115,6 +117,10 @@ def main(argv):
     reject_stray(argv)
     logging.set_verbosity(logging.WARNING)
     try:
+        if FLAGS.eval_batch_size < 0:
+            raise ConfigError(
+                f"--eval_batch_size={FLAGS.eval_batch_size} must be >= 0 (0 keeps the run's)"
+            )
         table = reproduce.table_module(FLAGS.table)
         cells = [c for c in table.cells() if table.cell_name(c) == FLAGS.cell]
         if not cells:
@@ -148,4 +154,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)  # a bad flag: one line and exit 2

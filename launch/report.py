@@ -288,7 +288,13 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
 
     runs = [run for workdir in workdirs for run in load_workdir(workdir)]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file there, a read-only or missing parent: before any figure
+        raise ReportError(
+            f"cannot write the report in {out} ({error.strerror or error}); give a folder you "
+            "can write to with --out"
+        ) from None
     written, sections, taken = [], [], set()
     for run in runs:
         slug = _slug(run.name, taken)
@@ -362,12 +368,12 @@ def default_out(workdirs: list[str]) -> Path:
 
 def main(argv):
     workdirs = argv[1:]
-    if not workdirs:
-        raise app.UsageError(
-            "give at least one WORKDIR: "
-            "python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
-        )
     try:
+        if not workdirs:  # one line, not absl's whole --help
+            raise ReportError(
+                "give at least one WORKDIR: "
+                "python -m sequax.launch.report WORKDIR [WORKDIR ...] [--out=FOLDER]"
+            )
         out = Path(_OUT.value) if _OUT.value else default_out(workdirs)
         files = render(workdirs, out)
     except ReportError as error:

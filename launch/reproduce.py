@@ -99,7 +99,7 @@ def table_module(name: str):
         from sequax.configs.reproduce.mirzadeh import table
 
         return table
-    raise ValueError(f"unknown table {name!r}")
+    raise ConfigError(f"--table={name} is unknown; known: der, mirzadeh")
 
 
 def selected_cells(table, prefixes: list[str], local: bool = False) -> list[tuple]:

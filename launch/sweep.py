@@ -27,9 +27,10 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sequax.engine import build, distributed, loop, runs
+from sequax.engine import build, distributed, loop, runs, validate
 from sequax.engine.build import ConfigError
 from sequax.launch.common import (
+    check_workdir,
     initialize_distributed,
     parse_flags,
     reject_stray,
@@ -96,6 +97,7 @@ def point_configs(config, axes: list[tuple[str, list]]):
             except TypeError as error:  # ml_collections refuses a value of another type
                 raise ConfigError(f"--grid {key}={value!r}: {error}") from None
         try:  # everything that can be checked without data or compiling, for every point first
+            validate.check_config(point_config)  # keys, types, ranges (as the run would first)
             build.build_model(point_config.model, 10)
             build.check_optimizer(point_config.optimizer)
             runs.make_grid(point_config)
@@ -119,8 +121,24 @@ def table_rows(point: dict, summary: dict, seed: int) -> list[dict]:
     return [{"point": short, "seeds": [seed], **views}]
 
 
+def check_streams(points) -> None:
+    """Each point's method against its stream (a buffer larger than the stream, a head width),
+    before the first point trains: the stream read once per distinct `config.data`."""
+    streams = {}
+    for _, point, point_config in points:
+        data = point_config.data.to_json()
+        try:
+            if data not in streams:
+                streams[data] = build.build_scenario(point_config.data)
+            algorithm = build.build_algorithm(point_config.algorithm)
+            validate.check_combination(point_config, streams[data], algorithm)
+        except ConfigError as error:
+            raise ConfigError(f"grid point {point}: {error}") from None
+
+
 def sweep(config, workdir: Path, axes, *, verbose: bool = True) -> list[dict]:
     points = point_configs(config, axes)
+    check_streams(points)
     say = (
         (lambda text: print(text, flush=True))
         if distributed.is_main_process()
@@ -156,10 +174,11 @@ def _agreed(flag: bool) -> bool:
 
 def main(argv):
     reject_stray(argv)
+    workdir = check_workdir(FLAGS.workdir)  # a file, not writable: one line, nothing written
     logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.sweep"):
-        rows = sweep(FLAGS.config, Path(FLAGS.workdir), parse_grid(FLAGS.grid))
+        rows = sweep(FLAGS.config, workdir, parse_grid(FLAGS.grid))
     if distributed.is_main_process():
         print(runs.format_table(rows))
 

@@ -44,12 +44,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     reject_stray(argv)
-    check_workdir(_WORKDIR.value)  # a file, or not writable: one line, nothing read or written
+    workdir = check_workdir(_WORKDIR.value)  # a file, not writable: one line, nothing written
     logging.set_verbosity(logging.WARNING)  # keep the console for progress and results
     initialize_distributed()  # before anything touches a device: the processes must join first
     # Several processes: a failure here ends this process at once so the others stop too.
-    with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.train", _WORKDIR.value):
-        loop.run(from_config(_CONFIG.value), _WORKDIR.value)  # the config, resolved into objects
+    with distributed.exit_on_failure(), stops_in_one_line("sequax.launch.train", workdir):
+        loop.run(from_config(_CONFIG.value), workdir)  # the config, resolved into objects
 
 
 if __name__ == "__main__":

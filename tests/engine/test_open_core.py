@@ -152,6 +152,67 @@ def test_an_object_that_is_no_method_is_refused_in_one_line(tmp_path):
         sequax.train(stream, "mlp", object(), workdir=tmp_path, verbose=False)
 
 
+def broken(*args, **kwargs):
+    """A factory of one's own that fails (its module imports; calling it raises)."""
+    raise RuntimeError("no data on this machine")
+
+
+def text(*args, **kwargs):
+    """A factory of one's own that returns the wrong kind of object."""
+    return "not a component"
+
+
+@pytest.mark.parametrize(
+    "key, function, fragment",
+    [
+        ("data.source", "broken", "config.data.source='{path}' failed when called with no "
+         "arguments (RuntimeError: no data on this machine)"),
+        ("data.source", "text", "config.data.source='{path}' returned a str, not an ImageSource"),
+        ("data.scenario", "broken", "config.data.scenario='{path}' failed when called with "
+         "(source, num_tasks=, seed=, **config.data.options) (RuntimeError: no data on this"),
+        ("data.scenario", "text", "config.data.scenario='{path}' returned a str, not a Scenario"),
+        ("model.name", "broken", "config.model.name='{path}' failed when called with "
+         "(num_classes, **config.model) (RuntimeError"),
+        ("writers.sinks", "broken", "config.writers.sinks: '{path}' failed when called with "
+         "(workdir, config) (RuntimeError: no data on this machine); it must take those two"),
+    ],
+)  # fmt: skip
+def test_a_factory_of_ones_own_that_fails_or_returns_the_wrong_kind_is_one_line(
+    tmp_path, key, function, fragment
+):
+    config, path = small_config(), f"{__name__}:{function}"
+    section, name = key.split(".")
+    if key == "model.name":
+        config.model = {"name": path}  # the MLP's keys are not the factory's
+    else:
+        config[section][name] = (path,) if key == "writers.sinks" else path
+    with pytest.raises(ConfigError) as caught:
+        loop.run(config, tmp_path / "run", verbose=False)
+    message = str(caught.value)
+    assert fragment.format(path=path) in message and "\n" not in message, message
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (dict(stream="split"), "stream='split' is not a task stream; give one"),
+        (dict(algorithm=algorithms.ER), "algorithm=sequax.algorithms.er.ER is a class; give an "
+         "instance, e.g. ER(...)"),
+        (dict(batch_size="10"), "batch_size='10' must be an integer"),
+        (dict(workdir=5), "workdir=5 must be a folder's path"),
+        (dict(sweep={"lr": "0.1"}), "sweep['lr']='0.1' must list numbers"),
+        (dict(mesh=2), "mesh=2 must be a dict of config.mesh's keys"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_to_train_are_one_line_before_anything_is_read(tmp_path, arguments, fragment):
+    given = {"stream": {"source": "mnist_packaged"}, "workdir": tmp_path / "run", **arguments}
+    with pytest.raises(ConfigError) as caught:
+        sequax.train(given.pop("stream"), **given, verbose=False)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name", ["agem", "hat", "lamaml"])
 def test_the_methods_optimizer_hook_wraps_the_optimizer_once(name):
     """The run's optimizer state is exactly `algorithm.optimizer(tx).init(params)`: the

@@ -99,5 +99,15 @@ def test_a_run_restores_the_jax_setting_it_found(tmp_path):
     assert jax.config.jax_compilation_cache_dir == before
 
 
+def test_a_cache_folder_that_cannot_be_created_is_one_warning_and_no_cache(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    with compilation.compilation_cache(str(tmp_path / "a_file" / "xla")) as folder:
+        assert folder is None  # the run goes on, compiling without a cache
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sequax: warning: config.compilation_cache=")
+    assert "compiling without the cache (give a writable folder, or 'off')" in lines[0]
+
+
 def test_process_start_is_before_now():
     assert time.time() - 3600 < clock.process_start() < time.time()

@@ -133,6 +133,7 @@ def test_unknown_model_and_scenario_arguments():
         ("data.source", "mnits", "did you mean 'mnist'?"),
         ("data.scenario", "permute", "did you mean 'permuted'?"),
         ("data.pipeline", "streaming", "did you mean 'stream'?"),
+        ("writers.wandb_mode", "offlin", "did you mean 'offline'?"),  # even with W&B off
     ],
 )
 def test_unknown_choice_suggests_the_nearest(key, value, fragment):
@@ -189,6 +190,12 @@ def test_wrong_types():
         ("optimizer.lr", 0.0, "must be > 0"),
         ("optimizer.lr", -0.1, "must be > 0"),
         ("optimizer.momentum", -0.5, "must be >= 0"),
+        ("training.glances", 0, "at least 1 (steps on each batch)"),
+        ("seed", -1, "at least 0 (numpy's seeds cannot be negative)"),
+        ("data.seed", -1, "at least 0 (numpy's seeds cannot be negative)"),
+        ("mesh.fsdp_min_size", -1, "at least 0"),
+        ("model.dropout", 1.5, "must be in [0, 1)"),
+        ("model.dropout", -0.1, "must be in [0, 1)"),
     ],
 )
 def test_out_of_range_settings(key, value, fragment):
@@ -218,6 +225,30 @@ def test_out_of_range_settings(key, value, fragment):
 )
 def test_out_of_range_hyperparameters(algorithm, kwargs, fragments):
     one_line_error(validate.check_config, packaged(algorithm, **kwargs), *fragments)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torch"])
+def test_a_model_renamed_on_the_command_line_names_the_keys_left_over(name):
+    config = packaged()
+    config.model.name = name  # --config.model.name=...: the MLP's widths, dropout, init stay
+    one_line_error(
+        validate.check_config,
+        config,
+        f"config.model.dropout is an argument of model 'mlp', not of '{name}'",
+        "set the whole section in the config file",
+    )
+
+
+def test_a_workdir_with_a_tilde_or_variables_is_expanded(monkeypatch, tmp_path):
+    from sequax.engine.integrity import workdir_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SEQUAX_TEST_SCRATCH", str(tmp_path / "scratch"))
+    assert workdir_path("~/runs/a") == tmp_path / "runs" / "a"  # not ./~/runs/a
+    assert workdir_path("$SEQUAX_TEST_SCRATCH/b") == tmp_path / "scratch" / "b"
+    monkeypatch.delenv("SEQUAX_TEST_SCRATCH")
+    with pytest.raises(ConfigError, match=r"\$SEQUAX_TEST_SCRATCH, which is not set; set it"):
+        workdir_path("${SEQUAX_TEST_SCRATCH}/b")
 
 
 def test_split_with_more_classes_than_the_source_has():
@@ -278,6 +309,16 @@ def test_head_width_and_feature_width_must_match():
     config.model.widths = (100, 32)
     combination_error(
         config, "config.algorithm.feature_dim=100", "set config.algorithm.feature_dim=32"
+    )
+
+
+def test_normalize_must_have_one_entry_per_channel_of_the_stream():
+    config = packaged()
+    config.data.normalize = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # RGB stats on MNIST
+    combination_error(
+        config,
+        "config.data.normalize gives 3 channel(s) but mnist_packaged's images have 1",
+        "((0.5,), (0.25,))",
     )
 
 

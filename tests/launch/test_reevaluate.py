@@ -3,8 +3,13 @@ evaluation-only settings, without training and without touching the run's folder
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from sequax.engine import loop
 from sequax.engine.build import ConfigError
@@ -48,3 +53,20 @@ def test_values_parse_as_numbers_booleans_or_text():
         True,
         "latest",
     ]
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--table=nope", "flag --table=nope: value should be one of <der|mirzadeh>"),
+        ("--eval_batch_size=-5", "--eval_batch_size=-5 must be >= 0 (0 keeps the run's)"),
+    ],
+)
+def test_a_bad_flag_is_one_line_before_any_run_is_read(tmp_path, flag, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "sequax.launch.reevaluate", f"--workdir={tmp_path}", flag],
+        cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"sequax: error: {message}"]

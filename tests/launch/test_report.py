@@ -128,6 +128,13 @@ def test_a_bad_workdir_names_the_file(workdirs, tmp_path, damage, message):
     assert not (tmp_path / "out").exists()  # every workdir is read before anything is drawn
 
 
+def test_an_unwritable_out_folder_is_one_line(workdirs, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    for out in (tmp_path / "a_file" / "report", "/proc/sequax/report"):
+        with pytest.raises(report.ReportError, match="cannot write the report in .*; give a"):
+            report.render([workdirs[0]], out)
+
+
 def test_a_vmapped_workdir_missing_a_run_names_it(workdirs, tmp_path):
     workdir = tmp_path / "seeds"
     shutil.copytree(workdirs[1], workdir)
@@ -161,6 +168,15 @@ def test_the_command_line(workdirs, tmp_path):
     assert bad.stderr.strip().splitlines() == [
         f"sequax: error: {tmp_path / 'nowhere'} is not a folder: give the --workdir "
         "of a finished run"
+    ]
+    none = subprocess.run(  # no workdir at all: one line, not absl's --help
+        [sys.executable, "-m", "sequax.launch.report"],
+        check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )  # fmt: skip
+    assert none.returncode == 2
+    assert none.stderr.strip().splitlines() == [
+        "sequax: error: give at least one WORKDIR: python -m sequax.launch.report WORKDIR "
+        "[WORKDIR ...] [--out=FOLDER]"
     ]
 
 

@@ -40,6 +40,12 @@ def test_bad_points_are_refused_before_any_training(tmp_path):
     # replay_batch 5 > capacity 4: the second point is invalid, so nothing runs at all.
     with pytest.raises(ConfigError, match=r"grid point \{'algorithm.capacity': 4\}"):
         sweep.sweep(tiny_er(), tmp_path, [("algorithm.capacity", [20, 4])])
+    # A value check_config refuses, and a buffer larger than the stream (checked against the
+    # stream, read once): refused before the first, valid point trains.
+    with pytest.raises(ConfigError, match=r"grid point \{'data.seed': -1\}: config.data.seed=-1"):
+        sweep.sweep(tiny_er(), tmp_path, [("data.seed", [0, -1])])
+    with pytest.raises(ConfigError, match=r"'algorithm.capacity': 999\}.*larger than the whole"):
+        sweep.sweep(tiny_er(), tmp_path, [("algorithm.capacity", [20, 999])])
     assert not any(tmp_path.iterdir())
 
 
@@ -58,15 +64,32 @@ def test_sweep_runs_each_point_collects_one_table_and_resumes(tmp_path, capsys):
     assert again == json.loads(json.dumps(rows)) and "read back" in capsys.readouterr().out
 
 
-def test_command_line_error_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "workdir, grid, message",
+    [
+        (
+            "",
+            "algorithm.capacty=50,100",
+            "--grid key 'algorithm.capacty' is not in the config; grid keys must name existing "
+            "keys",
+        ),
+        (
+            "a_file",  # checked before the config's points are built or anything is read
+            "algorithm.capacity=50",
+            "--workdir={tmp_path}/a_file is a file, not a folder; give a folder's path",
+        ),
+    ],
+)
+def test_command_line_error_is_one_line(tmp_path, workdir, grid, message):
+    (tmp_path / "a_file").write_text("not a folder")
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "sequax.launch.sweep",
             "--config=configs/smnist_er.py:local",
-            f"--workdir={tmp_path}",
-            "--grid=algorithm.capacty=50,100",
+            f"--workdir={tmp_path / workdir if workdir else tmp_path}",
+            f"--grid={grid}",
         ],
         cwd=REPO_ROOT,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -76,6 +99,5 @@ def test_command_line_error_is_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "sequax: error: --grid key 'algorithm.capacty' is not in the config; grid keys must "
-        "name existing keys"
+        f"sequax: error: {message.format(tmp_path=tmp_path)}"
     ]
