@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -473,3 +474,7 @@ def mark_flags_parsed() -> None:
 
 def _init_worker(index: int, count: int) -> None:  # runs first in every worker process
     mark_flags_parsed()
+    # Ctrl-C reaches every process of the terminal's group: the run's own process stops its
+    # workers (closing the stream) after saving; a worker stopping by itself would leave the
+    # run waiting for its chunks, and print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

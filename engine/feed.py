@@ -63,7 +63,7 @@ class Feed:
         self.mesh, self.drawn = exp.mesh, exp.drawn
         # data.pipeline="stream": a grain pipeline feeds one run (None: the on-device path).
         # grain (and orbax beneath it) is imported only then: a third of a second at startup.
-        self.stream = None
+        self.stream, self.open_streams = None, []
         if exp.config.data.get("pipeline", "device") != "device":
             from sequax.engine import stream as stream_lib
 
@@ -131,7 +131,14 @@ class Feed:
         stream = None
         if self.stream is not None:  # the phase's batches come from grain; `data` serves end_task
             stream = self.stream.start_phase(x, y, task_ids, _one_run(state), p, resume=resume)
+            self.open_streams.append(stream)
         return Phase(self, programs, data, steps_per_epoch(len(y), exp.batch_size), stream)
+
+    def close(self) -> None:
+        """Stops the grain reader of a phase a run left early (an error, Ctrl-C, SIGTERM): its
+        worker processes and shared memory would otherwise outlive the run."""
+        while self.open_streams:
+            self.open_streams.pop().close()
 
     def compile(self, state, phase: "Phase", programs):
         """The run's train program, compiled ahead of time (a shape change raises, never
@@ -183,6 +190,8 @@ class Phase:
     def close(self):
         if self.stream is not None:
             self.stream.close()
+            if self.stream in self.feed.open_streams:
+                self.feed.open_streams.remove(self.stream)
 
 
 def _one_run(state):

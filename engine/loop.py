@@ -19,6 +19,7 @@ device or split over a mesh of devices and hosts (`config.mesh`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -54,13 +55,16 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
         # SIGINT/SIGTERM: the chunk in flight finishes, its position is saved, `Interrupted`.
         with Interrupts() as interrupts, orbax_logs_to(workdir, enabled=main):
+            cleanup = contextlib.ExitStack()  # what a run that stops early must still close
             try:
-                return _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose)
+                with cleanup:
+                    return _run(exp, config, workdir, checkpoints, compiles, interrupts, main,
+                                verbose, cleanup)  # fmt: skip
             finally:  # a run that stops early still completes the save in flight
                 checkpoints.settle()
 
 
-def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose) -> RunResult:
+def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose, cleanup):
     say = print if verbose and main else (lambda *a, **k: None)
     timings = {}
     clock = Clock(timings, compiles, exp)  # startup, data, compile, train, ... (engine.clock)
@@ -71,6 +75,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose)
     write = writers.write
     with clock("data"):
         feed = Feed(exp)  # on-device arrays, per-run draws, or a grain stream: chosen once
+        cleanup.callback(feed.close)  # a phase's grain workers, if the run stops inside it
         example = feed.example_batch()
     say(f"sequax: {exp.describe()}; workdir {workdir}")
     write({"kind": "start", "algorithm": config.algorithm.name, "scenario": exp.scenario.name,

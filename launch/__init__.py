@@ -7,6 +7,7 @@ runs), SIGINT ends the process with one line and status 130. `common.stops_in_on
 takes over when the launcher's main starts, and `engine.interrupts` during training.
 """
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -19,5 +20,12 @@ def _interrupted_while_starting(signum, frame) -> None:
     os._exit(128 + signum)
 
 
-if sys.argv[:1] == ["-m"] and threading.current_thread() is threading.main_thread():
+# A worker process (grain's, spawned): it imports the launcher's module first, while
+# multiprocessing marks it as `_inheriting` (parent_process() is set only after). Ctrl-C
+# reaches the whole process group; the launcher's process stops its workers itself.
+if multiprocessing.parent_process() is not None or getattr(
+    multiprocessing.current_process(), "_inheriting", False
+):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+elif sys.argv[:1] == ["-m"] and threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, _interrupted_while_starting)

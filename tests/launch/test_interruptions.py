@@ -86,3 +86,25 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path, when):
     assert len(lines) == 1 and lines[0].startswith("sequax: interrupted by SIGINT"), err[-3000:]
     if when == "training":
         assert "; saved " in lines[0] and "to resume: python -m sequax.launch.train" in lines[0]
+
+
+def test_ctrl_c_to_the_whole_group_with_grain_workers(tmp_path):
+    """A terminal's Ctrl-C reaches every process of its group: the grain worker processes
+    (`data.pipeline=stream`, 2 workers) ignore it and the run's process stops them after
+    saving. Before, the workers died with tracebacks and the run waited for them forever."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sequax.launch.train", "--config=configs/quickstart.py:local",
+         f"--workdir={tmp_path / 'run'}", "--config.data.pipeline=stream",
+         "--config.data.stream.workers=2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+    )  # fmt: skip
+    for line in child.stdout:
+        if line.startswith("task 1/"):
+            break
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    # (grain's resource tracker may add a warning about shared memory it frees at exit)
+    assert err.startswith("sequax: interrupted by SIGINT at step "), err[-3000:]
