@@ -27,8 +27,6 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sequax.engine import distributed, loop
-from sequax.engine.experiment import from_config
 from sequax.launch.common import (
     check_workdir,
     initialize_distributed,
@@ -43,6 +41,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    # JAX and the engine are imported here, after the flags and the config file are read: a
+    # mistake there is one line in about half a second instead of after a second of imports.
+    from sequax.engine import distributed, loop
+    from sequax.engine.experiment import from_config
+
     reject_stray(argv)
     workdir = check_workdir(_WORKDIR.value)  # a file, not writable: one line, nothing written
     logging.set_verbosity(logging.WARNING)  # keep the console for progress and results
