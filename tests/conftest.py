@@ -78,3 +78,30 @@ def run_module(module: str, *flags: str, status: int = 0) -> subprocess.Complete
     )
     assert done.returncode == status, done.stderr[-3000:]
     return done
+
+
+# The slowest files first (seconds on the 2-core CI machine, 2026-12-07): pytest-xdist's
+# `--dist loadfile` hands each worker the next whole file as it finishes one, so a long file
+# started last leaves the other worker idle at the end. The rest keep their order.
+SLOWEST_FIRST = (
+    "tests/engine/test_resume.py",  # 42 s: the kill test's ten processes
+    "tests/launch/test_train.py",  # 24-35 s: command lines
+    "tests/algorithms/test_contract.py",  # 29 s
+    "tests/engine/test_distributed.py",  # 27 s
+    "tests/engine/test_distributed_resume.py",  # 22 s
+    "tests/engine/test_sharding.py",  # 22 s: the 8-device children
+    "tests/engine/test_open_core.py",  # 22 s
+    "tests/algorithms/test_kcl.py",  # 22 s
+    "tests/data/test_pipelines.py",  # 21 s
+    "tests/algorithms/test_gem.py",  # 18 s
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+
+    def key(item):
+        path = Path(str(item.fspath)).resolve().relative_to(REPO_ROOT).as_posix()
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)  # stable: within a file, and among the other files, the order stays
