@@ -91,19 +91,28 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path, when):
 def test_ctrl_c_to_the_whole_group_with_grain_workers(tmp_path):
     """A terminal's Ctrl-C reaches every process of its group: the grain worker processes
     (`data.pipeline=stream`, 2 workers) ignore it and the run's process stops them after
-    saving. Before, the workers died with tracebacks and the run waited for them forever."""
+    saving. Before, the workers died with tracebacks and the run waited for them forever.
+    One task of 30 epochs (about 20 s): its workers start once, and the signal comes a second after the
+    first progress line, once they run (a Ctrl-C in the moment a phase's workers start can
+    still stop one, and the run waits for it: docs/errors.md; a second Ctrl-C ends it)."""
     child = subprocess.Popen(
         [sys.executable, "-m", "sequax.launch.train", "--config=configs/quickstart.py:local",
          f"--workdir={tmp_path / 'run'}", "--config.data.pipeline=stream",
-         "--config.data.stream.workers=2"],
+         "--config.data.stream.workers=2", "--config.data.num_tasks=1",
+         "--config.training.epochs=30"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
     )  # fmt: skip
-    for line in child.stdout:
-        if line.startswith("task 1/"):
-            break
-    os.killpg(child.pid, signal.SIGINT)
-    out, err = child.communicate(timeout=120)
+    try:
+        for line in child.stdout:
+            if line.startswith("task 1/"):
+                break
+        time.sleep(1.0)
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     # (grain's resource tracker may add a warning about shared memory it frees at exit)
