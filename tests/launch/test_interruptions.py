@@ -92,9 +92,10 @@ def test_ctrl_c_to_the_whole_group_with_grain_workers(tmp_path):
     """A terminal's Ctrl-C reaches every process of its group: the grain worker processes
     (`data.pipeline=stream`, 2 workers) ignore it and the run's process stops them after
     saving. Before, the workers died with tracebacks and the run waited for them forever.
-    One task of 30 epochs (about 20 s): its workers start once, and the signal comes a second after the
-    first progress line, once they run (a Ctrl-C in the moment a phase's workers start can
-    still stop one, and the run waits for it: docs/errors.md; a second Ctrl-C ends it)."""
+    One task of 30 epochs (about 20 s): its workers start once, and the signal comes a second
+    after the first progress line, once they run (a Ctrl-C in the moment a phase's workers
+    start can still stop one, and the run waits for it: docs/errors.md; a second Ctrl-C ends
+    it)."""
     child = subprocess.Popen(
         [sys.executable, "-m", "sequax.launch.train", "--config=configs/quickstart.py:local",
          f"--workdir={tmp_path / 'run'}", "--config.data.pipeline=stream",
