@@ -116,11 +116,8 @@ def lacks_room(folder: Path, state, margin: int = 1 << 16) -> str | None:
     `state` (its arrays' bytes plus `margin` for orbax's metadata), else None. Checked before
     a save starts, so a full disk is one line instead of orbax failing in its writer threads
     (and logging each failure); a disk that fills during the write is still caught after."""
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
     need = sum(int(leaf.nbytes) for leaf in jax.tree.leaves(state)) + margin
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     if free >= need:
         return None
     return f"needs up to {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free"
@@ -156,10 +153,27 @@ def unwritable_folder(folder: Path) -> str | None:
     if not folder.is_dir():
         return None
     for place in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
-        try:
-            fd, probe = tempfile.mkstemp(dir=place, prefix=".sequax-write-probe-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as error:
+        error = write_probe(place)
+        if error is not None:
             return f"{place} is not writable ({error.strerror or error})"
     return None
+
+
+def write_probe(folder: Path) -> OSError | None:
+    """The error writing a file in `folder` raises, or None: a probe file, removed at once
+    (`os.access` says yes to root even on a read-only mount)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sequax-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        return error
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (where a folder to create would go)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -13,7 +13,6 @@ import re
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -202,7 +201,7 @@ def check_workdir(workdir: str) -> Path:
     a folder (or the nearest existing parent of one to create) this user cannot write in, or
     names an environment variable that is not set; the folder, `~` and `$VAR`s expanded."""
     from sequax.engine.errors import ConfigError
-    from sequax.engine.integrity import workdir_path
+    from sequax.engine.integrity import nearest_existing, workdir_path, write_probe
 
     try:
         path = workdir_path(workdir)
@@ -210,14 +209,9 @@ def check_workdir(workdir: str) -> Path:
         _usage_error(f"--{error}")
     if path.exists() and not path.is_dir():
         _usage_error(f"--workdir={workdir} is a file, not a folder; give a folder's path")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:  # a probe file, removed at once (os.access is always True for root)
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".sequax-write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
+    existing = nearest_existing(path)
+    error = write_probe(existing)
+    if error is not None:
         _usage_error(
             f"--workdir={workdir}: cannot write in {existing} ({error.strerror or error}); give "
             f"a --workdir you can write to"
