@@ -24,14 +24,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
 from fake_image_datasets import write_cifar10, write_tiny_imagenet
+from test_resume import assert_same_result, small_config  # 2 tasks of 10 steps, ER
 
 import sequax
-from sequax.configs import common
 from sequax.data import DataError, decoded_cache, load_source
 from sequax.data.tiny_imagenet import CACHE_NAME, load_tiny_imagenet
 from sequax.engine import checkpoint, loop
@@ -144,18 +143,6 @@ def test_a_crafted_tiny_imagenet_cache_is_decoded_again_with_one_warning(tmp_pat
 
 
 # ---------------------------------------------------------------- checkpoints --------------
-def small_config():
-    """2 tasks of 10 steps on the packaged MNIST; a checkpoint after each task."""
-    config = common.der_config("split", "er", 0.1, capacity=20, replay_batch=10)
-    config.data.source = "mnist_packaged"
-    config.data.num_tasks = 2
-    config.data.train_per_task = 100
-    config.data.test_per_task = 50
-    config.model.widths = (16,)
-    config.training.steps_per_dispatch = 5
-    return config
-
-
 FIRST, LAST = "step_00000010_phase0_done", "step_00000020_phase1_done"
 
 
@@ -164,12 +151,6 @@ def finished(tmp_path_factory):
     """An uninterrupted run: (workdir, result)."""
     workdir = tmp_path_factory.mktemp("finished")
     return workdir, loop.run(small_config(), workdir, verbose=False)
-
-
-def assert_same_result(result, expected):
-    np.testing.assert_array_equal(result.class_il, expected.class_il)
-    jax.tree.map(np.testing.assert_array_equal, result.state.params, expected.state.params)
-    jax.tree.map(np.testing.assert_array_equal, result.state.algo, expected.state.algo)
 
 
 def resume_warns_once(workdir: Path, damaged: Path, problem: str):

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_resume import small_config  # 2 tasks of 10 steps, ER, checkpoints after each
 
-from sequax.configs import common
 from sequax.engine import checkpoint, loop
 from sequax.engine.integrity import Unwritable
 from sequax.engine.library_logs import LOG, orbax_logs_to
@@ -25,14 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 SMALL = ["--config.data.source=mnist_packaged", "--config.data.num_tasks=2",
          "--config.data.train_per_task=200", "--config.data.test_per_task=100"]  # fmt: skip
-
-
-def small_config():
-    config = common.der_config("split", "er", 0.1, capacity=20, replay_batch=10)
-    config.data.update(source="mnist_packaged", num_tasks=2, train_per_task=100, test_per_task=50)
-    config.model.widths = (16,)
-    config.training.steps_per_dispatch = 5
-    return config
 
 
 @pytest.fixture
