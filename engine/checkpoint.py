@@ -53,6 +53,7 @@ from sequax.engine.integrity import (
     write_atomic,
 )
 from sequax.engine.interrupts import kill_point
+from sequax.engine.program_cache import cached
 
 STATE, PROGRESS, MANIFEST = "state", "progress.json", "manifest.json"
 FORMAT = 1  # of progress.json and manifest.json; a change refuses old checkpoints
@@ -540,10 +541,12 @@ def _from_process_0(text: str) -> str:
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode()
 
 
-@jax.jit
-def _device_copy(state):
+def device_copy(state):
     """A copy of the state in new device buffers (jnp.copy is not elided under jit)."""
     return jax.tree.map(jnp.copy, state)
+
+
+_device_copy = cached(jax.jit(device_copy), "device_copy")
 
 
 def _abstract(state):

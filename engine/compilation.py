@@ -142,6 +142,21 @@ class Compilations:
                          **parts}  # fmt: skip
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["seconds"]))
 
+    def loaded(self, name: str, seconds: float) -> None:
+        """A whole program loaded from `engine.program_cache` (no trace, no lowering): a
+        compile served from the cache."""
+        with _LOCK:
+            self._record("compile", name, seconds)
+            self.cache_hits += 1
+
+    def add_seconds(self, seconds: float) -> None:
+        """Compile-time work no program owns (saving an executable to the program cache)."""
+        with _LOCK:
+            self.seconds += seconds
+            self.programs.setdefault("(program cache)", {})["compile"] = (
+                self.programs.get("(program cache)", {}).get("compile", 0.0) + seconds
+            )
+
     def _record(self, kind: str, name: str, seconds: float) -> None:
         p = self.programs.setdefault(_program(name), {})
         p[kind] = p.get(kind, 0.0) + seconds

@@ -60,6 +60,7 @@ class Experiment:
     capacity: int
     built_at: float = 0.0  # time.time() when building started (the end of the process's startup)
     build_seconds: float = 0.0  # checking the config and reading the data: the run's "data" time
+    configured: bool = False  # the config names every part (no object stood in for one)
 
     @property
     def batch_size(self) -> int:
@@ -93,6 +94,7 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
     the config would build (`sequax.train` passes the user's own)."""
     built_at, t0 = time.time(), time.perf_counter()
     validate.check_config(config)  # keys, types, ranges: before any data is read
+    configured = all(part is None for part in (scenario, model, algorithm, optimizer))
     scenario = build_scenario(config.data) if scenario is None else scenario
     algorithm = build_algorithm(config.algorithm) if algorithm is None else _method(algorithm)
     validate.check_combination(config, scenario, algorithm)  # method x stream
@@ -143,6 +145,7 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
         capacity=-(-max(sizes) // ways) * ways,
         built_at=built_at,
         build_seconds=time.perf_counter() - t0,
+        configured=configured,
     )
 
 

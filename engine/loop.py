@@ -35,6 +35,7 @@ from sequax.engine.feed import Feed
 from sequax.engine.integrity import workdir_path
 from sequax.engine.interrupts import Interrupts, kill_point
 from sequax.engine.library_logs import orbax_logs_to
+from sequax.engine.program_cache import run_cache
 from sequax.engine.programs import make_programs
 from sequax.engine.results import Results, RunResult, final_lines, program_costs
 from sequax.engine.writers import ProgressBar, make_writers
@@ -52,7 +53,11 @@ def run(experiment, workdir: str | Path, *, verbose: bool = True) -> RunResult:
     checkpoints = Checkpoints(
         checkpoint_folder(workdir), config, num_phases=len(exp.phases), main=main
     )
-    with compilation_cache(config.get("compilation_cache", "")), Compilations() as compiles:
+    with (
+        compilation_cache(config.get("compilation_cache", "")) as folder,
+        Compilations() as compiles,
+        run_cache(exp, folder, compiles),  # whole programs: a rerun neither traces nor lowers
+    ):
         # SIGINT/SIGTERM: the chunk in flight finishes, its position is saved, `Interrupted`.
         with Interrupts() as interrupts, orbax_logs_to(workdir, enabled=main):
             cleanup = contextlib.ExitStack()  # what a run that stops early must still close

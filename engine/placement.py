@@ -26,6 +26,7 @@ from sequax.core.task_data import TaskData
 from sequax.data.scenarios import IdentityTransform
 from sequax.engine import sharding
 from sequax.engine.evaluation import TestSets
+from sequax.engine.program_cache import cached
 
 CHUNK = 1024  # examples per gather: bounds the [chunk, H*W*C] map indices held at once
 
@@ -60,8 +61,8 @@ class DeviceImages:
         if per_run:
             gather = jax.vmap(place_examples, (None, None, None, 0, None, None))
             tests = jax.vmap(place_test_sets, (None, None, None, 0, None))
-        self._phase = jax.jit(gather, out_shardings=x_sharding)
-        self._test = jax.jit(tests, out_shardings=replicated)
+        self._phase = cached(jax.jit(gather, out_shardings=x_sharding), "place_examples")
+        self._test = cached(jax.jit(tests, out_shardings=replicated), "place_test_sets")
         self.per_run = per_run
 
     @classmethod

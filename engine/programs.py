@@ -25,6 +25,7 @@ from sequax.core.task_data import TaskData
 from sequax.engine import sharding
 from sequax.engine.evaluation import make_evaluate
 from sequax.engine.optimizers import restart_schedule
+from sequax.engine.program_cache import cached, eval_shape
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 
 
@@ -95,7 +96,7 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
     # embeds its constants, which took a tenth of a second for a batch of 128 images.
     init = jax.vmap(init_one, in_axes=(0, 0, None))
     init_args = (np.array(grid.seeds, np.int32), grid.hparams(), example_batch)
-    shapes = jax.eval_shape(init, *init_args)
+    shapes = eval_shape(init, *init_args, name="init_one")
     fsdp_min = int(dict(config.get("mesh") or {}).get("fsdp_min_size", 2**18))
     state_sharding = sharding.named(
         mesh, sharding.state_specs(shapes, shapes.params, mesh, fsdp_min_size=fsdp_min, runs=True)
@@ -112,12 +113,15 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
     train_step = make_train_step(
         model, exp.algorithm, None, bind=exp.parts, glances=int(config.training.get("glances", 1))
     )
-    run_steps = make_run_steps(
-        train_step,
-        exp.batch_size,
-        runs=True,
-        shardings=(state_sharding, data_sharding),
-        data_axes=data_axes,
+    run_steps = cached(
+        make_run_steps(
+            train_step,
+            exp.batch_size,
+            runs=True,
+            shardings=(state_sharding, data_sharding),
+            data_axes=data_axes,
+        ),
+        "run_steps",
     )
 
     # The task's key is drawn inside the programs that use it (one program, not two).
@@ -141,24 +145,41 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
     algo_out = state_sharding.algo
     return Programs(
         experiment=exp,
-        init=lambda: jax.jit(init, out_shardings=state_sharding)(*init_args),
+        init=lambda: cached(
+            jax.jit(init, out_shardings=state_sharding), "init_one", model_dependent=True
+        )(*init_args),
         shapes=shapes,
         state_sharding=state_sharding,
         data_sharding=data_sharding,
         data_axes=data_axes,
         train_step=train_step,
         run_steps=run_steps,
-        order=jax.jit(jax.vmap(order_one, (0, 0, None, None, None)), static_argnums=4),
-        end_task=jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out),
-        start_task=jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out),
-        reset_optimizer=jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state),
-        restart_schedule=jax.jit(restart_schedule, out_shardings=state_sharding.opt_state),
-        evaluate_fn=make_evaluate(
-            model,
-            exp.scenario.task_classes,
-            int(config.eval.batch_size),
-            runs=True,
-            predict=exp.algorithm.predict,
-            test_per_run=per_run_images,
+        order=cached(
+            jax.jit(jax.vmap(order_one, (0, 0, None, None, None)), static_argnums=4),
+            "order_one",
+            static_argnums=(4,),
+        ),
+        end_task=cached(
+            jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out), "end_task_one"
+        ),
+        start_task=cached(
+            jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out), "start_task_one"
+        ),
+        reset_optimizer=cached(
+            jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state), "reset_one"
+        ),
+        restart_schedule=cached(
+            jax.jit(restart_schedule, out_shardings=state_sharding.opt_state), "restart_schedule"
+        ),
+        evaluate_fn=cached(
+            make_evaluate(
+                model,
+                exp.scenario.task_classes,
+                int(config.eval.batch_size),
+                runs=True,
+                predict=exp.algorithm.predict,
+                test_per_run=per_run_images,
+            ),
+            "evaluate",
         ),
     )

@@ -25,6 +25,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from sequax.engine import program_cache
+
 jax.config.update("jax_disable_most_optimizations", True)
 # The same for the subprocesses (command-line, example and kill tests): their compile time
 # dominates their few hundred steps. (The multi-process exactness tests turn it off: with
@@ -49,6 +51,11 @@ os.environ["SEQUAX_DATA_CACHE"] = os.path.join(os.environ[_CACHE_VARIABLE], "dat
 jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The program cache (whole compiled programs, `sequax.engine.program_cache`) stays off in the
+# test processes themselves: a test that monkeypatches code would otherwise save programs that
+# later tests load. The subprocesses tests start (commands, examples) use it, as users do;
+# tests of the cache itself turn it on in their own folders.
+program_cache.IN_PROCESS = False
 
 
 def pytest_unconfigure(config):

@@ -273,8 +273,9 @@ def test_a_forged_checkpoint_and_data_cache_of_an_interrupted_run_are_never_unpi
 
 # ---------------------------------------------------------------- the source scan ----------
 # Reads that unpickle. numpy's need allow_pickle=False, torch's weights_only=True; the others
-# are never allowed, except pickle.Unpickler as the base of data/cifar.py's restricted
-# unpickler (it overrides find_class to accept numpy's array constructors only).
+# are never allowed, except pickle.Unpickler as the base of a restricted unpickler that
+# overrides find_class: data/cifar.py's (numpy's array constructors only) and
+# engine/program_cache.py's (a PyTreeDef and the node types of a state only).
 NEEDS_KEYWORD = {
     "numpy.load": ("allow_pickle", False),
     "numpy.lib.npyio.load": ("allow_pickle", False),
@@ -295,7 +296,10 @@ NEVER = {
     "builtins.eval",
     "builtins.exec",
 }
-RESTRICTED_UNPICKLER = ("data/cifar.py", "pickle.Unpickler")
+RESTRICTED_UNPICKLER = {
+    ("data/cifar.py", "pickle.Unpickler"),
+    ("engine/program_cache.py", "pickle.Unpickler"),
+}
 
 
 def unpickling_reads(source: str, where: str) -> list[str]:
@@ -333,7 +337,7 @@ def unpickling_reads(source: str, where: str) -> list[str]:
         elif isinstance(node, ast.ClassDef):
             methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
             for base in node.bases:
-                if (where, dotted(base)) == RESTRICTED_UNPICKLER and "find_class" in methods:
+                if (where, dotted(base)) in RESTRICTED_UNPICKLER and "find_class" in methods:
                     vetted.add(id(base))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in vetted:
