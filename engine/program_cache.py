@@ -380,6 +380,19 @@ def _code_digest(cls) -> str:
         for name, value in sorted(vars(klass).items()):
             code = getattr(getattr(value, "__func__", value), "__code__", None)
             if code is not None:
-                digest.update(f"{klass.__qualname__}.{name}".encode() + code.co_code)
-                digest.update(repr(code.co_consts).encode())
+                digest.update(f"{klass.__qualname__}.{name}".encode())
+                _digest_code(digest, code)
     return digest.hexdigest()
+
+
+def _digest_code(digest, code) -> None:
+    """A code object's bytecode and constants, the same in every process (nested code objects
+    by their own digest, not their address; sets sorted, not in hash order)."""
+    digest.update(code.co_code + repr(code.co_names).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _digest_code(digest, const)
+        elif isinstance(const, frozenset):
+            digest.update(repr(sorted(map(repr, const))).encode())
+        else:
+            digest.update(repr(const).encode())

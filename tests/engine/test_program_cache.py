@@ -142,3 +142,20 @@ def test_a_model_from_an_import_path_never_loads_init(tmp_path, cache_on):
     rerun = loop.run(config, tmp_path / "b", verbose=False)
     assert rerun.timings["compilations"]["init_one"]["trace"] > 0
     assert rerun.timings["compilations"]["run_steps"]["trace"] == 0
+
+
+def test_the_key_is_the_same_in_every_process():
+    import subprocess
+
+    code = (
+        "from sequax.algorithms.er import ER; from sequax.engine import program_cache as p; "
+        "print(p._code_digest(ER))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        for seed in (1, 2)
+    }  # fmt: skip
+    assert len(digests) == 1 and len(next(iter(digests))) == 64, digests
