@@ -40,6 +40,8 @@ import jax.extend.core
 import jax.numpy as jnp
 from jax import lax
 
+from sequax.core.task_data import loops_on_host
+
 PyTree = Any
 Path = tuple[str, ...]
 # objective(outputs, targets) -> (values [b], weights [b]); row i from example i only.
@@ -86,7 +88,11 @@ def per_example_gradient_sum(value, params, examples, transform, sequential: boo
     """
     if sequential is None:
         one = jax.tree.map(lambda a: a[0], examples)
-        sequential = jax.default_backend() == "cpu" and _has_convolution(value, params, one)
+        groups = _convolution_groups(value, params, one) if jax.default_backend() == "cpu" else []
+        # In a chunk's own program (`loops_on_host`), one vmap is fastest for plain
+        # convolutions; grouped ones (depthwise) stay sequential: vmapped, they become
+        # convolutions of examples x groups groups, which XLA:CPU runs slowly anywhere.
+        sequential = bool(groups) and (not loops_on_host() or max(groups) > 1)
     grad = jax.grad(value, has_aux=True)
     if sequential:
 
@@ -100,19 +106,20 @@ def per_example_gradient_sum(value, params, examples, transform, sequential: boo
     return jax.tree.map(lambda g: jnp.einsum("b,b...->...", weights, transform(g)), grads)
 
 
-def _has_convolution(fn, *args) -> bool:
-    """Whether `fn(*args)`'s computation holds a convolution (its jaxpr, traced for shapes)."""
+def _convolution_groups(fn, *args) -> list[int]:
+    """The `feature_group_count` of every convolution in `fn(*args)`'s computation (its
+    jaxpr, traced for shapes); empty when it holds none."""
+    found = []
 
-    def search(jaxpr) -> bool:
+    def search(jaxpr) -> None:
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "conv_general_dilated":
-                return True
+                found.append(int(eqn.params["feature_group_count"]))
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                if search(sub):
-                    return True
-        return False
+                search(sub)
 
-    return search(jax.make_jaxpr(fn)(*args).jaxpr)
+    search(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
 
 
 def batched_like_params(x: jax.Array, params) -> jax.Array:

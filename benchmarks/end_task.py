@@ -29,7 +29,8 @@ from sequax.engine import loop
 
 _MODELS = flags.DEFINE_list("models", ["resnet18", "ds_cnn", "ds_cnn_torch"], "Models to time.")
 _EXAMPLES = flags.DEFINE_integer("examples", 1000, "Training examples per task.")
-_MODES = flags.DEFINE_list("modes", ["sequential", "vmap"], "How per-example gradients run.")
+_MODES = flags.DEFINE_list("modes", ["auto"], "How per-example gradients run: auto (sequax's "
+                           "choice), sequential, vmap.")
 
 
 def config_for(model: str, examples: int):
@@ -56,7 +57,8 @@ def main(argv):
     for model in _MODELS.value:
         for mode in _MODES.value:
             real = fisher.per_example_gradient_sum
-            forced = functools.partial(real, sequential=mode == "sequential")
+            chosen = None if mode == "auto" else mode == "sequential"
+            forced = functools.partial(real, sequential=chosen)
             with mock.patch.object(fisher, "per_example_gradient_sum", forced):
                 with tempfile.TemporaryDirectory() as workdir:
                     t = loop.run(config_for(model, _EXAMPLES.value), workdir, verbose=False).timings

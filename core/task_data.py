@@ -12,6 +12,8 @@ its true `size`. Padding is never trained on (the epoch draws indices among the 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -73,6 +75,26 @@ def gather_batch(data: TaskData, indices: jax.Array) -> dict[str, jax.Array]:
     batch = {"x": data.x[indices], "y": data.y[indices], "task": data.task[indices]}
     batch = constrain_batch(batch)
     return {**batch, "x": batch["x"].astype(jnp.float32) / 255.0}
+
+
+_HOST_LOOPS = contextvars.ContextVar("sequax_host_loops", default=False)
+
+
+@contextlib.contextmanager
+def host_loops_tracing():
+    """Marks a trace whose loops over a task's chunks will run from the host
+    (`engine.host_loops`): each chunk's body is then a program of its own, not a `while` body."""
+    token = _HOST_LOOPS.set(True)
+    try:
+        yield
+    finally:
+        _HOST_LOOPS.reset(token)
+
+
+def loops_on_host() -> bool:
+    """Whether the code being traced runs its chunk loops from the host (see above): a
+    per-example gradient there is best one `vmap` (batched convolutions)."""
+    return _HOST_LOOPS.get()
 
 
 def scan_batches(

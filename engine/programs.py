@@ -25,6 +25,8 @@ from sequax.core.task_data import TaskData
 from sequax.engine import sharding
 from sequax.engine.evaluation import make_evaluate
 from sequax.engine.optimizers import restart_schedule
+from sequax.engine.host_loops import HostLoops
+from sequax.engine.host_loops import HostLoops
 from sequax.engine.program_cache import cached, eval_shape
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 
@@ -159,11 +161,13 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
             "order_one",
             static_argnums=(4,),
         ),
+        # On XLA:CPU a convolutional network's loops over the task run from the host.
         end_task=cached(
-            jax.jit(jax.vmap(end_task_one, per_phase), out_shardings=algo_out), "end_task_one"
+            HostLoops(jax.vmap(end_task_one, per_phase), out_shardings=algo_out), "end_task_one"
         ),
         start_task=cached(
-            jax.jit(jax.vmap(start_task_one, per_phase), out_shardings=algo_out), "start_task_one"
+            HostLoops(jax.vmap(start_task_one, per_phase), out_shardings=algo_out),
+            "start_task_one",
         ),
         reset_optimizer=cached(
             jax.jit(jax.vmap(reset_one), out_shardings=state_sharding.opt_state), "reset_one"

@@ -254,10 +254,10 @@ def test_sequential_per_example_gradients_equal_one_vmap_on_a_conv_net():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), grouped, whole
     )
-    assert fisher._has_convolution(value, params, x[0])
+    assert fisher._convolution_groups(value, params, x[0]) == [1]  # one plain convolution
     dense = mlp(3, widths=(8,))
     dense_params, dense_state = dense.init(jax.random.key(0), x[:2])
-    assert not fisher._has_convolution(
+    assert not fisher._convolution_groups(
         lambda p, e: dense.apply(p, dense_state, e[None], train=False)[0]["logits"].sum(),
         dense_params, x[0],
     )  # fmt: skip
