@@ -29,8 +29,9 @@ from sequax.engine import loop
 
 _MODELS = flags.DEFINE_list("models", ["resnet18", "ds_cnn", "ds_cnn_torch"], "Models to time.")
 _EXAMPLES = flags.DEFINE_integer("examples", 1000, "Training examples per task.")
-_MODES = flags.DEFINE_list("modes", ["auto"], "How per-example gradients run: auto (sequax's "
-                           "choice), sequential, vmap.")
+_MODES = flags.DEFINE_list(
+    "modes", ["auto"], "How per-example gradients run: auto (sequax's choice), sequential, vmap."
+)
 
 
 def config_for(model: str, examples: int):

@@ -149,9 +149,7 @@ def _split(jaxpr, consts):
         for kind, what, fn in compiled:
             if kind == "loop":
                 outs = fn([_read(env, v) for v in what.invars])
-                env.update(
-                    (v, o) for v, o in zip(what.outvars, outs) if isinstance(v, jcore.Var)
-                )
+                env.update((v, o) for v, o in zip(what.outvars, outs) if isinstance(v, jcore.Var))
             else:
                 inputs, outputs = what
                 env.update(zip(outputs, fn(*[env[v] for v in inputs])))

@@ -24,9 +24,8 @@ from sequax.core.state import STREAM_TASK, create_state, stream_key
 from sequax.core.task_data import TaskData
 from sequax.engine import sharding
 from sequax.engine.evaluation import make_evaluate
+from sequax.engine.host_loops import HostLoops
 from sequax.engine.optimizers import restart_schedule
-from sequax.engine.host_loops import HostLoops
-from sequax.engine.host_loops import HostLoops
 from sequax.engine.program_cache import cached, eval_shape
 from sequax.engine.step import epoch_order, make_run_steps, make_train_step
 
