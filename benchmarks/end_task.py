@@ -7,9 +7,11 @@ result", item 6: the per-example Fisher costs at most about one epoch of trainin
 Each model trains online EWC (empirical Fisher over the whole task, chunks of 128) on two
 tasks of Split MNIST (real MNIST, batch 32, one epoch), in one `loop.run` each; the ratio is
 the run's `end_task` seconds over its `train` seconds (one epoch per task: the same examples),
-compile excluded from both (`engine.clock`). `--modes`: "sequential" (the per-example
-gradients one at a time in a scan, sequax's choice on CPU for convolutional networks) and
-"vmap" (one vmap per chunk: what sequax did before; `algorithms.fisher`). Models: the
+compile excluded from both (`engine.clock`). `--modes`: "auto" (sequax's choice: on CPU the
+task's chunks run from the host, `engine.host_loops`, each chunk's per-example gradients one
+vmap, or one at a time for grouped convolutions), "sequential" (one at a time in a scan, in
+every chunk) and "vmap" (one vmap per chunk); `algorithms.fisher`. The modes patch sequax in
+this process, so the program cache is off here. Models: the
 reduced ResNet-18 (flax; nf 20 on 28x28x1), a depthwise-separable CNN in flax
 (`benchmarks/conv_models.py`) and the same network in torch through the bridge
 (`sequax.engine.torch_bridge.zoo:ds_cnn`). Prints a table; writes nothing.

@@ -49,6 +49,15 @@ def test_fisher_times_the_dense_path():
     assert "dense        runs=1: end_task" in done.stdout
 
 
+@pytest.mark.long  # a whole command with a CNN (about 20 s): pytest -m long tests/benchmarks
+def test_end_task_times_ewc_on_a_convolutional_network():
+    done = run("benchmarks.end_task", "--models=ds_cnn", "--examples=64", "--modes=auto")
+    row = [line for line in done.stdout.splitlines() if line.startswith("| ds_cnn | auto |")]
+    assert len(row) == 1, done.stdout
+    train, end_task = (float(cell) for cell in row[0].split("|")[3:5])
+    assert train > 0 and end_task > 0
+
+
 def gpu_results(folder) -> str:
     """A results file of `benchmarks.gpu --results` with one pair of cells (no GPU needed)."""
     cell = dict(samples_per_s=1000.0, wall=10.0, compile=1.0, train=8.0, acc=90.0)
