@@ -40,6 +40,7 @@ import jax.extend.core
 import jax.numpy as jnp
 from jax import lax
 
+from sequax.algorithms.patch_gradients import conv_layers, patch_squared_gradient_sum
 from sequax.core.task_data import loops_on_host
 
 PyTree = Any
@@ -51,9 +52,16 @@ Objective = Callable[[dict[str, jax.Array], PyTree], tuple[jax.Array, jax.Array]
 def squared_gradient_sum(model, params, model_state, x, objective: Objective, targets) -> PyTree:
     """`Σ_i w_i (∂ v_i / ∂θ)²` over the batch, by the dense path when it covers every parameter."""
     layers = dense_layers(model, params, model_state, x)
-    if layers is None:
-        return per_example_squared_gradient_sum(model, params, model_state, x, objective, targets)
-    return dense_squared_gradient_sum(model, params, model_state, x, objective, targets, layers)
+    if layers is not None:
+        return dense_squared_gradient_sum(model, params, model_state, x, objective, targets, layers)
+    # Convolution kernels through patches x output gradients (`patch_gradients`), except on
+    # XLA:CPU inside a `while` loop (a task's chunks scanned in one program), where the
+    # backward convolutions run slowly and one example at a time is faster.
+    in_loop = jax.default_backend() == "cpu" and not loops_on_host()
+    convs = None if in_loop else conv_layers(model, params, model_state, x)
+    if convs is not None:
+        return patch_squared_gradient_sum(model, params, model_state, x, objective, targets, convs)
+    return per_example_squared_gradient_sum(model, params, model_state, x, objective, targets)
 
 
 def per_example_squared_gradient_sum(

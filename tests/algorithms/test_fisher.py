@@ -254,7 +254,7 @@ def test_sequential_per_example_gradients_equal_one_vmap_on_a_conv_net():
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), grouped, whole
     )
-    assert fisher._convolution_groups(value, params, x[0]) == [1]  # one plain convolution
+    assert fisher._convolution_groups(value, params, x[0]) == [1, 4]  # plain, depthwise
     dense = mlp(3, widths=(8,))
     dense_params, dense_state = dense.init(jax.random.key(0), x[:2])
     assert not fisher._convolution_groups(
