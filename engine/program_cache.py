@@ -141,18 +141,23 @@ class ProgramCache:
         cacheable = program.cacheable(self)
         compiled = self._load(program.name, path) if cacheable else None
         if compiled is None:
-            hits = self._xla_hits()
+            before = self._xla_counts()
             compiled = program.jitted.lower(*args).compile()
-            # Only a program XLA compiled here is saved: on XLA:CPU (jax 0.10) an executable
-            # loaded from XLA's own cache, serialised again, loses its functions ("Function
-            # ... not found" when it runs). Such a run is as fast as one without this cache.
-            if cacheable and hits is not None and self._xla_hits() == hits:
+            # Only a program XLA compiled here and now is saved: on XLA:CPU (jax 0.10) an
+            # executable loaded from XLA's own cache (or reused from this process's memory, once
+            # loaded from there), serialised again, loses its functions ("Function ... not
+            # found" when it runs). Such a run is as fast as one without this cache.
+            after = self._xla_counts()
+            fresh = before is not None and after[0] > before[0] and after[1] == before[1]
+            if cacheable and fresh:
                 self._save(path, compiled)
         self.memo[key] = compiled
         return compiled
 
-    def _xla_hits(self) -> int | None:
-        return None if self.compilations is None else self.compilations.cache_hits
+    def _xla_counts(self) -> tuple[int, int] | None:
+        """(XLA compiles, XLA cache loads) so far, from the run's account."""
+        c = self.compilations
+        return None if c is None else (c.count, c.cache_hits)
 
     def _load(self, name: str, path: Path):
         from jax.experimental import serialize_executable

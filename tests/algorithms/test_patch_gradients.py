@@ -3,8 +3,7 @@ output gradients, for the squared-gradient sums of EWC's Fisher.
 
 What each test shows:
   * the sums equal the per-example `vmap(grad)` path's on convolutions with strides, "SAME",
-    "VALID" and explicit padding, with and without bias, and on the reduced ResNet-18 with
-    its BatchNorm (whose parameters take the general path inside the same vmap);
+    "VALID" and explicit padding, with and without bias, and on a ResNet with its BatchNorm (whose parameters take the general path inside the same vmap);
   * the patches are the pixels `lax.conv_general_dilated_patches` gives, reordered;
   * a model the path does not cover (a grouped convolution, a convolution called twice, a
     dilated one, a model without a linen module) is refused, so the general path runs;
@@ -24,7 +23,7 @@ import pytest
 from jax import lax
 
 from sequax.algorithms import fisher, patch_gradients
-from sequax.core.models import Model, from_linen, resnet18
+from sequax.core.models import Model, ResNet, from_linen
 from sequax.core.task_data import host_loops_tracing
 
 
@@ -72,18 +71,25 @@ def both_paths(model, size=9):
     targets = {"y": jnp.array([0, 1, 2, 0, 1, 2]), "w": jnp.array([1.0, 1, 0.5, 1, 1, 0])}
     layers = patch_gradients.conv_layers(model, params, state, x)
     assert layers is not None
-    got = patch_gradients.patch_squared_gradient_sum(
-        model, params, state, x, log_likelihood, targets, layers
-    )
-    want = fisher.per_example_squared_gradient_sum(model, params, state, x, log_likelihood, targets)
+    got = jax.jit(
+        lambda p: patch_gradients.patch_squared_gradient_sum(
+            model, p, state, x, log_likelihood, targets, layers
+        )
+    )(params)
+    want = jax.jit(
+        lambda p: fisher.per_example_squared_gradient_sum(
+            model, p, state, x, log_likelihood, targets
+        )
+    )(params)
     return layers, got, want
 
 
 @pytest.mark.parametrize("name", ["convs", "resnet18"])
 def test_the_sums_equal_the_per_example_path(name):
-    model = from_linen(Convs(), 3) if name == "convs" else resnet18(3, nf=4)
+    resnet = ResNet(num_classes=3, nf=2, num_blocks=(1, 1, 1, 1))  # every kind of block
+    model = from_linen(Convs() if name == "convs" else resnet, 3)
     layers, got, want = both_paths(model)
-    assert len(layers) == (3 if name == "convs" else 20)
+    assert len(layers) == (3 if name == "convs" else 12)  # stem, 4 x 2, 3 shortcuts
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))
@@ -127,8 +133,11 @@ def test_the_fisher_takes_the_path_only_in_a_chunk_run_from_the_host():
     targets = {"y": jnp.array([0, 1, 2, 0]), "w": jnp.ones(4)}
     real = patch_gradients.patch_squared_gradient_sum
     with mock.patch.object(fisher, "patch_squared_gradient_sum", wraps=real) as patched:
-        fisher.squared_gradient_sum(model, params, state, x, log_likelihood, targets)
+        sums = lambda: fisher.squared_gradient_sum(  # noqa: E731 - traced for shapes only
+            model, params, state, x, log_likelihood, targets
+        )
+        jax.eval_shape(sums)
         assert patched.call_count == (0 if jax.default_backend() == "cpu" else 1)
         with host_loops_tracing():
-            fisher.squared_gradient_sum(model, params, state, x, log_likelihood, targets)
+            jax.eval_shape(sums)
         assert patched.call_count == (1 if jax.default_backend() == "cpu" else 2)
