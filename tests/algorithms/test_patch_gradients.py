@@ -3,7 +3,8 @@ output gradients, for the squared-gradient sums of EWC's Fisher.
 
 What each test shows:
   * the sums equal the per-example `vmap(grad)` path's on convolutions with strides, "SAME",
-    "VALID" and explicit padding, with and without bias, and on a ResNet with its BatchNorm (whose parameters take the general path inside the same vmap);
+    "VALID" and explicit padding, with and without bias, and on a ResNet with its BatchNorm
+    (whose parameters take the general path inside the same vmap);
   * the patches are the pixels `lax.conv_general_dilated_patches` gives, reordered;
   * a model the path does not cover (a grouped convolution, a convolution called twice, a
     dilated one, a model without a linen module) is refused, so the general path runs;
@@ -139,5 +140,5 @@ def test_the_fisher_takes_the_path_only_in_a_chunk_run_from_the_host():
         jax.eval_shape(sums)
         assert patched.call_count == (0 if jax.default_backend() == "cpu" else 1)
         with host_loops_tracing():
-            jax.eval_shape(sums)
+            jax.eval_shape(lambda: sums())  # a new function: jit's trace cache is not asked
         assert patched.call_count == (1 if jax.default_backend() == "cpu" else 2)
