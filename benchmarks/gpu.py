@@ -20,6 +20,8 @@ Three parts (`--parts`), every cell in its own process so its memory and device 
   flax ResNet-18 against a plain PyTorch loop over `engine/torch_bridge/zoo.py`'s identical
   torch network (augmentation vectorised on the GPU, reservoir slots drawn as mammoth's
   `reservoir()` and written in one scatter).
+- `time`: time to result, process start to summary, of PMNIST-10 naive and Split CIFAR-10
+  ResNet-18 naive, sequax cold and warm against the PyTorch loop (`benchmarks/gpu_time.py`).
 
 CIFAR-10 itself is not available offline, so the `cifar` part writes 50,000 + 10,000 images
 in the official pickle format (class-tinted noise, `write_synthetic_cifar10`): the official
@@ -47,14 +49,19 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from benchmarks import scale  # child(): the matmul peak and the vmapped-runs cells
+from benchmarks import gpu_time, scale  # scale.child(): the matmul peak, vmapped runs
+from sequax.engine.clock import process_start
 from sequax.launch import (
     bench,  # its flags too: --single, --json_out, --torch_device
     torch_loop,
 )
 from sequax.launch.common import define_update_docs
 
-_PARTS = flags.DEFINE_string("parts", "pmnist,runs,cifar", "Comma-separated parts to run.")
+_PARTS = flags.DEFINE_string(
+    "parts",
+    "pmnist,runs,cifar,time",
+    "Comma-separated parts to run (`time`: benchmarks/gpu_time.py).",
+)
 _OUT = flags.DEFINE_string(
     "results", "", "Where the run writes its JSON results (after every cell)."
 )
@@ -275,7 +282,8 @@ def run_torch_cifar(method: str) -> dict:
         timings["train"] += time.perf_counter() - t0
         torch_loop.timed_row(matrix, evaluate, task, timings)
     return torch_loop.loop_result(timings, wall_start, train_samples, matrix, compile=warmup,
-                                  device_peak_bytes=torch.cuda.max_memory_allocated())  # fmt: skip
+                                  device_peak_bytes=torch.cuda.max_memory_allocated(),
+                                  time_to_result=time.time() - process_start())  # fmt: skip
 
 
 def run_single(spec: str, json_out: str) -> None:
@@ -286,8 +294,9 @@ def run_single(spec: str, json_out: str) -> None:
     Path(json_out).write_text(json.dumps(result))
 
 
-def cifar_child(method: str, framework: str, folder: str) -> dict | None:
-    out = os.path.join(folder, f"cifar_{method}_{framework}.json")
+def cifar_child(method: str, framework: str, folder: str, env=None, name: str = "") -> dict | None:
+    """One CIFAR cell in its own process (`env`: its environment, None: this one's)."""
+    out = os.path.join(folder, f"cifar_{method}_{framework}{name}.json")
     command = [
         sys.executable,
         "-m",
@@ -299,7 +308,8 @@ def cifar_child(method: str, framework: str, folder: str) -> dict | None:
         f"--cifar_nf={_CIFAR_NF.value}",
         f"--cifar_train_per_task={_CIFAR_TRAIN.value}",
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=env)  # fmt: skip
     if done.returncode != 0:
         print(f"  FAILED ({done.returncode}):\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
         return None
@@ -325,7 +335,8 @@ def gpu_info() -> dict:
 def run_all() -> None:
     FLAGS.torch_device = "cuda"  # bench.run_child passes it on to the PyTorch cells
     parts = [p for p in _PARTS.value.split(",") if p]
-    results: dict = {"info": gpu_info(), "pmnist": {}, "runs": {}, "cifar": {}, "seconds": {}}
+    results: dict = {"info": gpu_info(), "pmnist": {}, "runs": {}, "cifar": {}, "time": {},
+                     "seconds": {}}  # fmt: skip
     results["info"]["cifar"] = dict(
         nf=_CIFAR_NF.value, epochs=_CIFAR_EPOCHS.value, train_per_task=_CIFAR_TRAIN.value
     )
@@ -373,6 +384,23 @@ def run_all() -> None:
                     )
                     save()
             results["seconds"]["cifar"] = time.perf_counter() - t0
+        if "time" in parts:
+            t0 = time.perf_counter()
+            write_synthetic_cifar10(Path(_CIFAR_ROOT.value))
+
+            def pmnist(run, env):
+                framework = "torch" if run == "torch" else "sequax"
+                options = "" if run == "torch" else "checkpoints"
+                return bench.run_child("pmnist10", "naive", framework, folder, options=options,
+                                       env=env, name=f"_{run}")  # fmt: skip
+
+            def cifar(run, env):
+                framework = "torch" if run == "torch" else "sequax"
+                return cifar_child("naive", framework, folder, env=env, name=f"_{run}")
+
+            results["time"] = gpu_time.time_part(folder, pmnist, cifar, bench.timed)
+            save()
+            results["seconds"]["time"] = time.perf_counter() - t0
     results["command"] = " ".join(["python -m benchmarks.gpu", *sys.argv[1:]])
     save()
 
@@ -479,6 +507,8 @@ def report(results: dict) -> str:
             *header,
             *_pair_rows(results["cifar"], CIFAR_METHODS, "S-CIFAR-10"),
         ]
+    if results.get("time"):
+        lines += gpu_time.report(results["time"])
     lines += [
         "",
         "- **samples/s**: training examples (not counting replayed ones) per second of "

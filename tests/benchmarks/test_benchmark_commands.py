@@ -63,9 +63,15 @@ def gpu_results(folder) -> str:
     cell = dict(samples_per_s=1000.0, wall=10.0, compile=1.0, train=8.0, acc=90.0)
     info = dict(cpu="test cpu", cores=2, ram_gib=8.0, python="3", jax="0", jaxlib="0")
     info.update(torch="0", gpu="test gpu", gpu_memory_gib=80.0)
+    timed = dict(time_to_result=2.5, compile=0.1, train=1.0, eval=0.5, acc=90.0)
     results = dict(
         info=info,
         pmnist={"naive,sequax": cell, "naive,torch": cell},
+        time={
+            "pmnist10,warm": timed,
+            "cifar,warm": timed,
+            "cifar,torch": {**timed, "time_to_result": 6.0},
+        },
         seconds={"pmnist": 60.0},
         command="python -m benchmarks.gpu --parts=pmnist",
     )
@@ -83,6 +89,12 @@ def test_gpu_writes_its_section_from_a_results_file(tmp_path):
     assert text.startswith("# Benchmarks\n\nnotes") and text.count("<!-- gpu -->") == 1
     assert "    python -m benchmarks.gpu --parts=pmnist" in text
     assert "| PMNIST-10 | naive | sequax | 1,000 | 1.00× |" in text
+    assert "| PMNIST-10 naive | warm | 2.50 | 0.10 | 1.00 | 0.50 | 90.00 |" in text
+    assert "| PMNIST-10 naive | cold | failed |" in text  # a missing cell is said
+    assert (
+        "| S-CIFAR-10 ResNet-18: time to result ≥ 2× shorter than torch (warm) | 2.40× | PASS |"
+        in text
+    )
 
 
 def test_a_suite_writes_the_repository_docs_only_with_update_docs(tmp_path):
@@ -108,3 +120,21 @@ def test_a_suite_writes_the_repository_docs_only_with_update_docs(tmp_path):
     text = (docs / "benchmarks.md").read_text()
     assert "| PMNIST-10 | naive | sequax | 1,000 |" in text and "<!-- compare -->" in text
     assert all(path.read_bytes() == content for path, content in real.items())
+
+
+def test_the_gpu_time_part_runs_cold_warm_and_torch_cells_on_one_cache(tmp_path):
+    from benchmarks import gpu_time
+
+    calls = []
+
+    def child(kind):
+        def run(run, env):
+            calls.append((kind, run, env["SEQUAX_COMPILATION_CACHE"]))
+            return {"time_to_result": 1.0}
+
+        return run
+
+    cells = gpu_time.time_part(str(tmp_path), child("pmnist"), child("cifar"), lambda _, f: f())
+    assert [c[:2] for c in calls] == [(k, r) for k in ("pmnist", "cifar") for r in gpu_time.RUNS]
+    assert len({c[2] for c in calls}) == 1 and calls[0][2].startswith(str(tmp_path))
+    assert set(cells) == {f"{w},{r}" for w, _ in gpu_time.CELLS for r in gpu_time.RUNS}
