@@ -18,6 +18,9 @@ References:
   Understanding Forgetting and Intransigence", ECCV 2018 (forgetting, intransigence).
   Riemer et al., "Learning to Learn without Forgetting by Maximizing Transfer and Minimizing
   Interference", ICLR 2019 (learning accuracy).
+  Rebuffi, Kolesnikov, Sperl & Lampert, "iCaRL: Incremental Classifier and Representation
+  Learning", CVPR 2017 (average incremental accuracy; old and new classes as PyCIL reports
+  them, G-U-IT-LAMDA/PyCIL utils/toolkit.py `accuracy`).
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ import numpy.typing as npt
 __all__ = [
     "average_accuracy",
     "average_forgetting",
+    "average_incremental_accuracy",
     "backward_transfer",
     "forgetting_per_task",
     "format_matrix",
     "forward_transfer",
     "intransigence",
     "learning_accuracy",
+    "old_new_accuracy",
+    "seen_accuracy_curve",
     "summary",
 ]
 
@@ -188,10 +194,67 @@ def intransigence(R: npt.ArrayLike, joint_accuracies: npt.ArrayLike) -> float:
     return float((reference - diagonal).mean())
 
 
+def _weights(num_tasks: int, test_sizes) -> np.ndarray:
+    if test_sizes is None:
+        return np.ones(num_tasks)
+    sizes = _as_task_vector(test_sizes, num_tasks, "test_sizes")
+    if (sizes <= 0).any():
+        raise ValueError(f"test_sizes must be positive, got {sizes.tolist()}")
+    return sizes
+
+
+def seen_accuracy_curve(R: npt.ArrayLike, test_sizes: npt.ArrayLike | None = None) -> np.ndarray:
+    """A_k = Σ_{j<=k} n_j R[k, j] / Σ_{j<=k} n_j for each k: the accuracy on the test examples
+    of every task seen so far, after training task k (iCaRL's curve, Rebuffi et al. 2017).
+
+    ``test_sizes`` is ``n``, the test examples of each task (so A_k is the accuracy on the
+    union of the seen test sets, as the class-IL literature measures it); None weighs the
+    tasks equally. Returns a float ``[T]`` vector.
+    """
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    n = _weights(num_tasks, test_sizes)
+    curve = np.empty(num_tasks)
+    for k in range(num_tasks):
+        seen = matrix[k, : k + 1]
+        _require_finite(seen, f"seen_accuracy_curve (row {k}, tasks 0..{k})")
+        curve[k] = float(np.dot(n[: k + 1], seen) / n[: k + 1].sum())
+    return curve
+
+
+def average_incremental_accuracy(
+    R: npt.ArrayLike, test_sizes: npt.ArrayLike | None = None
+) -> float:
+    """Average incremental accuracy = mean_k A_k (Rebuffi et al. 2017; PyCIL's "average
+    accuracy" of its top-1 curve): the mean of `seen_accuracy_curve` over the T phases.
+    Divisor: T."""
+    return float(seen_accuracy_curve(R, test_sizes).mean())
+
+
+def old_new_accuracy(
+    R: npt.ArrayLike, test_sizes: npt.ArrayLike | None = None
+) -> tuple[float, float]:
+    """(old, new) after the last task: the accuracy on the test examples of tasks 0..T-2
+    (weighted by ``test_sizes``, as one pooled test set) and on task T-1's (PyCIL's "old" and
+    "new" groups of classes after a phase). ValueError for T == 1 (no old task)."""
+    matrix = _as_matrix(R)
+    num_tasks = matrix.shape[0]
+    if num_tasks == 1:
+        raise ValueError("old_new_accuracy needs at least two tasks")
+    n = _weights(num_tasks, test_sizes)
+    final = matrix[-1]
+    _require_finite(final, "old_new_accuracy (last row)")
+    return float(np.dot(n[:-1], final[:-1]) / n[:-1].sum()), float(final[-1])
+
+
 def summary(
-    R: npt.ArrayLike, random_init_accuracies: npt.ArrayLike | None = None
+    R: npt.ArrayLike,
+    random_init_accuracies: npt.ArrayLike | None = None,
+    test_sizes: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
-    """Returns ``{"acc", "bwt", "forgetting", "learning_acc"}`` (+ ``"fwt"`` when ``b`` given).
+    """Returns ``{"acc", "bwt", "forgetting", "learning_acc"}`` (+ ``"fwt"`` when ``b`` given;
+    + ``"avg_incremental_acc"``, and ``"old_acc"`` and ``"new_acc"`` for T > 1, when the tasks'
+    ``test_sizes`` are given).
 
     Defined only for a complete matrix (all T tasks trained): a partially filled matrix has NaN
     in its last row and raises ValueError. BWT uses the paper's T - 1 divisor.
@@ -204,6 +267,10 @@ def summary(
     }
     if random_init_accuracies is not None:
         metrics["fwt"] = forward_transfer(R, random_init_accuracies)
+    if test_sizes is not None:
+        metrics["avg_incremental_acc"] = average_incremental_accuracy(R, test_sizes)
+        if np.shape(R)[0] > 1:
+            metrics["old_acc"], metrics["new_acc"] = old_new_accuracy(R, test_sizes)
     return metrics
 
 

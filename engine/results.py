@@ -93,7 +93,8 @@ class Results:
         per_run = []
         for r in range(grid.size):
             init_r = {k: v[r] for k, v in self.random_init.items()}
-            summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r)
+            summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r,
+                                  scenario.test_sizes)  # fmt: skip
             per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r})
             if main:
                 folder = workdir / "runs" / f"{r:03d}" if grid.vmapped else workdir
@@ -102,7 +103,8 @@ class Results:
                     (folder / "summary.json").write_text(json.dumps(per_run[-1], indent=2) + "\n")
         if not grid.vmapped:
             return summaries(scenario.setting, self.class_il[0], self.task_il[0],
-                             {k: v[0] for k, v in self.random_init.items()})  # fmt: skip
+                             {k: v[0] for k, v in self.random_init.items()},
+                             scenario.test_sizes)  # fmt: skip
         table = runs_lib.summary_table(grid, per_run)
         if main:
             (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
@@ -120,8 +122,9 @@ class Results:
                          jax.tree.map(first, state))  # fmt: skip
 
 
-def summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
-    """ACC, BWT, FWT, forgetting, ... of each view ("class_il" and "task_il", or "domain_il")."""
+def summaries(setting: str, class_il, task_il, random_init, test_sizes=None) -> dict[str, Any]:
+    """ACC, BWT, FWT, forgetting, ... of each view ("class_il" and "task_il", or "domain_il");
+    with the tasks' `test_sizes`, average incremental accuracy and old/new-task accuracy."""
     views = (
         {"class_il": class_il, "task_il": task_il}
         if setting == "class"
@@ -131,7 +134,7 @@ def summaries(setting: str, class_il, task_il, random_init) -> dict[str, Any]:
     for view, matrix in views.items():
         if matrix.shape[0] == matrix.shape[1]:
             init = random_init["task_il" if view == "task_il" else "class_il"]
-            out[view] = cl_metrics.summary(matrix, init)
+            out[view] = cl_metrics.summary(matrix, init, test_sizes)
         else:  # joint training: one row, only the final accuracy is defined
             out[view] = {"acc": float(np.mean(matrix[-1]))}
     return out

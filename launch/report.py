@@ -42,7 +42,8 @@ _OUT = flags.DEFINE_string(
     "out", None, "Output folder (default: WORKDIR/report for one workdir, ./report for several)."
 )
 
-METRICS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forgetting"))
+METRICS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forgetting"),
+           ("avg_incremental_acc", "avg incremental ACC"))  # fmt: skip
 VIEW_NAMES = {"class_il": "class-IL", "task_il": "task-IL", "domain_il": "domain-IL"}
 MATRIX_KEY = {
     "class_il": "class_il",

@@ -12,7 +12,7 @@ from conftest import needs_shared_mnist
 
 from sequax.configs import common
 from sequax.data import DataError
-from sequax.engine import loop, programs
+from sequax.engine import loop, metrics, programs
 from sequax.engine.build import ConfigError, build_scenario
 
 
@@ -64,6 +64,17 @@ def test_end_to_end_outputs(er_run):
     assert set(summary) >= {"class_il", "task_il", "timings"}
     assert summary["class_il"]["acc"] == pytest.approx(result.summary["class_il"]["acc"])
     assert result.timings["train_samples"] == 5 * (300 // 10) * 10
+    # Average incremental accuracy and old/new tasks, weighted by each task's test examples.
+    from sequax.engine.experiment import from_config
+
+    sizes = from_config(er_config()).scenario.test_sizes
+    for view in ("class_il", "task_il"):
+        expected = metrics.average_incremental_accuracy(getattr(result, view), sizes)
+        assert summary[view]["avg_incremental_acc"] == pytest.approx(expected)
+        old, new = metrics.old_new_accuracy(getattr(result, view), sizes)
+        assert summary[view]["old_acc"] == pytest.approx(old)
+        assert summary[view]["new_acc"] == pytest.approx(new)
+        assert new == getattr(result, view)[-1, -1]
 
 
 @needs_shared_mnist

@@ -225,3 +225,48 @@ def test_validation_rejects_wrong_length_task_vectors():
         metrics.forward_transfer(R3, [0.1, 0.1])
     with pytest.raises(ValueError, match="joint_accuracies"):
         metrics.intransigence(R3, [0.9, 0.9, 0.9, 0.9])
+
+
+# ---------------- Average incremental accuracy, old and new tasks (Rebuffi et al. 2017) -------
+N3 = np.array([100, 300, 200])  # test examples per task
+
+
+def test_seen_accuracy_curve_pools_the_seen_test_sets():
+    curve = metrics.seen_accuracy_curve(R3, N3)
+    assert curve[0] == pytest.approx(0.9)
+    assert curve[1] == pytest.approx((100 * 0.7 + 300 * 0.8) / 400)  # 0.775
+    assert curve[2] == pytest.approx((100 * 0.6 + 300 * 0.5 + 200 * 0.95) / 600)  # 0.6666...
+    equal = metrics.seen_accuracy_curve(R3)  # tasks weighed equally
+    np.testing.assert_allclose(equal, [0.9, 0.75, (0.6 + 0.5 + 0.95) / 3])
+
+
+def test_average_incremental_accuracy_is_the_curves_mean():
+    expected = (0.9 + 0.775 + 400 / 600) / 3
+    assert metrics.average_incremental_accuracy(R3, N3) == pytest.approx(expected)
+    assert metrics.average_incremental_accuracy([[0.7]], [10]) == pytest.approx(0.7)
+    # Only the lower triangle counts: untrained tasks' (upper) entries never enter it.
+    upper = R3.copy()
+    upper[0, 1:] = np.nan
+    assert metrics.average_incremental_accuracy(upper, N3) == pytest.approx(expected)
+
+
+def test_old_and_new_accuracy_after_the_last_task():
+    old, new = metrics.old_new_accuracy(R3, N3)
+    assert old == pytest.approx((100 * 0.6 + 300 * 0.5) / 400)  # 0.525
+    assert new == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="at least two tasks"):
+        metrics.old_new_accuracy([[0.5]])
+    with pytest.raises(ValueError, match="test_sizes must be positive"):
+        metrics.old_new_accuracy(R3, [100, 0, 200])
+    with pytest.raises(ValueError, match=r"test_sizes must have shape \(3,\)"):
+        metrics.seen_accuracy_curve(R3, [1, 2])
+
+
+def test_summary_adds_them_when_the_test_sizes_are_given():
+    result = metrics.summary(R3, B3, test_sizes=N3)
+    assert set(result) == {"acc", "bwt", "forgetting", "learning_acc", "fwt",
+                           "avg_incremental_acc", "old_acc", "new_acc"}  # fmt: skip
+    assert result["avg_incremental_acc"] == pytest.approx((0.9 + 0.775 + 400 / 600) / 3)
+    assert result["old_acc"] == pytest.approx(0.525) and result["new_acc"] == 0.95
+    single = metrics.summary(np.array([[0.7]]), test_sizes=[10])
+    assert "old_acc" not in single and single["avg_incremental_acc"] == pytest.approx(0.7)
