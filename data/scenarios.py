@@ -177,29 +177,42 @@ def split(
     classes_per_task: int = 2,
     class_order: None | str | Sequence[int] = None,
     seed: int = 0,
+    increments: Sequence[int] | None = None,
+    base: int | None = None,
+    increment: int | None = None,
 ) -> Scenario:
-    """Split scenario (class-IL): task t holds classes class_order[t*k:(t+1)*k], k=classes_per_task.
+    """Split scenario (class-IL): task t holds classes class_order[t*k:(t+1)*k], k=classes_per_task,
+    or the next `increments[t]` classes of the order (a base task plus increments).
 
     Args:
       source: the dataset.
       num_tasks: number of tasks; num_tasks * classes_per_task must be <= source.num_classes.
       classes_per_task: classes per task (2 for Split MNIST).
       class_order: None for 0, 1, 2, ... (DER's Seq-MNIST); "shuffle" for a permutation of the
-        classes drawn from `seed`; or an explicit sequence of distinct class ids.
+        classes drawn from `seed`; "seed1993" for the class-IL literature's order
+        (`np.random.seed(1993); np.random.permutation(C)`: iCaRL's and PyCIL's
+        utils/data_manager.py); or an explicit sequence of distinct class ids.
       seed: used only by class_order="shuffle".
+      increments: classes of each task, possibly unequal (e.g. (4, 2, 2, 2)); its length must
+        be num_tasks. Replaces classes_per_task.
+      base, increment: the "B{base}-Inc{increment}" protocols (PyCIL's init_cls and
+        increment): a first task of `base` classes (base=0: of `increment`), then tasks of
+        `increment` classes until every class is used; num_tasks must be that count.
     """
     num_classes = source.num_classes
-    needed = num_tasks * classes_per_task
-    if num_tasks < 1 or classes_per_task < 1 or needed > num_classes:
+    sizes = _increments(num_tasks, classes_per_task, increments, base, increment, num_classes)
+    needed = sum(sizes)
+    if num_tasks < 1 or min(sizes) < 1 or needed > num_classes:
         raise DataError(
-            f"split: {num_tasks} tasks x {classes_per_task} classes = {needed} classes, but "
-            f"{source.name} has {num_classes}; use num_tasks * classes_per_task <= "
-            f"{num_classes} (both >= 1)"
+            f"split: {num_tasks} tasks of {'+'.join(map(str, sizes))} = {needed} classes, but "
+            f"{source.name} has {num_classes}; use num_tasks * classes_per_task <= {num_classes} "
+            "(or increments summing to at most that; each task >= 1)"
         )
     order = _class_order(class_order, num_classes, needed, seed)
     task_classes = np.zeros((num_tasks, num_classes), bool)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     for t in range(num_tasks):
-        task_classes[t, order[t * classes_per_task : (t + 1) * classes_per_task]] = True
+        task_classes[t, order[starts[t] : starts[t + 1]]] = True
     train_indices = tuple(np.flatnonzero(row[source.train_y]) for row in task_classes)
     test_indices = tuple(np.flatnonzero(row[source.test_y]) for row in task_classes)
     return _scenario(
@@ -359,9 +372,11 @@ def _class_order(
     if class_order is None:
         return np.arange(num_classes)
     if isinstance(class_order, str):
+        if class_order == "seed1993":  # iCaRL's and PyCIL's order: np.random.seed(1993)
+            return np.random.RandomState(1993).permutation(num_classes)
         if class_order != "shuffle":
             raise DataError(
-                f"split: class_order={class_order!r}; use None, 'shuffle' or a "
+                f"split: class_order={class_order!r}; use None, 'shuffle', 'seed1993' or a "
                 f"sequence of class ids"
             )
         return np.random.default_rng(seed).permutation(num_classes)
@@ -378,6 +393,91 @@ def _class_order(
             f"{needed} distinct class ids in [0, {num_classes})"
         )
     return order
+
+
+def _increments(num_tasks, classes_per_task, increments, base, increment, num_classes):
+    """Each task's number of classes, from one of the three ways `split` takes them."""
+    if base is not None or increment is not None:
+        if increments is not None:
+            raise DataError("split: give increments or base and increment, not both")
+        if increment is None or base is None or increment < 1 or base < 0 or base > num_classes:
+            raise DataError(
+                f"split: base={base}, increment={increment}; give both, increment >= 1 and "
+                f"0 <= base <= {num_classes}"
+            )
+        first = base or increment
+        rest, left = divmod(num_classes - first, increment)
+        if left:
+            raise DataError(
+                f"split: base={base}, increment={increment} do not divide {num_classes} "
+                f"classes ({num_classes - first} after the first task); choose another increment"
+            )
+        sizes = [first] + [increment] * rest
+        if len(sizes) != num_tasks:
+            raise DataError(
+                f"split: base={base}, increment={increment} make {len(sizes)} tasks of "
+                f"{num_classes} classes; set data.num_tasks={len(sizes)}"
+            )
+        return sizes
+    if increments is not None:
+        sizes = [int(k) for k in increments]
+        if len(sizes) != num_tasks:
+            raise DataError(
+                f"split: increments={sizes} list {len(sizes)} tasks; set data.num_tasks="
+                f"{len(sizes)}"
+            )
+        return sizes
+    return [classes_per_task] * num_tasks
+
+
+def new_instances(source: ImageSource, num_tasks: int = 5, seed: int = 0) -> Scenario:
+    """New-instance (NI) stream: every task holds every class, each with its own examples.
+
+    Each class's training examples are shuffled (`seed`) and dealt into `num_tasks` parts of
+    (near) equal size, so tasks are disjoint and balanced per class (Lomonaco & Maltoni,
+    "CORe50", CoRL 2017; Avalanche's `ni_benchmark`). Every task is tested on the whole test
+    set. Setting "domain": one shared head, all classes in every task.
+    """
+    _check_num_tasks(num_tasks, "new_instances")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_tasks)]
+    for c in range(source.num_classes):
+        members = rng.permutation(np.flatnonzero(source.train_y == c))
+        if 0 < len(members) < num_tasks:
+            raise DataError(
+                f"new_instances: class {c} of {source.name} has {len(members)} training "
+                f"examples, fewer than the {num_tasks} tasks; use fewer tasks"
+            )
+        for t, part in enumerate(np.array_split(members, num_tasks)):
+            parts[t].append(part)
+    train = tuple(np.sort(np.concatenate(p)) for p in parts)
+    test_all = np.arange(len(source.test_y))
+    return _scenario(
+        f"ni_{source.name}",
+        "domain",
+        source,
+        np.ones((num_tasks, source.num_classes), bool),
+        IdentityTransform(),
+        train,
+        (test_all,) * num_tasks,
+    )
+
+
+SCENARIO_BUILDERS["new_instances"] = new_instances
+
+
+def describe(scenario: Scenario) -> str:
+    """One line saying what a scenario built: its tasks' classes (class-IL) or sizes."""
+    if scenario.setting == "class":
+        groups = [np.flatnonzero(row).tolist() for row in scenario.task_classes]
+        sizes = [len(g) for g in groups]
+        counts = "+".join(map(str, sizes)) if len(set(sizes)) > 1 else f"{sizes[0]}"
+        shown = groups if scenario.num_classes <= 20 else f"{groups[0]}, {groups[1:2]}..."
+        return f"{scenario.name}: {scenario.num_tasks} tasks of {counts} classes: {shown}"
+    sizes = sorted(set(scenario.train_sizes))
+    shown = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    return (f"{scenario.name}: {scenario.num_tasks} tasks, every class in each, {shown} "
+            "training examples per task")  # fmt: skip
 
 
 def _check_num_tasks(num_tasks: int, builder: str) -> None:

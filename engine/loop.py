@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from sequax.data.scenarios import describe as describe_scenario
 from sequax.engine.checkpoint import Checkpoints, checkpoint_folder
 from sequax.engine.clock import Clock
 from sequax.engine.compilation import Compilations, compilation_cache
@@ -83,6 +84,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
         cleanup.callback(feed.close)  # a phase's grain workers, if the run stops inside it
         example = feed.example_batch()
     say(f"sequax: {exp.describe()}; workdir {workdir}")
+    say(f"sequax: {describe_scenario(exp.scenario)}")  # what the stream built
     write({"kind": "start", "algorithm": config.algorithm.name, "scenario": exp.scenario.name,
            "setting": exp.scenario.setting, "num_tasks": exp.scenario.num_tasks,
            "phases": [list(ts) for ts in exp.phases], "runs": exp.grid.size})  # fmt: skip

@@ -349,7 +349,8 @@ def _check_options(config) -> None:
         f"the {name!r} scenario",
     )
     source, tasks = _get(config, "data.source"), _get(config, "data.num_tasks")
-    if name == "split" and source in SOURCE_CLASSES and isinstance(tasks, int):
+    protocol = {"increments", "base", "increment"} & set(options)  # checked by `split` itself
+    if name == "split" and source in SOURCE_CLASSES and isinstance(tasks, int) and not protocol:
         per_task = options.get("classes_per_task", _keyword_defaults(builder)["classes_per_task"])
         classes = SOURCE_CLASSES[source]
         if per_task < 1 or tasks * per_task > classes:

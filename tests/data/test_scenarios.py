@@ -17,7 +17,7 @@ from sequax.data import (
     split,
     subsample,
 )
-from sequax.data.scenarios import apply_pixel_map, rotation_map
+from sequax.data.scenarios import apply_pixel_map, describe, new_instances, rotation_map
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
@@ -299,3 +299,75 @@ def test_pixel_maps_of_permuted_and_rotated_streams(packaged):
     # Split has no transform; bilinear rotation interpolates, so it is not a pixel map.
     assert split(packaged).pixel_maps is None
     assert rotated(packaged, num_tasks=2, interpolation="bilinear").pixel_maps is None
+
+
+# ------------------------------------------- class-incremental protocols, new instances
+
+
+@pytest.mark.parametrize(
+    "kwargs, groups",
+    [
+        (dict(num_tasks=4, base=4, increment=2), [4, 2, 2, 2]),  # B4-Inc2
+        (dict(num_tasks=5, base=0, increment=2), [2, 2, 2, 2, 2]),  # B0-Inc2
+        (dict(num_tasks=3, increments=(5, 3, 2)), [5, 3, 2]),  # unequal
+    ],
+)
+def test_a_base_task_plus_increments(packaged, kwargs, groups):
+    scenario = split(packaged, **kwargs)
+    assert scenario.task_classes.sum(axis=1).tolist() == groups
+    assert scenario.task_classes.sum(axis=0).tolist() == [1] * 10  # each class in one task
+    first = np.flatnonzero(scenario.task_classes[0]).tolist()
+    assert first == list(range(groups[0]))  # the default order: 0, 1, 2, ...
+    assert sorted(set(scenario.train(0)[1].tolist())) == first
+    assert scenario.train_sizes[0] == int(np.isin(packaged.train_y, first).sum())
+
+
+def test_the_seed_1993_order_is_the_class_il_literatures(packaged):
+    np.random.seed(1993)  # PyCIL utils/data_manager.py: np.random.seed(seed); permutation
+    order = np.random.permutation(10)
+    scenario = split(packaged, num_tasks=5, base=0, increment=2, class_order="seed1993")
+    for t in range(5):
+        assert np.flatnonzero(scenario.task_classes[t]).tolist() == sorted(order[2 * t : 2 * t + 2])
+
+
+def test_protocol_mistakes_are_one_line(packaged):
+    cases = [
+        (
+            dict(num_tasks=5, base=4, increment=2),
+            "make 4 tasks of 10 classes; set data.num_tasks=4",
+        ),
+        (dict(num_tasks=4, base=3, increment=2), "do not divide 10 classes"),
+        (dict(num_tasks=4, base=4), "give both"),
+        (dict(num_tasks=2, increments=(4, 2, 2)), "set data.num_tasks=3"),
+        (dict(num_tasks=2, increments=(8, 4)), "12 classes, but mnist_packaged has 10"),
+        (dict(num_tasks=4, increments=(4, 2, 2, 2), base=4, increment=2), "not both"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            split(packaged, **kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_new_instances_deal_each_class_into_disjoint_balanced_tasks(packaged):
+    scenario = make_scenario("new_instances", packaged, num_tasks=4, seed=3)
+    assert scenario.setting == "domain" and scenario.task_classes.all()
+    seen = np.concatenate(scenario.train_indices)
+    assert len(seen) == len(set(seen.tolist())) == len(packaged.train_y)  # disjoint, complete
+    for c in range(10):
+        per_task = [int((packaged.train_y[i] == c).sum()) for i in scenario.train_indices]
+        assert max(per_task) - min(per_task) <= 1, (c, per_task)
+    assert scenario.test_sizes == (len(packaged.test_y),) * 4  # the whole test set each time
+    again = new_instances(packaged, num_tasks=4, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again.train_indices, scenario.train_indices))
+    other = new_instances(packaged, num_tasks=4, seed=4)
+    assert not np.array_equal(other.train_indices[0], scenario.train_indices[0])
+
+
+def test_each_scenario_says_what_it_built_in_one_line(packaged):
+    b4 = describe(split(packaged, num_tasks=4, base=4, increment=2))
+    assert b4 == (
+        "split_mnist_packaged: 4 tasks of 4+2+2+2 classes: [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]"
+    )
+    assert describe(split(packaged)).startswith("split_mnist_packaged: 5 tasks of 2 classes: ")
+    ni = describe(new_instances(packaged, num_tasks=4))
+    assert ni.startswith("ni_mnist_packaged: 4 tasks, every class in each, ") and "\n" not in ni

@@ -190,3 +190,17 @@ def test_bad_config_fails_with_one_line_before_compiling(
         loop.run(config, tmp_path, verbose=False)
     message = str(raised.value)
     assert "\n" not in message and names in message, message
+
+
+def test_a_base_plus_increments_stream_runs_and_says_what_it_built(tmp_path, capsys):
+    """B0-Inc1 (ten one-class tasks: more than num_tasks x classes_per_task allows) with the
+    class-IL literature's seed-1993 order, through the whole run."""
+    config = tiny_config("split", "naive", num_tasks=10)
+    config.data.options = {"base": 0, "increment": 1, "class_order": "seed1993"}
+    config.data.train_per_task = 30
+    config.checkpoint.enabled = False
+    result = loop.run(config, tmp_path, verbose=True)
+    assert result.class_il.shape == (10, 10)
+    order = np.random.RandomState(1993).permutation(10).tolist()
+    line = f"sequax: split_mnist_packaged: 10 tasks of 1 classes: {[[c] for c in order]}"
+    assert line in capsys.readouterr().out.splitlines()
