@@ -15,6 +15,7 @@ from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.er import ER
 from sequax.algorithms.er_ace import ERACE
+from sequax.algorithms.er_aml import ERAML
 from sequax.algorithms.ewc import EWC
 from sequax.algorithms.gdumb import GDumb
 from sequax.algorithms.gem import GEM
@@ -27,6 +28,7 @@ from sequax.algorithms.lfl import LFL
 from sequax.algorithms.lwf import LwF
 from sequax.algorithms.mas import MAS
 from sequax.algorithms.mc_sgd import MCSGD
+from sequax.algorithms.mir import MIR
 from sequax.algorithms.naive import Naive
 from sequax.algorithms.rwalk import RWalk
 from sequax.algorithms.si import SI
@@ -48,6 +50,8 @@ REGISTRY: dict[str, type] = {
     "lwf": LwF,
     "lfl": LFL,
     "er_ace": ERACE,
+    "er_aml": ERAML,
+    "mir": MIR,
     "si": SI,
     "mas": MAS,
     "rwalk": RWalk,

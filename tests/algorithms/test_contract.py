@@ -27,6 +27,8 @@ SMALL = {
     "icarl": {"capacity": 16, "replay_batch": 4, "feature_dim": 16},
     "gdumb": {"capacity": 16, "epochs": 2, "batch_size": 4},
     "er_ace": {"capacity": 16, "replay_batch": 4},
+    "er_aml": {"capacity": 16, "replay_batch": 4},
+    "mir": {"capacity": 16, "replay_batch": 4, "subsample": 8},
     "lamaml": {"capacity": 16, "replay_batch": 4},
     "mc_sgd": {
         "num_tasks": 2,
