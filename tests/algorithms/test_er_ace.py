@@ -8,7 +8,6 @@ replay cross-entropy over all logits only once the first task has ended.
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from batches import random_batch
 from small_streams import small_split_config
-from torch_reference import torch_mlp
+from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import ERACE, Naive
@@ -107,11 +106,7 @@ def test_loss_and_gradient_match_mammoth(model, case):
     reference = mammoth_loss(net, batch, seen, task, replay["x"], replay["y"])
     reference.backward()
     np.testing.assert_allclose(float(loss), reference.item(), rtol=1e-5)
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    for i, linear in enumerate(linears):
-        g = grads[f"Dense_{i}"]
-        np.testing.assert_allclose(g["kernel"], linear.weight.grad.numpy().T, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(g["bias"], linear.bias.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert_mlp_grads_match(grads, net, rtol=1e-5, atol=1e-7)
     metrics = aux["metrics"]
     np.testing.assert_allclose(float(loss), float(metrics["ce"] + metrics["replay_ce"]), rtol=1e-6)
     assert (float(metrics["replay_ce"]) > 0.1) == (task > 0)
@@ -122,13 +117,7 @@ def test_first_task_is_naive(model):
     algorithm = ERACE(CAPACITY, REPLAY)
     state = state_with(algorithm, model, seen=[0, 1, 2], task=0, filled=CAPACITY)
     batch, rng = batch_of(2, [3, 3, 2, 3, 2, 2]), jax.random.PRNGKey(0)
-    grad = jax.jit(
-        jax.grad(lambda p, algo: algo.loss(p, state, batch, rng, model)[0], argnums=0),
-        static_argnums=1,
-    )
-    chex.assert_trees_all_close(
-        grad(state.params, algorithm), grad(state.params, Naive()), rtol=1e-6
-    )
+    assert_gradient_is_naives(algorithm, Naive(), state, batch, rng, model)
 
 
 @pytest.mark.parametrize(

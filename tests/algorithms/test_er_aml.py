@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from batches import random_batch
-from torch_reference import torch_mlp
+from small_streams import small_split_config
+from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
 from sequax.algorithms import Naive
 from sequax.algorithms.er_aml import (
@@ -30,7 +30,6 @@ from sequax.algorithms.er_aml import (
     pair_candidates,
     supcon_loss,
 )
-from sequax.configs import common
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.engine import loop
@@ -336,11 +335,7 @@ def test_loss_and_gradient_match_the_reference_step(model, case):
     )
     reference.backward()
     np.testing.assert_allclose(float(loss), reference.item(), rtol=1e-5)
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    for i, linear in enumerate(linears):
-        g = grads[f"Dense_{i}"]
-        np.testing.assert_allclose(g["kernel"], linear.weight.grad.numpy().T, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(g["bias"], linear.bias.grad.numpy(), rtol=1e-4, atol=1e-6)
+    assert_mlp_grads_match(grads, net, rtol=1e-4, atol=1e-6)
     metrics = aux["metrics"]
     np.testing.assert_allclose(float(loss), float(metrics["aml"] + metrics["replay_ce"]), rtol=1e-6)
     assert (float(metrics["aml"]) == 0.0) == (not valid.any())
@@ -354,13 +349,7 @@ def test_first_task_is_naive(model, task_free):
     fills = () if task_free else [([0, 1, 2, 1, 0, 2, 1, 0], 0)]
     state = state_with(algorithm, model, task=0, fills=fills)
     batch, rng = batch_of(2, [3, 3, 2, 3, 2, 2]), jax.random.PRNGKey(0)
-    grad = jax.jit(
-        jax.grad(lambda p, algo: algo.loss(p, state, batch, rng, model)[0], argnums=0),
-        static_argnums=1,
-    )
-    chex.assert_trees_all_close(
-        grad(state.params, algorithm), grad(state.params, Naive()), rtol=1e-6
-    )
+    assert_gradient_is_naives(algorithm, Naive(), state, batch, rng, model)
 
 
 def test_update_stores_the_task_and_hyperparameters_are_checked(model):
@@ -387,13 +376,10 @@ def test_update_stores_the_task_and_hyperparameters_are_checked(model):
 def test_a_short_split_mnist_run_keeps_the_first_task(tmp_path):
     """Two Split-MNIST tasks of 200 images (tests/engine/test_loop.py's tiny config): the
     metric loss on the second task leaves the first task's classes standing (naive: ~0)."""
-    config = common.der_config("split", "er", 0.1, capacity=50, replay_batch=10)
-    config.data.source = "mnist_packaged"
+    config = small_split_config("er", capacity=50, replay_batch=10)
+    config.optimizer.lr = 0.1
     config.data.num_tasks = 2
     config.data.train_per_task = 200
-    config.data.test_per_task = 100
-    config.model.widths = (32,)
-    config.training.batch_size = 10
     algorithm = ERAML(capacity=50, replay_batch=10)
     result = loop.run(from_config(config, algorithm=algorithm), tmp_path, verbose=False)
     assert result.class_il.shape == (2, 2)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from batches import random_batch
 from small_streams import small_split_config
-from torch_reference import torch_mlp
+from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
 from sequax.algorithms import Naive
 from sequax.algorithms.mir import (
@@ -160,13 +159,7 @@ def test_first_task_is_naive(model):
     algorithm = MIR(CAPACITY, REPLAY, SUBSAMPLE)
     state = state_with(algorithm, model, past=0, current=CAPACITY, task=0)
     batch, rng = batch_of(2, [3, 3, 2, 3, 2, 2]), jax.random.PRNGKey(0)
-    grad = jax.jit(
-        jax.grad(lambda p, algo: algo.loss(p, state, batch, rng, model)[0], argnums=0),
-        static_argnums=1,
-    )
-    chex.assert_trees_all_close(
-        grad(state.params, algorithm), grad(state.params, Naive()), rtol=1e-6
-    )
+    assert_gradient_is_naives(algorithm, Naive(), state, batch, rng, model)
 
 
 # ---------------- The PyTorch reference -------------------------------------------------------
@@ -233,11 +226,7 @@ def test_loss_gradient_and_selection_match_the_reference(model, past):
         REPLAY,
     )
     np.testing.assert_allclose(float(loss), reference, rtol=1e-5)
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    for i, linear in enumerate(linears):
-        g = grads[f"Dense_{i}"]
-        np.testing.assert_allclose(g["kernel"], linear.weight.grad.numpy().T, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(g["bias"], linear.bias.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert_mlp_grads_match(grads, net, rtol=1e-5, atol=1e-7)
 
     # The same candidates chosen (valid candidates are the first rows, in the same order).
     virtual = virtual_step(model, params, state.model_state, batch["x"], batch["y"], rng, 0.5)
