@@ -99,8 +99,6 @@ SLOWEST_FIRST = (
     "tests/engine/test_sharding.py",  # 22 s: the 8-device children
     "tests/engine/test_open_core.py",  # 22 s
     "tests/algorithms/test_kcl.py",  # 22 s
-    "tests/algorithms/test_mir.py",  # 20-30 s
-    "tests/algorithms/test_er_aml.py",  # 17-25 s
     "tests/data/test_pipelines.py",  # 21 s
     "tests/algorithms/test_gem.py",  # 18 s
 )
