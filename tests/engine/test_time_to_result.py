@@ -59,7 +59,10 @@ def test_a_second_run_loads_every_program_from_the_cache(cold_and_warm):
     cold_xla = sum(p["compile"] for p in cold["compilations"].values())
     warm_xla = sum(p["compile"] for p in warm["compilations"].values())
     assert warm_xla < 0.5 * cold_xla, (cold_xla, warm_xla)
-    assert warm["compile"] < cold["compile"]
+    # Not `warm["compile"] < cold["compile"]`: with XLA's passes off (conftest) tracing is most
+    # of both totals, and under a loaded machine they crossed (1.75 s warm, 1.44 s cold, on a
+    # clean clone at 18:06 UTC, 2026-12-07). Whole-program loads are tested in
+    # tests/engine/test_program_cache.py; the totals are benchmarked by `bench --suites=time`.
 
 
 def test_a_rerun_in_a_new_process_compiles_nothing(tmp_path):
