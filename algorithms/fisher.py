@@ -40,7 +40,11 @@ import jax.extend.core
 import jax.numpy as jnp
 from jax import lax
 
-from sequax.algorithms.patch_gradients import conv_layers, patch_squared_gradient_sum
+from sequax.algorithms.patch_gradients import (
+    conv_layers,
+    convolution_groups,
+    patch_squared_gradient_sum,
+)
 from sequax.core.task_data import loops_on_host
 
 PyTree = Any
@@ -117,17 +121,7 @@ def per_example_gradient_sum(value, params, examples, transform, sequential: boo
 def _convolution_groups(fn, *args) -> list[int]:
     """The `feature_group_count` of every convolution in `fn(*args)`'s computation (its
     jaxpr, traced for shapes); empty when it holds none."""
-    found = []
-
-    def search(jaxpr) -> None:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                found.append(int(eqn.params["feature_group_count"]))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                search(sub)
-
-    search(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    return convolution_groups(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def batched_like_params(x: jax.Array, params) -> jax.Array:

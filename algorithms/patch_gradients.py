@@ -97,7 +97,7 @@ def conv_layers(model, params, model_state, x) -> dict[Path, tuple] | None:
     layers = dict(calls)
     if not layers or len(layers) < len(calls):  # none, or a convolution called twice
         return None
-    if _count_convolutions(jaxpr) != len(calls):  # another convolution (grouped, depthwise,
+    if len(convolution_groups(jaxpr)) != len(calls):  # another convolution (grouped, depthwise,
         return None  # not an nn.Conv): its kernel would be a grouped convolution under vmap
     for path, (shape_in, *_) in layers.items():
         node = params
@@ -108,14 +108,16 @@ def conv_layers(model, params, model_state, x) -> dict[Path, tuple] | None:
     return layers
 
 
-def _count_convolutions(jaxpr) -> int:
-    count = 0
+def convolution_groups(jaxpr) -> list[int]:
+    """The `feature_group_count` of every convolution in `jaxpr`, sub-jaxprs included (scans,
+    nested jits); empty when it holds none."""
+    found = []
     for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "conv_general_dilated"
-        count += sum(
-            _count_convolutions(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params)
-        )
-    return count
+        if eqn.primitive.name == "conv_general_dilated":
+            found.append(int(eqn.params["feature_group_count"]))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += convolution_groups(sub)
+    return found
 
 
 def _split(params, paths) -> tuple[Any, dict]:

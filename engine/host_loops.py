@@ -27,16 +27,8 @@ import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
 
+from sequax.algorithms.patch_gradients import convolution_groups
 from sequax.core.task_data import host_loops_tracing
-
-
-def _has_convolution(jaxpr) -> bool:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        if any(_has_convolution(sub) for sub in jcore.jaxprs_in_params(eqn.params)):
-            return True
-    return False
 
 
 def _loops(jaxpr) -> list[int]:
@@ -44,7 +36,7 @@ def _loops(jaxpr) -> list[int]:
     return [
         i
         for i, eqn in enumerate(jaxpr.eqns)
-        if eqn.primitive.name == "scan" and _has_convolution(eqn.params["jaxpr"].jaxpr)
+        if eqn.primitive.name == "scan" and convolution_groups(eqn.params["jaxpr"].jaxpr)
     ]
 
 
