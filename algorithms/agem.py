@@ -74,6 +74,8 @@ class AGEM(Algorithm):
       num_tasks: tasks in the stream; each stores `capacity // num_tasks` examples when it ends.
     """
 
+    needs_boundaries = "its memory is filled when a task ends"
+
     capacity: int = 500
     replay_batch: int = 128
     num_tasks: int = 5

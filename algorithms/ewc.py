@@ -72,6 +72,8 @@ class EWC(Algorithm):
         docstring), as the A-GEM codebase does.
     """
 
+    needs_boundaries = "the Fisher and the anchor are taken when a task ends"
+
     lam: float = 100.0
     online: bool = True
     gamma: float = 1.0

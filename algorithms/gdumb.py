@@ -91,6 +91,8 @@ class GDumb(Algorithm):
       batch_size: the retraining's batch size (GDumb: 16; mammoth: the stream's batch).
     """
 
+    needs_boundaries = "the network is retrained on the memory when a task ends"
+
     capacity: int = 500
     num_classes: int = 10
     epochs: int = 128

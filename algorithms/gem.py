@@ -73,6 +73,8 @@ class GEM(Algorithm):
       eps: ridge added to the QP's Gram matrix (> 0; mammoth's 1e-3). May be traced.
     """
 
+    needs_boundaries = "one memory and one constraint per task, filled when a task ends"
+
     capacity: int = 500
     num_tasks: int = 5
     gamma: float = 0.5

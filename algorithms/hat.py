@@ -175,6 +175,8 @@ class HAT(Algorithm):
       clipgrad: gradient-norm clip after conditioning and compensation (official 10000).
     """
 
+    needs_boundaries = "one attention mask per task, chosen by the task id"
+
     num_tasks: int = 5
     s_max: float = 400.0
     c: float = 0.75

@@ -98,6 +98,8 @@ class ICaRL(Algorithm):
         does not see the model, so the class means' shape is given here (checked when traced).
     """
 
+    needs_boundaries = "exemplars and the distillation targets are taken when a task ends"
+
     capacity: int = 500
     replay_batch: int = 10
     num_classes: int = 10

@@ -22,5 +22,7 @@ from sequax.algorithms.naive import Naive
 class Joint(Naive):
     """Naive's loss over one phase containing every task."""
 
+    needs_boundaries = "its phase holds every task (an upper bound, not a stream learner)"
+
     def phases(self, num_tasks: int) -> list[list[int]]:
         return [list(range(num_tasks))]

@@ -159,6 +159,8 @@ class KCL(Algorithm):
         Evaluation only; gamma and beta do not change the argmax, lambda does.
     """
 
+    needs_boundaries = "one kernel ridge head per task, fitted when a task ends"
+
     num_tasks: int = 20
     coreset_size: int = 200
     classes_per_task: int = 10

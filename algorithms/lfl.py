@@ -65,6 +65,8 @@ class LFL(Algorithm):
         it is only multiplied.
     """
 
+    needs_boundaries = "the anchor network is taken when a task ends"
+
     lam: float = 0.1
 
     def __post_init__(self):

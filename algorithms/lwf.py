@@ -84,6 +84,8 @@ class LwF(Algorithm):
     alpha and temperature may be traced scalars (a vmapped sweep): they only enter arithmetic.
     """
 
+    needs_boundaries = "the teacher network is taken when a task ends"
+
     alpha: float = 1.0
     temperature: float = 2.0
     num_classes: int = 10

@@ -57,6 +57,8 @@ class MAS(Algorithm):
       importance_batch: examples per vmapped chunk when computing Ω (memory knob only).
     """
 
+    needs_boundaries = "importances and the anchor are taken when a task ends"
+
     lam: float = 0.01
     importance_batch: int = 128
 

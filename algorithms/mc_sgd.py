@@ -109,6 +109,8 @@ class MCSGD(Algorithm):
         the reference draws `memory_size` of them.
     """
 
+    needs_boundaries = "the per-task minima and memories are taken when a task ends"
+
     num_tasks: int = 20
     per_class: int = 10
     num_classes: int = 10

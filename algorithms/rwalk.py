@@ -83,6 +83,8 @@ class RWalk(Algorithm):
       epsilon: damping ε (> 0) of the score's denominator (1/2 F Δθ² + ε).
     """
 
+    needs_boundaries = "scores and the anchor are consolidated when a task ends"
+
     lam: float = 1.0
     alpha: float = 0.9
     epsilon: float = 1e-3

@@ -81,6 +81,8 @@ class SI(Algorithm):
         1.0; `float("inf")` disables it.
     """
 
+    needs_boundaries = "the path integral is consolidated when a task ends"
+
     c: float = 1.0
     xi: float = 0.9
     clip: float = 1.0

@@ -89,6 +89,8 @@ class StableSGD(Algorithm):
         reference code's absolute floor 5e-5 at lr 0.1: 5e-4). May be traced.
     """
 
+    needs_boundaries = "the learning rate decays with the task id"
+
     decay: float = 0.8
     offset: int = 1
     min_factor: float = 5e-4

@@ -76,7 +76,15 @@ class Algorithm:
     Subclasses are frozen dataclasses of hyper-parameters (`@dataclasses.dataclass(frozen=True)`).
     The defaults make `Algorithm()` itself naive fine-tuning: cross-entropy on the current
     batch, no memory, the model's own predictions.
+
+    `needs_boundaries` is a declaration, not a hook: "" (the default) for a method that
+    learns without being told where tasks end, else the reason it needs them ("the Fisher
+    is taken when a task ends"). On a task-free stream (`config.training.task_free`) the
+    engine calls neither `start_task` nor `end_task`, `state.task` and every batch's "task"
+    are -1, and a method declaring a reason is refused with it, before any compile.
     """
+
+    needs_boundaries = ""
 
     def wrap_model(self, model):
         """The network this method trains, built once from the configured `model`."""

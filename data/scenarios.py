@@ -59,6 +59,9 @@ class Scenario:
         in.flat[pixel_maps[t, i]], where the index H*W*C stands for a black (0) pixel. The
         engine applies these maps on device, per batch (`sequax.core.task_data`), which
         lets vmapped runs each draw their own permutations or angles.
+      ordered: False: each task's `train_indices` are a set (sorted), which the engine
+        shuffles every epoch. True: they are the stream's order (blurry boundaries,
+        MNIST-360), which the engine keeps: every epoch reads them in that order.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Scenario:
     permutations: np.ndarray | None = None
     angles: np.ndarray | None = None
     pixel_maps: np.ndarray | None = None
+    ordered: bool = False
 
     def train(self, t: int, transformed: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Task t's training set: (uint8 [n, 28, 28, 1], int32 [n]), transform applied unless
@@ -467,7 +471,19 @@ SCENARIO_BUILDERS["new_instances"] = new_instances
 
 
 def describe(scenario: Scenario) -> str:
-    """One line saying what a scenario built: its tasks' classes (class-IL) or sizes."""
+    """One line saying what a scenario built: its tasks' classes (class-IL) or sizes; for a
+    stream read in its own order (`ordered`), how much each segment holds of its own task."""
+    line = _describe_tasks(scenario)
+    if not scenario.ordered:
+        return line
+    from sequax.data.blurry import mixture  # blurry builds on this module
+
+    own = np.diag(mixture(scenario))
+    return (f"{line}; read in the stream's order, each segment {100 * own.min():.0f}-"
+            f"{100 * own.max():.0f} % its own task's classes")  # fmt: skip
+
+
+def _describe_tasks(scenario: Scenario) -> str:
     if scenario.setting == "class":
         groups = [np.flatnonzero(row).tolist() for row in scenario.task_classes]
         sizes = [len(g) for g in groups]

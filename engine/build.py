@@ -77,6 +77,12 @@ def build_scenario(data_config):
             cfg.get("test_per_task") or None,
             seed=cfg.get("seed", 0),
         )
+    blurry = dict(cfg.get("blurry") or {})
+    kind = blurry.pop("kind", "none")
+    if kind != "none":  # segments mixing neighbouring tasks, read in the stream's order
+        from sequax.data.blurry import blur
+
+        scenario = blur(scenario, kind, seed=cfg.get("seed", 0), **blurry)
     return scenario
 
 

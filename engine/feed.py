@@ -73,9 +73,12 @@ class Feed:
                 exp.batch_size,
                 exp.capacity,
                 runs=exp.grid.size > 1 or exp.drawn is not None,
+                ordered=exp.scenario.ordered,
             )
         self.compiled = None
         self._first = None
+        # A task-free stream hides the boundaries from the method: every batch's task is -1.
+        self.task_free = bool(exp.config.training.get("task_free", False))
         # Raw images on the devices once, each task cut and transformed there (None: the
         # grain stream or a transform only the host can apply; engine.placement).
         self.images = DeviceImages.maybe(exp, streaming=self.stream is not None)
@@ -116,7 +119,7 @@ class Feed:
         put = lambda a: sharding.put(a, sharding.examples_sharding(mesh, np.shape(a)))  # noqa: E731
         if self.images is not None:
             size = sum(len(exp.scenario.train_indices[t]) for t in tasks)
-            data = self.images.phase(tasks, put)
+            data = self._hidden(self.images.phase(tasks, put), put)
             return Phase(self, programs, data, steps_per_epoch(size, exp.batch_size), None)
         x, y, task_ids = (
             self._first if p == 0 and self._first else phase_images(exp.scenario, self.drawn, tasks)
@@ -127,12 +130,21 @@ class Feed:
             put_x = lambda a: sharding.put(  # noqa: E731
                 a, sharding.examples_sharding(mesh, np.shape(a), run_axis=True)
             )
+        if self.task_free:
+            task_ids = np.full_like(task_ids, -1)
         data = task_arrays(x, y, task_ids, exp.capacity, put=put, put_x=put_x)
         stream = None
         if self.stream is not None:  # the phase's batches come from grain; `data` serves end_task
             stream = self.stream.start_phase(x, y, task_ids, _one_run(state), p, resume=resume)
             self.open_streams.append(stream)
         return Phase(self, programs, data, steps_per_epoch(len(y), exp.batch_size), stream)
+
+    def _hidden(self, data: TaskData, put) -> TaskData:
+        """`data` with its task ids hidden (-1) on a task-free stream (the pixel maps, which
+        need them, are applied already)."""
+        if not self.task_free:
+            return data
+        return data._replace(task=put(np.full((self.experiment.capacity,), -1, np.int32)))
 
     def close(self) -> None:
         """Stops the grain reader of a phase a run left early (an error, Ctrl-C, SIGTERM): its

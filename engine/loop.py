@@ -85,6 +85,8 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
         example = feed.example_batch()
     say(f"sequax: {exp.describe()}; workdir {workdir}")
     say(f"sequax: {describe_scenario(exp.scenario)}")  # what the stream built
+    if config.training.get("task_free", False):
+        say("sequax: task-free: the method is not told where tasks end (no start_task/end_task)")
     write({"kind": "start", "algorithm": config.algorithm.name, "scenario": exp.scenario.name,
            "setting": exp.scenario.setting, "num_tasks": exp.scenario.num_tasks,
            "phases": [list(ts) for ts in exp.phases], "runs": exp.grid.size})  # fmt: skip
@@ -100,6 +102,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
         interrupts.stop_if(interrupts.requested(), checkpoints, None, "before training anything")
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
+        every = int(config.eval.get("every_steps", 0))  # anytime evaluation (0: task ends only)
 
         for p, tasks in enumerate(exp.phases):
             if resume and resume.finished(p):  # trained, evaluated and saved before the restart
@@ -128,9 +131,13 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                 else None
             )
             first_epoch, first_start = (resume.epoch, resume.start) if mid_phase else (0, 0)
+            step = int(np.max(to_numpy(state.step))) if every else 0  # anytime: where we are
             for epoch in range(first_epoch, epochs):
-                for start in range(first_start if epoch == first_epoch else 0, phase.steps, chunk):
-                    stop = min(start + chunk, phase.steps)
+                start = first_start if epoch == first_epoch else 0
+                while start < phase.steps:
+                    # A chunk also ends where an anytime evaluation is due (every `every` steps).
+                    due = start + (every - step % every) if every else phase.steps
+                    stop = min(start + chunk, phase.steps, due)
                     with clock("train"):
                         state, means = phase.run(state, epoch, start, stop)
                         means = {k: to_numpy(v) for k, v in means.items()}  # blocks: honest
@@ -143,6 +150,10 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                     write({"kind": "train", "phase": p, "epoch": epoch, "step": step,
                            **_shown(exp, means)})  # fmt: skip
                     checkpoints.check_finite(means, step=step, label=label, epoch=epoch)  # NaN
+                    inside = epoch + 1 < epochs or stop < phase.steps  # the task end evaluates
+                    if every and step % every == 0 and inside:  # before a save: it keeps it
+                        with clock("eval"):
+                            _anytime(exp, programs, state, test, results, write, step, tasks)
                     kill_point("train_chunk", step, checkpoints.wait)  # test-only: test_resume
                     with clock("checkpoint"):
                         signum = interrupts.requested()  # SIGINT/SIGTERM: save here, then stop
@@ -155,6 +166,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                         )  # fmt: skip
                         where = f"at step {step} ({label}, epoch {epoch + 1})"
                         interrupts.stop_if(signum, checkpoints, saved, where)
+                    start = stop
             phase.close()
             if bar:
                 bar.close()
@@ -167,7 +179,10 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
 
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------
             with clock("eval"):
-                results.record_row(p, *(to_numpy(a) for a in programs.evaluate(state, test)))
+                rows = [to_numpy(a) for a in programs.evaluate(state, test, tasks[-1])]
+                results.record_row(p, *rows)
+                if every:  # the task's end is a point of the anytime curve too
+                    results.record_point(step, tasks[-1], step * exp.batch_size, *rows)
             write({"kind": "eval", "phase": p, "tasks": tasks,
                    "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip
@@ -224,6 +239,14 @@ def _restore_or_start(exp, programs, checkpoints, test, write, say, clock):
     write({"kind": "eval", "phase": -1, "class_il": _shown(exp, b_class),
            "task_il": _shown(exp, b_task)})  # fmt: skip
     return None, state, results
+
+
+def _anytime(exp, programs, state, test, results, write, step: int, tasks) -> None:
+    """An anytime-evaluation point inside a phase: every task's test set at `step`."""
+    class_row, task_row = (to_numpy(a) for a in programs.evaluate(state, test, tasks[-1]))
+    results.record_point(step, tasks[-1], step * exp.batch_size, class_row, task_row)
+    write({"kind": "anytime", "step": step, "task": tasks[-1],
+           "class_il": _shown(exp, class_row), "task_il": _shown(exp, task_row)})  # fmt: skip
 
 
 def _shown(experiment, values):

@@ -247,6 +247,64 @@ def old_new_accuracy(
     return float(np.dot(n[:-1], final[:-1]) / n[:-1].sum()), float(final[-1])
 
 
+def anytime_seen_accuracy(
+    curve: npt.ArrayLike, phases: npt.ArrayLike, test_sizes: npt.ArrayLike | None = None
+) -> np.ndarray:
+    """a_e = Σ_{j<=p_e} n_j C[e, j] / Σ_{j<=p_e} n_j at each evaluation point e: the accuracy
+    on the test examples of the tasks seen so far (tasks 0..p_e, p_e the last task of the phase
+    being trained when point e was taken), as `seen_accuracy_curve` but at any step.
+
+    ``curve`` is C, float [E, T] (every task's accuracy at each point); ``phases`` is p, int
+    [E], each >= 0; ``test_sizes`` n weighs the tasks (None: equally). Returns float [E].
+    """
+    values = np.asarray(curve, np.float64)
+    points = np.asarray(phases, np.int64)
+    if values.ndim != 2 or points.shape != values.shape[:1]:
+        raise ValueError(
+            f"anytime curve must be [points, tasks] with one phase per point, got "
+            f"{values.shape} and {points.shape}"
+        )
+    if (points < 0).any() or (points >= values.shape[1]).any():
+        raise ValueError(f"anytime phases must be in [0, {values.shape[1]}), got {points}")
+    n = _weights(values.shape[1], test_sizes)
+    out = np.empty(len(points))
+    for e, p in enumerate(points):
+        seen = values[e, : p + 1]
+        _require_finite(seen, f"anytime point {e} (tasks 0..{p})")
+        out[e] = float(np.dot(n[: p + 1], seen) / n[: p + 1].sum())
+    return out
+
+
+def average_anytime_accuracy(curve: npt.ArrayLike, phases: npt.ArrayLike) -> float:
+    """AAA = (1/E) Σ_e mean_{j<=p_e} C[e, j]: the mean, over the E evaluation points taken
+    while training (every `eval.every_steps` steps and at each task's end), of the average
+    accuracy over the tasks seen so far (Caccia, Aljundi, Asadi, Tuytelaars, Pineau,
+    Belilovsky, "New insights on reducing abrupt representation change in online continual
+    learning", ICLR 2022, eq. for "average anytime accuracy"). Tasks weigh equally."""
+    return float(anytime_seen_accuracy(curve, phases).mean())
+
+
+def accuracy_auc(
+    curve: npt.ArrayLike,
+    phases: npt.ArrayLike,
+    samples: npt.ArrayLike,
+    test_sizes: npt.ArrayLike | None = None,
+) -> float:
+    """A_AUC: the area under the seen-classes accuracy curve against the training examples
+    seen, divided by the span of examples it covers (Koh, Kim, Ha, Yun, Choi, ICLR 2022,
+    "A_auc = Σ_i f(i Δn) Δn", with f the accuracy on the seen classes' test examples; their
+    code averages f over evenly spaced points, which this trapezoid equals for evenly spaced
+    points up to the end points). ``samples`` is the examples seen at each point, int [E]
+    (increasing); one point gives its own accuracy."""
+    f = anytime_seen_accuracy(curve, phases, test_sizes)
+    n = np.asarray(samples, np.float64)
+    if n.shape != f.shape or (np.diff(n) < 0).any():
+        raise ValueError(f"accuracy_auc: samples must be increasing, one per point, got {n}")
+    if len(f) == 1 or n[-1] == n[0]:
+        return float(f.mean())
+    return float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(n)) / (n[-1] - n[0]))
+
+
 def summary(
     R: npt.ArrayLike,
     random_init_accuracies: npt.ArrayLike | None = None,

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sequax.core.state import STREAM_TASK, create_state, stream_key
@@ -50,20 +51,33 @@ class Programs:
     restart_schedule: Any  # opt_state -> opt_state: the learning-rate schedule back at step 0
     evaluate_fn: Any
 
-    def evaluate(self, state, test):
-        return self.evaluate_fn(state.params, state.model_state, state.task, test, state.algo)
+    @property
+    def task_free(self) -> bool:
+        return bool(self.experiment.config.training.get("task_free", False))
+
+    def evaluate(self, state, test, task: int | None = None):
+        """(class_il, task_il) [runs, T]; class-IL's candidates are the classes of tasks
+        0..`task` (None: `state.task`; a task-free stream's state.task is -1, so the loop
+        names the segment it is in)."""
+        seen = state.task if task is None else self._task_array(task)
+        return self.evaluate_fn(state.params, state.model_state, seen, test, state.algo)
+
+    def _task_array(self, task: int):
+        runs = self.experiment.grid.size
+        return sharding.put(np.full((runs,), task, np.int32), self.state_sharding.task)
 
     def set_task(self, state, task: int):
-        runs = self.experiment.grid.size
-        return state._replace(
-            task=sharding.put(np.full((runs,), task, np.int32), self.state_sharding.task)
-        )
+        return state._replace(task=self._task_array(task))
 
     def start_phase(self, state, data, tasks, *, fresh: bool, later: bool):
         """The state a phase starts from: its task set; for a `later` phase (not the first)
         the optimizer re-initialised (`optimizer.reset_each_task`) or its learning-rate
         schedule restarted (`optimizer.per_task`); the method's `start_task`. `fresh=False`
-        (a phase resumed mid-way) keeps the checkpointed state as it is, apart from the task."""
+        (a phase resumed mid-way) keeps the checkpointed state as it is, apart from the task.
+        A task-free stream hides all of this from the method: the task is -1 and the state
+        goes on as the last step left it."""
+        if self.task_free:
+            return self.set_task(state, -1)
         state = self.set_task(state, tasks[-1])
         if not fresh:
             return state
@@ -75,7 +89,10 @@ class Programs:
         return state._replace(algo=self.start_task(state, data, np.int32(tasks[-1])))
 
     def finish_phase(self, state, data, tasks):
-        """The state after the method's `end_task` (blocks until it is computed)."""
+        """The state after the method's `end_task` (blocks until it is computed); unchanged on
+        a task-free stream."""
+        if self.task_free:
+            return state
         algo = self.end_task(state, data, np.int32(tasks[-1]))
         return state._replace(algo=jax.block_until_ready(algo))
 
@@ -135,7 +152,11 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
         key = jax.random.fold_in(key, 1)  # not end_task's key: both draw from the phase's key
         return exp.parts(state.hparams)[0].start_task(state, data, key, model)
 
+    ordered = exp.scenario.ordered
+
     def order_one(key, step, start, size, capacity):
+        if ordered:  # the stream's own order (blurry segments, MNIST-360), padding last
+            return jnp.arange(capacity, dtype=jnp.int32)
         return epoch_order(key, step - start, size, capacity)
 
     def reset_one(state):

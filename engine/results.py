@@ -39,6 +39,9 @@ class RunResult:
     grid: runs_lib.RunGrid | None = None  # the runs of a vmapped program (None: one run)
 
 
+ANYTIME_KEYS = ("step", "task", "samples", "class_il", "task_il")
+
+
 @dataclasses.dataclass
 class Results:
     """The results so far: what a checkpoint keeps besides the state."""
@@ -49,6 +52,10 @@ class Results:
     timings: dict[str, float]
     train_samples: int = 0
     train_steps: int = 0  # per run
+    # Anytime evaluation (config.eval.every_steps): one entry per point, in order. "step" and
+    # "samples" count one run's batches and examples; "task" is the last task of the phase
+    # being trained (the tasks seen so far are 0..task); "class_il"/"task_il" are [runs, T].
+    anytime: dict = dataclasses.field(default_factory=lambda: {k: [] for k in ANYTIME_KEYS})
 
     @classmethod
     def start(cls, runs: int, phases: int, tasks: int, random_init: dict) -> Results:
@@ -63,16 +70,39 @@ class Results:
         class_il, task_il, random_init, timings, samples, steps = restored.results_so_far()
         lead = lambda a: np.asarray(a).reshape(runs, *np.shape(a)[-2:])  # noqa: E731
         init = {k: np.asarray(v).reshape(runs, -1) for k, v in random_init.items()}
+        anytime = {k: [] for k in ANYTIME_KEYS}
+        saved = restored.results.get("anytime") or {}  # absent in checkpoints from before it
+        if len(np.atleast_1d(saved.get("step", []))):
+            tasks = np.shape(class_il)[-1]
+            anytime = {k: [int(v) for v in saved[k]] for k in ("step", "task", "samples")}
+            for k in ("class_il", "task_il"):
+                anytime[k] = list(np.asarray(saved[k]).reshape(-1, runs, tasks))
         return cls(lead(class_il), lead(task_il), init, {**dict.fromkeys(SECTIONS, 0.0), **timings},
-                   samples, steps)  # fmt: skip
+                   samples, steps, anytime)  # fmt: skip
 
     def so_far(self, clock) -> dict:
         return {"class_il": self.class_il, "task_il": self.task_il, "random_init": self.random_init,
                 "train_samples": self.train_samples, "train_steps": self.train_steps,
-                "timings": clock.current()}  # fmt: skip
+                "timings": clock.current(),
+                "anytime": {k: np.asarray(v) for k, v in self.anytime.items()}}  # fmt: skip
 
     def record_row(self, p: int, class_row, task_row) -> None:
         self.class_il[:, p, :], self.task_il[:, p, :] = class_row, task_row
+
+    def record_point(self, step: int, task: int, samples: int, class_row, task_row) -> None:
+        """One anytime-evaluation point: every task's accuracy at `step`, tasks 0..`task` seen."""
+        for key, value in zip(ANYTIME_KEYS, (step, task, samples, class_row, task_row)):
+            self.anytime[key].append(value)
+
+    def curve(self, r: int) -> dict | None:
+        """Run r's anytime curve: step, task, samples [E]; class_il, task_il [E, T] (None
+        when the run evaluated only at task ends)."""
+        if not self.anytime["step"]:
+            return None
+        out = {k: np.asarray(self.anytime[k]) for k in ("step", "task", "samples")}
+        for k in ("class_il", "task_il"):
+            out[k] = np.stack(self.anytime[k])[:, r]
+        return out
 
     def add(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -94,17 +124,20 @@ class Results:
         for r in range(grid.size):
             init_r = {k: v[r] for k, v in self.random_init.items()}
             summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r,
-                                  scenario.test_sizes)  # fmt: skip
+                                  scenario.test_sizes, self.curve(r))  # fmt: skip
             per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r})
             if main:
                 folder = workdir / "runs" / f"{r:03d}" if grid.vmapped else workdir
                 write_matrices(folder, self.class_il[r], self.task_il[r], init_r, phases)
+                if self.curve(r) is not None:  # accuracy against steps (launch/report plots it)
+                    (folder / "anytime.json").write_text(
+                        json.dumps({k: v.tolist() for k, v in self.curve(r).items()}, indent=1)
+                        + "\n"
+                    )
                 if grid.vmapped:
                     (folder / "summary.json").write_text(json.dumps(per_run[-1], indent=2) + "\n")
         if not grid.vmapped:
-            return summaries(scenario.setting, self.class_il[0], self.task_il[0],
-                             {k: v[0] for k, v in self.random_init.items()},
-                             scenario.test_sizes)  # fmt: skip
+            return {k: v for k, v in per_run[0].items() if k not in ("seed", "hparams")}
         table = runs_lib.summary_table(grid, per_run)
         if main:
             (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
@@ -122,9 +155,13 @@ class Results:
                          jax.tree.map(first, state))  # fmt: skip
 
 
-def summaries(setting: str, class_il, task_il, random_init, test_sizes=None) -> dict[str, Any]:
+def summaries(
+    setting: str, class_il, task_il, random_init, test_sizes=None, curve=None
+) -> dict[str, Any]:
     """ACC, BWT, FWT, forgetting, ... of each view ("class_il" and "task_il", or "domain_il");
-    with the tasks' `test_sizes`, average incremental accuracy and old/new-task accuracy."""
+    with the tasks' `test_sizes`, average incremental accuracy and old/new-task accuracy; with
+    an anytime `curve` (`Results.curve`), average anytime accuracy ("aaa") and the area under
+    the accuracy curve ("acc_auc")."""
     views = (
         {"class_il": class_il, "task_il": task_il}
         if setting == "class"
@@ -137,6 +174,12 @@ def summaries(setting: str, class_il, task_il, random_init, test_sizes=None) -> 
             out[view] = cl_metrics.summary(matrix, init, test_sizes)
         else:  # joint training: one row, only the final accuracy is defined
             out[view] = {"acc": float(np.mean(matrix[-1]))}
+        if curve is not None:
+            points = curve["task_il" if view == "task_il" else "class_il"]
+            out[view]["aaa"] = cl_metrics.average_anytime_accuracy(points, curve["task"])
+            out[view]["acc_auc"] = cl_metrics.accuracy_auc(
+                points, curve["task"], curve["samples"], test_sizes
+            )
     return out
 
 

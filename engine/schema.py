@@ -56,6 +56,14 @@ def base_config() -> ml_collections.ConfigDict:
             # one; `workers`: grain processes (0: a thread); `prefetch`: chunks kept on device.
             pipeline="device",
             stream=ml_collections.ConfigDict(dict(order="device", workers=0, prefetch=2)),
+            # Blurry task boundaries on a class-IL split (sequax.data.blurry): kind "none",
+            # "linear_decay" (avalanche's continuous linear decay: `beta` its overlap factor,
+            # `iterations` per task) or "iblurry" (i-Blurry-N-M: `disjoint` = N/100 of the
+            # classes stay in their task, `moved` = M/100 of each other class's examples go
+            # to other tasks). The segments are read in the stream's order.
+            blurry=ml_collections.ConfigDict(
+                dict(kind="none", beta=4.0, iterations=10, disjoint=0.5, moved=0.1)
+            ),
         )
     )
     config.model = ml_collections.ConfigDict(
@@ -102,11 +110,17 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     # glances: times each batch is trained on in a row, each a full step (La-MAML's and MER's
-    # single-pass protocol; state.step counts the batch once).
+    # single-pass protocol; state.step counts the batch once). task_free: the method is not
+    # told where tasks end (no start_task/end_task, no optimizer reset or schedule restart,
+    # state.task and every batch's task id are -1); a method that needs boundaries
+    # (`Algorithm.needs_boundaries`) is refused. Online CL is task_free with epochs=1.
     config.training = ml_collections.ConfigDict(
-        dict(batch_size=10, epochs=1, steps_per_dispatch=250, glances=1)
+        dict(batch_size=10, epochs=1, steps_per_dispatch=250, glances=1, task_free=False)
     )
-    config.eval = ml_collections.ConfigDict(dict(batch_size=1000))
+    # every_steps > 0: anytime evaluation, every task's test set also every that many steps
+    # inside a task (the curve is WORKDIR/anytime.json; average anytime accuracy and the area
+    # under the accuracy curve join the summary).
+    config.eval = ml_collections.ConfigDict(dict(batch_size=1000, every_steps=0))
     # Devices: vmapped runs are split over `runs` devices (each group trains its own runs),
     # the batch over data x fsdp (data=-1: every device runs and fsdp leave); with fsdp > 1,
     # parameters of at least fsdp_min_size elements are split too (sequax.engine.sharding).

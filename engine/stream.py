@@ -53,7 +53,13 @@ BATCH_KEYS = ("x", "y", "task")
 
 
 def make_feed(
-    config, mesh: jax.sharding.Mesh, batch_size: int, capacity: int, *, runs: bool = False
+    config,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    capacity: int,
+    *,
+    runs: bool = False,
+    ordered: bool = False,
 ):
     """The run's `Feed` for `config.data.pipeline == "stream"`, None for "device".
 
@@ -100,6 +106,7 @@ def make_feed(
         workers=workers,
         prefetch=prefetch,
         seed=int(config.seed),
+        ordered=ordered,
     )
 
 
@@ -118,6 +125,8 @@ class Feed:
       workers: grain worker processes (0: read in the prefetch thread).
       prefetch: chunks kept ready on the devices (0: read and copy when asked).
       seed: the run's seed (order "shuffle").
+      ordered: the scenario's examples are in the stream's order (`Scenario.ordered`): every
+        epoch reads them in it, whatever `order` says.
     """
 
     mesh: jax.sharding.Mesh
@@ -129,6 +138,7 @@ class Feed:
     workers: int = 0
     prefetch: int = 2
     seed: int = 0
+    ordered: bool = False
     compiled: Any = None
 
     def __post_init__(self):
@@ -143,7 +153,9 @@ class Feed:
         source = ArraySource(np.asarray(x), np.asarray(y), np.asarray(task))
         steps = steps_per_epoch(len(source), self.batch_size)
         start_step = int(resume["start_step"]) if resume else int(to_numpy(state.step))
-        if self.order == "device":  # epoch e starts at step start_step + e * steps, as on device
+        if self.ordered:  # the scenario's own order (blurry segments, MNIST-360), every epoch
+            order = FixedOrder(np.tile(np.arange(len(source)), (self.epochs, 1)))
+        elif self.order == "device":  # epoch e starts at step start_step + e * steps, as on device
             key = state.key
             orders = [
                 to_numpy(

@@ -63,6 +63,8 @@ MINIMUMS = (
     ("training.steps_per_dispatch", 1, "steps per compiled chunk"),
     ("training.glances", 1, "steps on each batch"),
     ("eval.batch_size", 1, "test examples per evaluation batch"),
+    ("eval.every_steps", 0, "0 evaluates at task ends only"),
+    ("data.blurry.iterations", 1, "iterations per task of the linear decay"),
     ("mesh.fsdp_min_size", 0, "0 splits every parameter"),
 )
 # Algorithm fields: counts that must be >= 1, and loss or penalty weights that must be >= 0.
@@ -118,6 +120,7 @@ def check_combination(config, scenario, algorithm) -> None:
     """The method against the stream it is given: class-IL-only methods, head widths, GEM's task
     count, buffers larger than the stream, iCaRL's feature width (all before any compile)."""
     _check_normalize(config, scenario)
+    _check_stream_options(config, algorithm)
     stream = int(sum(scenario.train_sizes))
     for prefix, part in _parts(algorithm):
         method = type(part).__name__
@@ -405,6 +408,27 @@ def _check_method(name, given: dict[str, Any], path: str) -> None:
         algorithms.make(name, **given)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _check_stream_options(config, algorithm) -> None:
+    """A task-free stream hides the boundaries, so a method that needs them is refused: its
+    declaration `needs_boundaries` (a reason, "" for none) says why it needs them."""
+    if int(config.eval.get("every_steps", 0)) and config.data.get("pipeline") == "stream":
+        raise ConfigError(
+            "config.eval.every_steps > 0 needs config.data.pipeline='device' (the grain stream "
+            "reads whole chunks); set config.eval.every_steps=0 or config.data.pipeline='device'"
+        )
+    if not config.training.get("task_free", False):
+        return
+    for prefix, part in _parts(algorithm) or [("config.algorithm.", algorithm)]:
+        reason = getattr(part, "needs_boundaries", "")  # a declaration, not a hook
+        if reason:
+            raise ConfigError(
+                f"{prefix}name: {type(part).__name__} needs task boundaries ({reason}), but "
+                "config.training.task_free=True hides them; use a method that runs without "
+                "them (naive, er, der, derpp, er_ace, er_aml, mir, lamaml) or set "
+                "config.training.task_free=False"
+            )
 
 
 def _parts(algorithm) -> list[tuple[str, Any]]:

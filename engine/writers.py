@@ -298,6 +298,9 @@ class TensorBoardSink:
         if kind == "train":
             for name, value in _train_scalars(record).items():
                 add(f"train/{name}", value, int(record["step"]))
+        elif kind == "anytime":  # accuracy against steps inside a task (eval.every_steps)
+            for name, value in _anytime_scalars(record).items():
+                add(name, value, int(record["step"]))
         elif kind == "eval" and record["phase"] >= 0:
             phase = int(record["phase"])
             for key in self.results.views():
@@ -379,6 +382,9 @@ class WandbSink:
             self.run.log(
                 {**scalars, "phase": record["phase"], "epoch": record["epoch"]}, step=self.step
             )
+        elif kind == "anytime":
+            self.step = max(self.step, int(record["step"]))
+            self.run.log(_anytime_scalars(record), step=self.step)
         elif kind == "eval" and record["phase"] >= 0:
             values: dict[str, float] = {"phase": int(record["phase"])}
             for key in self.results.views():
@@ -546,3 +552,13 @@ def _opened(name: str, open_sink):
             file=sys.stderr,
         )
         return None
+
+
+def _anytime_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """An anytime point's per-task accuracies (a single run's; the mean over runs otherwise)."""
+    out = {}
+    for view in ("class_il", "task_il"):
+        values = np.asarray(record[view], np.float64)
+        values = values.reshape(-1, values.shape[-1]).mean(axis=0)
+        out.update({f"anytime/{view}/task_{j}": float(v) for j, v in enumerate(values)})
+    return out

@@ -270,3 +270,21 @@ def test_summary_adds_them_when_the_test_sizes_are_given():
     assert result["old_acc"] == pytest.approx(0.525) and result["new_acc"] == 0.95
     single = metrics.summary(np.array([[0.7]]), test_sizes=[10])
     assert "old_acc" not in single and single["avg_incremental_acc"] == pytest.approx(0.7)
+
+
+def test_anytime_metrics_on_hand_computed_values():
+    # Three points: in task 0 (only task 0 seen), at task 0's end, in task 1 (tasks 0..1).
+    curve = [[0.5, 0.0], [0.8, 0.1], [0.6, 0.4]]
+    tasks = [0, 0, 1]
+    np.testing.assert_allclose(metrics.anytime_seen_accuracy(curve, tasks), [0.5, 0.8, 0.5])
+    # Weighted by test examples (1 and 3): the last point is (0.6 + 3 * 0.4) / 4 = 0.45.
+    np.testing.assert_allclose(metrics.anytime_seen_accuracy(curve, tasks, [1, 3]),
+                               [0.5, 0.8, 0.45])  # fmt: skip
+    assert metrics.average_anytime_accuracy(curve, tasks) == pytest.approx((0.5 + 0.8 + 0.5) / 3)
+    # Trapezoid over samples 10, 20, 40: (0.65 * 10 + 0.65 * 20) / 30 = 0.65.
+    assert metrics.accuracy_auc(curve, tasks, [10, 20, 40]) == pytest.approx(0.65)
+    assert metrics.accuracy_auc([[0.3, 0.0]], [0], [10]) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="increasing"):
+        metrics.accuracy_auc(curve, tasks, [10, 5, 40])
+    with pytest.raises(ValueError, match="phases must be in"):
+        metrics.anytime_seen_accuracy(curve, [0, 0, 2])
