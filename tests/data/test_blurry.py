@@ -29,12 +29,12 @@ def avalanche_probs(iters, tasks, task_id, beta):
         peak_end = int(((beta * task_id + (beta - 1)) * iters) / (beta * tasks))
         end = min(int(((beta * task_id + (beta + 1)) * iters) / (beta * tasks)), iters)
     probs = [0.0] * iters
-    probs[start:peak_start] = [1.0] * (peak_start - start) if task_id == 0 else line(
-        start, peak_start, True
+    probs[start:peak_start] = (
+        [1.0] * (peak_start - start) if task_id == 0 else line(start, peak_start, True)
     )
     probs[peak_start:peak_end] = [1.0] * (peak_end - peak_start)
-    probs[peak_end:end] = [1.0] * (end - peak_end) if task_id == tasks - 1 else line(
-        peak_end, end, False
+    probs[peak_end:end] = (
+        [1.0] * (end - peak_end) if task_id == tasks - 1 else line(peak_end, end, False)
     )
     return np.array(probs)
 
@@ -47,8 +47,8 @@ def test_task_probabilities_are_avalanches(beta):
         )
     # By hand, 2 tasks x 4 iterations, beta 4: task 0 spans [0, 5) with its ramp down over
     # [3, 5); task 1 spans [3, 8) with its ramp up over [3, 5) (so iteration 4 is shared).
-    np.testing.assert_allclose(blurry._task_probabilities(8, 2, 0, 4.0), [1, 1, 1, 1, .5, 0, 0, 0])
-    np.testing.assert_allclose(blurry._task_probabilities(8, 2, 1, 4.0), [0, 0, 0, 0, .5, 1, 1, 1])
+    np.testing.assert_allclose(blurry._task_probabilities(8, 2, 0, 4.0), [1, 1, 1, 1, 0.5, 0, 0, 0])
+    np.testing.assert_allclose(blurry._task_probabilities(8, 2, 1, 4.0), [0, 0, 0, 0, 0.5, 1, 1, 1])
 
 
 def test_linear_decay_mixes_neighbours_only(split_mnist):
@@ -81,7 +81,7 @@ def test_iblurry_keeps_disjoint_classes_home_and_moves_m_percent(split_mnist):
         np.concatenate(split_mnist.train_indices)
     )  # every example exactly once
     moved_classes = 0
-    for t, (before, after) in enumerate(zip(split_mnist.train_indices, stream.train_indices)):
+    for before, after in zip(split_mnist.train_indices, stream.train_indices):
         for c in np.unique(labels[before]):
             n = int((labels[before] == c).sum())
             stayed = int((labels[after] == c).sum())
