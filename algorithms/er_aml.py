@@ -223,6 +223,15 @@ class ERAML(Algorithm):
     base_temperature: float = 0.07
     task_free: bool = False
 
+    @property
+    def needs_boundaries(self) -> str:
+        """On a task-free stream (task -1) only `task_free=True` ever starts the metric loss
+        and replay, so the other mode declares it needs the boundaries (and the fix)."""
+        if self.task_free:
+            return ""
+        return ("with task_free=False its metric loss and replay start with the second task; "
+                "set config.algorithm.task_free=True")  # fmt: skip
+
     def __post_init__(self):
         if not 0 < self.replay_batch <= self.capacity:
             raise ValueError(

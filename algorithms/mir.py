@@ -88,14 +88,16 @@ class MIRState(NamedTuple):
 
 def sample_candidates(buffer: ReservoirState, size: int, key: jax.Array, exclude_task):
     """`size` stored examples not of task `exclude_task`, uniformly without replacement, and
-    their validity (the reference's `buffer.sample(subsample, exclude_task=task)`).
+    their validity (the reference's `buffer.sample(subsample, exclude_task=task)`; on a
+    task-free stream, `exclude_task` -1, every stored example).
 
     While fewer than `size` slots are eligible, the first `count` rows are all of them and
     `valid` marks them (the reference then returns every eligible example).
     """
     capacity = capacity_of(buffer)
     filled = jnp.arange(capacity) < jnp.minimum(buffer.num_seen, capacity)
-    eligible = filled & (buffer.items["task"] != exclude_task)
+    # A task-free stream's task is -1 throughout: no task is current, none is excluded.
+    eligible = filled & ((buffer.items["task"] != exclude_task) | (exclude_task < 0))
     scores = jnp.where(eligible, jax.random.uniform(key, (capacity,)), -1.0)  # others last
     _, index = jax.lax.top_k(scores, size)
     valid = jnp.arange(size) < eligible.sum()

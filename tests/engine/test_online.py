@@ -142,3 +142,22 @@ def test_blurry_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(Exception, match="not a class-incremental split"):
         loop.run(config, tmp_path, verbose=False)
     assert blurry.KINDS == ("none", "linear_decay", "iblurry")
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("mir", {"capacity": 40, "replay_batch": 5, "subsample": 10}),
+        ("er_aml", {"capacity": 40, "replay_batch": 5, "task_free": True}),
+    ],  # fmt: skip
+)
+def test_replay_methods_replay_on_a_task_free_stream(tmp_path, method, options):
+    loop.run(online_config(method, **options), tmp_path, verbose=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    replayed = [r["replay_ce"] for r in records if r["kind"] == "train" and r["phase"] > 0]
+    assert replayed and min(replayed) > 0  # task -1 excludes nothing from the candidates
+
+
+def test_er_aml_names_its_task_free_switch(tmp_path):
+    with pytest.raises(ConfigError, match=r"set config.algorithm.task_free=True"):
+        loop.run(online_config("er_aml", capacity=40, replay_batch=5), tmp_path, verbose=False)
