@@ -16,6 +16,7 @@ message.
 from sequax.data.cifar import load_cifar10, load_cifar100
 from sequax.data.errors import DataError
 from sequax.data.idx import read_idx, read_idx_pair
+from sequax.data.mnist360 import mnist_360
 from sequax.data.scenarios import (
     Scenario,
     make_scenario,
@@ -45,6 +46,7 @@ __all__ = [
     "load_source",
     "load_tiny_imagenet",
     "make_scenario",
+    "mnist_360",
     "permuted",
     "read_idx",
     "read_idx_pair",

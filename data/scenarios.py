@@ -353,7 +353,8 @@ SCENARIO_BUILDERS: dict[str, Callable[..., Scenario]] = {
 
 
 def make_scenario(name: str, source: ImageSource, **kwargs: Any) -> Scenario:
-    """Builds a scenario by name ("split", "permuted", "rotated") with that builder's kwargs."""
+    """Builds a scenario by name (`SCENARIO_BUILDERS`: "split", "permuted", "rotated",
+    "new_instances", "mnist_360") with that builder's kwargs."""
     if name not in SCENARIO_BUILDERS:
         raise DataError(f"unknown scenario {name!r}; known: {', '.join(SCENARIO_BUILDERS)}")
     builder = SCENARIO_BUILDERS[name]
@@ -476,11 +477,12 @@ def describe(scenario: Scenario) -> str:
     line = _describe_tasks(scenario)
     if not scenario.ordered:
         return line
-    from sequax.data.blurry import mixture  # blurry builds on this module
-
-    own = np.diag(mixture(scenario))
-    return (f"{line}; read in the stream's order, each segment {100 * own.min():.0f}-"
-            f"{100 * own.max():.0f} % its own task's classes")  # fmt: skip
+    labels = scenario.source.train_y
+    own = np.array([scenario.task_classes[s][labels[index]].mean()
+                    for s, index in enumerate(scenario.train_indices)])  # fmt: skip
+    share = f"{100 * own.min():.0f}" if own.min() == own.max() else (
+        f"{100 * own.min():.0f}-{100 * own.max():.0f}")  # fmt: skip
+    return f"{line}; read in the stream's order, each segment {share} % its own task's classes"
 
 
 def _describe_tasks(scenario: Scenario) -> str:
