@@ -19,6 +19,7 @@ from sequax.algorithms.er_aml import ERAML
 from sequax.algorithms.ewc import EWC
 from sequax.algorithms.gdumb import GDumb
 from sequax.algorithms.gem import GEM
+from sequax.algorithms.gss import GSS
 from sequax.algorithms.hat import HAT
 from sequax.algorithms.icarl import ICaRL
 from sequax.algorithms.joint import Joint
@@ -52,6 +53,7 @@ REGISTRY: dict[str, type] = {
     "er_ace": ERACE,
     "er_aml": ERAML,
     "mir": MIR,
+    "gss": GSS,
     "si": SI,
     "mas": MAS,
     "rwalk": RWalk,
@@ -144,6 +146,7 @@ __all__ = [
     "Algorithm",
     "Combined",
     "GEM",
+    "GSS",
     "DER",
     "DERPP",
     "ER",

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sequax.algorithms.reservoir import ReservoirState
 from sequax.core.heads import mask_logits, seen_classes
 from sequax.core.task_data import TaskData, scan_batches
 
@@ -63,6 +64,7 @@ def make_evaluate(
     runs: bool = False,
     predict=None,
     test_per_run: bool = False,
+    details: bool = False,
 ):
     """`evaluate(params, model_state, task, test, algo={}) -> (class_il [T], task_il [T])`, jitted.
 
@@ -75,31 +77,119 @@ def make_evaluate(
     per-task gates; the model's own logits by default); `algo` is the algorithm's state and
     `task` the examples' task ids, int32 [B]. None: the model's logits. `test_per_run=True`:
     `test.x` carries the run axis too (`stack_run_test_sets`).
+
+    `details=True` adds a third result, a dict computed in the same pass:
+      "top5": [T], the fraction of each test set whose label is among the 5 largest
+        class-IL logits (ties counted in the label's favour: fewer than 5 strictly larger);
+      "confusion": int32 [C, C], test examples of every task counted by (label, class-IL
+        prediction), from which per-class accuracy is read (`per_class_accuracy`);
+      "nme": [T], nearest-mean-of-exemplars class-IL accuracy when `algo` holds a replay
+        buffer (`exemplar_buffer`), else absent: the test example's normalised features go to
+        the nearest normalised mean of the stored examples' normalised features among the
+        seen classes that have one (Rebuffi et al., "iCaRL", CVPR 2017, eq. of the
+        nearest-mean-of-exemplars rule).
     """
     task_classes = jnp.asarray(task_classes, bool)
+    num_classes = task_classes.shape[1]
 
     def logits_of(params, model_state, algo, x, task):
         if predict is not None:
             return predict(params, model_state, algo, x, task, model)
         return model.apply(params, model_state, x, train=False)[0]["logits"]
 
+    def features_of(params, model_state, x):
+        feats = model.apply(params, model_state, x, train=False)[0]["features"]
+        return _normalize(feats.reshape(feats.shape[0], -1))
+
     def evaluate(params, model_state, task, test: TestSets, algo=None):
         seen = seen_classes(task_classes, task)
+        buffer = exemplar_buffer(algo) if details else None
+        means = None
+        if buffer is not None:
+            means, has = exemplar_means(lambda x: features_of(params, model_state, x), buffer,
+                                        num_classes, batch_size)  # fmt: skip
+            nme_candidates = seen & has
 
         def one_task(j):
             data = TaskData(test.x[j], test.y[j], jnp.full_like(test.y[j], j), test.size[j])
 
             def count(carry, batch, valid):
+                hits, confusion = carry
                 logits = logits_of(params, model_state, algo, batch["x"], batch["task"])
-                hit_class = jnp.argmax(mask_logits(logits, seen), -1) == batch["y"]
+                masked = mask_logits(logits, seen)
+                predicted = jnp.argmax(masked, -1)
+                hit_class = predicted == batch["y"]
                 hit_task = jnp.argmax(mask_logits(logits, task_classes[j]), -1) == batch["y"]
-                return carry + jnp.stack([(hit_class & valid).sum(), (hit_task & valid).sum()])
+                counts = [(hit_class & valid).sum(), (hit_task & valid).sum()]
+                if details:
+                    own = jnp.take_along_axis(masked, batch["y"][:, None], axis=1)
+                    top5 = ((masked > own).sum(-1) < 5) & seen[batch["y"]]  # a candidate
+                    counts.append((top5 & valid).sum())
+                    confusion = confusion.at[batch["y"], predicted].add(valid.astype(jnp.int32))
+                if means is not None:
+                    f = features_of(params, model_state, batch["x"])
+                    distance = jnp.where(nme_candidates, ((f[:, None] - means) ** 2).sum(-1),
+                                         jnp.inf)  # fmt: skip
+                    counts.append(((jnp.argmin(distance, -1) == batch["y"]) & valid).sum())
+                return hits + jnp.stack(counts), confusion
 
-            hits = scan_batches(count, data, batch_size, jnp.zeros(2, jnp.int32))
-            return hits / data.size
+            width = 2 + details + (means is not None)
+            init = (jnp.zeros(width, jnp.int32), jnp.zeros((num_classes,) * 2, jnp.int32))
+            hits, confusion = scan_batches(count, data, batch_size, init)
+            return hits / data.size, confusion
 
-        accuracies = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
-        return accuracies[:, 0], accuracies[:, 1]
+        accuracies, confusions = jax.lax.map(one_task, jnp.arange(task_classes.shape[0]))
+        if not details:
+            return accuracies[:, 0], accuracies[:, 1]
+        extra = {"top5": accuracies[:, 2], "confusion": confusions.sum(0)}
+        if means is not None:
+            extra["nme"] = accuracies[:, 3]
+        return accuracies[:, 0], accuracies[:, 1], extra
 
     test_axes = TestSets(0, None, None) if test_per_run else None
     return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, test_axes, 0)) if runs else evaluate)
+
+
+def exemplar_buffer(algo) -> ReservoirState | None:
+    """The first replay buffer (`sequax.algorithms.reservoir.ReservoirState` holding "x" and
+    "y") in a method's state, None if it holds none: the exemplars nearest-mean accuracy
+    uses. Found by its type, so a user's method that keeps our buffer gets it too."""
+    if algo is None:
+        return None
+    found = [
+        node
+        for node in jax.tree_util.tree_leaves(algo, is_leaf=lambda n: isinstance(n, ReservoirState))
+        if isinstance(node, ReservoirState)
+        and isinstance(node.items, dict)
+        and {"x", "y"} <= set(node.items)
+    ]
+    return found[0] if found else None
+
+
+def exemplar_means(features, buffer: ReservoirState, num_classes: int, batch_size: int):
+    """(means [C, D], has bool [C]): each class's mean of the stored examples' normalised
+    features, normalised again (iCaRL's class means); `has` marks classes with an example."""
+    x, y = buffer.items["x"], buffer.items["y"]
+    capacity = y.shape[0]
+    filled = jnp.arange(capacity) < jnp.minimum(buffer.num_seen, capacity)
+    chunks = -(-capacity // batch_size)
+    pad = chunks * batch_size - capacity
+    padded = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    feats = jax.lax.map(features, padded.reshape(chunks, batch_size, *x.shape[1:]))
+    feats = feats.reshape(chunks * batch_size, -1)[:capacity]
+    onehot = jax.nn.one_hot(jnp.where(filled, y, num_classes), num_classes, dtype=feats.dtype)
+    sums, counts = onehot.T @ feats, onehot.sum(0)
+    return _normalize(sums / jnp.maximum(counts, 1)[:, None]), counts > 0
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """float [C]: the diagonal of a (label, prediction) count matrix over its row sums; NaN
+    for a class with no test example."""
+    confusion = np.asarray(confusion, np.float64)
+    totals = confusion.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diagonal(confusion, axis1=-2, axis2=-1) / totals, np.nan)
+
+
+def _normalize(v: jax.Array) -> jax.Array:
+    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)

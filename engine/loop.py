@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
+import time
 from pathlib import Path
 
 import jax
@@ -108,6 +110,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
             if resume and resume.finished(p):  # trained, evaluated and saved before the restart
                 continue
             mid_phase = resume is not None and p == resume.phase  # training continues inside it
+            phase_start = time.perf_counter()  # the phase's wall time, start to evaluation
             # ------------ Start the phase: its examples on device, its task, start_task -------
             with clock("data"):
                 phase = feed.start_phase(
@@ -179,10 +182,11 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
 
             # ------------ Evaluate every task: row p of the accuracy matrix ------------------
             with clock("eval"):
-                rows = [to_numpy(a) for a in programs.evaluate(state, test, tasks[-1])]
-                results.record_row(p, *rows)
+                *rows, extra = jax.tree.map(to_numpy, programs.evaluate(state, test, tasks[-1]))
+                results.record_row(p, *rows, extra)
                 if every:  # the task's end is a point of the anytime curve too
                     results.record_point(step, tasks[-1], step * exp.batch_size, *rows)
+            results.record_costs(time.perf_counter() - phase_start, *peak_memory())
             write({"kind": "eval", "phase": p, "tasks": tasks,
                    "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip
@@ -203,11 +207,12 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                            compilations=compiles.by_program())  # fmt: skip
     clock.finish()
     summary = results.finish(exp, workdir, main)  # the matrices' files, summary.md
-    write({"kind": "summary", **summary, "timings": results.timings})
+    details = results.details(exp)  # per-class accuracy, each phase's time and memory
+    write({"kind": "summary", **summary, **details, "timings": results.timings})
     writers.close()
     if main:
         (workdir / "summary.json").write_text(
-            json.dumps({**summary, "timings": results.timings}, indent=2) + "\n"
+            json.dumps({**summary, **details, "timings": results.timings}, indent=2) + "\n"
         )
     for line in final_lines(summary, results.timings, exp.grid.vmapped):
         say(line)
@@ -233,7 +238,7 @@ def _restore_or_start(exp, programs, checkpoints, test, write, say, clock):
         return restored, restored.state, results
     with clock("eval"):
         state = programs.init()
-        b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test))
+        b_class, b_task = (to_numpy(a) for a in programs.evaluate(state, test)[:2])
     results = Results.start(exp.grid.size, len(exp.phases), exp.scenario.num_tasks,
                             {"class_il": b_class, "task_il": b_task})  # fmt: skip
     write({"kind": "eval", "phase": -1, "class_il": _shown(exp, b_class),
@@ -243,7 +248,7 @@ def _restore_or_start(exp, programs, checkpoints, test, write, say, clock):
 
 def _anytime(exp, programs, state, test, results, write, step: int, tasks) -> None:
     """An anytime-evaluation point inside a phase: every task's test set at `step`."""
-    class_row, task_row = (to_numpy(a) for a in programs.evaluate(state, test, tasks[-1]))
+    class_row, task_row = (to_numpy(a) for a in programs.evaluate(state, test, tasks[-1])[:2])
     results.record_point(step, tasks[-1], step * exp.batch_size, class_row, task_row)
     write({"kind": "anytime", "step": step, "task": tasks[-1],
            "class_il": _shown(exp, class_row), "task_il": _shown(exp, task_row)})  # fmt: skip
@@ -256,3 +261,11 @@ def _shown(experiment, values):
     if isinstance(values, dict):
         return {k: np.asarray(v)[0] for k, v in values.items()}
     return np.asarray(values)[0]
+
+
+def peak_memory() -> tuple[float, float]:
+    """(device peak bytes in use, host peak RSS bytes) so far; NaN where the backend does not
+    say (XLA:CPU keeps no device statistics: its arrays live in the host's memory)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    device = float(stats.get("peak_bytes_in_use", np.nan))
+    return device, float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0

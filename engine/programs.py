@@ -9,7 +9,7 @@ values (`state.hparams`) inside the program (`Experiment.parts`).
     state = programs.init()                              # or a restored checkpoint
     state = programs.start_phase(state, data, tasks, reset_optimizer=True)
     state = programs.finish_phase(state, data, tasks)    # end_task, its key drawn inside
-    class_il, task_il = programs.evaluate(state, test)   # [runs, tasks] each
+    class_il, task_il, extra = programs.evaluate(state, test)   # [runs, tasks] each; top5...
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class Programs:
         return bool(self.experiment.config.training.get("task_free", False))
 
     def evaluate(self, state, test, task: int | None = None):
-        """(class_il, task_il) [runs, T]; class-IL's candidates are the classes of tasks
-        0..`task` (None: `state.task`; a task-free stream's state.task is -1, so the loop
-        names the segment it is in)."""
+        """(class_il, task_il, extra): [runs, T] each, and `make_evaluate(details=True)`'s
+        dict; class-IL's candidates are the classes of tasks 0..`task` (None: `state.task`;
+        a task-free stream's state.task is -1, so the loop names the segment it is in)."""
         seen = state.task if task is None else self._task_array(task)
         return self.evaluate_fn(state.params, state.model_state, seen, test, state.algo)
 
@@ -203,6 +203,7 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
                 runs=True,
                 predict=exp.algorithm.predict,
                 test_per_run=per_run_images,
+                details=True,  # top-5, confusion counts, nearest-mean accuracy: one pass
             ),
             "evaluate",
         ),

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from sequax.engine import evaluation as cl_evaluation
 from sequax.engine import metrics as cl_metrics
 from sequax.engine import runs as runs_lib
 from sequax.engine.clock import SECTIONS
@@ -40,6 +41,7 @@ class RunResult:
 
 
 ANYTIME_KEYS = ("step", "task", "samples", "class_il", "task_il")
+COST_KEYS = ("wall_s", "device_peak_bytes", "host_peak_rss_bytes")
 
 
 @dataclasses.dataclass
@@ -56,6 +58,13 @@ class Results:
     # "samples" count one run's batches and examples; "task" is the last task of the phase
     # being trained (the tasks seen so far are 0..task); "class_il"/"task_il" are [runs, T].
     anytime: dict = dataclasses.field(default_factory=lambda: {k: [] for k in ANYTIME_KEYS})
+    # After each phase (`make_evaluate(details=True)`): top-5 and nearest-mean-of-exemplars
+    # class-IL accuracy [runs, phases, tasks] (NaN: not measured), the (label, prediction)
+    # counts [runs, phases, C, C], and the phase's wall time and peak memory.
+    top5: np.ndarray | None = None
+    nme: np.ndarray | None = None
+    confusion: np.ndarray | None = None
+    phase_costs: dict = dataclasses.field(default_factory=lambda: {k: [] for k in COST_KEYS})
 
     @classmethod
     def start(cls, runs: int, phases: int, tasks: int, random_init: dict) -> Results:
@@ -77,22 +86,82 @@ class Results:
             anytime = {k: [int(v) for v in saved[k]] for k in ("step", "task", "samples")}
             for k in ("class_il", "task_il"):
                 anytime[k] = list(np.asarray(saved[k]).reshape(-1, runs, tasks))
-        return cls(lead(class_il), lead(task_il), init, {**dict.fromkeys(SECTIONS, 0.0), **timings},
-                   samples, steps, anytime)  # fmt: skip
+        timings = {**dict.fromkeys(SECTIONS, 0.0), **timings}
+        results = cls(lead(class_il), lead(task_il), init, timings, samples, steps, anytime)
+        saved = restored.results
+        for key in ("top5", "nme"):
+            if key in saved:
+                setattr(results, key, lead(saved[key]))
+        if "confusion" in saved:
+            width = np.shape(saved["confusion"])[-1]
+            results.confusion = np.asarray(saved["confusion"]).reshape(runs, -1, width, width)
+        costs = saved.get("phase_costs") or {}
+        results.phase_costs = {k: [float(v) for v in np.atleast_1d(costs.get(k, []))]
+                               for k in COST_KEYS}  # fmt: skip
+        return results
 
     def so_far(self, clock) -> dict:
         return {"class_il": self.class_il, "task_il": self.task_il, "random_init": self.random_init,
                 "train_samples": self.train_samples, "train_steps": self.train_steps,
                 "timings": clock.current(),
-                "anytime": {k: np.asarray(v) for k, v in self.anytime.items()}}  # fmt: skip
+                "anytime": {k: np.asarray(v) for k, v in self.anytime.items()},
+                "phase_costs": {k: np.asarray(v) for k, v in self.phase_costs.items()},
+                **{k: v for k, v in (("top5", self.top5), ("nme", self.nme),
+                                     ("confusion", self.confusion)) if v is not None}}  # fmt: skip
 
-    def record_row(self, p: int, class_row, task_row) -> None:
+    def record_row(self, p: int, class_row, task_row, extra: dict | None = None) -> None:
         self.class_il[:, p, :], self.task_il[:, p, :] = class_row, task_row
+        if extra is None:
+            return
+        runs, phases, tasks = self.class_il.shape
+        if self.top5 is None:
+            self.top5, self.nme = (np.full((runs, phases, tasks), np.nan) for _ in range(2))
+        self.top5[:, p] = extra["top5"]
+        if "nme" in extra:
+            self.nme[:, p] = extra["nme"]
+        if self.confusion is None:
+            width = np.shape(extra["confusion"])[-1]
+            self.confusion = np.zeros((runs, phases, width, width))
+        self.confusion[:, p] = extra["confusion"]
+
+    def record_costs(self, wall_s: float, device_peak_bytes: float, host_peak_rss_bytes: float):
+        """A phase's wall time (start to its evaluation) and peak memory (NaN: not known)."""
+        for key, value in zip(COST_KEYS, (wall_s, device_peak_bytes, host_peak_rss_bytes)):
+            self.phase_costs[key].append(float(value))
 
     def record_point(self, step: int, task: int, samples: int, class_row, task_row) -> None:
         """One anytime-evaluation point: every task's accuracy at `step`, tasks 0..`task` seen."""
         for key, value in zip(ANYTIME_KEYS, (step, task, samples, class_row, task_row)):
             self.anytime[key].append(value)
+
+    def _extra(self, r: int) -> dict:
+        """Run r's top-5 and nearest-mean matrices [phases, tasks] (those measured)."""
+        out = {}
+        if self.top5 is not None and np.shape(self.confusion)[-1] > 5:
+            out["top5"] = self.top5[r]
+        if self.nme is not None and np.isfinite(self.nme[r]).all():
+            out["nme"] = self.nme[r]
+        return out
+
+    def details(self, experiment) -> dict:
+        """What summary.json holds beside a single run's metrics (`_details`); {} for several
+        runs, whose details sit in each run's entry of the summary."""
+        return {} if experiment.grid.vmapped else self._details(0)
+
+    def _details(self, r: int) -> dict:
+        """Run r's per-class class-IL accuracy after the last phase (None: no test example)
+        and each phase's wall time and peak memory, for summary.json."""
+        out = {}
+        if self.confusion is not None:
+            final = cl_evaluation.per_class_accuracy(self.confusion[r, -1])
+            out["per_class_acc"] = [None if np.isnan(v) else float(v) for v in final]
+        costs = self.phase_costs
+        if costs["wall_s"]:
+            out["phases"] = [
+                {k: (None if np.isnan(costs[k][p]) else costs[k][p]) for k in COST_KEYS}
+                for p in range(len(costs["wall_s"]))
+            ]
+        return out
 
     def curve(self, r: int) -> dict | None:
         """Run r's anytime curve: step, task, samples [E]; class_il, task_il [E, T] (None
@@ -124,8 +193,9 @@ class Results:
         for r in range(grid.size):
             init_r = {k: v[r] for k, v in self.random_init.items()}
             summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r,
-                                  scenario.test_sizes, self.curve(r))  # fmt: skip
-            per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r})
+                                  scenario.test_sizes, self.curve(r), self._extra(r))  # fmt: skip
+            per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r,
+                            **self._details(r)})  # fmt: skip
             if main:
                 folder = workdir / "runs" / f"{r:03d}" if grid.vmapped else workdir
                 write_matrices(folder, self.class_il[r], self.task_il[r], init_r, phases)
@@ -134,10 +204,14 @@ class Results:
                         json.dumps({k: v.tolist() for k, v in self.curve(r).items()}, indent=1)
                         + "\n"
                     )
+                if self.confusion is not None:  # every phase's (label, prediction) counts
+                    (folder / "confusion.json").write_text(json.dumps(
+                        {"confusion": self.confusion[r].astype(int).tolist(), "phases": phases}
+                    ) + "\n")  # fmt: skip
                 if grid.vmapped:
                     (folder / "summary.json").write_text(json.dumps(per_run[-1], indent=2) + "\n")
         if not grid.vmapped:
-            return {k: v for k, v in per_run[0].items() if k not in ("seed", "hparams")}
+            return {k: v for k, v in per_run[0].items() if isinstance(v, dict) and k != "hparams"}
         table = runs_lib.summary_table(grid, per_run)
         if main:
             (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
@@ -156,12 +230,13 @@ class Results:
 
 
 def summaries(
-    setting: str, class_il, task_il, random_init, test_sizes=None, curve=None
+    setting: str, class_il, task_il, random_init, test_sizes=None, curve=None, extra=None
 ) -> dict[str, Any]:
     """ACC, BWT, FWT, forgetting, ... of each view ("class_il" and "task_il", or "domain_il");
     with the tasks' `test_sizes`, average incremental accuracy and old/new-task accuracy; with
     an anytime `curve` (`Results.curve`), average anytime accuracy ("aaa") and the area under
-    the accuracy curve ("acc_auc")."""
+    the accuracy curve ("acc_auc"); with `extra` matrices (`Results._extra`), the final
+    top-5 ("acc_top5") and nearest-mean-of-exemplars ("acc_nme") class-IL accuracy."""
     views = (
         {"class_il": class_il, "task_il": task_il}
         if setting == "class"
@@ -174,6 +249,9 @@ def summaries(
             out[view] = cl_metrics.summary(matrix, init, test_sizes)
         else:  # joint training: one row, only the final accuracy is defined
             out[view] = {"acc": float(np.mean(matrix[-1]))}
+        if view != "task_il":  # the class-IL (domain-IL) head's own extras
+            for key, matrix_ in (extra or {}).items():
+                out[view][f"acc_{key}"] = float(np.mean(matrix_[-1]))
         if curve is not None:
             points = curve["task_il" if view == "task_il" else "class_il"]
             out[view]["aaa"] = cl_metrics.average_anytime_accuracy(points, curve["task"])
@@ -202,9 +280,9 @@ def final_lines(summary: dict, timings: dict, vmapped: bool) -> list[str]:
     """The console's last lines: the metrics (or the table of several runs) and the timings."""
     if vmapped:
         lines = [runs_lib.format_table(summary["table"])]
-    else:
+    else:  # the views' metrics (per-class accuracies and phase costs are in summary.json)
         lines = [f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
-                 for view, values in summary.items()]  # fmt: skip
+                 for view, values in summary.items() if isinstance(values, dict)]  # fmt: skip
     parts = ", ".join(f"{key} {timings.get(key, 0.0):.1f}" for key in SECTIONS)
     lines.append(
         f"train {timings['train_samples_per_s']:,.0f} samples/s; "

@@ -29,6 +29,7 @@ SMALL = {
     "er_ace": {"capacity": 16, "replay_batch": 4},
     "er_aml": {"capacity": 16, "replay_batch": 4},
     "mir": {"capacity": 16, "replay_batch": 4, "subsample": 8},
+    "gss": {"capacity": 16, "replay_batch": 4, "gss_minibatch_size": 4},
     "lamaml": {"capacity": 16, "replay_batch": 4},
     "mc_sgd": {
         "num_tasks": 2,

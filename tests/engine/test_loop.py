@@ -133,7 +133,7 @@ def test_joint_gives_one_row(tmp_path):
     result = loop.run(tiny_config(algorithm="joint", num_tasks=2), tmp_path, verbose=False)
     assert result.class_il.shape == result.task_il.shape == (1, 2)
     assert set(result.summary) == {"class_il", "task_il"}
-    assert set(result.summary["class_il"]) == {"acc"}
+    assert set(result.summary["class_il"]) == {"acc", "acc_top5"}  # no other metric is defined
     assert result.summary["class_il"]["acc"] == pytest.approx(result.class_il[0].mean())
     assert np.all(result.task_il[0] > 0.8)
     assert int(result.state.step) == 600 // 10  # one phase over the union of both tasks

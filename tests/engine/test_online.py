@@ -108,6 +108,27 @@ def test_anytime_points_reach_the_files_and_the_summary(tmp_path):
     assert [r["step"] for r in records if r["kind"] == "anytime"] == [4, 8, 12, 16, 24, 28]
 
 
+def test_phase_end_details_reach_summary_json(tmp_path):
+    """Top-5 (a 10-class head), nearest-mean accuracy (ER holds a buffer), per-class accuracy
+    from the last phase's confusion counts, and each phase's wall time and peak memory."""
+    loop.run(online_config("er", capacity=40, replay_batch=10), tmp_path, verbose=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    confusion = np.array(json.loads((tmp_path / "confusion.json").read_text())["confusion"])
+    assert confusion.shape == (3, 10, 10)  # the head's 10 classes; the stream uses 6
+    final = confusion[-1]
+    assert final.sum() == 3 * 40  # every test example of the 3 tasks, counted once
+    assert summary["per_class_acc"][6:] == [None] * 4  # classes with no test example
+    np.testing.assert_allclose(summary["per_class_acc"][:6], np.diag(final)[:6] / final.sum(1)[:6])
+    matrix = json.loads((tmp_path / "accuracy_matrix.json").read_text())["class_il"]
+    assert summary["class_il"]["acc_top5"] >= np.mean(matrix[-1]) - 1e-9
+    assert 0 < summary["class_il"]["acc_nme"] <= 1
+    assert "acc_nme" not in summary["task_il"]
+    assert [set(p) for p in summary["phases"]] == [
+        {"wall_s", "device_peak_bytes", "host_peak_rss_bytes"}
+    ] * 3
+    assert all(p["wall_s"] > 0 and p["host_peak_rss_bytes"] > 1e6 for p in summary["phases"])
+
+
 def test_anytime_curve_survives_an_interrupt_and_resume(tmp_path, monkeypatch):
     config = online_config("er", capacity=40, replay_batch=10)
     config.checkpoint.enabled = True
