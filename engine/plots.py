@@ -134,6 +134,56 @@ def task_curves_figure(
     return fig
 
 
+def anytime_figure(
+    steps: np.ndarray, curves: dict[str, np.ndarray], tasks: np.ndarray, title: str = ""
+) -> Figure:
+    """Accuracy of every task against the training step (anytime evaluation), one panel per
+    view: the stability gap shows as the dip of old tasks' lines just after a task starts.
+
+    steps: int [E], the step of each evaluation point; curves: view -> float [E, T];
+    tasks: int [E], the last task being trained at each point (task j's line starts once
+    its training starts, with a dotted line there).
+    """
+    fig = _new_figure(_PANEL_INCHES * 1.5 * len(curves), _PANEL_INCHES)
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    steps, tasks = np.asarray(steps), np.asarray(tasks)
+    for ax, (view, curve) in zip(axes, curves.items()):
+        percent = 100.0 * np.asarray(curve, np.float64)
+        for j in range(percent.shape[1]):
+            shown = tasks >= j
+            if shown.any():
+                ax.plot(steps[shown], percent[shown, j], linewidth=1, label=f"task {j}")
+                ax.axvline(steps[shown][0], color="gray", linestyle=":", linewidth=0.6)
+        ax.set_xlabel("step")
+        ax.set_ylim(-2, 102)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{view}: every task during training")
+        ax.grid(alpha=0.3)
+        if percent.shape[1] <= 10:
+            ax.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, title: str = "") -> Figure:
+    """The (label, class-IL prediction) counts after the last phase as row-normalised percent
+    (each row: where a class's test examples went); rows without examples stay blank."""
+    counts = np.asarray(confusion, np.float64)
+    totals = counts.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        percent = np.where(totals > 0, 100.0 * counts / totals, np.nan)
+    size = _PANEL_INCHES * max(1.0, counts.shape[0] / 12)
+    fig = _new_figure(size * 1.15, size)
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(percent), cmap="viridis", vmin=0, vmax=100)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label="% of the class's test examples")
+    ax.set_title(title or "confusion after the last phase (class-IL)")
+    return fig
+
+
 def loss_figure(
     steps: np.ndarray,
     losses: dict[str, np.ndarray],

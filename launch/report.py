@@ -43,7 +43,8 @@ _OUT = flags.DEFINE_string(
 )
 
 METRICS = (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "forgetting"),
-           ("avg_incremental_acc", "avg incremental ACC"))  # fmt: skip
+           ("avg_incremental_acc", "avg incremental ACC"), ("acc_top5", "top-5 ACC"),
+           ("acc_nme", "NME ACC"), ("aaa", "AAA"), ("acc_auc", "A_AUC"))  # fmt: skip
 VIEW_NAMES = {"class_il": "class-IL", "task_il": "task-IL", "domain_il": "domain-IL"}
 MATRIX_KEY = {
     "class_il": "class_il",
@@ -77,6 +78,8 @@ class ReportedRun:
     loss: tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None = (
         None  # steps, metrics, phase starts
     )
+    anytime: dict | None = None  # anytime.json (mean over the seeds): step, task, class_il, ...
+    confusion: np.ndarray | None = None  # the last phase's counts (summed over the seeds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +139,22 @@ def _train_curves(
     )
 
 
+def _extras(folders: list[Path]) -> tuple[dict | None, np.ndarray | None]:
+    """(anytime curve, last confusion counts) of runs' folders: the curve's accuracies are
+    the mean over the runs, the counts their sum; None where a run wrote no such file."""
+    curves = [json.loads((f / "anytime.json").read_text()) for f in folders
+              if (f / "anytime.json").is_file()]  # fmt: skip
+    anytime = None
+    if curves and len(curves) == len(folders):
+        anytime = {k: np.asarray(curves[0][k]) for k in ("step", "task")}
+        for key in ("class_il", "task_il"):
+            anytime[key] = np.mean([np.asarray(c[key], np.float64) for c in curves], axis=0)
+    counts = [json.loads((f / "confusion.json").read_text())["confusion"][-1] for f in folders
+              if (f / "confusion.json").is_file()]  # fmt: skip
+    confusion = np.sum(counts, axis=0) if counts and len(counts) == len(folders) else None
+    return anytime, confusion
+
+
 def _views(summary: dict) -> list[str]:
     return [v for v in VIEW_NAMES if isinstance(summary.get(v), dict)]
 
@@ -182,6 +201,7 @@ def load_workdir(workdir: str | Path) -> list[ReportedRun]:
                 metrics,
                 wall,
                 loss=_train_curves(workdir / "metrics.jsonl", None),
+                **dict(zip(("anytime", "confusion"), _extras([workdir]))),
             )
         ]
 
@@ -221,6 +241,14 @@ def load_workdir(workdir: str | Path) -> list[ReportedRun]:
                 wall,
                 seeds=count,
                 loss=_train_curves(workdir / "metrics.jsonl", slice(first, first + count)),
+                **dict(
+                    zip(
+                        ("anytime", "confusion"),
+                        _extras(
+                            [workdir / "runs" / f"{r:03d}" for r in range(first, first + count)]
+                        ),
+                    )
+                ),
             )
         )
         first += count
@@ -332,6 +360,15 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
                     out / f"{slug}_train_loss.png",
                 )
             )
+        if run.anytime is not None:  # accuracy against steps: the stability gap
+            curves = {VIEW_NAMES[v]: run.anytime[MATRIX_KEY[v]] for v in run.matrices}
+            files.append(plots.save(
+                plots.anytime_figure(run.anytime["step"], curves, run.anytime["task"], title),
+                out / f"{slug}_anytime.png"))  # fmt: skip
+        if run.confusion is not None:
+            files.append(plots.save(
+                plots.confusion_figure(run.confusion, f"{title}: confusion after the last phase"),
+                out / f"{slug}_confusion.png"))  # fmt: skip
         written += files
         sections.append(f"## {run.name}\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in files))
 

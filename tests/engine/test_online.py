@@ -22,6 +22,7 @@ from sequax.engine import interrupts, loop
 from sequax.engine.build import ConfigError, build_scenario
 from sequax.engine.experiment import from_config
 from sequax.engine.interrupts import Interrupted
+from sequax.launch import report
 
 
 def online_config(method: str = "er", **algorithm):
@@ -106,6 +107,11 @@ def test_anytime_points_reach_the_files_and_the_summary(tmp_path):
     assert 0 < summary["acc_auc"] <= 1
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "anytime"] == [4, 8, 12, 16, 24, 28]
+    # The report draws accuracy against steps and the confusion, and tables AAA and A_AUC.
+    written = {f.name for f in report.render([tmp_path], tmp_path / "report")}
+    assert {f"{tmp_path.name}_anytime.png", f"{tmp_path.name}_confusion.png"} <= written
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| AAA | A_AUC |" in table and f"{100 * summary['aaa']:.2f}" in table
 
 
 def test_phase_end_details_reach_summary_json(tmp_path):
