@@ -28,9 +28,14 @@ out of the loss. Without BatchNorm this is exact; with it, those rows would ente
 statistics, which the reference (returning fewer rows) does not. It lasts only the first
 few steps of a run (until `replay_batch` examples have been offered).
 
+`buffer_policy="class_balanced"` fills the buffer by class-balancing reservoir sampling instead
+of mammoth's reservoir (each stored example keeps its logits either way).
+
 References:
   Buzzega et al., "Dark Experience for General Continual Learning: a Strong, Simple
   Baseline", NeurIPS 2020 (the mammoth `models/der.py`, `models/derpp.py` this follows).
+  Chrysakis, Moens, "Online Continual Learning from Imbalanced Data", ICML 2020 (CBRS, the
+  "class_balanced" buffer policy; `reservoir.ClassBalancedState`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.reservoir import replay_add, replay_init
+from sequax.algorithms.reservoir import check_buffer_policy, replay_add, replay_init
 from sequax.core.protocol import Algorithm, is_number
 
 
@@ -85,6 +90,10 @@ class DER(Algorithm):
         sweep): it is only multiplied, never branched on.
       num_classes: width of the model's logits, the shape of the logits stored per example
         (the buffer is allocated in `init`, before any forward pass); checked when tracing.
+        Also the classes a class-balanced buffer counts.
+      buffer_policy: how the buffer is filled: "reservoir" (Algorithm R, mammoth's, the
+        default) or "class_balanced" (class-balancing reservoir sampling, Chrysakis & Moens,
+        ICML 2020: for imbalanced streams; `reservoir.ClassBalancedState`).
 
     Defaults: buffer 500 on Seq-MNIST in mammoth's best-args (DER α 1.0, though with replay
     batch 128; DER++ α 1.0, β 0.5, replay batch 10).
@@ -94,6 +103,7 @@ class DER(Algorithm):
     replay_batch: int = 10
     alpha: float = 1.0
     num_classes: int = 10
+    buffer_policy: str = "reservoir"
 
     draws: ClassVar[int] = 1  # independent replay batches per step (not a hyper-parameter)
 
@@ -107,6 +117,7 @@ class DER(Algorithm):
             raise ValueError(f"{name} num_classes={self.num_classes} must be at least 1")
         if is_number(self.alpha) and self.alpha < 0:
             raise ValueError(f"{name} alpha={self.alpha} must be >= 0")
+        check_buffer_policy(name, self.buffer_policy, self.num_classes)
 
     def init(self, params, model_state, example_batch, rng):
         example = {
@@ -114,7 +125,14 @@ class DER(Algorithm):
             "y": example_batch["y"][0],
             "logits": jnp.zeros((self.num_classes,), jnp.float32),
         }
-        return replay_init(self.capacity, self.replay_batch, example, draws=self.draws)
+        return replay_init(
+            self.capacity,
+            self.replay_batch,
+            example,
+            draws=self.draws,
+            policy=self.buffer_policy,
+            num_classes=self.num_classes,
+        )
 
     def loss(self, params, state, batch, rng, model):
         x, y = batch["x"], batch["y"]

@@ -426,7 +426,7 @@ def _check_stream_options(config, algorithm) -> None:
             raise ConfigError(
                 f"{prefix}name: {type(part).__name__} needs task boundaries ({reason}), but "
                 "config.training.task_free=True hides them; use a method that runs without "
-                "them (naive, er, der, derpp, er_ace, er_aml, mir, lamaml) or set "
+                "them (naive, er, der, derpp, er_ace, er_aml, mir, gss, lamaml) or set "
                 "config.training.task_free=False"
             )
 

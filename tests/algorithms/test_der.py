@@ -26,6 +26,7 @@ from torch_reference import torch_mlp
 
 from sequax import algorithms
 from sequax.algorithms import DER, DERPP, Naive
+from sequax.algorithms.reservoir import ClassBalancedState, ReplayState, ReservoirState
 from sequax.core.models import from_linen, mlp
 from sequax.core.state import create_state
 from sequax.engine import loop
@@ -282,6 +283,7 @@ def test_alpha_and_beta_may_be_traced(model):
         (dict(replay_batch=CAPACITY + 1), "replay_batch"),
         (dict(alpha=-0.1), "alpha"),
         (dict(num_classes=0), "num_classes"),
+        (dict(buffer_policy="balanced"), "buffer_policy='balanced' is unknown"),
     ],
 )
 @pytest.mark.parametrize("cls", [DER, DERPP])
@@ -297,6 +299,24 @@ def test_invalid_beta_raises_and_der_has_none():
         algorithms.make("der", beta=0.5)
     made = algorithms.make("derpp", capacity=50, alpha=0.2, beta=1.0)
     assert made == DERPP(capacity=50, alpha=0.2, beta=1.0)
+
+
+def test_default_buffer_is_the_plain_reservoir(model):
+    """The default state's structure is unchanged by the buffer policies (recorded runs and
+    checkpoints stay valid); "class_balanced" swaps in a `ClassBalancedState` of num_classes."""
+    for cls in (DER, DERPP):
+        algo = create_state(model, cls(CAPACITY, REPLAY), optax.sgd(0.1), batch_of(0), seed=0).algo
+        assert type(algo) is ReplayState and type(algo.buffer) is ReservoirState
+        assert algo.valid.shape == (cls.draws, REPLAY)
+        balanced = create_state(
+            model,
+            cls(CAPACITY, REPLAY, buffer_policy="class_balanced"),
+            optax.sgd(0.1),
+            batch_of(0),
+            seed=0,
+        ).algo.buffer
+        assert type(balanced) is ClassBalancedState and balanced.stored.shape == (CLASSES,)
+        assert jax.tree.structure(balanced.reservoir) == jax.tree.structure(algo.buffer)
 
 
 def test_num_classes_must_match_the_model(model):

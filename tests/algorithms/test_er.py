@@ -12,6 +12,7 @@ from batches import random_batch
 
 from sequax import algorithms
 from sequax.algorithms import ER, Naive
+from sequax.algorithms.reservoir import ClassBalancedState, ReplayState, ReservoirState
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 
@@ -92,6 +93,35 @@ def test_update_stores_the_batch_and_draws_the_next_replay_from_it(model, filled
     np.testing.assert_array_equal(
         np.asarray(state.algo.replay["y"][:count]), np.asarray(offered["y"])[rows]
     )
+
+
+def test_default_state_structure_is_unchanged(model):
+    """The buffer policies leave the default ER state as it was (recorded runs, checkpoints)."""
+    state = create_state(
+        model, ER(capacity=CAPACITY, replay_batch=REPLAY), optax.sgd(0.1), batch_of(0), seed=0
+    )
+    items = {k: jnp.zeros((CAPACITY, *v.shape[1:]), v.dtype) for k, v in batch_of(0).items()}
+    replay = {k: v[:REPLAY] for k, v in items.items()}
+    expected = ReplayState(
+        ReservoirState(items, jnp.zeros((), jnp.int32)), replay, jnp.zeros(REPLAY, bool)
+    )
+    assert jax.tree.structure(state.algo) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.algo, expected)
+
+
+def test_buffer_policy_errors_are_one_line(model):
+    with pytest.raises(ValueError, match="unknown") as error:
+        ER(capacity=CAPACITY, replay_batch=REPLAY, buffer_policy="cbrs")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="config.algorithm.buffer_classes") as error:
+        ER(capacity=CAPACITY, replay_batch=REPLAY, buffer_policy="class_balanced")
+    assert "\n" not in str(error.value)
+    # A class count other than the model's logits is caught when the step is traced.
+    er = ER(CAPACITY, REPLAY, buffer_policy="class_balanced", buffer_classes=7)
+    state = create_state(model, er, optax.sgd(0.1), batch_of(0), seed=0)
+    assert isinstance(state.algo.buffer, ClassBalancedState)
+    with pytest.raises(ValueError, match="buffer_classes=10"):
+        er.loss(state.params, state, batch_of(1), jax.random.PRNGKey(0), model)
 
 
 @pytest.mark.parametrize("replay_batch", [0, CAPACITY + 1])

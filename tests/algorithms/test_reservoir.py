@@ -1,5 +1,7 @@
 """Reservoir sampling (`sequax.algorithms.reservoir`): exact slots, uniform inclusion, sampling.
 
+(The class-balancing policy of the same module is tested in test_balanced_buffer.py.)
+
 Statistical tests use 4,000 independent keys and fixed seeds, so they are deterministic; the
 bounds (every frequency within 5 standard deviations, chi-square p-values above 1e-4) would
 fail a correct implementation with probability below 1e-3 if the seeds were redrawn.
@@ -14,6 +16,10 @@ import pytest
 from scipy import stats
 
 from sequax.algorithms.reservoir import (
+    ReservoirState,
+    buffer_add,
+    replay_add,
+    replay_init,
     reservoir_add,
     reservoir_init,
     reservoir_sample,
@@ -209,3 +215,52 @@ def test_sample_is_uniform_without_replacement(filled, size):
     assert all(len(set(row)) == size for row in ids.tolist())  # distinct
     assert ids.min() >= 0 and ids.max() < filled  # never an empty slot
     assert_uniform_inclusion(np.bincount(ids.ravel(), minlength=filled), NUM_KEYS, size)
+
+
+# ---------------- (e) buffer_add: the reservoir policy, with padding rows --------------------
+
+
+def test_buffer_add_offers_only_valid_rows():
+    """`buffer_add` without `valid` is `reservoir_add`; with it, the sequential loop over the
+    valid rows only, fed the draws `randint(key, (batch,), 0, n + 1)` (n: each valid row's
+    index in the stream), as padded task samples (A-GEM's) need."""
+    capacity, batch = 4, 16
+    start = id_buffer(capacity, [100, 101], num_seen=2)  # filling, then full
+    ids = jnp.arange(batch, dtype=jnp.int32)
+    rng = np.random.default_rng(0)
+    valid = rng.random((500, batch)) < 0.7
+
+    def one_key(key, valid):
+        plain = buffer_add(start, {"id": ids}, key).items["id"]
+        same = reservoir_add(start, {"id": ids}, key).items["id"]
+        masked = buffer_add(start, {"id": ids}, key, valid)
+        seen = start.num_seen + jnp.cumsum(valid) - 1
+        draws = jax.random.randint(key, (batch,), 0, jnp.maximum(seen, 0) + 1)
+        return plain, same, masked.items["id"], masked.num_seen, draws
+
+    plain, same, masked, num_seen, draws = jax.jit(jax.vmap(one_key))(keys(5, 500), valid)
+    np.testing.assert_array_equal(plain, same)
+    np.testing.assert_array_equal(num_seen, 2 + valid.sum(1))
+    for row, draw, offered in zip(np.asarray(masked), np.asarray(draws), valid):
+        expected = np.asarray(start.items["id"]).copy()
+        for n, i in enumerate(np.flatnonzero(offered), start=2):
+            slot = n if n < capacity else draw[i]
+            if slot < capacity:
+                expected[slot] = i
+        np.testing.assert_array_equal(row, expected)
+
+
+def test_replay_add_on_a_reservoir_is_insert_then_sample():
+    """The default policy's `replay_add`: `reservoir_add` on the first split key, then
+    `reservoir_sample` on the second (the definition recorded runs were made with)."""
+    state = replay_init(8, 3, {"id": jnp.int32(0)})
+    for b in range(4):
+        key = jax.random.PRNGKey(b)
+        batch = {"id": jnp.arange(5 * b, 5 * b + 5, dtype=jnp.int32)}
+        insert_key, sample_key = jax.random.split(key)
+        buffer = reservoir_add(state.buffer, batch, insert_key)
+        replay, valid = reservoir_sample(buffer, 3, sample_key)
+        state = replay_add(state, batch, key)
+        assert type(state.buffer) is ReservoirState
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves((buffer, replay, valid))):
+            np.testing.assert_array_equal(got, want)

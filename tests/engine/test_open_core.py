@@ -40,7 +40,8 @@ def test_algorithm_name_on_the_command_line_brings_its_hyperparameters(tmp_path)
     )
     assert code == 0, err[-2000:]
     saved = json.loads((tmp_path / "config.json").read_text())["algorithm"]
-    assert saved == {"name": "er", "capacity": 500, "replay_batch": 10}  # ER's default batch
+    assert saved == {"name": "er", "capacity": 500, "replay_batch": 10,  # ER's defaults
+                     "buffer_policy": "reservoir", "buffer_classes": 0}  # fmt: skip
     assert "sequax: er on split_mnist" in out
 
 
@@ -142,7 +143,8 @@ def test_train_with_objects_equals_the_config_run(tmp_path):
     assert (from_objects.class_il == from_config.class_il).all()
     saved = json.loads((tmp_path / "objects" / "config.json").read_text())
     assert saved["algorithm"] == {"name": "sequax.algorithms.er:ER", "capacity": 50,
-                                  "replay_batch": 5}  # fmt: skip
+                                  "replay_batch": 5, "buffer_policy": "reservoir",
+                                  "buffer_classes": 0}  # fmt: skip
     assert saved["optimizer"]["name"].startswith("given:")
 
 
