@@ -62,6 +62,8 @@ class Scenario:
       ordered: False: each task's `train_indices` are a set (sorted), which the engine
         shuffles every epoch. True: they are the stream's order (blurry boundaries,
         MNIST-360), which the engine keeps: every epoch reads them in that order.
+      validation: the tasks' held-out training examples as a scenario whose test sets they
+        are (`sequax.data.validation.hold_out`), or None.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Scenario:
     angles: np.ndarray | None = None
     pixel_maps: np.ndarray | None = None
     ordered: bool = False
+    validation: Scenario | None = None
 
     def train(self, t: int, transformed: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Task t's training set: (uint8 [n, 28, 28, 1], int32 [n]), transform applied unless

@@ -23,6 +23,7 @@ from sequax.core.models import Model, from_linen, mlp
 from sequax.core.models import resnet18 as core_resnet18
 from sequax.data.augment import make_augment, with_augmentation
 from sequax.data.factories import load_callable
+from sequax.data.validation import hold_out
 from sequax.engine import optimizers
 from sequax.engine.errors import ConfigError
 
@@ -77,6 +78,8 @@ def build_scenario(data_config):
             cfg.get("test_per_task") or None,
             seed=cfg.get("seed", 0),
         )
+    if cfg.get("validation"):  # held out of each task before any blurring mixes them
+        scenario = hold_out(scenario, float(cfg["validation"]), seed=cfg.get("seed", 0))
     blurry = dict(cfg.get("blurry") or {})
     kind = blurry.pop("kind", "none")
     if kind != "none":  # segments mixing neighbouring tasks, read in the stream's order

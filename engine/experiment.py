@@ -24,6 +24,7 @@ import optax
 
 from sequax.core.models import Model
 from sequax.core.protocol import Algorithm, missing_hooks
+from sequax.data.validation import hold_out
 from sequax.engine import runs as runs_lib
 from sequax.engine import sharding, validate
 from sequax.engine.build import (
@@ -95,7 +96,10 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
     built_at, t0 = time.time(), time.perf_counter()
     validate.check_config(config)  # keys, types, ranges: before any data is read
     configured = all(part is None for part in (scenario, model, algorithm, optimizer))
-    scenario = build_scenario(config.data) if scenario is None else scenario
+    if scenario is None:
+        scenario = build_scenario(config.data)
+    elif config.data.get("validation"):  # the user's own stream: held out the same way
+        scenario = hold_out(scenario, float(config.data.validation), seed=config.data.seed)
     algorithm = build_algorithm(config.algorithm) if algorithm is None else _method(algorithm)
     validate.check_combination(config, scenario, algorithm)  # method x stream
     if model is None:

@@ -112,6 +112,15 @@ class Feed:
             return stack_test_sets(self.experiment.scenario, put=put)
         return stack_run_test_sets(self.drawn, put=put)
 
+    def validation_sets(self):
+        """The held-out validation split's sets (`data.validation`), like `test_sets`; None
+        without one. Stacked on the host: a fraction of the training data, placed once."""
+        validation = self.experiment.scenario.validation
+        if validation is None:
+            return None
+        put = lambda a: sharding.put(np.asarray(a), sharding.replicated(self.mesh))  # noqa: E731
+        return stack_test_sets(validation, put=put)
+
     def start_phase(self, p: int, tasks, state, programs, resume=None) -> "Phase":
         """Places phase `p`'s examples on the devices (split over the mesh) and, streaming,
         starts reading its batches (`resume`: the stream's saved position, mid-phase)."""

@@ -97,6 +97,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
         programs = make_programs(exp, example, per_run_images=feed.per_run_images)
         with clock("data"):
             test = feed.test_sets()
+            validation = feed.validation_sets()  # None without config.data.validation
         # ------------ Restore, or start: the untrained model's accuracy (FWT's b_j) ----------
         restored, state, results = _restore_or_start(exp, programs, checkpoints, test, write,
                                                      say, clock)  # fmt: skip
@@ -105,6 +106,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
         resume = restored.position if restored else None
         epochs, chunk = int(config.training.epochs), int(config.training.steps_per_dispatch)
         every = int(config.eval.get("every_steps", 0))  # anytime evaluation (0: task ends only)
+        patience = int(config.training.get("patience", 0))  # early stopping on the validation
 
         for p, tasks in enumerate(exp.phases):
             if resume and resume.finished(p):  # trained, evaluated and saved before the restart
@@ -134,6 +136,7 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                 else None
             )
             first_epoch, first_start = (resume.epoch, resume.start) if mid_phase else (0, 0)
+            trained = first_epoch
             step = int(np.max(to_numpy(state.step))) if every else 0  # anytime: where we are
             for epoch in range(first_epoch, epochs):
                 start = first_start if epoch == first_epoch else 0
@@ -170,6 +173,15 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                         where = f"at step {step} ({label}, epoch {epoch + 1})"
                         interrupts.stop_if(signum, checkpoints, saved, where)
                     start = stop
+                trained = epoch + 1
+                if patience and trained < epochs:  # early stopping: the phase's validation ACC
+                    with clock("eval"):
+                        rows = programs.evaluate(state, validation, tasks[-1])[0]
+                        scores = to_numpy(rows)[:, tasks].mean(axis=1)
+                    if results.stop_early(p, scores, patience):
+                        say(f"sequax: {label}: no better validation accuracy for {patience} "
+                            f"epoch(s); stopping after epoch {trained}")  # fmt: skip
+                        break
             phase.close()
             if bar:
                 bar.close()
@@ -186,7 +198,10 @@ def _run(exp, config, workdir, checkpoints, compiles, interrupts, main, verbose,
                 results.record_row(p, *rows, extra)
                 if every:  # the task's end is a point of the anytime curve too
                     results.record_point(step, tasks[-1], step * exp.batch_size, *rows)
-            results.record_costs(time.perf_counter() - phase_start, *peak_memory())
+                if validation is not None:  # the held-out split: early stopping, sweeps
+                    val_class, val_task = programs.evaluate(state, validation, tasks[-1])[:2]
+                    results.record_validation(p, to_numpy(val_class), to_numpy(val_task))
+            results.record_costs(trained, time.perf_counter() - phase_start, *peak_memory())
             write({"kind": "eval", "phase": p, "tasks": tasks,
                    "class_il": _shown(exp, results.class_il[:, p]),
                    "task_il": _shown(exp, results.task_il[:, p])})  # fmt: skip

@@ -41,7 +41,7 @@ class RunResult:
 
 
 ANYTIME_KEYS = ("step", "task", "samples", "class_il", "task_il")
-COST_KEYS = ("wall_s", "device_peak_bytes", "host_peak_rss_bytes")
+COST_KEYS = ("epochs", "wall_s", "device_peak_bytes", "host_peak_rss_bytes")
 
 
 @dataclasses.dataclass
@@ -65,6 +65,11 @@ class Results:
     nme: np.ndarray | None = None
     confusion: np.ndarray | None = None
     phase_costs: dict = dataclasses.field(default_factory=lambda: {k: [] for k in COST_KEYS})
+    # The validation split's accuracy after each phase ([runs, phases, tasks]; None without
+    # one) and early stopping's state in the phase being trained.
+    val_class_il: np.ndarray | None = None
+    val_task_il: np.ndarray | None = None
+    early: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def start(cls, runs: int, phases: int, tasks: int, random_init: dict) -> Results:
@@ -89,9 +94,13 @@ class Results:
         timings = {**dict.fromkeys(SECTIONS, 0.0), **timings}
         results = cls(lead(class_il), lead(task_il), init, timings, samples, steps, anytime)
         saved = restored.results
-        for key in ("top5", "nme"):
+        for key in ("top5", "nme", "val_class_il", "val_task_il"):
             if key in saved:
                 setattr(results, key, lead(saved[key]))
+        early = saved.get("early") or {}
+        if "phase" in early:
+            results.early = {"phase": int(early["phase"]), "waited": int(early["waited"]),
+                             "best": np.atleast_1d(early["best"]).tolist()}  # fmt: skip
         if "confusion" in saved:
             width = np.shape(saved["confusion"])[-1]
             results.confusion = np.asarray(saved["confusion"]).reshape(runs, -1, width, width)
@@ -106,8 +115,11 @@ class Results:
                 "timings": clock.current(),
                 "anytime": {k: np.asarray(v) for k, v in self.anytime.items()},
                 "phase_costs": {k: np.asarray(v) for k, v in self.phase_costs.items()},
+                "early": dict(self.early),
                 **{k: v for k, v in (("top5", self.top5), ("nme", self.nme),
-                                     ("confusion", self.confusion)) if v is not None}}  # fmt: skip
+                                     ("confusion", self.confusion), ("val_class_il",
+                                     self.val_class_il), ("val_task_il", self.val_task_il))
+                   if v is not None}}  # fmt: skip
 
     def record_row(self, p: int, class_row, task_row, extra: dict | None = None) -> None:
         self.class_il[:, p, :], self.task_il[:, p, :] = class_row, task_row
@@ -124,10 +136,29 @@ class Results:
             self.confusion = np.zeros((runs, phases, width, width))
         self.confusion[:, p] = extra["confusion"]
 
-    def record_costs(self, wall_s: float, device_peak_bytes: float, host_peak_rss_bytes: float):
-        """A phase's wall time (start to its evaluation) and peak memory (NaN: not known)."""
-        for key, value in zip(COST_KEYS, (wall_s, device_peak_bytes, host_peak_rss_bytes)):
+    def record_costs(self, epochs: int, wall_s: float, device_peak: float, host_peak_rss: float):
+        """A phase's epochs trained, wall time (start to its evaluation) and peak memory (NaN:
+        not known)."""
+        for key, value in zip(COST_KEYS, (epochs, wall_s, device_peak, host_peak_rss)):
             self.phase_costs[key].append(float(value))
+
+    def record_validation(self, p: int, class_row, task_row) -> None:
+        if self.val_class_il is None:
+            self.val_class_il, self.val_task_il = (np.full_like(self.class_il, np.nan)
+                                                   for _ in range(2))  # fmt: skip
+        self.val_class_il[:, p], self.val_task_il[:, p] = class_row, task_row
+
+    def stop_early(self, phase: int, scores: np.ndarray, patience: int) -> bool:
+        """Early stopping after an epoch of `phase`: `scores` [runs] is each run's validation
+        accuracy on the phase's tasks; True once `patience` epochs in a row improved no run's
+        best (so several runs stop together)."""
+        if self.early.get("phase") != phase:
+            self.early = {"phase": phase, "best": [-np.inf] * len(scores), "waited": 0}
+        best = np.asarray(self.early["best"], np.float64)
+        improved = bool((scores > best).any())
+        self.early = {"phase": phase, "best": np.maximum(best, scores).tolist(),
+                      "waited": 0 if improved else int(self.early["waited"]) + 1}  # fmt: skip
+        return self.early["waited"] >= patience
 
     def record_point(self, step: int, task: int, samples: int, class_row, task_row) -> None:
         """One anytime-evaluation point: every task's accuracy at `step`, tasks 0..`task` seen."""
@@ -194,6 +225,15 @@ class Results:
             init_r = {k: v[r] for k, v in self.random_init.items()}
             summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r,
                                   scenario.test_sizes, self.curve(r), self._extra(r))  # fmt: skip
+            if self.val_class_il is not None:  # the validation split's own metrics
+                validation = summaries(
+                    scenario.setting,
+                    self.val_class_il[r],
+                    self.val_task_il[r],
+                    None,
+                    scenario.validation.test_sizes,
+                )
+                summary_r.update({f"validation_{view}": m for view, m in validation.items()})
             per_run.append({"seed": grid.seeds[r], "hparams": grid.points[r], **summary_r,
                             **self._details(r)})  # fmt: skip
             if main:
@@ -204,6 +244,9 @@ class Results:
                         json.dumps({k: v.tolist() for k, v in self.curve(r).items()}, indent=1)
                         + "\n"
                     )
+                if self.val_class_il is not None:
+                    write_matrices(folder, self.val_class_il[r], self.val_task_il[r], {},
+                                   phases, "validation_matrix.json")  # fmt: skip
                 if self.confusion is not None:  # every phase's (label, prediction) counts
                     (folder / "confusion.json").write_text(json.dumps(
                         {"confusion": self.confusion[r].astype(int).tolist(), "phases": phases}
@@ -215,7 +258,10 @@ class Results:
         table = runs_lib.summary_table(grid, per_run)
         if main:
             (workdir / "summary.md").write_text(runs_lib.format_table(table) + "\n")
-        return {"runs": per_run, "table": table}
+        out = {"runs": per_run, "table": table}
+        if self.val_class_il is not None and len(table) > 1:
+            out["chosen"] = chosen_point(table, scenario.setting)
+        return out
 
     def result(self, experiment, summary: dict, state) -> RunResult:
         """The `RunResult`; a single run's matrices and state lose the run axis."""
@@ -245,7 +291,8 @@ def summaries(
     out = {}
     for view, matrix in views.items():
         if matrix.shape[0] == matrix.shape[1]:
-            init = random_init["task_il" if view == "task_il" else "class_il"]
+            init = None if random_init is None else random_init[
+                "task_il" if view == "task_il" else "class_il"]  # fmt: skip
             out[view] = cl_metrics.summary(matrix, init, test_sizes)
         else:  # joint training: one row, only the final accuracy is defined
             out[view] = {"acc": float(np.mean(matrix[-1]))}
@@ -261,9 +308,25 @@ def summaries(
     return out
 
 
-def write_matrices(folder: Path, class_il, task_il, random_init, phases) -> None:
+def chosen_point(table: list[dict], setting: str) -> dict:
+    """The grid point with the best mean validation ACC over its seeds, and its test metrics:
+    hyper-parameters chosen without looking at the test sets."""
+    view = "class_il" if setting == "class" else "domain_il"
+    scores = [row[f"validation_{view}"]["acc"][0] for row in table]
+    best = int(np.argmax(scores))
+    return {
+        "point": table[best]["point"],
+        "by": f"the best validation {view} ACC (final row, mean over seeds) of {len(table)} points",
+        "validation_acc": scores[best],
+        "test": {v: table[best][v] for v in table[best] if v in ("class_il", "task_il",
+                                                                  "domain_il")},
+    }  # fmt: skip
+
+
+def write_matrices(folder: Path, class_il, task_il, random_init, phases,
+                   name: str = "accuracy_matrix.json") -> None:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "accuracy_matrix.json").write_text(
+    (folder / name).write_text(
         json.dumps(
             {
                 "class_il": np.asarray(class_il).tolist(),
@@ -280,6 +343,11 @@ def final_lines(summary: dict, timings: dict, vmapped: bool) -> list[str]:
     """The console's last lines: the metrics (or the table of several runs) and the timings."""
     if vmapped:
         lines = [runs_lib.format_table(summary["table"])]
+        if "chosen" in summary:  # the validation split chose; the test sets only report
+            chosen = summary["chosen"]
+            point = ", ".join(f"{k}={v:g}" for k, v in chosen["point"].items())
+            lines.append(f"chosen on the validation split: {point} (validation ACC "
+                         f"{100 * chosen['validation_acc']:.2f}; {chosen['by']})")  # fmt: skip
     else:  # the views' metrics (per-class accuracies and phase costs are in summary.json)
         lines = [f"{view}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in values.items())
                  for view, values in summary.items() if isinstance(values, dict)]  # fmt: skip

@@ -61,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
             # `iterations` per task) or "iblurry" (i-Blurry-N-M: `disjoint` = N/100 of the
             # classes stay in their task, `moved` = M/100 of each other class's examples go
             # to other tasks). The segments are read in the stream's order.
+            # A validation split held out of each task's training data (sequax.data.validation):
+            # 0 none; in (0, 1) a fraction; >= 1 a count per task. It is evaluated after each
+            # task (validation_matrix.json), drives training.patience, and chooses a sweep's
+            # point (the summary's "chosen"), so the test sets choose nothing.
+            validation=0.0,
             blurry=ml_collections.ConfigDict(
                 dict(kind="none", beta=4.0, iterations=10, disjoint=0.5, moved=0.1)
             ),
@@ -115,8 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
     # state.task and every batch's task id are -1); a method that needs boundaries
     # (`Algorithm.needs_boundaries`) is refused. Online CL is task_free with epochs=1.
     config.training = ml_collections.ConfigDict(
-        dict(batch_size=10, epochs=1, steps_per_dispatch=250, glances=1, task_free=False)
+        dict(
+            batch_size=10, epochs=1, steps_per_dispatch=250, glances=1, task_free=False, patience=0
+        )
     )
+    # patience > 0 (needs data.validation): early stopping per task, a phase ends after that
+    # many epochs in a row without a better validation accuracy on its tasks (several runs:
+    # when none of them improved); the state goes on from the last epoch trained.
     # every_steps > 0: anytime evaluation, every task's test set also every that many steps
     # inside a task (the curve is WORKDIR/anytime.json; average anytime accuracy and the area
     # under the accuracy curve join the summary).

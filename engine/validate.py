@@ -64,6 +64,8 @@ MINIMUMS = (
     ("training.glances", 1, "steps on each batch"),
     ("eval.batch_size", 1, "test examples per evaluation batch"),
     ("eval.every_steps", 0, "0 evaluates at task ends only"),
+    ("training.patience", 0, "0 trains every epoch"),
+    ("data.validation", 0, "0 holds nothing out"),
     ("data.blurry.iterations", 1, "iterations per task of the linear decay"),
     ("mesh.fsdp_min_size", 0, "0 splits every parameter"),
 )
@@ -417,6 +419,16 @@ def _check_stream_options(config, algorithm) -> None:
         raise ConfigError(
             "config.eval.every_steps > 0 needs config.data.pipeline='device' (the grain stream "
             "reads whole chunks); set config.eval.every_steps=0 or config.data.pipeline='device'"
+        )
+    if int(config.training.get("patience", 0)) and not config.data.get("validation"):
+        raise ConfigError(
+            "config.training.patience > 0 stops on the validation split, but there is none; set "
+            "config.data.validation (e.g. 0.1) or config.training.patience=0"
+        )
+    if config.data.get("validation") and config.data.get("draws_per_run"):
+        raise ConfigError(
+            "config.data.validation is not held out of per-run draws; set "
+            "config.data.draws_per_run=False or config.data.validation=0"
         )
     if not config.training.get("task_free", False):
         return

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from sequax.engine import build, distributed, loop, runs, validate
 from sequax.engine.build import ConfigError
+from sequax.engine.results import chosen_point
 from sequax.launch.common import (
     check_workdir,
     initialize_distributed,
@@ -116,7 +117,7 @@ def table_rows(point: dict, summary: dict, seed: int) -> list[dict]:
     views = {
         v: {m: [x, 0.0] for m, x in metrics.items()}
         for v, metrics in summary.items()
-        if v != "timings"
+        if v != "timings" and isinstance(metrics, dict)  # not per-class lists or phase costs
     }
     return [{"point": short, "seeds": [seed], **views}]
 
@@ -156,10 +157,20 @@ def sweep(config, workdir: Path, axes, *, verbose: bool = True) -> list[dict]:
             summary = loop.run(point_config, folder, verbose=verbose).summary
             summary = json.loads(done.read_text()) if done.is_file() else summary
         rows += table_rows(point, summary, int(point_config.seed))
+    chosen = None
+    if len(rows) > 1 and all(any(v.startswith("validation_") for v in r) for r in rows):
+        # config.data.validation: the validation split picks the point, the test sets report
+        chosen = chosen_point(rows, "class" if "class_il" in rows[0] else "domain")
     if distributed.is_main_process():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (workdir / "sweep.md").write_text(runs.format_table(rows) + "\n")
+        table = runs.format_table(rows)
+        if chosen is not None:
+            (workdir / "chosen.json").write_text(json.dumps(chosen, indent=1) + "\n")
+            point = ", ".join(f"{k}={v}" for k, v in chosen["point"].items())
+            table += (f"\n\nChosen on the validation split: {point} (validation ACC "
+                      f"{100 * chosen['validation_acc']:.2f}; {chosen['by']}).")  # fmt: skip
+        (workdir / "sweep.md").write_text(table + "\n")
     return rows
 
 

@@ -130,7 +130,7 @@ def test_phase_end_details_reach_summary_json(tmp_path):
     assert 0 < summary["class_il"]["acc_nme"] <= 1
     assert "acc_nme" not in summary["task_il"]
     assert [set(p) for p in summary["phases"]] == [
-        {"wall_s", "device_peak_bytes", "host_peak_rss_bytes"}
+        {"epochs", "wall_s", "device_peak_bytes", "host_peak_rss_bytes"}
     ] * 3
     assert all(p["wall_s"] > 0 and p["host_peak_rss_bytes"] > 1e6 for p in summary["phases"])
 
