@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sequax.algorithms.agem import AGEM
+from sequax.algorithms.agem import AGEM, AGEMR
 from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.er import ER
@@ -40,6 +40,7 @@ from sequax.data.factories import load_attribute
 REGISTRY: dict[str, type] = {
     "naive": Naive,
     "agem": AGEM,
+    "agem_r": AGEMR,
     "gem": GEM,
     "joint": Joint,
     "er": ER,
@@ -143,6 +144,7 @@ def make(name: Any, **hyperparameters_) -> Algorithm:
 
 __all__ = [
     "AGEM",
+    "AGEMR",
     "Algorithm",
     "Combined",
     "GEM",

@@ -20,11 +20,18 @@ step the batch is offered to the reservoir (`reservoir.ReplayState`, as ER). "Fi
 is `state.task == 0` (the reference counts `end_task` calls; the loop sets both alike).
 
     algorithm = ERACE(capacity=500, replay_batch=10)
+    algorithm = ERACE(capacity=500, replay_batch=10, buffer_policy="class_balanced")
+
+`buffer_policy="class_balanced"` fills the buffer by class-balancing reservoir sampling
+(`reservoir.ClassBalancedState`, counting `num_classes` classes) instead of mammoth's reservoir;
+the replay batch is drawn from it uniformly, as from the reservoir.
 
 References:
   Caccia, Aljundi, Asadi, Tuytelaars, Pineau, Belilovsky, "New Insights on Reducing Abrupt
   Representation Change in Online Continual Learning", ICLR 2022.
   aimagelab/mammoth `models/er_ace.py` (the loss followed here).
+  Chrysakis, Moens, "Online Continual Learning from Imbalanced Data", ICML 2020 (CBRS, the
+  "class_balanced" buffer policy).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import jax.numpy as jnp
 from sequax.algorithms.der import replay_forward
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.lwf import labels_mask
-from sequax.algorithms.reservoir import ReplayState, replay_add, replay_init
+from sequax.algorithms.reservoir import ReplayState, check_buffer_policy, replay_add, replay_init
 from sequax.core.heads import mask_logits
 from sequax.core.protocol import Algorithm
 
@@ -64,12 +71,17 @@ class ERACE(Algorithm):
       capacity: buffer size in examples (the "buffer 200/500/5120" of the DER table).
       replay_batch: examples replayed per step (mammoth's `minibatch_size`); at most `capacity`.
       num_classes: width of the model's logits (the `seen` mask is allocated in `init`);
-        checked when tracing.
+        checked when tracing. Also the classes a class-balanced buffer counts.
+      buffer_policy: how the buffer is filled: "reservoir" (Algorithm R, mammoth's, the
+        default) or "class_balanced" (class-balancing reservoir sampling, Chrysakis & Moens,
+        ICML 2020: for imbalanced streams, where a reservoir mirrors the stream's class
+        frequencies and replays the rare classes seldom).
     """
 
     capacity: int = 500
     replay_batch: int = 10
     num_classes: int = 10
+    buffer_policy: str = "reservoir"
 
     def __post_init__(self):
         if not 0 < self.replay_batch <= self.capacity:
@@ -78,10 +90,12 @@ class ERACE(Algorithm):
             )
         if self.num_classes < 1:
             raise ValueError(f"ERACE num_classes={self.num_classes} must be at least 1")
+        check_buffer_policy("ERACE", self.buffer_policy, self.num_classes)
 
     def init(self, params, model_state, example_batch, rng):
         example = {"x": example_batch["x"][0], "y": example_batch["y"][0]}
-        replay = replay_init(self.capacity, self.replay_batch, example)
+        policy = {"policy": self.buffer_policy, "num_classes": self.num_classes}
+        replay = replay_init(self.capacity, self.replay_batch, example, **policy)
         return ERACEState(replay, jnp.zeros((self.num_classes,), bool))
 
     def loss(self, params, state, batch, rng, model):

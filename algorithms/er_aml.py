@@ -47,6 +47,7 @@ first task the metric loss and the replay term are computed on these fixed shape
 selected away with `jnp.where`, and neither their forward pass changes the model state.
 
     algorithm = ERAML(capacity=500, replay_batch=10, temperature=0.2)
+    algorithm = ERAML(capacity=500, buffer_policy="class_balanced", buffer_classes=10)
 
 Departures: the reference applies its training augmentation (`train_tf`) to the incoming,
 positive/negative and replayed images; this method applies none of its own (the batch
@@ -55,7 +56,9 @@ replay batch, the positives and negatives are gathered from the buffer inside `l
 depend on the incoming labels), 2B rows per step; see `reservoir` on the cost of gathers.
 The reference's `use_minimal_selection` variant (positives and negatives from the incoming
 batch only) and its triplet variant `ER_AML_Triplet` are not implemented (both off by
-default).
+default). `buffer_policy="class_balanced"` fills the buffer by class-balancing reservoir
+sampling (`reservoir.ClassBalancedState`) instead of the reference's reservoir; positives,
+negatives and the replay batch are drawn from it as from the reservoir.
 
 References:
   Caccia, Aljundi, Asadi, Tuytelaars, Pineau, Belilovsky, "New Insights on Reducing Abrupt
@@ -63,6 +66,8 @@ References:
   pclucas14/AML `methods/er_aml.py` (`ER_AML.sup_con_loss`, `process_inc`), `buffer.py`
   (`Buffer.sample_pos_neg`), `methods/er.py` (`ER.observe`), `model.py` (`normalize`),
   `main.py` (defaults: `supcon_temperature` 0.2, `buffer_batch_size` 10, `task_free` 0).
+  Chrysakis, Moens, "Online Continual Learning from Imbalanced Data", ICML 2020 (CBRS, the
+  "class_balanced" buffer policy).
 """
 
 from __future__ import annotations
@@ -74,7 +79,14 @@ import jax.numpy as jnp
 
 from sequax.algorithms.der import replay_forward
 from sequax.algorithms.losses import cross_entropy
-from sequax.algorithms.reservoir import ReplayState, ReservoirState, replay_add, replay_init
+from sequax.algorithms.reservoir import (
+    Buffer,
+    ReplayState,
+    check_buffer_classes,
+    check_buffer_policy,
+    replay_add,
+    replay_init,
+)
 from sequax.core.protocol import Algorithm, is_number
 
 
@@ -163,9 +175,7 @@ def draw_uniform(candidates: jax.Array, fallback: jax.Array, key: jax.Array) -> 
     return jnp.argmax(scores, axis=1).astype(jnp.int32)
 
 
-def sample_pos_neg(
-    buffer: ReservoirState, y: jax.Array, task: jax.Array, task_free: bool, key: jax.Array
-):
+def sample_pos_neg(buffer: Buffer, y: jax.Array, task: jax.Array, task_free: bool, key: jax.Array):
     """One positive and one negative pool index per incoming example, and which anchors are
     valid (have both): (positive int32 [B], negative int32 [B], valid bool [B])."""
     capacity = buffer.items["y"].shape[0]
@@ -215,6 +225,13 @@ class ERAML(Algorithm):
         examples of the current task. True: both start as soon as the buffer holds an example
         (or with the second task) and negatives are pool rows whose label is one of the
         incoming batch's labels.
+      buffer_policy: how the buffer is filled: "reservoir" (Algorithm R, the reference's, the
+        default) or "class_balanced" (class-balancing reservoir sampling, Chrysakis & Moens,
+        ICML 2020: for imbalanced streams, where a reservoir mirrors the stream's class
+        frequencies and holds few positives of the rare classes).
+      buffer_classes: the number of classes the class-balanced buffer counts (the model's
+        logits; checked when tracing); unused by "reservoir". Not named `num_classes`, which
+        `engine.validate` requires to equal the stream's classes on every method that has it.
     """
 
     capacity: int = 500
@@ -222,6 +239,8 @@ class ERAML(Algorithm):
     temperature: float = 0.2
     base_temperature: float = 0.07
     task_free: bool = False
+    buffer_policy: str = "reservoir"
+    buffer_classes: int = 0
 
     @property
     def needs_boundaries(self) -> str:
@@ -243,6 +262,7 @@ class ERAML(Algorithm):
                 raise ValueError(f"ERAML {name}={value} must be > 0")
         if not isinstance(self.task_free, bool):
             raise ValueError(f"ERAML task_free={self.task_free!r} must be True or False")
+        check_buffer_policy("ERAML", self.buffer_policy, self.buffer_classes, "buffer_classes")
 
     def init(self, params, model_state, example_batch, rng):
         example = {
@@ -250,13 +270,15 @@ class ERAML(Algorithm):
             "y": example_batch["y"][0],
             "task": jnp.zeros((), jnp.int32),
         }
-        return replay_init(self.capacity, self.replay_batch, example)
+        policy = {"policy": self.buffer_policy, "num_classes": self.buffer_classes}
+        return replay_init(self.capacity, self.replay_batch, example, **policy)
 
     def loss(self, params, state, batch, rng, model):
         x, y = batch["x"], batch["y"]
         algo: ReplayState = state.algo
         outputs, model_state = model.apply(params, state.model_state, x, train=True, rng=rng)
         ce = cross_entropy(outputs["logits"], y)
+        check_buffer_classes("ERAML", algo.buffer, outputs["logits"].shape[-1], "buffer_classes")
         metric_on = state.task > 0  # the reference: `t > 0 or (task_free and len(buffer) > 0)`
         if self.task_free:
             metric_on = metric_on | (algo.buffer.num_seen > 0)

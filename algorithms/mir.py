@@ -31,6 +31,11 @@ for why sampling happens in `update`). At a task boundary `start_task` draws the
 excluding the new task.
 
     algorithm = MIR(capacity=500, replay_batch=10, subsample=50, lr=0.1)
+    algorithm = MIR(capacity=500, buffer_policy="class_balanced", buffer_classes=10)
+
+`buffer_policy="class_balanced"` fills the buffer by class-balancing reservoir sampling
+(`reservoir.ClassBalancedState`) instead of the reference's `add_reservoir`; candidates are then
+drawn from it exactly as from the plain reservoir (uniform over its past-task slots).
 
 Deviations from the reference, each for fixed shapes or for the optax optimiser:
   * The virtual step is plain SGD with this method's own `lr`: the reference steps with its
@@ -56,6 +61,8 @@ References:
   (`Buffer.sample` with `exclude_task`, `add_reservoir`), `er_main.py` (the training loop:
   `rehearse=task > 0`, insertion after the step; defaults `--subsample 50`, `--lr 0.1`,
   `--buffer_batch_size 10`).
+  Chrysakis, Moens, "Online Continual Learning from Imbalanced Data", ICML 2020 (CBRS, the
+  "class_balanced" buffer policy).
 """
 
 from __future__ import annotations
@@ -70,10 +77,12 @@ import optax
 from sequax.algorithms.der import replay_forward
 from sequax.algorithms.losses import cross_entropy
 from sequax.algorithms.reservoir import (
-    ReservoirState,
+    Buffer,
+    buffer_add,
+    buffer_init,
     capacity_of,
-    reservoir_add,
-    reservoir_init,
+    check_buffer_classes,
+    check_buffer_policy,
 )
 from sequax.core.protocol import Algorithm, is_number
 
@@ -81,12 +90,12 @@ PyTree = Any
 
 
 class MIRState(NamedTuple):
-    buffer: ReservoirState  # items {"x", "y", "task"}: "task" is the task it was offered in
+    buffer: Buffer  # items {"x", "y", "task"}: "task" is the task it was offered in
     candidates: PyTree  # {"x", "y", "task"}, each [subsample, ...]: the next step's candidates
     valid: jax.Array  # bool [subsample]: candidates that are real examples of past tasks
 
 
-def sample_candidates(buffer: ReservoirState, size: int, key: jax.Array, exclude_task):
+def sample_candidates(buffer: Buffer, size: int, key: jax.Array, exclude_task):
     """`size` stored examples not of task `exclude_task`, uniformly without replacement, and
     their validity (the reference's `buffer.sample(subsample, exclude_task=task)`; on a
     task-free stream, `exclude_task` -1, every stored example).
@@ -154,12 +163,21 @@ class MIR(Algorithm):
         reference reuses its SGD optimiser's rate; sequax's optimiser is an optax chain, so
         the rate is given here. May be a traced scalar (a vmapped sweep): it is only
         multiplied, never branched on.
+      buffer_policy: how the buffer is filled: "reservoir" (Algorithm R, the reference's
+        `add_reservoir`; the default) or "class_balanced" (class-balancing reservoir sampling,
+        Chrysakis & Moens, ICML 2020: for imbalanced streams, where a reservoir mirrors the
+        stream's class frequencies and the rare classes have few candidates).
+      buffer_classes: the number of classes the class-balanced buffer counts (the model's
+        logits; checked when tracing); unused by "reservoir". Not named `num_classes`, which
+        `engine.validate` requires to equal the stream's classes on every method that has it.
     """
 
     capacity: int = 500
     replay_batch: int = 10
     subsample: int = 50
     lr: float = 0.1
+    buffer_policy: str = "reservoir"
+    buffer_classes: int = 0
 
     def __post_init__(self):
         if not 0 < self.replay_batch <= self.subsample:
@@ -172,6 +190,7 @@ class MIR(Algorithm):
             )
         if is_number(self.lr) and self.lr <= 0:
             raise ValueError(f"MIR lr={self.lr} must be > 0")
+        check_buffer_policy("MIR", self.buffer_policy, self.buffer_classes, "buffer_classes")
 
     def init(self, params, model_state, example_batch, rng):
         example = {
@@ -179,7 +198,7 @@ class MIR(Algorithm):
             "y": example_batch["y"][0],
             "task": jnp.zeros((), jnp.int32),
         }
-        buffer = reservoir_init(self.capacity, example)
+        buffer = buffer_init(self.capacity, example, self.buffer_policy, self.buffer_classes)
         candidates = jax.tree.map(lambda b: b[: self.subsample], buffer.items)
         return MIRState(buffer, candidates, jnp.zeros((self.subsample,), bool))
 
@@ -187,6 +206,8 @@ class MIR(Algorithm):
         x, y = batch["x"], batch["y"]
         outputs, model_state = model.apply(params, state.model_state, x, train=True, rng=rng)
         ce = cross_entropy(outputs["logits"], y)
+        logits_width = outputs["logits"].shape[-1]
+        check_buffer_classes("MIR", state.algo.buffer, logits_width, "buffer_classes")
 
         # Retrieval: score the candidates (drawn after the previous step's insertion, past
         # tasks only) by how much a virtual SGD step on this batch raises their loss.
@@ -215,7 +236,7 @@ class MIR(Algorithm):
         insert_key, sample_key = jax.random.split(rng)
         task = jnp.full(batch["y"].shape[:1], state.task, jnp.int32)
         offered = {"x": batch["x"], "y": batch["y"], "task": task}
-        buffer = reservoir_add(algo.buffer, offered, insert_key)
+        buffer = buffer_add(algo.buffer, offered, insert_key)  # by the buffer's own policy
         candidates, valid = sample_candidates(buffer, self.subsample, sample_key, state.task)
         return MIRState(buffer, candidates, valid)
 

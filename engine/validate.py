@@ -140,7 +140,8 @@ def check_combination(config, scenario, algorithm) -> None:
                 f"{scenario.num_classes} classes (the head's width); set "
                 f"{prefix}num_classes={scenario.num_classes}"
             )
-        if "num_tasks" in fields and part.num_tasks != scenario.num_tasks:
+        uses_tasks = getattr(part, "memory", "task_end") != "reservoir"  # A-GEM-R ignores it
+        if "num_tasks" in fields and uses_tasks and part.num_tasks != scenario.num_tasks:
             raise ConfigError(
                 f"{prefix}num_tasks={part.num_tasks} but the stream has {scenario.num_tasks} tasks "
                 f"(config.data.num_tasks); {method} keeps capacity // num_tasks examples per task, "
@@ -438,7 +439,7 @@ def _check_stream_options(config, algorithm) -> None:
             raise ConfigError(
                 f"{prefix}name: {type(part).__name__} needs task boundaries ({reason}), but "
                 "config.training.task_free=True hides them; use a method that runs without "
-                "them (naive, er, der, derpp, er_ace, er_aml, mir, gss, lamaml) or set "
+                "them (naive, er, der, derpp, er_ace, er_aml, mir, gss, agem_r, lamaml) or set "
                 "config.training.task_free=False"
             )
 

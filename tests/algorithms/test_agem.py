@@ -3,7 +3,8 @@
 The reference is mammoth's `AGem.observe` in float64: backward on the current batch, store
 g; backward on the memory batch, store g_ref; if g . g_ref < 0 overwrite the gradient with
 g - (g . g_ref / g_ref . g_ref) g_ref; one SGD step. Flax Dense kernels are [in, out], so
-torch's weight is the kernel transposed.
+torch's weight is the kernel transposed. A-GEM-R (`memory="reservoir"`) is checked against
+`AGemr.observe` (mammoth `models/agem_r.py`), whose reservoir buffer is filled after every step.
 """
 
 from __future__ import annotations
@@ -20,17 +21,25 @@ from batches import random_batch
 from small_streams import naive_result, small_split_config
 from torch_reference import torch_mlp
 
-from sequax import algorithms
+from sequax import algorithms, testing
 from sequax.algorithms import AGEM, EWC, combine
 from sequax.algorithms.projection import agem_project, tree_vdot
-from sequax.algorithms.reservoir import ReservoirState
+from sequax.algorithms.reservoir import (
+    ReplayState,
+    ReservoirState,
+    reservoir_add,
+    reservoir_init,
+    reservoir_sample,
+)
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.core.task_data import task_arrays
 from sequax.engine import loop
+from sequax.engine.build import ConfigError
 from sequax.engine.step import make_train_step
 
 BATCH, CAPACITY, CLASSES, LR = 6, 8, 10, 0.1
+LOSS_KEY = jax.random.PRNGKey(0)
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +291,178 @@ def test_invalid_hyperparameters_raise(kwargs, match):
     assert algorithms.make("agem", capacity=50, replay_batch=20, num_tasks=5) == AGEM(50, 20, 5)
 
 
+# ---------------- A-GEM-R: the reservoir memory -------------------------------------------------
+
+
+def test_default_state_structure_is_unchanged(model):
+    """memory="task_end" (the default) keeps the plain `ReservoirState` (recorded runs,
+    checkpoints); "reservoir" holds a `ReplayState` (its next memory batch drawn in advance)."""
+    batch = batch_of(0)
+    items = {
+        "x": jnp.zeros((CAPACITY, *batch["x"].shape[1:]), jnp.float32),
+        "y": jnp.zeros((CAPACITY,), jnp.int32),
+    }
+    expected = ReservoirState(items, jnp.zeros((), jnp.int32))
+    algo = state_with_memory(AGEM(CAPACITY, 4, 2), model).algo
+    assert type(algo) is ReservoirState
+    assert jax.tree.structure(algo) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(algo, expected)
+    agem_r = state_with_memory(AGEM(CAPACITY, 4, memory="reservoir"), model).algo
+    replay = ReplayState(expected, jax.tree.map(lambda b: b[:4], items), jnp.zeros(4, bool))
+    assert jax.tree.structure(agem_r) == jax.tree.structure(replay)
+    chex.assert_trees_all_equal_shapes_and_dtypes(agem_r, replay)
+
+
+def test_reservoir_memory_is_a_reservoir_fed_every_batch(model):
+    """After each step the memory equals a reservoir fed the same batches (Algorithm R with
+    the step's insertion key), and the next memory batch is drawn from it; a task's end leaves
+    it alone."""
+    algorithm = AGEM(capacity=CAPACITY, replay_batch=4, memory="reservoir")
+    state = state_with_memory(algorithm, model)
+    update = jax.jit(lambda algo, batch, key: algorithm.update(algo, state, batch, {}, key))
+    algo = state.algo
+    expected = reservoir_init(CAPACITY, {"x": batch_of(0)["x"][0], "y": batch_of(0)["y"][0]})
+    for step in range(5):  # 30 examples through 8 slots: the reservoir overflows
+        batch, key = batch_of(10 + step), jax.random.PRNGKey(step)
+        algo = update(algo, batch, key)
+        insert_key, sample_key = jax.random.split(key)
+        expected = reservoir_add(expected, {"x": batch["x"], "y": batch["y"]}, insert_key)
+        chex.assert_trees_all_equal(algo.buffer, expected)
+        replay, valid = reservoir_sample(expected, 4, sample_key)
+        chex.assert_trees_all_equal((algo.replay, algo.valid), (replay, valid))
+    assert int(algo.buffer.num_seen) == 5 * BATCH and bool(algo.valid.all())
+    ended = state._replace(algo=algo)
+    assert algorithm.end_task(ended, task_of(0, 43), jax.random.PRNGKey(9), model) is algo
+    # The step's memory batch is the one drawn after the previous insertion.
+    stepped = state._replace(algo=algo)
+    _, aux = algorithm.loss(stepped.params, stepped, batch_of(1), jax.random.PRNGKey(0), model)
+    assert float(aux["metrics"]["memory_ce"]) > 0.0
+
+
+def test_needs_boundaries_and_hyperparameters():
+    assert AGEM().needs_boundaries.startswith("its memory is filled when a task ends")
+    assert "config.algorithm.memory='reservoir'" in AGEM().needs_boundaries
+    assert AGEM(memory="reservoir").needs_boundaries == ""
+    with pytest.raises(ValueError, match="memory='task_ends' is unknown") as error:
+        AGEM(memory="task_ends")
+    assert "\n" not in str(error.value)
+    # num_tasks only divides the task-end memory's capacity.
+    assert AGEM(capacity=16, replay_batch=4, num_tasks=27, memory="reservoir").num_tasks == 27
+    with pytest.raises(ValueError, match="replay_batch"):
+        AGEM(capacity=16, replay_batch=17, memory="reservoir")
+    assert algorithms.make("agem", memory="reservoir") == AGEM(memory="reservoir")
+
+
+def test_the_contract_with_a_reservoir_memory():
+    agem_r = AGEM(capacity=16, replay_batch=4, num_tasks=2, memory="reservoir")
+    assert testing.check_algorithm(agem_r).method == "AGEM"
+
+
+class MammothBuffer:
+    """mammoth `utils/buffer.py`'s `Buffer` (examples and labels only), with its `reservoir`."""
+
+    def __init__(self, buffer_size: int, seed: int):
+        self.buffer_size, self.num_seen_examples = buffer_size, 0
+        self.examples = self.labels = None
+        self.rng = np.random.default_rng(seed)
+
+    def is_empty(self) -> bool:
+        return self.num_seen_examples == 0
+
+    def reservoir(self) -> int:
+        if self.num_seen_examples < self.buffer_size:
+            return self.num_seen_examples
+        rand = self.rng.integers(0, self.num_seen_examples + 1)
+        return rand if rand < self.buffer_size else -1
+
+    def add_data(self, examples, labels):
+        if self.examples is None:
+            shape = (self.buffer_size, *examples.shape[1:])
+            self.examples = torch.zeros(shape, dtype=torch.float64)
+            self.labels = torch.zeros((self.buffer_size,), dtype=torch.int64)
+        for i in range(examples.shape[0]):
+            index = self.reservoir()
+            self.num_seen_examples += 1
+            if index >= 0:
+                self.examples[index], self.labels[index] = examples[i], labels[i]
+
+    def get_data(self, size: int):
+        filled = min(self.num_seen_examples, self.examples.shape[0])
+        choice = self.rng.choice(filled, size=min(size, filled), replace=False)
+        return self.examples[choice], self.labels[choice]
+
+
+def agem_r_observe(net, opt, buffer, inputs, labels, minibatch_size):
+    """`AGemr.observe`, line by line: (loss, the gradient `opt.step()` used, projected?)."""
+
+    def store_grad():
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()]).clone()
+
+    def overwrite_grad(vector):
+        start = 0
+        for p in net.parameters():
+            p.grad.copy_(vector[start : start + p.numel()].view_as(p))
+            start += p.numel()
+
+    opt.zero_grad()
+    loss = F.cross_entropy(net(inputs), labels)
+    loss.backward()
+    projected = False
+    if not buffer.is_empty():
+        grad_xy = store_grad()
+        buf_inputs, buf_labels = buffer.get_data(minibatch_size)
+        net.zero_grad()
+        penalty = F.cross_entropy(net(buf_inputs), buf_labels)
+        penalty.backward()
+        grad_er = store_grad()
+        dot_prod = torch.dot(grad_xy, grad_er)
+        if dot_prod.item() < 0:  # models/agem.py's `project`
+            g_tilde = grad_xy - torch.dot(grad_xy, grad_er) / torch.dot(grad_er, grad_er) * grad_er
+            overwrite_grad(g_tilde)
+            projected = True
+        else:
+            overwrite_grad(grad_xy)
+    final = store_grad()
+    opt.step()
+    buffer.add_data(inputs, labels)  # not_aug_inputs: no augmentation here
+    return loss.item(), final, projected
+
+
+def test_agem_r_matches_mammoths_observe(model):
+    """Three steps of A-GEM-R (reservoir filled after each step) against `AGemr.observe` in
+    float64: an empty memory (plain SGD), a memory of class 0 against a batch of class 5
+    (their gradients conflict: projected), and a memory of both with a mixed batch. The memory
+    batch covers the whole buffer (replay_batch = capacity), so both draw the same examples."""
+    capacity = 16
+    algorithm = AGEM(capacity=capacity, replay_batch=capacity, memory="reservoir")
+    first = random_batch(1, BATCH, labels=[0] * BATCH)
+    batches = [first, random_batch(2, BATCH, labels=[5] * BATCH), batch_of(3)]
+    state = create_state(model, algorithm, optax.sgd(LR), first, seed=0)
+    train_step = jax.jit(make_train_step(model, algorithm, optax.sgd(LR)))
+    grad_fn = jax.jit(
+        jax.grad(lambda p, s, b: algorithm.loss(p, s, b, LOSS_KEY, model), has_aux=True)
+    )
+    net = torch_mlp(state.params)
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    buffer = MammothBuffer(capacity, seed=0)
+    flags = []
+    for batch in batches:
+        grads, aux = grad_fn(state.params, state, batch)
+        projected, violated = agem_project(grads, aux["tx_args"]["reference"])
+        inputs = torch.from_numpy(np.array(batch["x"], np.float64))
+        labels = torch.from_numpy(np.array(batch["y"], np.int64))
+        loss, final, was_projected = agem_r_observe(net, opt, buffer, inputs, labels, capacity)
+        assert bool(violated) is was_projected
+        flags.append(was_projected)
+        np.testing.assert_allclose(as_flat(projected), final.numpy(), rtol=1e-5, atol=1e-7)
+        state, metrics = train_step(state, batch)
+        np.testing.assert_allclose(float(metrics["loss"]), loss, rtol=1e-5)
+        expected = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).numpy()
+        np.testing.assert_allclose(as_flat(state.params), expected, rtol=1e-5, atol=1e-6)
+    assert flags[0] is False and flags[1] is True  # class 5 against a memory of class 0
+    assert int(state.algo.buffer.num_seen) == buffer.num_seen_examples == 3 * BATCH
+
+
 # ---------------- End to end -------------------------------------------------------------------
 
 
@@ -298,3 +479,20 @@ def test_agem_keeps_task_zero_alive_on_split_mnist(tmp_path):
     assert naive_acc < 0.3 and naive.class_il[-1, 0] < 0.05
     assert agem_acc > naive_acc + 0.08, (agem_acc, naive_acc)
     assert agem.class_il[-1, 0] > 0.3
+
+
+def test_agem_r_runs_on_a_task_free_stream(tmp_path):
+    """With boundaries hidden (task -1, no end_task) A-GEM-R is accepted and fills its reservoir
+    from every batch; the task-end memory is refused with the fix in the message."""
+    config = small_split_config("agem", capacity=40, replay_batch=10, num_tasks=2)
+    config.data.num_tasks, config.data.train_per_task, config.data.test_per_task = 2, 50, 20
+    config.model.widths = (16,)
+    config.training.task_free = True
+    config.checkpoint.enabled = False
+    with pytest.raises(ConfigError, match="config.algorithm.memory='reservoir'") as error:
+        loop.run(config, tmp_path / "task_end", verbose=False)
+    assert "\n" not in str(error.value)
+    config.algorithm.memory = "reservoir"
+    result = loop.run(config, tmp_path / "agem_r", verbose=False)
+    assert int(result.state.algo.buffer.num_seen) == 100  # every training example offered
+    assert result.class_il.shape == (2, 2) and np.isfinite(result.class_il).all()

@@ -22,6 +22,7 @@ from sequax import algorithms, testing
 SMALL = {
     "er": {"capacity": 16, "replay_batch": 4},
     "agem": {"capacity": 16, "replay_batch": 4, "num_tasks": 2},
+    "agem_r": {"capacity": 16, "replay_batch": 4},
     "gem": {"capacity": 16, "num_tasks": 2},
     "ewc": {"lam": 1.0, "fisher_batch": 8},
     "icarl": {"capacity": 16, "replay_batch": 4, "feature_dim": 16},

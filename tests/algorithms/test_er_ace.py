@@ -8,6 +8,7 @@ replay cross-entropy over all logits only once the first task has ended.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +20,10 @@ from batches import random_batch
 from small_streams import small_split_config
 from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
-from sequax import algorithms
+from sequax import algorithms, testing
 from sequax.algorithms import ERACE, Naive
 from sequax.algorithms.er_ace import ERACEState, incoming_classes
+from sequax.algorithms.reservoir import ClassBalancedState, ReplayState, ReservoirState
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.engine import loop
@@ -169,6 +171,68 @@ def test_hyperparameters_are_checked_and_registered(model):
     state = create_state(model, algorithm, optax.sgd(0.1), batch_of(0, [0] * BATCH), seed=0)
     with pytest.raises(ValueError, match="num_classes=10"):
         algorithm.loss(state.params, state, batch_of(1, [0, 1]), jax.random.PRNGKey(0), model)
+
+
+# ---------------- The buffer policy -------------------------------------------------------------
+
+
+def test_default_state_structure_is_unchanged(model):
+    """The buffer policies leave the default ER-ACE state as it was (recorded runs,
+    checkpoints): a plain `ReservoirState` inside the `ReplayState`."""
+    batch = batch_of(0, [0] * BATCH)
+    state = create_state(model, ERACE(CAPACITY, REPLAY), optax.sgd(0.1), batch, seed=0)
+    items = {
+        "x": jnp.zeros((CAPACITY, *batch["x"].shape[1:]), jnp.float32),
+        "y": jnp.zeros((CAPACITY,), jnp.int32),
+    }
+    replay = ReplayState(
+        ReservoirState(items, jnp.zeros((), jnp.int32)),
+        jax.tree.map(lambda b: b[:REPLAY], items),
+        jnp.zeros(REPLAY, bool),
+    )
+    expected = ERACEState(replay, jnp.zeros(CLASSES, bool))
+    assert type(state.algo.replay.buffer) is ReservoirState
+    assert jax.tree.structure(state.algo) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.algo, expected)
+    balanced = ERACE(CAPACITY, REPLAY, buffer_policy="class_balanced")
+    buffer = create_state(model, balanced, optax.sgd(0.1), batch, seed=0).algo.replay.buffer
+    assert type(buffer) is ClassBalancedState and buffer.stored.shape == (CLASSES,)
+    with pytest.raises(ValueError, match="buffer_policy='cbrs' is unknown") as error:
+        ERACE(CAPACITY, REPLAY, buffer_policy="cbrs")
+    assert "\n" not in str(error.value)
+
+
+def test_the_contract_with_a_class_balanced_buffer():
+    algorithm = ERACE(capacity=16, replay_batch=4, buffer_policy="class_balanced")
+    assert testing.check_algorithm(algorithm).method == "ERACE"
+
+
+def test_an_imbalanced_stream_leaves_a_balanced_buffer(model):
+    """90 % of the stream is class 0 (the rest classes 1-4): the class-balanced buffer holds
+    20 / 5 of each, and replays from it; the reservoir mirrors the stream."""
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(800) < 0.9, 0, rng.integers(1, 5, 800)).reshape(-1, 8)
+    x = jnp.asarray(rng.random((len(labels), 8, 4, 4, 1)), jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(labels))
+
+    def run(algorithm):
+        state = create_state(model, algorithm, optax.sgd(0.1), batch_of(0, [0] * 8), seed=0)
+
+        def step(algo, inputs):
+            x, y, key = inputs
+            return algorithm.update(algo, state, {"x": x, "y": y}, {}, key), None
+
+        return jax.lax.scan(step, state.algo, (x, labels.astype(np.int32), keys))[0]
+
+    balanced = jax.jit(run, static_argnums=0)(ERACE(20, 4, buffer_policy="class_balanced"))
+    buffer = balanced.replay.buffer
+    stored_y = np.asarray(buffer.items["y"])
+    np.testing.assert_array_equal(np.bincount(stored_y, minlength=CLASSES), [4] * 5 + [0] * 5)
+    np.testing.assert_array_equal(buffer.stored, np.bincount(stored_y, minlength=CLASSES))
+    assert int(buffer.num_seen) == labels.size and bool(balanced.replay.valid.all())
+    np.testing.assert_array_equal(balanced.seen, mask_of(range(5)))
+    reservoir = jax.jit(run, static_argnums=0)(ERACE(20, 4))
+    assert np.bincount(np.asarray(reservoir.replay.buffer.items["y"]))[0] > 12
 
 
 # ---------------- End to end -------------------------------------------------------------------

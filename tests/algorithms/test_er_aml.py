@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,7 @@ from batches import random_batch
 from small_streams import small_split_config
 from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
+from sequax import testing
 from sequax.algorithms import Naive
 from sequax.algorithms.er_aml import (
     ERAML,
@@ -30,6 +32,7 @@ from sequax.algorithms.er_aml import (
     pair_candidates,
     supcon_loss,
 )
+from sequax.algorithms.reservoir import ClassBalancedState, ReplayState, ReservoirState
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.engine import loop
@@ -364,6 +367,80 @@ def test_update_stores_the_task_and_hyperparameters_are_checked(model):
     for name in ("temperature", "base_temperature"):
         with pytest.raises(ValueError, match=name):
             ERAML(**{name: 0.0})
+
+
+# ---------------- The buffer policy -------------------------------------------------------------
+
+
+def test_default_state_structure_is_unchanged(model):
+    """The buffer policies leave the default ER-AML state as it was (recorded runs,
+    checkpoints): a plain `ReservoirState` inside the `ReplayState`."""
+    batch = batch_of(0, [0] * BATCH)
+    state = create_state(model, ERAML(CAPACITY, REPLAY), optax.sgd(0.1), batch, seed=0)
+    items = {
+        "x": jnp.zeros((CAPACITY, *batch["x"].shape[1:]), jnp.float32),
+        "y": jnp.zeros((CAPACITY,), jnp.int32),
+        "task": jnp.zeros((CAPACITY,), jnp.int32),
+    }
+    expected = ReplayState(
+        ReservoirState(items, jnp.zeros((), jnp.int32)),
+        jax.tree.map(lambda b: b[:REPLAY], items),
+        jnp.zeros(REPLAY, bool),
+    )
+    assert type(state.algo.buffer) is ReservoirState
+    assert jax.tree.structure(state.algo) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.algo, expected)
+
+
+def test_buffer_policy_is_checked(model):
+    with pytest.raises(ValueError, match="buffer_policy='cbrs' is unknown") as error:
+        ERAML(CAPACITY, REPLAY, buffer_policy="cbrs")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="config.algorithm.buffer_classes"):
+        ERAML(CAPACITY, REPLAY, buffer_policy="class_balanced")
+    # A class count other than the model's logits is caught when the step is traced.
+    aml = ERAML(CAPACITY, REPLAY, buffer_policy="class_balanced", buffer_classes=7)
+    state = create_state(model, aml, optax.sgd(0.1), batch_of(0, [0] * BATCH), seed=0)
+    assert isinstance(state.algo.buffer, ClassBalancedState)
+    with pytest.raises(ValueError, match="buffer_classes=10"):
+        aml.loss(state.params, state, batch_of(1, [0] * BATCH), jax.random.PRNGKey(0), model)
+
+
+@pytest.mark.parametrize("task_free", [False, True])
+def test_the_contract_with_a_class_balanced_buffer(task_free):
+    aml = ERAML(16, 4, task_free=task_free, buffer_policy="class_balanced", buffer_classes=CLASSES)
+    assert testing.check_algorithm(aml).method == "ERAML"
+
+
+def test_an_imbalanced_stream_leaves_a_balanced_buffer(model):
+    """90 % of the stream is class 0 (the rest classes 1-4): the class-balanced buffer holds
+    20 / 5 of each, with the task it was offered in; the reservoir mirrors the stream."""
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(800) < 0.9, 0, rng.integers(1, 5, 800)).reshape(-1, 8)
+    tasks = np.repeat([0, 1], len(labels) // 2)
+    x = jnp.asarray(rng.random((len(labels), 8, 4, 4, 1)), jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(labels))
+
+    def run(algorithm):
+        state = create_state(model, algorithm, optax.sgd(0.1), batch_of(0, [0] * 8), seed=0)
+
+        def step(algo, inputs):
+            x, y, task, key = inputs
+            at = state._replace(task=task)
+            return algorithm.update(algo, at, {"x": x, "y": y}, {}, key), None
+
+        return jax.lax.scan(step, state.algo, (x, labels.astype(np.int32), tasks, keys))[0]
+
+    balanced = jax.jit(run, static_argnums=0)(
+        ERAML(20, 4, buffer_policy="class_balanced", buffer_classes=CLASSES)
+    )
+    stored_y = np.asarray(balanced.buffer.items["y"])
+    np.testing.assert_array_equal(np.bincount(stored_y, minlength=CLASSES), [4] * 5 + [0] * 5)
+    np.testing.assert_array_equal(balanced.buffer.stored, np.bincount(stored_y, minlength=CLASSES))
+    assert int(balanced.buffer.num_seen) == labels.size and bool(balanced.valid.all())
+    assert set(np.asarray(balanced.buffer.items["task"]).tolist()) <= {0, 1}
+    reservoir = jax.jit(run, static_argnums=0)(ERAML(20, 4))
+    assert np.bincount(np.asarray(reservoir.buffer.items["y"]))[0] > 12
 
 
 # ---------------- The contract and a short run -----------------------------------------------

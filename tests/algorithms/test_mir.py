@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,7 @@ from batches import random_batch
 from small_streams import small_split_config
 from torch_reference import assert_gradient_is_naives, assert_mlp_grads_match, torch_mlp
 
+from sequax import testing
 from sequax.algorithms import Naive
 from sequax.algorithms.mir import (
     MIR,
@@ -32,7 +34,12 @@ from sequax.algorithms.mir import (
     sample_candidates,
     virtual_step,
 )
-from sequax.algorithms.reservoir import reservoir_add, reservoir_init
+from sequax.algorithms.reservoir import (
+    ClassBalancedState,
+    ReservoirState,
+    reservoir_add,
+    reservoir_init,
+)
 from sequax.core.models import mlp
 from sequax.core.state import create_state
 from sequax.engine import loop
@@ -160,6 +167,81 @@ def test_first_task_is_naive(model):
     state = state_with(algorithm, model, past=0, current=CAPACITY, task=0)
     batch, rng = batch_of(2, [3, 3, 2, 3, 2, 2]), jax.random.PRNGKey(0)
     assert_gradient_is_naives(algorithm, Naive(), state, batch, rng, model)
+
+
+# ---------------- The buffer policy -------------------------------------------------------------
+
+
+def test_default_state_structure_is_unchanged(model):
+    """The buffer policies leave the default MIR state as it was (recorded runs, checkpoints):
+    a plain `ReservoirState`."""
+    state = create_state(
+        model, MIR(CAPACITY, REPLAY, SUBSAMPLE), optax.sgd(LR), batch_of(0, [0] * BATCH), seed=0
+    )
+    batch = batch_of(0, [0] * BATCH)
+    items = {
+        "x": jnp.zeros((CAPACITY, *batch["x"].shape[1:]), jnp.float32),
+        "y": jnp.zeros((CAPACITY,), jnp.int32),
+        "task": jnp.zeros((CAPACITY,), jnp.int32),
+    }
+    candidates = jax.tree.map(lambda b: b[:SUBSAMPLE], items)
+    expected = MIRState(
+        ReservoirState(items, jnp.zeros((), jnp.int32)), candidates, jnp.zeros(SUBSAMPLE, bool)
+    )
+    assert type(state.algo.buffer) is ReservoirState
+    assert jax.tree.structure(state.algo) == jax.tree.structure(expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.algo, expected)
+
+
+def test_buffer_policy_is_checked(model):
+    with pytest.raises(ValueError, match="buffer_policy='cbrs' is unknown") as error:
+        MIR(CAPACITY, REPLAY, SUBSAMPLE, buffer_policy="cbrs")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="config.algorithm.buffer_classes"):
+        MIR(CAPACITY, REPLAY, SUBSAMPLE, buffer_policy="class_balanced")
+    # A class count other than the model's logits is caught when the step is traced.
+    mir = MIR(CAPACITY, REPLAY, SUBSAMPLE, buffer_policy="class_balanced", buffer_classes=7)
+    state = create_state(model, mir, optax.sgd(LR), batch_of(0, [0] * BATCH), seed=0)
+    assert isinstance(state.algo.buffer, ClassBalancedState)
+    with pytest.raises(ValueError, match="buffer_classes=10"):
+        mir.loss(state.params, state, batch_of(1, [0] * BATCH), jax.random.PRNGKey(0), model)
+
+
+def test_the_contract_with_a_class_balanced_buffer():
+    mir = MIR(16, 4, 8, buffer_policy="class_balanced", buffer_classes=CLASSES)
+    assert testing.check_algorithm(mir).method == "MIR"
+
+
+def test_an_imbalanced_stream_leaves_a_balanced_buffer(model):
+    """90 % of the stream is class 0 (the rest classes 1-4, over two tasks): the class-balanced
+    buffer holds CAPACITY / 5 of each, and its candidates are still past-task examples only;
+    the reservoir mirrors the stream."""
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(800) < 0.9, 0, rng.integers(1, 5, 800)).reshape(-1, 8)
+    tasks = np.repeat([0, 1], len(labels) // 2)
+    x = jnp.asarray(rng.random((len(labels), 8, 4, 4, 1)), jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(labels))
+
+    def run(algorithm):
+        state = create_state(model, algorithm, optax.sgd(LR), batch_of(0, [0] * 8), seed=0)
+
+        def step(algo, inputs):
+            x, y, task, key = inputs
+            at = state._replace(task=task)
+            return algorithm.update(algo, at, {"x": x, "y": y}, {}, key), None
+
+        return jax.lax.scan(step, state.algo, (x, labels.astype(np.int32), tasks, keys))[0]
+
+    balanced = jax.jit(run, static_argnums=0)(
+        MIR(20, REPLAY, SUBSAMPLE, buffer_policy="class_balanced", buffer_classes=CLASSES)
+    )
+    stored_y = np.asarray(balanced.buffer.items["y"])
+    np.testing.assert_array_equal(np.bincount(stored_y, minlength=CLASSES), [4] * 5 + [0] * 5)
+    np.testing.assert_array_equal(balanced.buffer.stored, np.bincount(stored_y, minlength=CLASSES))
+    assert int(balanced.buffer.num_seen) == labels.size
+    assert bool(balanced.valid.any()) and not bool((balanced.candidates["task"] == 1).any())
+    reservoir = jax.jit(run, static_argnums=0)(MIR(20, REPLAY, SUBSAMPLE))
+    assert np.bincount(np.asarray(reservoir.buffer.items["y"]))[0] > 12
 
 
 # ---------------- The PyTorch reference -------------------------------------------------------
