@@ -324,6 +324,8 @@ class TensorBoardSink:
                 add(f"summary/{name}", value, phase)
             for name, value in record.get("timings", {}).items():
                 add(f"timings/{name}", float(value), phase)
+            for name, value, step in _details_scalars(record):  # per class, per phase
+                add(name, value, step)
             if self.results.rows:
                 from sequax.engine import plots
 
@@ -403,6 +405,12 @@ class WandbSink:
             self.run.summary.update({f"summary/{k}": v for k, v in _final_metrics(record).items()})
             self.run.summary.update(
                 {f"timings/{k}": float(v) for k, v in record.get("timings", {}).items()}
+            )
+            self.run.summary.update(
+                {  # per class (named by it), per phase (phase_p appended)
+                    n if n.startswith("per_class") else f"{n}/phase_{s}": v
+                    for n, v, s in _details_scalars(record)
+                }
             )
             tables = {}
             for key, view in self.results.views().items():
@@ -561,4 +569,15 @@ def _anytime_scalars(record: dict[str, Any]) -> dict[str, float]:
         values = np.asarray(record[view], np.float64)
         values = values.reshape(-1, values.shape[-1]).mean(axis=0)
         out.update({f"anytime/{view}/task_{j}": float(v) for j, v in enumerate(values)})
+    return out
+
+
+def _details_scalars(record: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """A single run's summary details as (name, value, step): the last phase's per-class
+    accuracy (step = class) and each phase's epochs, wall time and peak memory (step = phase);
+    values not measured (None) are left out."""
+    out = [(f"per_class_acc/class_{c}", float(v), c)
+           for c, v in enumerate(record.get("per_class_acc") or []) if v is not None]  # fmt: skip
+    for p, costs in enumerate(record.get("phases") or []):
+        out += [(f"phases/{k}", float(v), p) for k, v in costs.items() if v is not None]
     return out

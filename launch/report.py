@@ -78,6 +78,7 @@ class ReportedRun:
     loss: tuple[np.ndarray, dict[str, np.ndarray], list[int]] | None = (
         None  # steps, metrics, phase starts
     )
+    details: dict | None = None  # summary.json's per_class_acc and phases (a group: its first run)
     anytime: dict | None = None  # anytime.json (mean over the seeds): step, task, class_il, ...
     confusion: np.ndarray | None = None  # the last phase's counts (summed over the seeds)
 
@@ -155,6 +156,33 @@ def _extras(folders: list[Path]) -> tuple[dict | None, np.ndarray | None]:
     return anytime, confusion
 
 
+def _details(summary: dict) -> dict | None:
+    details = {k: summary[k] for k in ("per_class_acc", "phases") if summary.get(k)}
+    return details or None
+
+
+def details_markdown(details: dict | None, seeds: int) -> str:
+    """Each phase's epochs, wall time and peak memory, and the per-class accuracy after the
+    last phase, as markdown (a vmapped group shows its first run's)."""
+    if not details:
+        return ""
+    lines = ["" if seeds == 1 else "(the group's first run)"]
+    if details.get("phases"):
+        lines += ["| phase | epochs | wall (s) | device peak (MB) | host peak RSS (MB) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        mb = lambda v: "–" if v is None else f"{v / 2**20:.0f}"  # noqa: E731
+        for p, c in enumerate(details["phases"]):
+            device, host = mb(c.get("device_peak_bytes")), mb(c.get("host_peak_rss_bytes"))
+            lines.append(
+                f"| {p} | {c.get('epochs', 0):.0f} | {c['wall_s']:.2f} | {device} | {host} |"
+            )
+    if details.get("per_class_acc"):
+        shown = ", ".join(f"{c}: {'–' if v is None else f'{100 * v:.1f}'}"
+                          for c, v in enumerate(details["per_class_acc"]))  # fmt: skip
+        lines += ["", f"Per-class class-IL accuracy (%) after the last phase: {shown}"]
+    return "\n".join(lines).strip("\n")
+
+
 def _views(summary: dict) -> list[str]:
     return [v for v in VIEW_NAMES if isinstance(summary.get(v), dict)]
 
@@ -201,6 +229,7 @@ def load_workdir(workdir: str | Path) -> list[ReportedRun]:
                 metrics,
                 wall,
                 loss=_train_curves(workdir / "metrics.jsonl", None),
+                details=_details(summary),
                 **dict(zip(("anytime", "confusion"), _extras([workdir]))),
             )
         ]
@@ -241,6 +270,7 @@ def load_workdir(workdir: str | Path) -> list[ReportedRun]:
                 wall,
                 seeds=count,
                 loss=_train_curves(workdir / "metrics.jsonl", slice(first, first + count)),
+                details=_details(per_run[first]),
                 **dict(
                     zip(
                         ("anytime", "confusion"),
@@ -370,7 +400,8 @@ def render(workdirs: list[str | Path], out: str | Path) -> list[Path]:
                 plots.confusion_figure(run.confusion, f"{title}: confusion after the last phase"),
                 out / f"{slug}_confusion.png"))  # fmt: skip
         written += files
-        sections.append(f"## {run.name}\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in files))
+        figures = "\n".join(f"![{f.stem}]({f.name})" for f in files)
+        sections.append(f"## {run.name}\n\n{details_markdown(run.details, run.seeds)}\n\n{figures}")
 
     header, rows = comparison_table(runs)
     written.append(

@@ -112,6 +112,7 @@ def test_anytime_points_reach_the_files_and_the_summary(tmp_path):
     assert {f"{tmp_path.name}_anytime.png", f"{tmp_path.name}_confusion.png"} <= written
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| AAA | A_AUC |" in table and f"{100 * summary['aaa']:.2f}" in table
+    assert "| phase | epochs | wall (s) |" in table and "Per-class class-IL accuracy" in table
 
 
 def test_phase_end_details_reach_summary_json(tmp_path):

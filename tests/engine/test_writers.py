@@ -64,9 +64,20 @@ def records(runs: int = 1) -> list[dict]:
             "kind": "summary",
             "class_il": cl_metrics.summary(R, B),
             "task_il": cl_metrics.summary(R, B),
+            **(
+                {}
+                if runs > 1
+                else {
+                    "per_class_acc": [0.5, None, 0.75],
+                    "phases": [{"epochs": 1, "wall_s": 2.0, "device_peak_bytes": None}],
+                }
+            ),  # fmt: skip
             "timings": {"wall": 12.5},
         }
     )
+    # An anytime point inside task 1 (eval.every_steps), before the summary.
+    out.insert(-2, {"kind": "anytime", "step": 12, "task": 1, "class_il": lead(R[1] / 2),
+                    "task_il": lead(R[1])})  # fmt: skip
     return out
 
 
@@ -174,6 +185,11 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
     assert "after task 2" in text_tensor.string_val[0].decode()
     ((_, image),) = events["accuracy_matrix"]
     assert image.width > 100 and image.height > 100 and image.encoded_image_string[:4] == b"\x89PNG"
+    # The anytime point at its step; per-class accuracy by class; each phase's costs by phase.
+    assert events["anytime/class_il/task_1"] == [(12, pytest.approx(R[1, 1] / 2))]
+    assert [s for s, _ in events["per_class_acc/class_2"]] == [2]
+    assert "per_class_acc/class_1" not in events  # a class without test examples
+    assert events["phases/wall_s"] == [(0, pytest.approx(2.0))]
 
     # W&B: offline by default, the same content, finished at close.
     (init,) = fake.inits
@@ -187,6 +203,9 @@ def test_every_sink_receives_the_records(tmp_path, monkeypatch):
     assert last_eval["metrics/class_il/bwt"] == pytest.approx(final["bwt"])
     assert last_eval["accuracy/task_il/task_2"] == pytest.approx(R[2, 2])
     assert fake.summary["summary/class_il/forgetting"] == pytest.approx(final["forgetting"])
+    assert fake.summary["per_class_acc/class_0"] == 0.5
+    assert fake.summary["phases/wall_s/phase_0"] == 2.0
+    assert any(v.get("anytime/task_il/task_1") == pytest.approx(R[1, 1]) for _, v in fake.logs)
     table = next(v for _, v in fake.logs if "accuracy_matrix/class-IL" in v)[
         "accuracy_matrix/class-IL"
     ]
