@@ -39,7 +39,11 @@ def workdirs(tmp_path_factory):
 
 
 def table_rows(markdown: str) -> list[dict[str, str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    """The rows of the report's first table (the comparison; each run's section has its own)."""
+    text = markdown.splitlines()
+    first = next(i for i, line in enumerate(text) if line.startswith("|"))
+    end = next((i for i in range(first, len(text)) if not text[i].startswith("|")), len(text))
+    lines = text[first:end]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [
         dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
