@@ -466,6 +466,7 @@ def test_agem_r_matches_mammoths_observe(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_agem_keeps_task_zero_alive_on_split_mnist(tmp_path):
     naive = naive_result("split")
     agem = loop.run(

@@ -329,6 +329,7 @@ def test_num_classes_must_match_the_model(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_derpp_beats_naive_on_split_mnist(tmp_path):
     naive = naive_result("split")
     derpp = loop.run(

@@ -238,6 +238,7 @@ def test_an_imbalanced_stream_leaves_a_balanced_buffer(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_er_ace_beats_er_and_keeps_old_classes_on_split_mnist(tmp_path):
     er = loop.run(
         small_split_config("er", capacity=100, replay_batch=10), tmp_path / "er", verbose=False

@@ -450,6 +450,7 @@ def test_an_imbalanced_stream_leaves_a_balanced_buffer(model):
 # task-based; the task-free branch is traced and run in the tests above).
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_a_short_split_mnist_run_keeps_the_first_task(tmp_path):
     """Two Split-MNIST tasks of 200 images (tests/engine/test_loop.py's tiny config): the
     metric loss on the second task leaves the first task's classes standing (naive: ~0)."""

@@ -255,6 +255,7 @@ def test_invalid_hyperparameters_raise(kwargs):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_gdumb_keeps_every_task_on_split_mnist(tmp_path):
     config = common.der_config(
         "split", "gdumb", 0.03, capacity=100, epochs=20, fit_lr=0.05, batch_size=16

@@ -184,6 +184,7 @@ def test_sparsity_term_by_hand():
     assert float(attention_sparsity(gates, empty)) == pytest.approx(2.5 / 5)
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_near_zero_task_il_forgetting_on_split_mnist():
     """With s_max 400 the gates are binary: training later tasks leaves the earlier tasks'
     task-IL accuracy unchanged, where naive fine-tuning on the same stream forgets."""

@@ -224,6 +224,7 @@ def test_rejects_a_coreset_not_divisible_by_the_classes():
         KCL(eval_ridge="last")
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_split_mnist_task_il_beats_naive():
     """Split MNIST, 1,000 images per task, seeds 0 and 1 in one program: naive task-IL is
     near its ceiling here, KCL's per-task kernel classifiers reach more with less forgetting.

@@ -212,6 +212,7 @@ def small_split_config(num_tasks: int, lam: float):
     return config
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_lfl_keeps_the_first_tasks_features_on_split_mnist(tmp_path):
     """After task 1, task 0's test images have nearly the features they had after task 0."""
     first = loop.run(small_split_config(1, 0.0), tmp_path / "first", verbose=False)

@@ -266,6 +266,7 @@ def small_permuted_config(algorithm: str, **algorithm_kwargs):
     return config
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_lwf_keeps_the_first_task_on_permuted_mnist(tmp_path):
     naive = loop.run(small_permuted_config("naive"), tmp_path / "naive", verbose=False)
     lwf = loop.run(small_permuted_config("lwf", alpha=3.0), tmp_path / "lwf", verbose=False)

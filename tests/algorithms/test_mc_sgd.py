@@ -195,6 +195,7 @@ def test_end_task_stores_a_class_balanced_memory_and_starts_from_the_task_soluti
     )
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_continual_solution_learns_the_new_task_and_keeps_the_old_one_better_than_naive():
     """Two permuted tasks: w̄_1 learns task 1 (from 12 % before it) and keeps task 0 better
     than naive's sequential solution (87.7 % against 80.1 % when written)."""

@@ -328,6 +328,7 @@ def test_loss_gradient_and_selection_match_the_reference(model, past):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_mir_trains_on_split_mnist_and_keeps_old_classes(tmp_path):
     config = small_split_config("er", capacity=100, replay_batch=10)  # its optimiser's lr: 0.05
     mir = MIR(capacity=100, replay_batch=10, subsample=50, lr=0.05)

@@ -257,6 +257,7 @@ def test_invalid_hyperparameters_raise(kwargs, match):
     assert algorithms.make("rwalk", lam=0.5) == RWalk(lam=0.5)
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_rwalk_keeps_task_zero_better_than_naive(tmp_path):
     naive = naive_result("permuted")
     rwalk = loop.run(small_permuted_config("rwalk", lam=1.0), tmp_path / "rwalk", verbose=False)

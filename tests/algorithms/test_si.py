@@ -285,6 +285,7 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 # ---------------- End to end ---------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_si_keeps_task_zero_better_than_naive(tmp_path):
     naive = naive_result("permuted")
     si = loop.run(small_permuted_config("si", c=1.0, xi=1.0), tmp_path / "si", verbose=False)
