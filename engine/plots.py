@@ -123,15 +123,20 @@ def task_curves_figure(
                     linewidth=0,
                 )
         ax.set_xticks(phases, list(phase_labels), rotation=30, ha="right")
-        ax.set_ylim(-2, 102)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{view}: each task after each phase")
-        ax.grid(alpha=0.3)
-        if mean.shape[1] <= 10:
-            ax.legend(fontsize=7, loc="lower left")
+        _accuracy_axes(ax, f"{view}: each task after each phase", mean.shape[1])
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _accuracy_axes(ax, title: str, num_tasks: int) -> None:
+    """A per-task accuracy panel's y axis (percent), grid, title and legend (up to 10 tasks)."""
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if num_tasks <= 10:
+        ax.legend(fontsize=7, loc="lower left")
 
 
 def anytime_figure(
@@ -155,12 +160,7 @@ def anytime_figure(
                 ax.plot(steps[shown], percent[shown, j], linewidth=1, label=f"task {j}")
                 ax.axvline(steps[shown][0], color="gray", linestyle=":", linewidth=0.6)
         ax.set_xlabel("step")
-        ax.set_ylim(-2, 102)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{view}: every task during training")
-        ax.grid(alpha=0.3)
-        if percent.shape[1] <= 10:
-            ax.legend(fontsize=7, loc="lower left")
+        _accuracy_axes(ax, f"{view}: every task during training", percent.shape[1])
     if title:
         fig.suptitle(title)
     return fig
