@@ -4,6 +4,8 @@
     python -m sequax.launch.reproduce --table=der --cells=smnist/er  # cells whose name starts so
     python -m sequax.launch.reproduce --table=der --dry_run          # list and check the cells
     python -m sequax.launch.reproduce --table=mirzadeh               # Stable SGD / MC-SGD table
+    python -m sequax.launch.reproduce --table=der_gcl                # DER's MNIST-360 (general CL)
+    python -m sequax.launch.reproduce --table=mir                    # MIR's MNIST rows
                                                                      # (+ forgetting)
     python -m sequax.launch.reproduce --table=der --update_docs      # + docs/reproductions/der.md
 
@@ -54,7 +56,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (so tests
     can import several launchers into one process)."""
-    flags.DEFINE_enum("table", "der", ["der", "mirzadeh"], "Which published table.")
+    flags.DEFINE_enum(
+        "table", "der", ["der", "mirzadeh", "der_gcl", "mir"], "Which published table."
+    )
     flags.DEFINE_integer("seeds", 3, "Seeds per cell (vmapped in one program).")
     flags.DEFINE_list(
         "cells", [], "Only cells whose name starts with one of these (e.g. smnist/,pmnist/er)."
@@ -99,7 +103,15 @@ def table_module(name: str):
         from sequax.configs.reproduce.mirzadeh import table
 
         return table
-    raise ConfigError(f"--table={name} is unknown; known: der, mirzadeh")
+    if name == "der_gcl":
+        from sequax.configs.reproduce.der_gcl import table
+
+        return table
+    if name == "mir":
+        from sequax.configs.reproduce.mir import table
+
+        return table
+    raise ConfigError(f"--table={name} is unknown; known: der, mirzadeh, der_gcl, mir")
 
 
 def selected_cells(table, prefixes: list[str], local: bool = False) -> list[tuple]:
@@ -218,7 +230,9 @@ def run_table(
                 say(f"    {name}: not reported, {error}")
                 continue
         wall = summary.get("timings", {}).get("wall", time.perf_counter() - t0)
-        ours = cell_result(summary)
+        # A table may read its own metric from the cell's files (der_gcl: the pooled accuracy).
+        reader = getattr(table, "cell_result", None)
+        ours = reader(summary, folder) if reader else cell_result(summary)
         say(
             f"    {name}: "
             + ", ".join(f"{v} {m:.2f} ± {s:.2f}" for v, (m, s) in ours.items())
