@@ -72,6 +72,26 @@ def cached(
     return array
 
 
+def computed(name: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()`, or its copy from the cache under `key` (a digest of everything the result
+    depends on: derived data such as MNIST-360's rotated images); read-only."""
+    folder = cache_folder()
+    if folder is None:
+        return compute()
+    digest = hashlib.blake2b(f"{FORMAT}|{key}".encode(), digest_size=8).hexdigest()
+    copy = folder / f"{name}.{digest}.npy"
+    if copy.is_file():
+        try:
+            array = np.load(copy, allow_pickle=False)
+            array.flags.writeable = False
+            return array
+        except (OSError, ValueError, EOFError):
+            pass  # unreadable: compute again, and write it anew
+    array = compute()
+    _store(copy, array)
+    return array
+
+
 def _store(copy: Path, array: np.ndarray) -> None:
     try:
         copy.parent.mkdir(parents=True, exist_ok=True)

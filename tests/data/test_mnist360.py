@@ -365,3 +365,16 @@ def test_refuses_a_source_that_does_not_fit(kwargs, source_args, match):
     with pytest.raises(DataError, match=match) as error:
         mnist_360(source, **kwargs)
     assert "\n" not in str(error.value)
+
+
+def test_rotated_images_are_kept_in_the_data_cache(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQUAX_DATA_CACHE", str(tmp_path))
+    first = mnist_360(small)
+    copies = sorted(p.name.split(".")[0] for p in tmp_path.glob("*.npy"))
+    assert copies == ["mnist360_test", "mnist360_train"]
+    again = mnist_360(small)  # read back: the same bytes
+    np.testing.assert_array_equal(again.source.train_x, first.source.train_x)
+    np.testing.assert_array_equal(again.source.test_x, first.source.test_x)
+    other = mnist_360(small, seed=1)  # other training draws: another training copy (the test
+    assert len(list(tmp_path.glob("*.npy"))) == 3  # images and angles do not depend on seed)
+    assert not np.array_equal(other.source.train_x, first.source.train_x)
