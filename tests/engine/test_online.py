@@ -90,9 +90,16 @@ def test_a_method_that_needs_boundaries_is_refused_with_its_reason(tmp_path):
         loop.run(combined, tmp_path / "c", verbose=False)
 
 
-def test_anytime_points_reach_the_files_and_the_summary(tmp_path):
+@pytest.fixture(scope="module")
+def er_online(tmp_path_factory):
+    """One task-free ER run with anytime evaluation: (workdir, result)."""
+    workdir = tmp_path_factory.mktemp("er_online")
     config = online_config("er", capacity=40, replay_batch=10)
-    result = loop.run(config, tmp_path, verbose=False)
+    return workdir, loop.run(config, workdir, verbose=False)
+
+
+def test_anytime_points_reach_the_files_and_the_summary(er_online):
+    tmp_path, result = er_online
     curve = json.loads((tmp_path / "anytime.json").read_text())
     # Every 4 steps inside a task, plus each task's end (steps 10, 20, 30).
     assert curve["step"] == [4, 8, 10, 12, 16, 20, 24, 28, 30]
@@ -115,10 +122,10 @@ def test_anytime_points_reach_the_files_and_the_summary(tmp_path):
     assert "| phase | epochs | wall (s) |" in table and "Per-class class-IL accuracy" in table
 
 
-def test_phase_end_details_reach_summary_json(tmp_path):
+def test_phase_end_details_reach_summary_json(er_online):
     """Top-5 (a 10-class head), nearest-mean accuracy (ER holds a buffer), per-class accuracy
     from the last phase's confusion counts, and each phase's wall time and peak memory."""
-    loop.run(online_config("er", capacity=40, replay_batch=10), tmp_path, verbose=False)
+    tmp_path, _ = er_online
     summary = json.loads((tmp_path / "summary.json").read_text())
     confusion = np.array(json.loads((tmp_path / "confusion.json").read_text())["confusion"])
     assert confusion.shape == (3, 10, 10)  # the head's 10 classes; the stream uses 6
@@ -136,17 +143,16 @@ def test_phase_end_details_reach_summary_json(tmp_path):
     assert all(p["wall_s"] > 0 and p["host_peak_rss_bytes"] > 1e6 for p in summary["phases"])
 
 
-def test_anytime_curve_survives_an_interrupt_and_resume(tmp_path, monkeypatch):
+def test_anytime_curve_survives_an_interrupt_and_resume(er_online, tmp_path, monkeypatch):
     config = online_config("er", capacity=40, replay_batch=10)
-    config.checkpoint.enabled = True
-    loop.run(config, tmp_path / "whole", verbose=False)
+    config.checkpoint.enabled = True  # the uninterrupted run (er_online) saved nothing
     monkeypatch.setenv(interrupts.KILL_ENV, "train_chunk:16@INT")  # SIGINT mid-task 2
     with pytest.raises(Interrupted):
         loop.run(config, tmp_path / "cut", verbose=False)
     monkeypatch.delenv(interrupts.KILL_ENV)
     loop.run(config, tmp_path / "cut", verbose=False)
-    whole, cut = (json.loads((tmp_path / d / "anytime.json").read_text()) for d in ("whole", "cut"))
-    assert cut == whole
+    whole = json.loads((er_online[0] / "anytime.json").read_text())
+    assert json.loads((tmp_path / "cut" / "anytime.json").read_text()) == whole
 
 
 def test_an_ordered_stream_is_read_in_its_order(tmp_path):

@@ -68,6 +68,7 @@ def test_converted_weights_give_the_torch_logits_in_train_and_eval():
         state = new_state
 
 
+@pytest.mark.long  # two vmapped ResNet-18 inits through the bridge (10-20 s): pytest -m long
 def test_init_from_torch_starts_each_key_from_the_bridge_draw_of_that_key():
     x = mnist_like(2)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
@@ -82,6 +83,7 @@ def test_init_from_torch_starts_each_key_from_the_bridge_draw_of_that_key():
     assert not np.allclose(kernel[0], kernel[1])  # each key its own draw
 
 
+@pytest.mark.long  # ResNet-18 steps on both paths (10-20 s); the weights' mapping: test above
 def test_flax_and_bridge_train_steps_agree_from_the_same_weights():
     """Five SGD steps (batch 10) of both networks from one seed's weights stay within float32
     rounding of each other. (Later they part, as fast as the flax network parts from itself
