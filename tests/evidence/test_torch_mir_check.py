@@ -186,6 +186,7 @@ def test_tiny_run(tiny):
     assert one["matrix_exact"][-1][-1] > 50  # it learns the last task
     assert tmc.variant_suffix("mir_replay", False, "reference") == "-no_old_logits-reference_data"
     assert tmc.variant_suffix("rand_replay", False, "ours") == ""
+    assert tmc.variant_suffix("rand_replay", True, "ours", True, 0.05) == "-five_pairs-lr0.05"
 
 
 @pytest.mark.long  # a whole command (7-11 s): pytest -m long tests/evidence
