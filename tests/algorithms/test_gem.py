@@ -562,6 +562,7 @@ def test_invalid_hyperparameters_raise(kwargs, match):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_gem_beats_naive_on_split_mnist(tmp_path):
     naive = naive_result("split")
     gem = loop.run(

@@ -274,6 +274,7 @@ def test_invalid_hyperparameters_and_feature_dim_mismatch(model):
 # ---------------- End to end -------------------------------------------------------------------
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_icarl_keeps_old_classes_on_split_mnist(tmp_path):
     config = common.der_config("split", "icarl", 0.1, capacity=100, replay_batch=10, feature_dim=32)
     config.data.source = "mnist_packaged"  # ships with sequax: runs anywhere

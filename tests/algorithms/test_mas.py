@@ -199,6 +199,7 @@ def test_invalid_hyperparameters_raise(kwargs, match):
     assert algorithms.make("mas", lam=0.5) == MAS(lam=0.5)
 
 
+@pytest.mark.long  # a whole real-MNIST run (5-20 s): pytest -m long; math: the torch tests above
 def test_mas_keeps_task_zero_better_than_naive(tmp_path):
     naive = naive_result("permuted")
     mas = loop.run(small_permuted_config("mas", lam=0.1), tmp_path / "mas", verbose=False)
