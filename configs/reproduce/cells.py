@@ -15,3 +15,16 @@ def require_cell(published: dict, table: str, cell) -> None:
     if cell not in published:
         known = ", ".join(cell_name(c) for c in published)
         raise ValueError(f"no {table}-table cell {cell_name(cell)}; cells: {known}")
+
+
+def method_buffer_arg(benchmark: str, arg: str | None, example: str) -> tuple[str, int, bool]:
+    """(method, buffer, local) of a `--config=<benchmark>.py:METHOD,BUFFER[,local]` argument
+    (the online tables' config entry points); one line naming the form otherwise."""
+    parts = [p for p in (arg or "").split(",") if p]
+    local = "local" in parts
+    parts = [p for p in parts if p != "local"]
+    if len(parts) != 2:
+        raise ValueError(
+            f"name a cell: {benchmark}.py:METHOD,BUFFER[,local], e.g. {benchmark}.py:{example}"
+        )
+    return parts[0], int(parts[1]), local

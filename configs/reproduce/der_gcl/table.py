@@ -68,7 +68,7 @@ import ml_collections
 import numpy as np
 
 from sequax.configs import common
-from sequax.configs.reproduce.cells import cell_name, require_cell
+from sequax.configs.reproduce.cells import cell_name, method_buffer_arg, require_cell
 
 TITLE = "DER (Buzzega et al., NeurIPS 2020), MNIST-360 (general continual learning)"
 BENCHMARK = "mnist360"
@@ -231,12 +231,6 @@ def cell_result(summary: dict, folder: Path) -> dict[str, tuple[float, float]]:
 
 def get_config_for(benchmark: str, arg: str | None):
     """The `get_config` of `mnist360.py`: arg is "METHOD,BUFFER[,local]"."""
-    parts = [p for p in (arg or "").split(",") if p]
-    local = "local" in parts
-    parts = [p for p in parts if p != "local"]
-    if len(parts) != 2:
-        raise ValueError(
-            f"name a cell: {benchmark}.py:METHOD,BUFFER[,local], e.g. {benchmark}.py:der,500"
-        )
-    config_ = config(benchmark, parts[0], int(parts[1]))
+    method, buffer, local = method_buffer_arg(benchmark, arg, "der,500")
+    config_ = config(benchmark, method, buffer)
     return common.shrink_local(config_) if local else config_

@@ -74,7 +74,11 @@ from __future__ import annotations
 import ml_collections
 
 from sequax.configs import common
-from sequax.configs.reproduce.cells import cell_name, require_cell  # noqa: F401 - cell_name is the table's API
+from sequax.configs.reproduce.cells import (  # noqa: F401 - cell_name is the table's API
+    cell_name,
+    method_buffer_arg,
+    require_cell,
+)
 
 TITLE = "MIR (Aljundi et al., NeurIPS 2019), Table 1: ER and ER-MIR on MNIST"
 MEMORY_PER_CLASS = (20, 50, 100)  # Scripts/ER_experiments.sh: mems=(100 50 20)
@@ -240,12 +244,6 @@ def cells() -> list[tuple[str, str, int]]:
 
 def get_config_for(benchmark: str, arg: str | None):
     """The `get_config` of `smnist.py` and `pmnist.py`: arg is "METHOD,BUFFER[,local]"."""
-    parts = [p for p in (arg or "").split(",") if p]
-    local = "local" in parts
-    parts = [p for p in parts if p != "local"]
-    if len(parts) != 2:
-        raise ValueError(
-            f"name a cell: {benchmark}.py:METHOD,BUFFER[,local], e.g. {benchmark}.py:mir,500"
-        )
-    config_ = config(benchmark, parts[0], int(parts[1]))
+    method, buffer, local = method_buffer_arg(benchmark, arg, "mir,500")
+    config_ = config(benchmark, method, buffer)
     return common.shrink_local(config_) if local else config_
