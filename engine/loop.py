@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -40,7 +39,13 @@ from sequax.engine.interrupts import Interrupts, kill_point
 from sequax.engine.library_logs import orbax_logs_to
 from sequax.engine.program_cache import run_cache
 from sequax.engine.programs import make_programs
-from sequax.engine.results import Results, RunResult, final_lines, program_costs
+from sequax.engine.results import (
+    Results,
+    RunResult,
+    final_lines,
+    peak_memory,
+    program_costs,
+)
 from sequax.engine.writers import ProgressBar, make_writers
 
 
@@ -276,11 +281,3 @@ def _shown(experiment, values):
     if isinstance(values, dict):
         return {k: np.asarray(v)[0] for k, v in values.items()}
     return np.asarray(values)[0]
-
-
-def peak_memory() -> tuple[float, float]:
-    """(device peak bytes in use, host peak RSS bytes) so far; NaN where the backend does not
-    say (XLA:CPU keeps no device statistics: its arrays live in the host's memory)."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    device = float(stats.get("peak_bytes_in_use", np.nan))
-    return device, float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -217,14 +218,15 @@ class Results:
         timings["train_steps"] = self.train_steps  # per run
         timings["eval_examples"] = (len(phases) + 1) * int(sum(scenario.test_sizes))  # per run
         timings["devices"] = experiment.mesh.size
-        stats = jax.local_devices()[0].memory_stats()  # GPU, TPU: the peak bytes in use
-        if stats and "peak_bytes_in_use" in stats:
-            timings["device_peak_bytes"] = float(stats["peak_bytes_in_use"])
+        device_peak, _ = peak_memory()  # GPU, TPU: the peak bytes in use (CPU: none)
+        if not np.isnan(device_peak):
+            timings["device_peak_bytes"] = device_peak
         per_run = []
         for r in range(grid.size):
             init_r = {k: v[r] for k, v in self.random_init.items()}
+            curve = self.curve(r)
             summary_r = summaries(scenario.setting, self.class_il[r], self.task_il[r], init_r,
-                                  scenario.test_sizes, self.curve(r), self._extra(r))  # fmt: skip
+                                  scenario.test_sizes, curve, self._extra(r))  # fmt: skip
             if self.val_class_il is not None:  # the validation split's own metrics
                 validation = summaries(
                     scenario.setting,
@@ -239,10 +241,9 @@ class Results:
             if main:
                 folder = workdir / "runs" / f"{r:03d}" if grid.vmapped else workdir
                 write_matrices(folder, self.class_il[r], self.task_il[r], init_r, phases)
-                if self.curve(r) is not None:  # accuracy against steps (launch/report plots it)
+                if curve is not None:  # accuracy against steps (launch/report plots it)
                     (folder / "anytime.json").write_text(
-                        json.dumps({k: v.tolist() for k, v in self.curve(r).items()}, indent=1)
-                        + "\n"
+                        json.dumps({k: v.tolist() for k, v in curve.items()}, indent=1) + "\n"
                     )
                 if self.val_class_il is not None:
                     write_matrices(folder, self.val_class_il[r], self.val_task_il[r], {},
@@ -380,3 +381,11 @@ def program_costs(compiled) -> dict[str, float]:
     except Exception:  # noqa: BLE001 - an analysis a backend lacks is not worth failing a run for
         pass
     return costs
+
+
+def peak_memory() -> tuple[float, float]:
+    """(device peak bytes in use, host peak RSS bytes) so far; NaN where the backend does not
+    say (XLA:CPU keeps no device statistics: its arrays live in the host's memory)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    device = float(stats.get("peak_bytes_in_use", np.nan))
+    return device, float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
