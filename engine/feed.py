@@ -107,10 +107,9 @@ class Feed:
     def test_sets(self):
         if self.images is not None:
             return self.images.test_sets()
-        put = lambda a: sharding.put(np.asarray(a), sharding.replicated(self.mesh))  # noqa: E731
         if self.drawn is None:
-            return stack_test_sets(self.experiment.scenario, put=put)
-        return stack_run_test_sets(self.drawn, put=put)
+            return stack_test_sets(self.experiment.scenario, put=self._replicated)
+        return stack_run_test_sets(self.drawn, put=self._replicated)
 
     def validation_sets(self):
         """The held-out validation split's sets (`data.validation`), like `test_sets`; None
@@ -118,8 +117,11 @@ class Feed:
         validation = self.experiment.scenario.validation
         if validation is None:
             return None
-        put = lambda a: sharding.put(np.asarray(a), sharding.replicated(self.mesh))  # noqa: E731
-        return stack_test_sets(validation, put=put)
+        return stack_test_sets(validation, put=self._replicated)
+
+    def _replicated(self, array):
+        """A host array on every device of the mesh (test and validation sets)."""
+        return sharding.put(np.asarray(array), sharding.replicated(self.mesh))
 
     def start_phase(self, p: int, tasks, state, programs, resume=None) -> "Phase":
         """Places phase `p`'s examples on the devices (split over the mesh) and, streaming,
