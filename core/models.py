@@ -31,12 +31,17 @@ class Model(NamedTuple):
     `module` is the linen module that `apply` runs with `params` as its "params" collection,
     unchanged (set by `from_linen`; None otherwise). Tools that intercept its layers read it
     (EWC's dense-layer Fisher, `algorithms.fisher`); replacing `apply` must clear it.
+
+    `trainable(params) -> bool tree` marks the parameters the optimizer updates (None: all);
+    the engine gives the rest a zero update (`sequax.core.param_groups.frozen`): a frozen
+    pretrained backbone, or a prompt method's frozen ViT.
     """
 
     init: Callable[[jax.Array, jax.Array], tuple[PyTree, PyTree]]
     apply: Callable[..., tuple[dict[str, jax.Array], PyTree]]
     num_classes: int
     module: nn.Module | None = None
+    trainable: Callable[[PyTree], PyTree] | None = None
 
 
 def _torch_default_bias_init(fan_in: int):

@@ -82,9 +82,16 @@ class Algorithm:
     is taken when a task ends"). On a task-free stream (`config.training.task_free`) the
     engine calls neither `start_task` nor `end_task`, `state.task` and every batch's "task"
     are -1, and a method declaring a reason is refused with it, before any compile.
+
+    `example_index` is a declaration too: True gives every training batch read from a task's
+    device-resident examples an "index" (int32 [B], each example's slot in the phase's
+    `TaskData`), so `loss` can read per-example values the method computed once in
+    `start_task`: the frozen-feature cache (`sequax.algorithms.feature_cache`). A streamed
+    source's batches have no "index"; the method computes the values instead.
     """
 
     needs_boundaries = ""
+    example_index = False
 
     def wrap_model(self, model):
         """The network this method trains, built once from the configured `model`."""

@@ -21,6 +21,7 @@ from sequax import algorithms
 from sequax import data as sequax_data
 from sequax.core.models import Model, from_linen, mlp
 from sequax.core.models import resnet18 as core_resnet18
+from sequax.core.vit import vit as core_vit
 from sequax.data.augment import make_augment, with_augmentation
 from sequax.data.factories import load_callable
 from sequax.data.validation import hold_out
@@ -153,7 +154,53 @@ def resnet18(num_classes: int, nf: int = 20, init_from: str = "flax") -> Model:
     return model
 
 
-MODELS = {"mlp": mlp, "resnet18": resnet18}
+def vit(
+    num_classes: int,
+    variant: str = "",
+    weights: str = "",
+    load_head: bool = False,
+    trainable=None,
+    width: int = 0,
+    depth: int = 0,
+    num_heads: int = 0,
+    mlp_dim: int = 0,
+    patch_size: int = 0,
+    approximate_gelu: bool | None = None,
+    mean=(),
+    std=(),
+    channels: int = 0,
+    head_zeroinit: bool = True,
+) -> Model:
+    """A Vision Transformer (`sequax.core.vit`): a `variant` ("Ti/16", "S/16", "B/16") or its
+    sizes (`width`, `depth`, `num_heads`, `mlp_dim`, `patch_size`; 0 keeps the variant's),
+    and `trainable` (path patterns, or "head": a frozen backbone).
+
+    `weights`: a pretrained checkpoint to start from (`sequax.engine.vit_weights`): a
+    big_vision or vit_jax `.npz`, a timm `state_dict` (`.pth`, `.bin`) or `.safetensors`.
+    Its head is loaded only with `load_head=True` (a continual-learning head is new).
+    `approximate_gelu` None: the checkpoint's own (tanh for big_vision, erf for timm; tanh
+    without weights). `mean`/`std` () keep (0.5,)/(0.5,): [0, 1] pixels to [-1, 1].
+    """
+    sizes = dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
+    kwargs = {k: v for k, v in {**sizes, "patch_size": patch_size}.items() if v}
+    kwargs.update({k: tuple(v) for k, v in dict(mean=mean, std=std).items() if v})
+    kwargs.update(channels=channels, head_zeroinit=head_zeroinit)
+    if not variant and len(kwargs) < 7 and not weights:
+        missing = [k for k in (*sizes, "patch_size") if k not in kwargs]
+        raise ValueError(f"vit needs a variant ('S/16') or its sizes; missing {missing}")
+    if weights:
+        from sequax.engine.vit_weights import pretrained_vit
+
+        return pretrained_vit(
+            num_classes, weights, variant=variant or None, load_head=load_head,
+            trainable=trainable, approximate_gelu=approximate_gelu, **kwargs,
+        )  # fmt: skip
+    if approximate_gelu is not None:
+        kwargs["approximate_gelu"] = approximate_gelu
+    return core_vit(num_classes, variant or None, trainable=trainable, **kwargs)
+
+
+MODELS = {"mlp": mlp, "resnet18": resnet18, "vit": vit}
 
 
 def _torch_model(cfg: dict[str, Any], num_classes: int) -> Model:

@@ -20,8 +20,10 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from sequax.core import param_groups
 from sequax.core.models import Model
 from sequax.core.protocol import Algorithm, missing_hooks
 from sequax.data.validation import hold_out
@@ -90,6 +92,21 @@ class Experiment:
         )
 
 
+def _check_trainable(model: Model, scenario, config) -> None:
+    """A `Model.trainable` mask that matches nothing is one line before any compile (shapes
+    only: `eval_shape` initialises no weights)."""
+    if model.trainable is None:
+        return
+    x = jax.ShapeDtypeStruct((1, *scenario.source.train_x.shape[1:]), jnp.float32)
+    params, _ = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    try:
+        model.trainable(params)
+    except ValueError as error:
+        raise ConfigError(
+            f"config.model.trainable={config.model.get('trainable')!r}: {error}"
+        ) from None
+
+
 def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=None):
     """Builds and checks every part of `config`'s run; objects given here replace the parts
     the config would build (`sequax.train` passes the user's own)."""
@@ -109,6 +126,7 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
         model = algorithm.wrap_model(model)
     except ValueError as error:
         raise ConfigError(f"config.algorithm.name={config.algorithm.name!r}: {error}") from None
+    _check_trainable(model, scenario, config)
     grid = runs_lib.make_grid(config, algorithm, optimizer_object=optimizer is not None)
     mesh = _mesh(config, grid)
     phases = algorithm.phases(scenario.num_tasks)
@@ -124,6 +142,12 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
             f"config.training.batch_size={batch_size} exceeds the smallest task "
             f"({min(sizes)} examples); lower the batch size"
         )
+    cache = int(getattr(algorithm, "cache_examples", 0) or 0)
+    if 0 < cache < max(sizes):  # a frozen-feature cache must hold the largest phase
+        raise ConfigError(
+            f"config.algorithm.cache_examples={cache} is below the largest task ({max(sizes)} "
+            f"examples); set it to {max(sizes)} (or 0: no cache)"
+        )
     scenario, drawn = drawn_scenarios(config.data, scenario, grid.seeds, grid.vmapped)
     if optimizer is None:
         # A schedule counts optimizer updates: a phase's batches times the glances at each
@@ -136,6 +160,9 @@ def from_config(config, *, scenario=None, model=None, algorithm=None, optimizer=
     else:
         fixed = _optimizer(optimizer)
         build = lambda hparams: fixed  # noqa: E731
+    if model.trainable is not None:  # a frozen part (a pretrained backbone): zero updates
+        configured_build = build
+        build = lambda hparams: param_groups.frozen(configured_build(hparams), model.trainable)  # noqa: E731
     return Experiment(
         config=config,
         scenario=scenario,

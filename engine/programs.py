@@ -138,6 +138,7 @@ def make_programs(experiment, example_batch: dict, *, per_run_images: bool) -> P
             runs=True,
             shardings=(state_sharding, data_sharding),
             data_axes=data_axes,
+            with_index=bool(getattr(exp.algorithm, "example_index", False)),
         ),
         "run_steps",
     )

@@ -115,6 +115,7 @@ def make_run_steps(
     shardings=None,
     data_axes=None,
     host_loop: bool | None = None,
+    with_index: bool = False,
 ):
     """`run_steps(state, data, order, start, stop) -> (state, mean metrics)`, jitted once.
 
@@ -127,20 +128,23 @@ def make_run_steps(
     `shardings`, a `(state, data)` pair of sharding trees, pins the placement of the inputs and the
     output state.
 
+    `with_index`: each batch also holds "index", int32 [B], its examples' slots in `data`
+    (`Algorithm.example_index`: a method reading features it cached at the phase's start).
+
     `host_loop`: run the steps from the host, one compiled step per dispatch, instead of the
     `fori_loop`; None (default) chooses it for convolutional steps on XLA:CPU (`HostLoopSteps`).
     """
 
+    def batch_at(data: TaskData, order: jax.Array, i):
+        index = lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
+        batch = gather_batch(data, index)
+        return {**batch, "index": index} if with_index else batch
+
     def run_steps(state: CLState, data: TaskData, order: jax.Array, start, stop):
-        batch_at = lambda i: gather_batch(
-            data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,))
-        )  # noqa: E731
-        return _mean_over_steps(train_step, state, batch_at, start, stop)
+        return _mean_over_steps(train_step, state, lambda i: batch_at(data, order, i), start, stop)
 
     def step_at(state: CLState, data: TaskData, order: jax.Array, i):
-        return train_step(
-            state, gather_batch(data, lax.dynamic_slice(order, (i * batch_size,), (batch_size,)))
-        )
+        return train_step(state, batch_at(data, order, i))
 
     if runs:
         run_steps = jax.vmap(run_steps, in_axes=(0, data_axes, 0, None, None))
