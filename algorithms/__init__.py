@@ -13,6 +13,7 @@ from typing import Any
 from sequax.algorithms.agem import AGEM, AGEMR
 from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.der import DER, DERPP
+from sequax.algorithms.dualprompt import DualPrompt
 from sequax.algorithms.er import ER
 from sequax.algorithms.er_ace import ERACE
 from sequax.algorithms.er_aml import ERAML
@@ -24,6 +25,7 @@ from sequax.algorithms.hat import HAT
 from sequax.algorithms.icarl import ICaRL
 from sequax.algorithms.joint import Joint
 from sequax.algorithms.kcl import KCL
+from sequax.algorithms.l2p import L2P
 from sequax.algorithms.lamaml import LaMAML
 from sequax.algorithms.lfl import LFL
 from sequax.algorithms.lwf import LwF
@@ -31,8 +33,10 @@ from sequax.algorithms.mas import MAS
 from sequax.algorithms.mc_sgd import MCSGD
 from sequax.algorithms.mir import MIR
 from sequax.algorithms.naive import Naive
+from sequax.algorithms.ranpac import RanPAC
 from sequax.algorithms.rwalk import RWalk
 from sequax.algorithms.si import SI
+from sequax.algorithms.simplecil import SimpleCIL
 from sequax.algorithms.stable_sgd import StableSGD
 from sequax.core.protocol import Algorithm, missing_hooks
 from sequax.data.factories import load_attribute
@@ -63,6 +67,11 @@ REGISTRY: dict[str, type] = {
     "hat": HAT,
     "kcl": KCL,
     "lamaml": LaMAML,
+    # on pretrained models (issue 19): any backbone's features, or a ViT's prompts
+    "simplecil": SimpleCIL,
+    "ranpac": RanPAC,
+    "l2p": L2P,
+    "dualprompt": DualPrompt,
 }
 
 

@@ -69,7 +69,7 @@ def pretrain(
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     @jax.jit
-    def epoch(params, opt_state, key):
+    def epoch(params, opt_state, key, images, labels):  # data as arguments, not constants
         order = jax.random.permutation(key, len(y))[: steps * batch].reshape(steps, batch)
 
         def step(carry, idx):
@@ -91,7 +91,8 @@ def pretrain(
         )
 
     for e in range(epochs):
-        params, opt_state, loss = epoch(params, opt_state, jax.random.PRNGKey(seed * 1000 + e))
+        key = jax.random.PRNGKey(seed * 1000 + e)
+        params, opt_state, loss = epoch(params, opt_state, key, images, labels)
         print(f"epoch {e + 1}/{epochs}: train loss {float(loss):.4f}", flush=True)
     trained = test_logits(params)
     accuracy = float((trained.argmax(1) == source.test_y).mean())

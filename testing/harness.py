@@ -144,7 +144,10 @@ class Harness:
         counted = {name: self._counted(name, arguments[name]) for name in PROGRAMS}
         self.init = jax.jit(counted["init"])
         self.run_steps = make_run_steps(
-            counted["train step"], self.stream.batch_size, host_loop=False
+            counted["train step"],
+            self.stream.batch_size,
+            host_loop=False,
+            with_index=bool(getattr(algorithm, "example_index", False)),
         )
         self.start_task = jax.jit(counted["start_task"])
         self.end_task = jax.jit(counted["end_task"])

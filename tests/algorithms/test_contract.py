@@ -18,6 +18,7 @@ import jax
 import pytest
 
 from sequax import algorithms, testing
+from sequax.core.vit import vit
 
 SMALL = {
     "er": {"capacity": 16, "replay_batch": 4},
@@ -41,7 +42,21 @@ SMALL = {
     },
     "hat": {"num_tasks": 2},
     "kcl": {"num_tasks": 2, "coreset_size": 4, "classes_per_task": 2, "num_features": 16},
+    "simplecil": {"feature_dim": 16},
+    "ranpac": {"feature_dim": 16, "projection_dim": 32},
+    "l2p": {"pool_size": 4, "prompt_length": 2, "top_k": 2, "cache_examples": 48},
+    "dualprompt": {
+        "pool_size": 4,
+        "prompt_length": 2,
+        "g_length": 2,
+        "top_k": 1,
+        "g_layers": (0,),
+        "e_layers": (1,),
+        "cache_examples": 48,
+    },
 }
+# The prompt methods need a ViT: a tiny one on 8x8 images of 4 classes (two tasks of two).
+ON_VIT = ("l2p", "dualprompt")
 # Combinations, as `algorithms.make` builds them: a replay base with a regulariser, and a base
 # that shapes the run (HAT's gated network, its `task_model`) with one.
 COMBINED = {
@@ -71,7 +86,14 @@ def build(name: str):
 @functools.cache
 def harness(name: str) -> testing.Harness:
     """The method's compiled programs, built once and shared by its checks."""
-    return testing.Harness(build(name), name=name, **TRAINING.get(name, {}))
+    options = dict(TRAINING.get(name, {}))
+    if name in ON_VIT:
+        options.update(
+            model=vit(4, width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4),
+            num_classes=4,
+            stream=testing.synthetic_stream(num_classes=4, image_shape=(8, 8, 1)),
+        )
+    return testing.Harness(build(name), name=name, **options)
 
 
 @pytest.mark.parametrize("check", CHECKS)
