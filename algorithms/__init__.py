@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from sequax.algorithms.agem import AGEM, AGEMR
+from sequax.algorithms.coda_prompt import CodaPrompt
 from sequax.algorithms.combine import Combined, combine
 from sequax.algorithms.der import DER, DERPP
 from sequax.algorithms.dualprompt import DualPrompt
@@ -37,6 +38,7 @@ from sequax.algorithms.ranpac import RanPAC
 from sequax.algorithms.rwalk import RWalk
 from sequax.algorithms.si import SI
 from sequax.algorithms.simplecil import SimpleCIL
+from sequax.algorithms.slca import SLCA
 from sequax.algorithms.stable_sgd import StableSGD
 from sequax.core.protocol import Algorithm, missing_hooks
 from sequax.data.factories import load_attribute
@@ -72,6 +74,8 @@ REGISTRY: dict[str, type] = {
     "ranpac": RanPAC,
     "l2p": L2P,
     "dualprompt": DualPrompt,
+    "coda_prompt": CodaPrompt,
+    "slca": SLCA,
 }
 
 

@@ -55,8 +55,13 @@ SMALL = {
         "cache_examples": 48,
     },
 }
-# The prompt methods need a ViT: a tiny one on 8x8 images of 4 classes (two tasks of two).
-ON_VIT = ("l2p", "dualprompt")
+SMALL["coda_prompt"] = dict(
+    num_tasks=2, pool_size=4, prompt_length=2, ortho_mu=0.1, cache_examples=43
+)
+SMALL["slca"] = dict(ca_epochs=2, num_sampled_pcls=8, stats_batch=16)
+# The ViT methods need a ViT: a tiny one (this depth) on 8x8 images of 4 classes (two tasks
+# of two); CODA-Prompt prefixes layers 0-4.
+ON_VIT = {"l2p": 2, "dualprompt": 2, "coda_prompt": 5, "slca": 2}
 # Combinations, as `algorithms.make` builds them: a replay base with a regulariser, and a base
 # that shapes the run (HAT's gated network, its `task_model`) with one.
 COMBINED = {
@@ -89,7 +94,7 @@ def harness(name: str) -> testing.Harness:
     options = dict(TRAINING.get(name, {}))
     if name in ON_VIT:
         options.update(
-            model=vit(4, width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4),
+            model=vit(4, width=16, depth=ON_VIT[name], num_heads=2, mlp_dim=32, patch_size=4),
             num_classes=4,
             stream=testing.synthetic_stream(num_classes=4, image_shape=(8, 8, 1)),
         )
