@@ -45,6 +45,27 @@ VARIANTS = {
 }
 
 
+class PatchEmbedding(nn.Module):
+    """The patch convolution (kernel [p, p, C, D], stride p, no padding) as one matrix
+    product over the flattened patches: the same parameters and values as `nn.Conv`, without
+    a convolution, which XLA:CPU runs slowly (and never inside a `while` loop:
+    docs/architecture.md)."""
+
+    width: int
+    patch_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, height, wide, c = x.shape
+        p = self.patch_size
+        h, w = height // p, wide // p
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width))
+        bias = self.param("bias", nn.initializers.zeros, (self.width,))
+        patches = x[:, : h * p, : w * p].reshape(n, h, p, w, p, c).transpose(0, 1, 3, 2, 4, 5)
+        y = patches.reshape(n, h, w, p * p * c) @ kernel.reshape(p * p * c, self.width)
+        return y + bias
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with flax's `MultiHeadDotProductAttention` parameters
     (query/key/value kernels [D, heads, D/heads], out [heads, D/heads, D]) and an optional
@@ -168,7 +189,7 @@ class ViT(nn.Module):
         if self.channels and x.shape[-1] == 1 and self.channels > 1:
             x = jnp.repeat(x, self.channels, axis=-1)
         p = self.patch_size
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="embedding")(x)
+        x = PatchEmbedding(self.width, p, name="embedding")(x)
         n, h, w, c = x.shape
         x = jnp.reshape(x, (n, h * w, c))
         x = x + self.param(
