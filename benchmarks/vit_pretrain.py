@@ -9,8 +9,9 @@ training images (../shared/data), a ViT of width 64, depth 4, 4 heads, MLP 128, 
 (49 tokens and [CLS] at 28 px), Adam with a cosine decay, batch 128, in one compiled epoch
 program (`lax.scan` over the batches, the images resident on the device). It prints the
 Fashion-MNIST test accuracy, writes the checkpoint with `sequax.engine.vit_weights.save_npz`
-(and its figures beside it, `<out>.json`), and reads it back through the same loader a config's `model.weights` uses, checking the
-reloaded network's test logits equal the trained one's.
+(and its figures beside it, `<out>.json`), and reads it back through the same loader a
+config's `model.weights` uses, checking the reloaded network's test logits equal the trained
+one's.
 
 The continual-learning runs then load it (`configs/vit_split_mnist.py`), and
 `benchmarks/vit_table.py` puts every pretrained-model method beside the same ViT trained from
