@@ -38,8 +38,8 @@ Deviations from the reference:
   * evaluation masks the logits to the classes of the tasks started so far (the reference's
     `[:, :total_classes]`); training masks them to the current task's classes, read from the
     task's labels at its start (the reference's `[known, total)` range).
-  * the reference re-creates its optimizer per task (`reinit_optimizer`); here the configured
-    optimizer's state runs on.
+  * the reference re-creates its optimizer per task (`reinit_optimizer`); the engine does the
+    same with `config.optimizer.reset_each_task=True` (the default).
   * `shared_prompt_pool`/`shared_prompt_key` (off in the json) and `use_prompt_mask` (off)
     are not implemented.
 
