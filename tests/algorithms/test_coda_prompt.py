@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms.coda_prompt import CodaPrompt, gram_schmidt
 from sequax.core.models import mlp
 from sequax.core.state import create_state
@@ -39,8 +38,7 @@ def backbone():
     return vit(CLASSES, width=WIDTH, depth=5, num_heads=HEADS, mlp_dim=32, patch_size=4)
 
 
-def test_contract(stream, backbone):
-    testing.check_algorithm(CodaPrompt(**SMALL), model=backbone, stream=stream)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("coda_prompt").
 
 
 def test_hyperparameters_and_backbone_are_checked(backbone):

@@ -42,8 +42,8 @@ SMALL = {
     },
     "hat": {"num_tasks": 2},
     "kcl": {"num_tasks": 2, "coreset_size": 4, "classes_per_task": 2, "num_features": 16},
-    "simplecil": {"feature_dim": 16},
-    "ranpac": {"feature_dim": 16, "projection_dim": 32},
+    "simplecil": {"num_classes": 4, "feature_dim": 16},
+    "ranpac": {"num_classes": 4, "feature_dim": 16, "projection_dim": 32},
     "l2p": {"pool_size": 4, "prompt_length": 2, "top_k": 2, "cache_examples": 48},
     "dualprompt": {
         "pool_size": 4,
@@ -56,12 +56,13 @@ SMALL = {
     },
 }
 SMALL["coda_prompt"] = dict(
-    num_tasks=2, pool_size=4, prompt_length=2, ortho_mu=0.1, cache_examples=43
-)
+    num_tasks=2, pool_size=4, prompt_length=2, ortho_mu=0.1, prompt_layers=(0, 1),
+    cache_examples=43,
+)  # fmt: skip
 SMALL["slca"] = dict(ca_epochs=2, num_sampled_pcls=8, stats_batch=16)
 # The ViT methods need a ViT: a tiny one (this depth) on 8x8 images of 4 classes (two tasks
-# of two); CODA-Prompt prefixes layers 0-4.
-ON_VIT = {"l2p": 2, "dualprompt": 2, "coda_prompt": 5, "slca": 2}
+# of two). Their transcription tests run the default layers.
+ON_VIT = dict.fromkeys(("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "slca"), 2)
 # Combinations, as `algorithms.make` builds them: a replay base with a regulariser, and a base
 # that shapes the run (HAT's gated network, its `task_model`) with one.
 COMBINED = {

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms import prompt_pool as pool
 from sequax.algorithms.dualprompt import DualPrompt
 from sequax.core.models import mlp
@@ -41,11 +40,7 @@ def stream():
     return synthetic_stream(num_classes=CLASSES, image_shape=(8, 8, 1))
 
 
-def test_contract(stream):
-    """On 2 layers (the G-prompt at 0, the E-prompts at 1) to keep it quick; the transcription
-    below runs the default layers on 5."""
-    algorithm = DualPrompt(**SMALL, g_layers=(0,), e_layers=(1,), cache_examples=48)
-    testing.check_algorithm(algorithm, model=tiny_vit(depth=2), stream=stream)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("dualprompt").
 
 
 def test_hyperparameters_and_model_are_checked():

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms import prompt_pool as pool
 from sequax.algorithms.l2p import L2P
 from sequax.core.models import mlp
@@ -38,8 +37,7 @@ def stream():
     return synthetic_stream(num_classes=CLASSES, image_shape=(8, 8, 1))
 
 
-def test_contract(stream):
-    testing.check_algorithm(L2P(**SMALL, cache_examples=48), model=tiny_vit(), stream=stream)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("l2p").
 
 
 def test_hyperparameters_and_model_are_checked():

@@ -20,16 +20,13 @@ import torch.nn.functional as F
 from test_simplecil import CosineLinear, pixel_model, predict, run_tasks, task_of
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms.ranpac import NO_CLASS, RanPAC, fit_mask, ridge_grid
 from sequax.core.vit import vit
 
 CLASSES, WIDTH, HEADS = 10, 16, 2
 
 
-def test_contract_with_a_tiny_vit():
-    model = vit(CLASSES, width=WIDTH, depth=1, num_heads=HEADS, mlp_dim=32, patch_size=7)
-    testing.check_algorithm(RanPAC(CLASSES, feature_dim=WIDTH, projection_dim=24), model=model)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("ranpac").
 
 
 def test_hyperparameters_are_checked():

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms.simplecil import NO_PROTOTYPE, SimpleCIL
 from sequax.core.models import Model
 from sequax.core.state import create_state
@@ -71,9 +70,7 @@ def predict(algorithm, model, state, x):
 # ---------------- The contract, hyper-parameters, the frozen model -----------------------------
 
 
-def test_contract_with_a_tiny_vit():
-    model = vit(CLASSES, width=WIDTH, depth=1, num_heads=HEADS, mlp_dim=32, patch_size=7)
-    testing.check_algorithm(SimpleCIL(CLASSES, feature_dim=WIDTH), model=model)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("simplecil").
 
 
 def test_hyperparameters_are_checked():

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
-from sequax import testing
 from sequax.algorithms.slca import SLCA
 from sequax.core.models import mlp
 from sequax.core.state import create_state
@@ -38,8 +37,7 @@ def backbone():
     return vit(CLASSES, width=WIDTH, depth=2, num_heads=HEADS, mlp_dim=32, patch_size=4)
 
 
-def test_contract(stream, backbone):
-    testing.check_algorithm(SLCA(**SMALL), model=backbone, stream=stream)
+# The contract on a tiny ViT: tests/algorithms/test_contract.py ("slca").
 
 
 def test_hyperparameters_and_backbone_are_checked():
