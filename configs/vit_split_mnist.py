@@ -6,7 +6,7 @@ Fashion-MNIST checkpoint, beside the same ViT trained from scratch (issue 19, it
     python -m sequax.launch.train --config=configs/vit_split_mnist.py:ranpac,b0inc2 ...
     python -m benchmarks.vit_table --update_docs           # every method, both protocols
 
-The argument is METHOD[,PROTOCOL][,local]: METHOD one of `METHODS`; PROTOCOL "split" (the
+The argument is METHOD[,PROTOCOL][,local] (none: "naive"): METHOD one of `METHODS`; PROTOCOL "split" (the
 5 tasks of digits 0-1, 2-3, ... in order; the default) or "b0inc2" (PyCIL's B0-Inc2, five
 tasks of two classes in the seed-1993 class order); "local" a short run on 1,000 images per
 task. Every run: the 60,000 MNIST training images, one epoch per task, batch 32, the ViT of
@@ -68,7 +68,6 @@ def make(method: str, protocol: str = "split", local: bool = False) -> ml_collec
     if pretrained:
         model["weights"] = WEIGHTS
     config.model = ml_collections.ConfigDict(model)
-    config.optimizer.name = optimizer.pop("name")
     for key, value in optimizer.items():
         config.optimizer[key] = value
     config.training.batch_size = 32
@@ -82,7 +81,13 @@ def make(method: str, protocol: str = "split", local: bool = False) -> ml_collec
 
 
 def get_config(arg: str | None = None):
-    parts = [p for p in (arg or "l2p").split(",") if p]
+    """`arg`: METHOD[,PROTOCOL][,local]; none: naive from scratch (needs no checkpoint)."""
+    parts = [p for p in (arg or "").split(",") if p]
     local = "local" in parts
-    parts = [p for p in parts if p != "local"]
+    parts = [p for p in parts if p != "local"] or ["naive"]
+    if parts[0] not in METHODS or len(parts) > 2:
+        raise ValueError(
+            f"unknown config argument {arg!r}; give METHOD[,PROTOCOL][,local] with METHOD one "
+            f"of {', '.join(METHODS)} and PROTOCOL one of {', '.join(PROTOCOLS)}"
+        )
     return make(parts[0], parts[1] if len(parts) > 1 else "split", local)
