@@ -67,17 +67,14 @@ import jax
 import jax.numpy as jnp
 
 from sequax.algorithms import prompt_pool as pool
-from sequax.core import param_groups
 from sequax.core.models import Model
-from sequax.core.protocol import Algorithm
 
 
 @dataclasses.dataclass(frozen=True)
-class DualPrompt(Algorithm):
+class DualPrompt(pool.PromptPoolMethod):
     """DualPrompt (see the module docstring)."""
 
     needs_boundaries = "each task trains its own E-prompt, chosen by the task id"
-    example_index = True
 
     g_length: int = 5
     g_layers: tuple = (0, 1)
@@ -163,40 +160,10 @@ class DualPrompt(Algorithm):
                     prefixes[layer] = tuple(key_value)
             out = module.apply({"params": params["vit"]}, x, prefixes=prefixes)
             features = out["features"]
-            logits = features @ params["head"]["kernel"] + params["head"]["bias"]
-            outputs = {
-                "logits": logits,
-                "features": features,
-                "query": query,
-                "reduce_sim": pool.pull_term(q, k, idx),
-                "prompt_idx": idx,
-            }
+            outputs = pool.head_outputs(params, features, query, q, k, idx)
             return outputs, model_state
 
-        def trainable(params):
-            return param_groups.trainable_mask(params, ("prompt/.*", "head/.*"))
+        return pool.prompt_model(init, apply, num_classes)
 
-        return Model(init=init, apply=apply, num_classes=num_classes, trainable=trainable)
-
-    def init(self, params, model_state, example_batch, rng):
-        algo = pool.class_masks(params["head"]["bias"].shape[0])
-        if self.cache_examples:
-            width = pool.width_of(params)
-            algo["query_cache"] = jnp.zeros((self.cache_examples, width), jnp.float32)
-        return algo
-
-    def start_task(self, state, task_data, rng, model):
-        return pool.start_task(self, state, task_data, model)
-
-    def loss(self, params, state, batch, rng, model):
-        query = pool.batch_query(self, params, state, batch, model)
-        outputs, model_state = model.apply(
-            params, state.model_state, batch["x"], train=True, rng=rng, query=query,
-            task=state.task,
-        )  # fmt: skip
-        value, metrics = pool.masked_loss(self, outputs, batch, state.algo["train_mask"])
-        return value, {"model_state": model_state, "metrics": metrics, "outputs": outputs}
-
-    def predict(self, params, model_state, algo, x, task, model):
-        logits = model.apply(params, model_state, x, train=False)[0]["logits"]
-        return pool.seen_logits(logits, algo["seen"])
+    def _apply_options(self, state) -> dict:
+        return {"task": state.task}  # the task's own E-prompts in training

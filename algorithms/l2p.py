@@ -55,20 +55,16 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from sequax.algorithms import prompt_pool as pool
-from sequax.core import param_groups
 from sequax.core.models import Model
-from sequax.core.protocol import Algorithm
 
 
 @dataclasses.dataclass(frozen=True)
-class L2P(Algorithm):
+class L2P(pool.PromptPoolMethod):
     """Learning to Prompt (see the module docstring)."""
 
     needs_boundaries = "the training mask is the classes of the task, read when it starts"
-    example_index = True
 
     pool_size: int = 10
     prompt_length: int = 5
@@ -113,39 +109,7 @@ class L2P(Algorithm):
             prompts = prompts.reshape(x.shape[0], length, prompts.shape[-1])
             tokens = module.apply({"params": params["vit"]}, x, prompts={0: prompts})["tokens"]
             features = tokens[:, 1 : 1 + length].mean(axis=1)
-            logits = features @ params["head"]["kernel"] + params["head"]["bias"]
-            outputs = {
-                "logits": logits,
-                "features": features,
-                "query": query,
-                "reduce_sim": pool.pull_term(q, k, idx),
-                "prompt_idx": idx,
-            }
+            outputs = pool.head_outputs(params, features, query, q, k, idx)
             return outputs, model_state
 
-        def trainable(params):
-            return param_groups.trainable_mask(params, ("prompt/.*", "head/.*"))
-
-        return Model(init=init, apply=apply, num_classes=num_classes, trainable=trainable)
-
-    def init(self, params, model_state, example_batch, rng):
-        algo = pool.class_masks(params["head"]["bias"].shape[0])
-        if self.cache_examples:
-            width = pool.width_of(params)
-            algo["query_cache"] = jnp.zeros((self.cache_examples, width), jnp.float32)
-        return algo
-
-    def start_task(self, state, task_data, rng, model):
-        return pool.start_task(self, state, task_data, model)
-
-    def loss(self, params, state, batch, rng, model):
-        query = pool.batch_query(self, params, state, batch, model)
-        outputs, model_state = model.apply(
-            params, state.model_state, batch["x"], train=True, rng=rng, query=query
-        )
-        value, metrics = pool.masked_loss(self, outputs, batch, state.algo["train_mask"])
-        return value, {"model_state": model_state, "metrics": metrics, "outputs": outputs}
-
-    def predict(self, params, model_state, algo, x, task, model):
-        logits = model.apply(params, model_state, x, train=False)[0]["logits"]
-        return pool.seen_logits(logits, algo["seen"])
+        return pool.prompt_model(init, apply, num_classes)

@@ -26,6 +26,9 @@ import optax
 from jax import lax
 
 from sequax.algorithms.feature_cache import cached_features, compute_features
+from sequax.core import param_groups
+from sequax.core.models import Model
+from sequax.core.protocol import Algorithm
 from sequax.core.vit import ViT
 
 INITS = ("uniform", "zero")  # the references' `prompt_init` / `prompt_key_init` choices
@@ -171,3 +174,53 @@ def check_common(method, name: str) -> None:
     coeff = method.pull_coeff
     if isinstance(coeff, (int, float)) and not isinstance(coeff, bool) and coeff < 0:
         raise ValueError(f"{name} pull_coeff={coeff} must be >= 0 (0: no pull constraint)")
+
+
+def head_outputs(params, features, query, q, k, idx) -> dict:
+    """The wrapped model's outputs: the head's logits on `features`, and what the loss reads."""
+    logits = features @ params["head"]["kernel"] + params["head"]["bias"]
+    return {"logits": logits, "features": features, "query": query,
+            "reduce_sim": pull_term(q, k, idx), "prompt_idx": idx}  # fmt: skip
+
+
+def prompt_model(init, apply, num_classes: int) -> Model:
+    """The wrapped network: the ViT frozen, the prompts, keys and head trained."""
+
+    def trainable(params):
+        return param_groups.trainable_mask(params, ("prompt/.*", "head/.*"))
+
+    return Model(init=init, apply=apply, num_classes=num_classes, trainable=trainable)
+
+
+class PromptPoolMethod(Algorithm):
+    """The hooks L2P and DualPrompt share: the class masks and the query cache in the state,
+    the masked loss with the pull term, predictions over the classes seen."""
+
+    example_index = True
+
+    def _apply_options(self, state) -> dict:
+        """Extra keywords of the wrapped model's `apply` in training (DualPrompt: the task)."""
+        return {}
+
+    def init(self, params, model_state, example_batch, rng):
+        algo = class_masks(params["head"]["bias"].shape[0])
+        if self.cache_examples:
+            width = width_of(params)
+            algo["query_cache"] = jnp.zeros((self.cache_examples, width), jnp.float32)
+        return algo
+
+    def start_task(self, state, task_data, rng, model):
+        return start_task(self, state, task_data, model)
+
+    def loss(self, params, state, batch, rng, model):
+        query = batch_query(self, params, state, batch, model)
+        outputs, model_state = model.apply(
+            params, state.model_state, batch["x"], train=True, rng=rng, query=query,
+            **self._apply_options(state),
+        )  # fmt: skip
+        value, metrics = masked_loss(self, outputs, batch, state.algo["train_mask"])
+        return value, {"model_state": model_state, "metrics": metrics, "outputs": outputs}
+
+    def predict(self, params, model_state, algo, x, task, model):
+        logits = model.apply(params, model_state, x, train=False)[0]["logits"]
+        return seen_logits(logits, algo["seen"])
