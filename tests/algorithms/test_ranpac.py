@@ -11,13 +11,22 @@ fitted examples first, then the validation ones).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_simplecil import CosineLinear, pixel_model, predict, run_tasks, task_of
+from test_simplecil import (
+    CosineLinear,
+    pixel_model,
+    predict,
+    run_tasks,
+    separated_images,
+    task_of,
+)
 from vit_reference import TorchViT
 
 from sequax.algorithms.ranpac import NO_CLASS, RanPAC, fit_mask, ridge_grid
@@ -106,10 +115,7 @@ def test_two_tasks_class_incremental():
     of both tasks is predicted right over all four classes."""
     rng = np.random.default_rng(1)
 
-    def images(labels):
-        x = rng.integers(0, 40, (len(labels), 2, 2, 1))
-        x.reshape(len(labels), 4)[np.arange(len(labels)), labels] = 255
-        return x.astype(np.uint8)
+    images = functools.partial(separated_images, rng)
 
     labels = [rng.integers(0, 2, 30), rng.integers(2, 4, 25)]
     tasks = [task_of(images(y), y, 30) for y in labels]

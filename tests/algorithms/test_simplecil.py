@@ -7,6 +7,8 @@ ViT in torch (`vit_reference.TorchViT`), so the whole pipeline is compared.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,16 +126,20 @@ def test_prototypes_are_class_means():
     assert (logits[:, 3] == np.float32(NO_PROTOTYPE)).all()
 
 
+def separated_images(rng, labels) -> np.ndarray:
+    """2x2 grey images where class c lights pixel c over a dim background."""
+    x = rng.integers(0, 40, (len(labels), 2, 2, 1))
+    x.reshape(len(labels), 4)[np.arange(len(labels)), labels] = 255
+    return x.astype(np.uint8)
+
+
 def test_two_tasks_class_incremental():
     """Well-separated features (class c lights pixel c): after both tasks every class of both
     tasks is predicted right over all four classes; after the first, the new ones score
     NO_PROTOTYPE."""
     rng = np.random.default_rng(1)
 
-    def images(labels):
-        x = rng.integers(0, 40, (len(labels), 2, 2, 1))
-        x.reshape(len(labels), 4)[np.arange(len(labels)), labels] = 255
-        return x.astype(np.uint8)
+    images = functools.partial(separated_images, rng)
 
     labels = [rng.integers(0, 2, 12), rng.integers(2, 4, 10)]
     tasks = [task_of(images(y), y, 12) for y in labels]
