@@ -41,7 +41,7 @@ METHODS = {
         dict(name="adam", lr=1e-3),
         True,
     ),
-    "slca": (dict(), dict(name="momentum", lr=0.01, momentum=0.9), True),
+    "slca": (dict(), dict(name="momentum", lr=0.01, momentum=0.9, weight_decay=5e-4), True),
     "naive": (dict(), dict(name="adam", lr=1e-3), False),
     "er": (dict(capacity=500, replay_batch=32), dict(name="adam", lr=1e-3), False),
 }
