@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
+from benchmarks.torch_prompt import batchwise, l2_normalize  # the references' selection
 from sequax.algorithms import prompt_pool as pool
 from sequax.algorithms.dualprompt import DualPrompt
 from sequax.core.models import mlp
@@ -59,21 +60,6 @@ def test_hyperparameters_and_model_are_checked():
 # ---------------- The PyTorch transcription ---------------------------------------------------
 
 
-def l2_normalize(x, dim):
-    square_sum = torch.sum(x**2, dim=dim, keepdim=True)
-    return x * torch.rsqrt(torch.maximum(square_sum, torch.tensor(1e-12, dtype=x.dtype)))
-
-
-def reference_batchwise(idx, pool_size, top_k):
-    prompt_id, id_counts = torch.unique(idx, return_counts=True, sorted=True)
-    if prompt_id.shape[0] < pool_size:
-        fill = torch.full((pool_size - prompt_id.shape[0],), torch.min(idx.flatten()))
-        prompt_id = torch.cat([prompt_id, fill])
-        id_counts = torch.cat([id_counts, torch.zeros(pool_size - id_counts.shape[0]).long()])
-    _, major_idx = torch.topk(id_counts, k=top_k)
-    return prompt_id[major_idx].expand(idx.shape[0], -1).contiguous()
-
-
 def reference_forward(net, params, x, *, task, top_k, permute_fix):
     """PromptVitNet.forward on the DualPrompt ViT: the query from the frozen ViT, EPrompt's
     matching (batchwise) or, training, the task's prompt mask; the G-prompt's key and value
@@ -92,7 +78,7 @@ def reference_forward(net, params, x, *, task, top_k, permute_fix):
     prompt_key_norm, x_embed_norm = l2_normalize(key, -1), l2_normalize(cls_features, -1)
     similarity = torch.matmul(prompt_key_norm, x_embed_norm.t()).t()
     _, idx = torch.topk(similarity, k=top_k, dim=1)
-    idx = reference_batchwise(idx, e.shape[2], top_k)
+    idx = batchwise(idx, e.shape[2], top_k)
     if task is not None:  # vit_dualprompt.forward_features: use_prompt_mask and train
         idx = torch.arange(task * top_k, (task + 1) * top_k).unsqueeze(0).expand(batch, -1)
     raw = e7[:, :, idx]  # num_e, 2, B, top_k, length, H, hd

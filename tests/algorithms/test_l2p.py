@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from vit_reference import TorchViT
 
+from benchmarks.torch_prompt import batchwise, l2_normalize  # the references' selection
 from sequax.algorithms import prompt_pool as pool
 from sequax.algorithms.l2p import L2P
 from sequax.core.models import mlp
@@ -56,17 +57,6 @@ def test_hyperparameters_and_model_are_checked():
 # ---------------- The selection math ----------------------------------------------------------
 
 
-def reference_batchwise(idx: torch.Tensor, pool_size: int, top_k: int) -> torch.Tensor:
-    """`Prompt.forward`'s `batchwise_prompt` branch, verbatim in substance."""
-    prompt_id, id_counts = torch.unique(idx, return_counts=True, sorted=True)
-    if prompt_id.shape[0] < pool_size:
-        fill = torch.full((pool_size - prompt_id.shape[0],), torch.min(idx.flatten()))
-        prompt_id = torch.cat([prompt_id, fill])
-        id_counts = torch.cat([id_counts, torch.zeros(pool_size - id_counts.shape[0]).long()])
-    _, major_idx = torch.topk(id_counts, k=top_k)
-    return prompt_id[major_idx].expand(idx.shape[0], -1)
-
-
 def test_batchwise_takes_the_most_chosen_prompts():
     idx = np.array([[0, 1], [1, 2], [1, 3], [2, 1], [2, 0]])  # counts 2, 4, 3, 1
     np.testing.assert_array_equal(pool.batchwise(jnp.asarray(idx), 6), [[1, 2]] * 5)
@@ -78,7 +68,7 @@ def test_batchwise_takes_the_most_chosen_prompts():
         if counts[2] == counts[3]:
             continue
         ours = pool.select(jnp.asarray(sim), 3, batchwise_prompt=True)
-        ref = reference_batchwise(torch.tensor(idx), 6, 3)
+        ref = batchwise(torch.tensor(idx), 6, 3)
         assert {tuple(sorted(r)) for r in np.asarray(ours)} == {tuple(sorted(ref[0].tolist()))}
     ties = pool.batchwise(jnp.asarray([[0, 3], [3, 0]]), 4)  # equal counts: the lower id first
     np.testing.assert_array_equal(ties, [[0, 3], [0, 3]])
@@ -98,11 +88,6 @@ def test_selection_and_pull_term():
 # ---------------- The PyTorch transcription ---------------------------------------------------
 
 
-def l2_normalize(x, dim):
-    square_sum = torch.sum(x**2, dim=dim, keepdim=True)
-    return x * torch.rsqrt(torch.maximum(square_sum, torch.tensor(1e-12, dtype=x.dtype)))
-
-
 def reference_forward(net, params, x, top_k):
     """PromptVitNet.forward with the prompt-pool ViT: the query from the frozen ViT, the pool's
     matching and batchwise selection, the prompts prepended with the [CLS] position (the
@@ -116,7 +101,7 @@ def reference_forward(net, params, x, top_k):
     prompt_norm, x_embed_norm = l2_normalize(key, 1), l2_normalize(cls_features, 1)
     similarity = x_embed_norm @ prompt_norm.t()
     _, idx = torch.topk(similarity, k=top_k, dim=1)
-    idx = reference_batchwise(idx, prompt.shape[0], top_k)
+    idx = batchwise(idx, prompt.shape[0], top_k)
     batched_prompt = prompt[idx].reshape(x.shape[0], -1, prompt.shape[-1])
     reduce_sim = torch.sum(prompt_norm[idx] * x_embed_norm.unsqueeze(1)) / x.shape[0]
     prompts = batched_prompt + net.pos_embed[:, :1]  # the [CLS] position over the prompts
