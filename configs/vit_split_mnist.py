@@ -6,9 +6,10 @@ Fashion-MNIST checkpoint, beside the same ViT trained from scratch (issue 19, it
     python -m sequax.launch.train --config=configs/vit_split_mnist.py:ranpac,b0inc2 ...
     python -m benchmarks.vit_table --update_docs           # every method, both protocols
 
-The argument is METHOD[,PROTOCOL][,local] (none: "naive"): METHOD one of `METHODS`; PROTOCOL "split" (the
-5 tasks of digits 0-1, 2-3, ... in order; the default) or "b0inc2" (PyCIL's B0-Inc2, five
-tasks of two classes in the seed-1993 class order); "local" a short run on 1,000 images per
+The argument is METHOD[,PROTOCOL][,local] (none: "naive"): METHOD one of `METHODS`;
+PROTOCOL "split" (the 5 tasks of digits 0-1, 2-3, ... in order; the default) or "b0inc2"
+(PyCIL's B0-Inc2, five tasks of two classes in the seed-1993 class order); "local" a short
+run on 1,000 images per
 task. Every run: the 60,000 MNIST training images, one epoch per task, batch 32, the ViT of
 `benchmarks.vit_pretrain` (width 64, depth 4, 4 heads, MLP 128, 4x4 patches).
 
