@@ -161,6 +161,9 @@ class ViT(nn.Module):
       channels: the channels the patch convolution expects; a one-channel image is repeated to
         fill them (a grey MNIST digit into an RGB-pretrained ViT). 0: the input's own.
       head_zeroinit: start the head at zero (big_vision's default); False: LeCun normal.
+      resize: resize the images to resize x resize pixels first (bilinear, `jax.image.resize`),
+        e.g. 224 for CIFAR's 32 px images into a 224 px pretrained ViT, as LAMDA-PILOT's
+        transforms do; 0 keeps their size.
     """
 
     num_classes: int
@@ -174,6 +177,7 @@ class ViT(nn.Module):
     std: Sequence[float] = (0.5,)
     channels: int = 0
     head_zeroinit: bool = True
+    resize: int = 0
 
     @nn.compact
     def __call__(
@@ -185,6 +189,8 @@ class ViT(nn.Module):
         prefixes: Mapping[int, Any] | None = None,
     ) -> dict[str, jax.Array]:
         del train  # no dropout: continual-learning recipes for ViTs train without it
+        if self.resize and x.shape[1:3] != (self.resize, self.resize):
+            x = jax.image.resize(x, (x.shape[0], self.resize, self.resize, x.shape[3]), "bilinear")
         x = (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
         if self.channels and x.shape[-1] == 1 and self.channels > 1:
             x = jnp.repeat(x, self.channels, axis=-1)

@@ -170,6 +170,7 @@ def vit(
     std=(),
     channels: int = 0,
     head_zeroinit: bool = True,
+    resize: int = 0,
 ) -> Model:
     """A Vision Transformer (`sequax.core.vit`): a `variant` ("Ti/16", "S/16", "B/16") or its
     sizes (`width`, `depth`, `num_heads`, `mlp_dim`, `patch_size`; 0 keeps the variant's),
@@ -180,12 +181,13 @@ def vit(
     Its head is loaded only with `load_head=True` (a continual-learning head is new).
     `approximate_gelu` None: the checkpoint's own (tanh for big_vision, erf for timm; tanh
     without weights). `mean`/`std` () keep (0.5,)/(0.5,): [0, 1] pixels to [-1, 1].
+    `resize`: the side the images are resized to first (224: CIFAR into a 224 px ViT).
     """
     sizes = dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
     kwargs = {k: v for k, v in {**sizes, "patch_size": patch_size}.items() if v}
     kwargs.update({k: tuple(v) for k, v in dict(mean=mean, std=std).items() if v})
-    kwargs.update(channels=channels, head_zeroinit=head_zeroinit)
-    if not variant and len(kwargs) < 7 and not weights:
+    kwargs.update(channels=channels, head_zeroinit=head_zeroinit, resize=resize)
+    if not variant and len(kwargs) < 8 and not weights:
         missing = [k for k in (*sizes, "patch_size") if k not in kwargs]
         raise ValueError(f"vit needs a variant ('S/16') or its sizes; missing {missing}")
     if weights:

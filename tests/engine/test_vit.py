@@ -124,3 +124,17 @@ def test_config_builds_a_vit_and_names_missing_sizes():
     assert model.module.width == 192 and model.trainable is None
     with pytest.raises(ConfigError, match="vit needs a variant"):
         build_model({"name": "vit", "width": 16}, 10)
+
+
+def test_resize_feeds_small_images_to_a_larger_vit():
+    """CIFAR-sized 32 px images into a ViT of 64 px patches grid (16 tokens at patch 16)."""
+    model = vit(3, width=16, depth=1, num_heads=2, mlp_dim=16, patch_size=16, resize=64)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    params, _ = model.init(jax.random.PRNGKey(1), x)
+    assert params["pos_embedding"].shape == (1, 16, 16)
+    out, _ = model.apply(params, {}, x, train=False)
+    big = jax.image.resize(x, (2, 64, 64, 3), "bilinear")
+    direct = vit(3, width=16, depth=1, num_heads=2, mlp_dim=16, patch_size=16)
+    np.testing.assert_allclose(
+        out["logits"], direct.apply(params, {}, big, train=False)[0]["logits"]
+    )
