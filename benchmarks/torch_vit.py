@@ -100,9 +100,9 @@ class TorchViT(nn.Module):
 
     def forward(self, x, prompts=None, prefixes=None):
         dtype = self.pos_embed.dtype
-        x = torch.as_tensor(x, dtype=dtype)
-        mean = torch.tensor(self.mean, dtype=dtype)
-        x = (x - mean) / torch.tensor(self.std, dtype=dtype)
+        x = torch.as_tensor(x, dtype=dtype, device=self.pos_embed.device)
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device)
+        x = (x - mean) / torch.tensor(self.std, dtype=dtype, device=x.device)
         x = x.permute(0, 3, 1, 2)
         if x.shape[1] == 1 and self.in_chans > 1:
             x = x.repeat(1, self.in_chans, 1, 1)
