@@ -100,9 +100,11 @@ class TorchViT(nn.Module):
 
     def forward(self, x, prompts=None, prefixes=None):
         dtype = self.pos_embed.dtype
-        x = torch.as_tensor(x, dtype=dtype, device=self.pos_embed.device)
-        mean = torch.tensor(self.mean, dtype=dtype, device=x.device)
-        x = (x - mean) / torch.tensor(self.std, dtype=dtype, device=x.device)
+        x = torch.as_tensor(x, dtype=dtype)
+        mean, std = (torch.tensor(v, dtype=dtype) for v in (self.mean, self.std))
+        if x.is_cuda:  # (not under the torch bridge's tracing, whose tensors are JAX's)
+            mean, std = mean.to(x.device), std.to(x.device)
+        x = (x - mean) / std
         x = x.permute(0, 3, 1, 2)
         if x.shape[1] == 1 and self.in_chans > 1:
             x = x.repeat(1, self.in_chans, 1, 1)

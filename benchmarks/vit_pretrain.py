@@ -1,8 +1,9 @@
 """An offline pretraining recipe: a small ViT trained on Fashion-MNIST, saved as a big_vision
 `.npz`, for the pretrained-model methods to start from on this machine (issue 19, item 5).
 
-    python -m benchmarks.vit_pretrain --out=runs/vit_pretrain/fmnist_vit.npz
-    python -m benchmarks.vit_pretrain --epochs=1 --train_examples=5000 --out=/tmp/v.npz  # quick
+    python -m benchmarks.vit_pretrain --pretrain_out=runs/vit_pretrain/fmnist_vit.npz
+    python -m benchmarks.vit_pretrain --pretrain_epochs=1 --pretrain_examples=5000 \
+        --pretrain_out=/tmp/v.npz  # quick
 
 Nothing can be downloaded here, so the "pretrained" ViT is made here: the 60,000 Fashion-MNIST
 training images (../shared/data), a ViT of width 64, depth 4, 4 heads, MLP 128, 4x4 patches
@@ -38,11 +39,12 @@ SIZES = dict(width=64, depth=4, num_heads=4, mlp_dim=128, patch_size=4)
 DEFAULT_OUT = "runs/vit_pretrain/fmnist_vit.npz"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", DEFAULT_OUT, "where to write the big_vision-format .npz")
-flags.DEFINE_integer("epochs", 5, "passes over the Fashion-MNIST training set")
-flags.DEFINE_integer("train_examples", 0, "0: all 60,000; else the first N (a quick run)")
-flags.DEFINE_float("lr", 1e-3, "Adam's peak learning rate (cosine decay to 0)")
-flags.DEFINE_integer("seed", 0, "initialisation and shuffling")
+# Prefixed: absl flags are one namespace per process, and tests import several programs.
+flags.DEFINE_string("pretrain_out", DEFAULT_OUT, "where to write the big_vision-format .npz")
+flags.DEFINE_integer("pretrain_epochs", 5, "passes over the Fashion-MNIST training set")
+flags.DEFINE_integer("pretrain_examples", 0, "0: all 60,000; else the first N (a quick run)")
+flags.DEFINE_float("pretrain_lr", 1e-3, "Adam's peak learning rate (cosine decay to 0)")
+flags.DEFINE_integer("pretrain_seed", 0, "initialisation and shuffling")
 
 
 def pretrain(
@@ -140,7 +142,13 @@ def pretrain(
 
 def main(argv):
     del argv
-    figures = pretrain(FLAGS.out, FLAGS.epochs, FLAGS.train_examples, FLAGS.lr, FLAGS.seed)
+    figures = pretrain(
+        FLAGS.pretrain_out,
+        FLAGS.pretrain_epochs,
+        FLAGS.pretrain_examples,
+        FLAGS.pretrain_lr,
+        FLAGS.pretrain_seed,
+    )
     if figures["reload_max_abs_logit_gap"] > 1e-5:
         print("the reloaded checkpoint does not give the trained network's logits", file=sys.stderr)
         sys.exit(1)

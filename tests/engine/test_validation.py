@@ -113,9 +113,14 @@ def test_combined_method_keys_live_under_each_part():
 
 def test_unknown_model_and_scenario_arguments():
     config = packaged()
-    config.model.width = (10,)
+    config.model.widht = (10,)
     one_line_error(
-        validate.check_config, config, "config.model.width", "did you mean config.model.widths?"
+        validate.check_config, config, "config.model.widht", "did you mean config.model.widths?"
+    )
+    config = packaged()
+    config.model.width = 16  # the ViT's argument on the MLP: the message names whose it is
+    one_line_error(
+        validate.check_config, config, "config.model.width", "an argument of model 'vit'"
     )
     config = packaged()
     config.data.options.classes_per_tasks = 2
