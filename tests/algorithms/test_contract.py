@@ -56,13 +56,17 @@ SMALL = {
     },
 }
 SMALL["coda_prompt"] = dict(
-    num_tasks=2, pool_size=4, prompt_length=2, ortho_mu=0.1, prompt_layers=(0, 1),
+    num_tasks=2, pool_size=4, prompt_length=2, ortho_mu=0.1, prompt_layers=(0,),
     cache_examples=43,
 )  # fmt: skip
 SMALL["slca"] = dict(ca_epochs=2, num_sampled_pcls=8, stats_batch=16)
 # The ViT methods need a ViT: a tiny one (this depth) on 8x8 images of 4 classes (two tasks
-# of two). Their transcription tests run the default layers.
-ON_VIT = dict.fromkeys(("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "slca"), 2)
+# of two), one layer deep (DualPrompt: its G- and E-prompts on two). Their transcription
+# tests run the default layers.
+ON_VIT = {
+    **dict.fromkeys(("simplecil", "ranpac", "l2p", "coda_prompt", "slca"), 1),
+    "dualprompt": 2,
+}
 # Combinations, as `algorithms.make` builds them: a replay base with a regulariser, and a base
 # that shapes the run (HAT's gated network, its `task_model`) with one.
 COMBINED = {
@@ -97,7 +101,7 @@ def harness(name: str) -> testing.Harness:
     options = dict(TRAINING.get(name, {}))
     if name in ON_VIT:
         options.update(
-            model=vit(4, width=16, depth=ON_VIT[name], num_heads=2, mlp_dim=32, patch_size=4),
+            model=vit(4, width=16, depth=ON_VIT[name], num_heads=2, mlp_dim=16, patch_size=4),
             num_classes=4,
             stream=testing.synthetic_stream(num_classes=4, image_shape=(8, 8, 1)),
         )

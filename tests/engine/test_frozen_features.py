@@ -73,32 +73,29 @@ class CachedWitness(Algorithm):
         return {**algo, "gap": gap, "indexed": algo["indexed"] + aux["indexed"]}
 
 
-def test_cache_read_by_slot_equals_the_computed_features(tmp_path):
-    result = loop.run(from_config(vit_config(), algorithm=CachedWitness()), tmp_path, verbose=False)
+def test_cache_read_by_slot_and_a_frozen_backbone(tmp_path):
+    """One run: the method's cached features equal the computed ones at every step, and with
+    `config.model.trainable="head"` only the head's parameters move."""
+    experiment = from_config(vit_config(trainable="head"), algorithm=CachedWitness())
+    result = loop.run(experiment, tmp_path, verbose=False)
     algo = result.state.algo
     assert int(algo["indexed"]) == 2 * 64 // 16  # every step's batch carried its slots
     assert float(algo["gap"]) < 1e-5
     # The cache is really read: a wrong cache would show (a sanity check of the witness).
     assert float(jnp.abs(algo["cache"]).max()) > 0
 
+    x = jnp.zeros((1, 28, 28, 1))
+    init_key = jax.random.fold_in(base_key(0), STREAM_INIT)  # as create_state draws it
+    initial, _ = jax.jit(experiment.model.init)(jax.random.split(init_key)[0], x)
+    flat0 = dict(jax.tree_util.tree_flatten_with_path(initial)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(result.state.params)[0]:
+        moved = not np.array_equal(np.asarray(leaf), np.asarray(flat0[path]))
+        assert moved == (path[0].key == "head"), path
+
 
 def test_cache_smaller_than_a_task_names_the_size_to_set(tmp_path):
     with pytest.raises(ConfigError, match=r"cache_examples=32 is below the largest task \(64"):
         from_config(vit_config(), algorithm=CachedWitness(cache_examples=32))
-
-
-def test_frozen_backbone_trains_only_the_head(tmp_path):
-    config = vit_config(trainable="head")
-    experiment = from_config(config)
-    result = loop.run(experiment, tmp_path, verbose=False)
-    x = jnp.zeros((1, 28, 28, 1))
-    init_key = jax.random.fold_in(base_key(0), STREAM_INIT)  # as create_state draws it
-    initial, _ = jax.jit(experiment.model.init)(jax.random.split(init_key)[0], x)
-    trained = result.state.params
-    flat0 = dict(jax.tree_util.tree_flatten_with_path(initial)[0])
-    for path, leaf in jax.tree_util.tree_flatten_with_path(trained)[0]:
-        moved = not np.array_equal(np.asarray(leaf), np.asarray(flat0[path]))
-        assert moved == (path[0].key == "head"), path
 
 
 def test_trainable_pattern_matching_nothing_fails_before_compile():
