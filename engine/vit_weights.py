@@ -566,7 +566,7 @@ def pretrained_vit(
     side = sizes["grid"] * module.patch_size
     image = jax.ShapeDtypeStruct((1, side, side, sizes.get("channels", 3)), jnp.float32)
     shapes = jax.eval_shape(
-        lambda x: module.init({"params": jax.random.PRNGKey(0)}, x, train=False), image
+        lambda x: module.clone(resize=0).init({"params": jax.random.PRNGKey(0)}, x), image
     )["params"]
     flat = traverse_util.flatten_dict(shapes, sep="/")
     expected = {k: flat[k].shape for k in sorted(flat, key=_forward_order)}
@@ -580,7 +580,7 @@ def pretrained_vit(
     def init(key: jax.Array, x: jax.Array):
         params0, model_state = random_init(key, x)
         flat = traverse_util.flatten_dict(params0, sep="/")
-        grid = (x.shape[1] // module.patch_size, x.shape[2] // module.patch_size)
+        grid = tuple((module.resize or n) // module.patch_size for n in x.shape[1:3])  # as seen
         for name, value in loaded.items():
             leaf = flat[name]
             if name == "pos_embedding" and value.shape != leaf.shape:

@@ -153,6 +153,17 @@ def test_position_embeddings_resampled_to_the_datas_grid(vit_jax_file):
     np.testing.assert_allclose(params["pos_embedding"][0], grid.reshape(9, WIDTH), atol=1e-6)
 
 
+def test_resized_inputs_take_the_grid_the_vit_sees(vit_jax_file):
+    """4 px images resized to 12 px (`resize`) into the 8 px checkpoint: the position
+    embeddings resampled to the 3x3 grid of the resized images, as 12 px inputs get them."""
+    path, _ = vit_jax_file
+    x = np.zeros((1, 4, 4, CHANNELS), np.float32)
+    resized, _ = build(path, resize=12).init(jax.random.PRNGKey(0), x)
+    direct, _ = build(path).init(jax.random.PRNGKey(0), np.zeros((1, 12, 12, CHANNELS)))
+    np.testing.assert_array_equal(resized["pos_embedding"], direct["pos_embedding"])
+    assert resized["pos_embedding"].shape == (1, 9, WIDTH)
+
+
 # ---------------- big_vision's layout through save_npz ------------------------------------------
 
 
