@@ -28,13 +28,7 @@ PyTree = Any
 
 def path_of(key_path) -> str:
     """ "a/b/c" for a `jax.tree_util` key path (dict keys, attributes, sequence indices)."""
-    parts = []
-    for entry in key_path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-    return "/".join(parts)
+    return jax.tree_util.keystr(tuple(key_path), simple=True, separator="/")
 
 
 def paths(params: PyTree) -> list[str]:
